@@ -1,0 +1,91 @@
+"""llmstream: stream LLM answers without the bugs everyone writes by hand.
+
+Every token exactly once, in order, or a clear, typed error saying what was
+delivered. See ``README.md`` for the tour.
+
+This file only re-exports. The layers, each importing only the ones below it:
+
+  vocabulary   _exceptions, _events, _config         (imports nothing of llmstream)
+  sans-IO core _linebuffer, sse, _jsonl, _resume, _providers/*
+  IO shell     _transport, _retry, _worker           (requests, urllib3, threads)
+  consumer API _stream, _client
+
+``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
+server) are public modules of their own; ``llmstream.notebook`` and
+``llmstream.prometheus`` need optional extras.
+"""
+
+from ._client import Client, complete, stream
+from ._config import Retry, Timeout
+from ._events import (
+    Finish,
+    Reset,
+    Retrying,
+    StreamMetrics,
+    StreamResult,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    IncompleteStreamError,
+    MalformedStreamError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProviderError,
+    RateLimitError,
+    ResumeError,
+    ServerError,
+    StreamBusyError,
+    StreamClosedError,
+    StreamError,
+    StreamTimeoutError,
+)
+from ._stream import TokenStream
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    # entry points
+    "stream",
+    "complete",
+    "Client",
+    "TokenStream",
+    # configuration
+    "Timeout",
+    "Retry",
+    # events and results
+    "TextDelta",
+    "ThinkingDelta",
+    "ToolCallDelta",
+    "ToolCall",
+    "Usage",
+    "Finish",
+    "Retrying",
+    "Reset",
+    "StreamResult",
+    "StreamMetrics",
+    # errors
+    "StreamError",
+    "APIStatusError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "RateLimitError",
+    "ServerError",
+    "APIConnectionError",
+    "StreamTimeoutError",
+    "IncompleteStreamError",
+    "MalformedStreamError",
+    "ProviderError",
+    "ResumeError",
+    "StreamClosedError",
+    "StreamBusyError",
+]

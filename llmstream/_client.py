@@ -1,0 +1,216 @@
+"""Client: where a stream's settings come from, and the module-level shortcuts.
+
+Strategy: a :class:`Client` holds one provider, one base URL, one API key and
+one ``requests.Session`` (connection reuse). ``stream()`` normalises the
+arguments (a prompt or messages), builds the request with the provider, and
+starts a worker; ``complete()`` is a stream consumed to its end.
+
+API keys and base URLs default from the environment variables each provider's
+own SDK reads. The key is kept out of every repr, log line and message.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from ._config import Retry, Timeout, TimeoutTypes
+from ._events import StreamResult
+from ._providers import get_provider
+from ._providers._base import Message, Provider
+from ._stream import TokenStream
+from ._transport import Transport, redact_url
+from ._worker import Worker
+from .sse import DEFAULT_MAX_LINE_LENGTH
+
+__all__ = ["Client", "stream", "complete"]
+
+#: Events the queue may hold before the worker blocks (backpressure).
+DEFAULT_MAX_BUFFERED = 1024
+
+
+def _messages(prompt: Optional[str], messages: Optional[Sequence[Message]], system: Optional[str]) -> List[Message]:
+    if (prompt is None) == (messages is None):
+        raise ValueError("pass either a prompt or messages=[...], not both and not neither")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        result: List[Message] = [{"role": "user", "content": prompt}]
+    else:
+        result = [dict(m) for m in messages or ()]
+        if not result:
+            raise ValueError("messages must not be empty")
+    if system is not None:
+        result.insert(0, {"role": "system", "content": system})
+    return result
+
+
+class Client:
+    """A configured connection to one provider; make streams with :meth:`stream`.
+
+    Args:
+        provider: ``"openai"`` (chat completions, and any OpenAI-compatible
+            server), ``"openai-responses"``, ``"anthropic"`` or ``"ollama"``.
+        base_url: as the provider's own SDK means it (OpenAI's includes
+            ``/v1``; Anthropic's does not; Ollama's is the host). Defaults from
+            ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` / ``OLLAMA_HOST``.
+        api_key: defaults from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` / ``OLLAMA_API_KEY``.
+        timeout: a :class:`Timeout`, a number (connect, first_token and idle) or None (defaults).
+        retry: a :class:`Retry`, an int (max_attempts) or None (defaults).
+        max_buffered: events the queue may hold before the worker stops reading
+            the socket (backpressure).
+        max_line_length: the longest line accepted from the server, in bytes.
+
+    Usage::
+
+        client = llmstream.Client(provider="anthropic", timeout=llmstream.Timeout(idle=30))
+        with client.stream("Hi", model="claude-sonnet-4-5", max_tokens=512) as s:
+            for text in s:
+                print(text, end="")
+
+    A client is thread-safe: many threads may stream from one client at once.
+    """
+
+    def __init__(
+        self,
+        provider: str = "openai",
+        *,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: TimeoutTypes = None,
+        retry: Union[Retry, int, None] = None,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+    ) -> None:
+        self._provider: Provider = get_provider(provider)
+        env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
+        self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
+        key_env = self._provider.api_key_env
+        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        if not self._api_key and self._provider.requires_api_key and not (base_url or env_base):
+            raise ValueError(
+                f"no API key for provider {provider!r}: pass api_key=... or set {key_env}"
+                " (or pass base_url=... for a server that needs none)"
+            )
+        self.timeout = Timeout.coerce(timeout)
+        self.retry = Retry.coerce(retry)
+        if max_buffered < 1:
+            raise ValueError(f"max_buffered must be >= 1, got {max_buffered!r}")
+        self.max_buffered = max_buffered
+        self.max_line_length = max_line_length
+        self._transport = Transport()
+
+    @property
+    def provider(self) -> str:
+        """The provider's name."""
+        return self._provider.name
+
+    def stream(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Message]] = None,
+        model: str,
+        system: Optional[str] = None,
+        timeout: TimeoutTypes = None,
+        retry: Union[Retry, int, None] = None,
+        **params: Any,
+    ) -> TokenStream:
+        """Start streaming an answer and return its :class:`TokenStream` at once.
+
+        Args:
+            prompt: a user message (or pass ``messages``).
+            messages: the conversation, in the provider's message format.
+            model: the model name.
+            system: a system prompt, put where the provider wants it.
+            timeout: overrides the client's :class:`Timeout` for this stream.
+            retry: overrides the client's :class:`Retry` for this stream.
+            **params: go into the request body unchanged (``temperature``,
+                ``max_tokens``, ``tools``...); a ``None`` value removes a default.
+
+        Raises:
+            ValueError: for arguments that cannot make a request. Network and
+                server failures are raised while iterating, as ``StreamError``.
+        """
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
+        spec = self._provider.build_request(
+            base_url=self.base_url, api_key=self._api_key, model=model,
+            messages=_messages(prompt, messages, system), params=params,
+        )
+        worker = Worker(
+            transport=self._transport, provider=self._provider, spec=spec,
+            timeout=self.timeout if timeout is None else Timeout.coerce(timeout),
+            retry=self.retry if retry is None else Retry.coerce(retry),
+            max_buffered=self.max_buffered, max_line_length=self.max_line_length,
+        )
+        return TokenStream(worker, provider=self._provider.name, model=model)
+
+    def complete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+        """Stream an answer to its end and return the :class:`StreamResult` (same arguments as :meth:`stream`)."""
+        with self.stream(prompt, **kwargs) as s:
+            return s.result
+
+    def close(self) -> None:
+        """Close the connection pool. Streams still running keep their connection until they end."""
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"Client(provider={self.provider!r}, base_url={redact_url(self.base_url)!r}, api_key=<{key}>)"
+
+
+_default_clients: Dict[Tuple[str, Optional[str], Optional[str]], Client] = {}
+_default_lock = threading.Lock()
+
+
+def _default_client(provider: str, base_url: Optional[str], api_key: Optional[str]) -> Client:
+    # Shared per (provider, base_url, key) so repeated llmstream.stream() calls
+    # reuse connections, as the official SDKs' module-level clients do.
+    key = (provider, base_url, api_key)
+    with _default_lock:
+        client = _default_clients.get(key)
+        if client is None:
+            client = _default_clients[key] = Client(provider, base_url=base_url, api_key=api_key)
+        return client
+
+
+def stream(
+    prompt: Optional[str] = None,
+    *,
+    messages: Optional[Sequence[Message]] = None,
+    model: str,
+    provider: str = "openai",
+    base_url: Optional[str] = None,
+    api_key: Optional[str] = None,
+    timeout: TimeoutTypes = None,
+    retry: Union[Retry, int, None] = None,
+    **params: Any,
+) -> TokenStream:
+    """Stream an answer with a shared default :class:`Client` for ``provider``.
+
+    Usage::
+
+        for text in llmstream.stream("Tell me a story", model="gpt-4o-mini"):
+            print(text, end="", flush=True)
+
+    Same arguments as :meth:`Client.stream`, plus the client's ``provider``,
+    ``base_url`` and ``api_key``.
+    """
+    client = _default_client(provider, base_url, api_key)
+    return client.stream(prompt, messages=messages, model=model, timeout=timeout, retry=retry, **params)
+
+
+def complete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+    """Like :func:`stream`, consumed to its end: returns the :class:`StreamResult`."""
+    with stream(prompt, **kwargs) as s:
+        return s.result
+
+

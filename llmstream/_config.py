@@ -1,0 +1,197 @@
+"""Configuration values: :class:`Timeout` and :class:`Retry`.
+
+Both are small immutable values: validated once in ``__init__``, with a
+``__repr__`` that round-trips and value equality, so one instance can be shared
+by many clients and threads. Nothing here does IO or reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple, Union
+
+__all__ = ["Timeout", "Retry", "RESUME_MODES", "TimeoutTypes"]
+
+def _check_seconds(name: str, value: Optional[float]) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Timeout.{name} must be a number of seconds or None, not {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"Timeout.{name} must be > 0 seconds (or None for no limit), got {value!r}")
+    return float(value)
+
+
+class _Frozen:
+    """Mixin: refuse attribute assignment after ``__init__``."""
+
+    __slots__: Tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable; build a new one with .replace(...)")
+
+    def _init(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+
+class Timeout(_Frozen):
+    """Time limits for a stream, in seconds (``None`` = no limit).
+
+    Args:
+        connect: to open the TCP (and TLS) connection.
+        first_token: from sending the request to the first content (text or a
+            tool call); keep-alive comments and pings do not count.
+        idle: the longest wait for the next content after the first. Keep-alive
+            comments and ``ping`` events do not count as progress, and time the
+            worker spends blocked because the caller is slow never counts.
+        total: a deadline for the whole stream, retries and their waits included.
+
+    The defaults never wait forever: 10 s to connect, 120 s to the first token
+    (reasoning models think before they speak), 60 s between tokens, 600 s in all.
+
+    Usage::
+
+        llmstream.Timeout(idle=30, total=300)
+        llmstream.Timeout(first_token=None)      # wait as long as the model thinks
+        client = llmstream.Client(timeout=20)    # a number: connect, first_token and idle
+
+    A plain number given where a ``Timeout`` is expected sets ``connect``,
+    ``first_token`` and ``idle`` (the same meaning as a ``requests`` timeout)
+    and keeps the default ``total``.
+    """
+
+    __slots__ = ("connect", "first_token", "idle", "total")
+    connect: Optional[float]
+    first_token: Optional[float]
+    idle: Optional[float]
+    total: Optional[float]
+
+    def __init__(
+        self,
+        connect: Optional[float] = 10.0,
+        first_token: Optional[float] = 120.0,
+        idle: Optional[float] = 60.0,
+        total: Optional[float] = 600.0,
+    ) -> None:
+        for name, value in (("connect", connect), ("first_token", first_token), ("idle", idle), ("total", total)):
+            self._init(name, _check_seconds(name, value))
+
+    @classmethod
+    def coerce(cls, value: "TimeoutTypes") -> "Timeout":
+        """Turn what a caller may pass as ``timeout=`` into a :class:`Timeout`.
+
+        ``None`` gives the defaults, a number sets ``connect``, ``first_token``
+        and ``idle``, and a :class:`Timeout` is returned unchanged.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, Timeout):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls(connect=value, first_token=value, idle=value)
+        raise TypeError(f"timeout must be a Timeout, a number of seconds or None, not {type(value).__name__}")
+
+    def replace(self, **changes: Optional[float]) -> "Timeout":
+        """Return a copy with some limits changed."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return Timeout(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timeout):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Timeout({fields})"
+
+
+TimeoutTypes = Union[Timeout, float, int, None]
+
+#: The resume modes of :class:`Retry`, in the order ``"auto"`` prefers them.
+RESUME_MODES = ("auto", "last-event-id", "continue", "replay", "never")
+
+
+class Retry(_Frozen):
+    """When and how a failed stream is tried again.
+
+    Args:
+        max_attempts: HTTP attempts in all, the first included (1 = never retry).
+        initial_delay: the base of the exponential backoff, in seconds.
+        max_delay: the cap of one backoff wait, in seconds.
+        max_retry_after: the longest ``Retry-After`` honoured; a server asking
+            for more is not retried.
+        resume: how a stream that broke after delivering text continues without
+            showing it twice: ``"auto"`` (the best the provider supports),
+            ``"last-event-id"``, ``"continue"``, ``"replay"`` or ``"never"``.
+
+    Waits use full jitter: a random time between 0 and
+    ``min(max_delay, initial_delay * 2**n)``. The ``total`` timeout bounds all
+    attempts and waits together.
+
+    Usage::
+
+        llmstream.Retry(max_attempts=4, resume="auto")
+        llmstream.Retry(max_attempts=1)          # no retries
+    """
+
+    __slots__ = ("max_attempts", "initial_delay", "max_delay", "max_retry_after", "resume")
+    max_attempts: int
+    initial_delay: float
+    max_delay: float
+    max_retry_after: float
+    resume: str
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        initial_delay: float = 0.5,
+        max_delay: float = 8.0,
+        max_retry_after: float = 60.0,
+        resume: str = "auto",
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"Retry.max_attempts must be an int >= 1, got {max_attempts!r}")
+        for name, value in (("initial_delay", initial_delay), ("max_delay", max_delay), ("max_retry_after", max_retry_after)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise ValueError(f"Retry.{name} must be a number >= 0, got {value!r}")
+        if resume not in RESUME_MODES:
+            raise ValueError(f"Retry.resume must be one of {', '.join(map(repr, RESUME_MODES))}; got {resume!r}")
+        self._init("max_attempts", max_attempts)
+        self._init("initial_delay", float(initial_delay))
+        self._init("max_delay", float(max_delay))
+        self._init("max_retry_after", float(max_retry_after))
+        self._init("resume", resume)
+
+    @classmethod
+    def coerce(cls, value: Union["Retry", int, None]) -> "Retry":
+        """``None`` gives the defaults, an int sets ``max_attempts``, a :class:`Retry` is returned unchanged."""
+        if value is None:
+            return cls()
+        if isinstance(value, Retry):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls(max_attempts=value)
+        raise TypeError(f"retry must be a Retry, an int (max_attempts) or None, not {type(value).__name__}")
+
+    def replace(self, **changes: Any) -> "Retry":
+        """Return a copy with some fields changed."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return Retry(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Retry):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, n) for n in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"Retry({fields})"

@@ -1,0 +1,196 @@
+"""Bytes in, complete decoded lines out: the manual line buffer under every framing.
+
+Contract
+--------
+Strategy:
+  * Split *bytes*, decode *lines*. Incoming chunks are searched for line
+    endings as bytes; only a complete line is decoded (UTF-8, invalid bytes
+    become U+FFFD), so a multi-byte character cut in two by the network comes
+    out whole.
+  * A line ends at CR, LF or CRLF (the line endings of the event-stream
+    grammar, https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream,
+    which JSON lines also tolerate). A CR that ends one chunk ends its line at
+    once; a LF at the start of the next chunk is then swallowed, so a CRLF cut
+    in two is still ONE line ending (httpx's ``trailing_cr``).
+  * The buffer only ever holds the bytes after the last line ending, so each
+    feed searches only the new bytes and never rescans old ones: a long line
+    arriving in many small feeds costs O(n), not O(n^2) (h11's
+    ``_next_line_search``, taken to its conclusion).
+
+Invariants:
+  * Feeding the same bytes split anywhere gives the same lines.
+  * A UTF-8 byte order mark is stripped once, at the very start of the stream
+    only, even if it arrives split across feeds.
+  * Never more than ``max_line_length`` bytes of an incomplete line are held:
+    a line longer than that raises ``MalformedStreamError`` however it arrives.
+  * After raising, the buffer stays failed: every later call raises again.
+
+Never: split on U+2028, U+0085 (NEL) or any other Unicode separator (so never
+``str.splitlines``); decode per network chunk; touch IO, threads or clocks.
+"""
+
+from __future__ import annotations
+
+from typing import List, NoReturn, Optional
+
+from ._exceptions import MalformedStreamError
+
+__all__ = ["LineBuffer", "DEFAULT_MAX_LINE_LENGTH"]
+
+# 1 MiB. A streamed LLM line is one JSON chunk: a few hundred bytes, a few
+# KiB for a tool call, rarely a large base64 payload. Precedents for a cap:
+# h11 refuses headers over 16 KiB, Node's http parser over 16 KiB, aiohttp
+# caps a line at 8 KiB by default, and asyncio's StreamReader.readline() at
+# 64 KiB. LLM lines are bigger than headers, so we allow 64x h11's limit:
+# generous for real payloads, yet a server that never sends a newline cannot
+# make us buffer without bound.
+DEFAULT_MAX_LINE_LENGTH = 1_048_576
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class LineBuffer:
+    """Split a byte stream into decoded lines, CR/LF/CRLF aware, across any chunking.
+
+    Usage::
+
+        buffer = LineBuffer()
+        for chunk in chunks:
+            for line in buffer.feed(chunk):
+                ...
+        for line in buffer.close():   # a final line without a line ending
+            ...
+
+    Args:
+        max_line_length: the longest line, in bytes without its line ending,
+            that may be buffered; a longer one raises ``MalformedStreamError``.
+    """
+
+    __slots__ = ("max_line_length", "_buf", "_trailing_cr", "_at_start", "_failure", "_closed")
+
+    def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+        if max_line_length < 1:
+            raise ValueError(f"max_line_length must be at least 1, got {max_line_length!r}")
+        self.max_line_length = max_line_length
+        # Bytes after the last line ending: never holds a CR or LF.
+        self._buf = bytearray()
+        # The last chunk ended with CR: a LF starting the next one is its pair.
+        self._trailing_cr = False
+        # No byte seen yet that rules out a leading BOM.
+        self._at_start = True
+        # The message of the error raised, repeated by every later call.
+        self._failure: Optional[str] = None
+        self._closed = False
+
+    def feed(self, data: bytes) -> List[str]:
+        """Add bytes; return the lines they complete, decoded, without line endings.
+
+        Raises:
+            MalformedStreamError: a line is longer than ``max_line_length``
+                (and on every call after that).
+            RuntimeError: called after ``close()``.
+        """
+        text = self.feed_text(data)
+        return [] if text is None else text.split("\n")
+
+    def feed_text(self, data: bytes) -> Optional[str]:
+        """Like :meth:`feed`, but return the complete lines joined by ``"\n"`` (None if none).
+
+        One string instead of a list lets a framing look at a whole region
+        with C-speed string methods before (or instead of) splitting it.
+        ``feed_text(x).split("\n") == feed(x)`` whenever a line is complete.
+
+        Raises:
+            MalformedStreamError: as :meth:`feed`.
+            RuntimeError: called after ``close()``.
+        """
+        if self._failure is not None:
+            raise MalformedStreamError(self._failure)
+        if self._closed:
+            raise RuntimeError("LineBuffer.feed() called after close(); use a new LineBuffer per stream")
+        if not data:
+            return None
+        if self._at_start:
+            data = self._strip_bom(data)
+            if not data:
+                return None
+        if self._trailing_cr:
+            self._trailing_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\r" in data:
+            # Lone CRs and CRLFs become LF; a CR ending the chunk is a line
+            # ending now, and its LF, if it comes, is dropped by the next feed.
+            self._trailing_cr = data[-1:] == b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n")
+        buf = self._buf
+        if end < 0:
+            if len(buf) + len(data) > self.max_line_length:
+                self._fail()
+            buf += data
+            return None
+        if buf:
+            buf += data[:end]
+            region: bytes = bytes(buf)
+            buf.clear()
+        else:
+            region = data[:end]
+        rest = data[end + 1 :]
+        if len(region) > self.max_line_length:
+            self._check_lengths(region)
+        if len(rest) > self.max_line_length:
+            self._fail()
+        buf += rest
+        # Decoding the region once gives the same lines as decoding each
+        # line: 0x0A is ASCII, never part of a multi-byte sequence, and the
+        # decoder replaces an invalid or cut sequence before a LF without
+        # consuming the LF.
+        return region.decode("utf-8", "replace")
+
+    def close(self) -> List[str]:
+        """Signal end of input; return the final line if it had no line ending.
+
+        The line buffer does not judge an unterminated last line: the framing
+        above it decides what it means. Calling ``close()`` again returns ``[]``.
+
+        Raises:
+            MalformedStreamError: if the buffer had already failed.
+        """
+        if self._failure is not None:
+            raise MalformedStreamError(self._failure)
+        if self._closed:
+            return []
+        self._closed = True
+        if not self._buf:
+            return []
+        line = self._buf.decode("utf-8", "replace")
+        self._buf.clear()
+        return [line]
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        """Drop a leading UTF-8 BOM, holding back a possible BOM prefix until it is known."""
+        head = bytes(self._buf) + data
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._buf[:] = head
+            return b""
+        self._at_start = False
+        self._buf.clear()
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+    def _check_lengths(self, region: bytes) -> None:
+        """Raise if any line of a region of complete lines is too long (rare, large regions only)."""
+        limit = self.max_line_length
+        start = 0
+        while True:
+            end = region.find(b"\n", start)
+            if (len(region) if end < 0 else end) - start > limit:
+                self._fail()
+            if end < 0:
+                return
+            start = end + 1
+
+    def _fail(self) -> NoReturn:
+        self._buf.clear()
+        self._failure = f"line longer than the maximum of {self.max_line_length} bytes"
+        raise MalformedStreamError(self._failure)

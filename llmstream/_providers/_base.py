@@ -1,0 +1,177 @@
+"""What a provider is: how to build its request and how to decode its stream.
+
+Strategy: a provider is a stateless object (one per process) that knows its
+wire format; a *decoder* is a small per-stream state machine that turns the
+provider's framed messages (a ``ServerSentEvent`` for SSE providers, a parsed
+JSON object for JSON-lines providers) into the unified events of
+``llmstream._events``. :class:`StreamDecoder` chains the framing and the
+provider decoder so the IO shell only ever feeds bytes.
+
+Invariants every decoder keeps (tests check each provider):
+  * ``feed`` returns the events of exactly the input given, in order; events
+    are never repeated or held back longer than the framing requires.
+  * ``close()`` raises ``IncompleteStreamError`` when the end marker never came.
+  * after raising, a decoder stays failed: every later call raises the same
+    class of error again (h11's ERROR state).
+
+Sans-IO: nothing here, or in any provider module, touches a socket, thread,
+clock or logging configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Protocol, Union
+
+from .._events import Event
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
+from .._jsonl import JSONLinesDecoder
+from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
+
+__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "StreamDecoder", "Message", "ServerSentEvent", "drop_none"]
+
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One HTTP request, fully described, ready for the transport to send.
+
+    Attributes:
+        method: ``"POST"`` (or ``"GET"`` for a cursor resume).
+        url: the absolute URL.
+        headers: request headers, secrets included: never log or repr them.
+        json: the JSON body, or ``None`` for a request without one.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(repr=False)
+    json: Optional[Mapping[str, Any]] = None
+
+
+class ProviderDecoder(Protocol):
+    """Per-stream state machine: framed messages in, unified events out."""
+
+    def feed(self, message: Any) -> List[Event]:
+        """Decode one framed message (``ServerSentEvent`` or JSON object)."""
+        ...
+
+    def close(self) -> List[Event]:
+        """Signal end of input; raise ``IncompleteStreamError`` if the end marker is missing."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """True once the provider's end-of-stream marker was seen."""
+        ...
+
+
+class Provider(Protocol):
+    """A provider's wire format. Implementations live one per module."""
+
+    name: str
+    #: ``"sse"`` or ``"jsonl"``.
+    framing: str
+    #: Environment variable holding the API key, or None.
+    api_key_env: Optional[str]
+    #: Environment variable holding the base URL, or None.
+    base_url_env: Optional[str]
+    default_base_url: str
+    #: Whether the API key is required (Ollama's is not).
+    requires_api_key: bool
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Return the base URL as the provider's own SDK understands it (no trailing slash)."""
+        ...
+
+    def build_request(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str],
+        model: str,
+        messages: List[Message],
+        params: Mapping[str, Any],
+    ) -> RequestSpec:
+        """Build the streaming request; ``params`` go into the body unchanged (a None value removes a default key)."""
+        ...
+
+    def new_decoder(self) -> ProviderDecoder:
+        """Return a fresh decoder for one stream."""
+        ...
+
+    def error_from_body(self, body: str) -> Optional[ProviderError]:
+        """Parse the provider's error message out of a non-2xx body, or None."""
+        ...
+
+    def is_retryable(self, error: ProviderError) -> bool:
+        """Whether an in-stream error is worth retrying (overloaded, server error...)."""
+        ...
+
+
+class StreamDecoder:
+    """Bytes in, unified events out, for one stream of one provider.
+
+    Chains the framing (:class:`~llmstream.sse.SSEDecoder` or
+    :class:`~llmstream._jsonl.JSONLinesDecoder`) with the provider's decoder.
+
+    Usage::
+
+        decoder = StreamDecoder(provider.new_decoder(), framing="sse")
+        for chunk in chunks:
+            events = decoder.feed(chunk)
+        events = decoder.close()   # raises IncompleteStreamError if truncated
+    """
+
+    def __init__(self, decoder: ProviderDecoder, *, framing: str, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+        self.decoder = decoder
+        self.framing = framing
+        self._frames: Union[SSEDecoder, JSONLinesDecoder]
+        if framing == "sse":
+            self._frames = SSEDecoder(max_line_length=max_line_length)
+        elif framing == "jsonl":
+            self._frames = JSONLinesDecoder(max_line_length=max_line_length)
+        else:
+            raise ValueError(f"unknown framing {framing!r}; expected 'sse' or 'jsonl'")
+
+    @property
+    def last_event_id(self) -> str:
+        """The SSE last event ID ("" for JSON-lines framing or when none was sent)."""
+        frames = self._frames
+        return frames.last_event_id if isinstance(frames, SSEDecoder) else ""
+
+    @property
+    def finished(self) -> bool:
+        """True once the provider's end-of-stream marker was seen."""
+        return self.decoder.finished
+
+    def feed(self, data: bytes) -> List[Event]:
+        """Feed bytes as they arrive; return the events they complete."""
+        feed = self.decoder.feed
+        out: List[Event] = []
+        for message in self._frames.feed(data):
+            out.extend(feed(message))
+        return out
+
+    def close(self) -> List[Event]:
+        """End of input: flush, then check the end marker (raises ``IncompleteStreamError``)."""
+        out: List[Event] = []
+        try:
+            messages = self._frames.close()
+        except MalformedStreamError as exc:
+            if self.decoder.finished:
+                raise
+            # A line cut off by the end of input is a truncated stream, not a
+            # wrong protocol: report it as incomplete so it is retried.
+            raise IncompleteStreamError(f"stream ended mid-message: {exc.message}") from exc
+        for message in messages:
+            out.extend(self.decoder.feed(message))
+        out.extend(self.decoder.close())
+        return out
+
+
+def drop_none(body: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove keys whose value is None: how a caller removes a default body key."""
+    return {k: v for k, v in body.items() if v is not None}
+

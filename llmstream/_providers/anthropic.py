@@ -1,0 +1,372 @@
+"""Anthropic Messages API: the streaming request and the decoder of its events.
+
+Spec: https://docs.anthropic.com/en/docs/build-with-claude/streaming
+(event flow) and https://docs.anthropic.com/en/api/messages (request body).
+
+Strategy: the stream is SSE; every event names its type twice, in the SSE
+``event:`` field and in the JSON ``type`` field. The JSON field is the one the
+SDKs switch on, so it wins; the SSE name is the fallback. One stream is::
+
+    message_start                      usage.input_tokens
+    (content_block_start
+     content_block_delta*              text_delta | input_json_delta | thinking_delta | signature_delta
+     content_block_stop)*
+    message_delta+                     stop_reason, cumulative usage
+    message_stop                       the end-of-stream marker
+
+with ``ping`` events anywhere and ``error`` events in place of the rest.
+
+Invariants:
+  * ``message_stop`` is the only end marker: ``close()`` before it raises
+    ``IncompleteStreamError``, whatever else arrived.
+  * A tool call's arguments are streamed as ``ToolCallDelta`` fragments and
+    then given once, whole, as a ``ToolCall`` at its ``content_block_stop``.
+  * Unknown event and delta types are ignored, never errors: "we may add new
+    event types, and your code should handle unknown event types gracefully"
+    (the streaming docs, per Anthropic's versioning policy).
+  * After raising, the decoder stays failed and raises the same error again.
+
+Never: import IO modules, log, or guess at text the server did not send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+
+__all__ = ["AnthropicProvider", "AnthropicDecoder"]
+
+API_VERSION = "2023-06-01"
+#: The Messages API requires ``max_tokens``; this default is what its own examples use.
+DEFAULT_MAX_TOKENS = 1024
+#: Retrying helps with these in-stream error types; the others (invalid_request_error,
+#: authentication_error...) would fail the same way again.
+RETRYABLE_ERROR_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+_EXCERPT = 80
+
+
+def _excerpt(text: str) -> str:
+    return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))
+
+
+class AnthropicProvider:
+    """The Anthropic Messages API (``POST /v1/messages`` with ``"stream": true``).
+
+    The base URL is the host without ``/v1``, as in the ``anthropic`` SDK
+    (``ANTHROPIC_BASE_URL=https://api.anthropic.com``).
+
+    Usage::
+
+        provider = AnthropicProvider()
+        spec = provider.build_request(base_url=provider.default_base_url, api_key=key,
+                                      model="claude-sonnet-4-5", messages=messages, params={})
+        decoder = StreamDecoder(provider.new_decoder(), framing=provider.framing)
+    """
+
+    name = "anthropic"
+    framing = "sse"
+    api_key_env: Optional[str] = "ANTHROPIC_API_KEY"
+    base_url_env: Optional[str] = "ANTHROPIC_BASE_URL"
+    default_base_url = "https://api.anthropic.com"
+    requires_api_key = True
+    #: The API continues a final assistant message (prefill), so resume="continue" works.
+    supports_continue = True
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Return ``base_url`` without its trailing slashes."""
+        return base_url.rstrip("/")
+
+    def build_request(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str],
+        model: str,
+        messages: List[Message],
+        params: Mapping[str, Any],
+    ) -> RequestSpec:
+        """Build the streaming ``POST {base_url}/v1/messages`` request.
+
+        Messages with role ``"system"`` move to the top-level ``system`` field
+        (joined with a blank line), because the Messages API rejects them in
+        ``messages``. ``params`` override the body's keys; a ``None`` value
+        removes one (``max_tokens=None`` sends no ``max_tokens``).
+
+        Raises:
+            ValueError: ``params`` has a ``system`` key and ``messages`` has
+                system messages too: the two would silently compete.
+        """
+        system, chat = _split_system(messages)
+        if system is not None and "system" in params:
+            raise ValueError(
+                "got a system prompt twice: as system=... and as a message with role 'system'; "
+                "the Messages API takes one top-level system prompt, so pass only one of them"
+            )
+        body: Dict[str, Any] = {"model": model, "messages": chat, "max_tokens": DEFAULT_MAX_TOKENS, "stream": True}
+        if system is not None:
+            body["system"] = system
+        body.update(params)
+        headers = {
+            "anthropic-version": API_VERSION,
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+        }
+        if api_key:
+            headers["x-api-key"] = api_key
+        url = self.normalize_base_url(base_url) + "/v1/messages"
+        return RequestSpec(method="POST", url=url, headers=headers, json=drop_none(body))
+
+    def new_decoder(self) -> AnthropicDecoder:
+        """Return a fresh decoder for one stream."""
+        return AnthropicDecoder()
+
+    def error_from_body(self, body: str) -> Optional[ProviderError]:
+        """Parse ``{"type": "error", "error": {"type", "message"}}``; None if the body is not that."""
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
+            return None
+        return _provider_error(obj)
+
+    def is_retryable(self, error: ProviderError) -> bool:
+        """True for ``overloaded_error``, ``api_error`` and ``rate_limit_error``."""
+        return error.type in RETRYABLE_ERROR_TYPES
+
+    @staticmethod
+    def split_prefill(delivered_text: str) -> Tuple[str, str]:
+        """Split delivered text into the prefill to send and the whitespace held back.
+
+        The API refuses an assistant prefill that ends in whitespace ("final
+        assistant content cannot end with trailing whitespace"), so
+        :meth:`continue_request` sends ``delivered_text.rstrip()``. The caller
+        has already received the stripped whitespace, while the model's
+        continuation usually begins with whitespace of its own (prefill
+        ``"Hello"`` continues ``" world"``). To deliver exactly once, drop from
+        the start of the continuation the part that matches ``held_back``.
+
+        Returns:
+            ``(prefill, held_back)`` with ``prefill + held_back == delivered_text``.
+        """
+        prefill = delivered_text.rstrip()
+        return prefill, delivered_text[len(prefill) :]
+
+    def continue_request(self, spec: RequestSpec, delivered_text: str) -> RequestSpec:
+        """Return a copy of ``spec`` asking the model to continue ``delivered_text``.
+
+        The delivered text becomes the final assistant message (a prefill), so
+        the new stream carries only the continuation. Trailing whitespace is
+        held back (see :meth:`split_prefill`). If the messages already end
+        with an assistant prefill of text, the delivered text extends it,
+        since the model was continuing it. If nothing but whitespace was
+        delivered, the request is returned unchanged (an empty prefill is
+        rejected, and continuing nothing is asking again).
+
+        Note: with extended thinking enabled the API refuses a prefill; the
+        caller then falls back to replaying.
+        """
+        prefill, _ = self.split_prefill(delivered_text)
+        if not prefill or spec.json is None:
+            return spec
+        messages = list(spec.json.get("messages", []))
+        last = messages[-1] if messages else None
+        if last is not None and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+            merged = (last["content"] + delivered_text).rstrip()
+            messages[-1] = {**last, "content": merged}
+        else:
+            messages.append({"role": "assistant", "content": prefill})
+        return dataclasses.replace(spec, json={**spec.json, "messages": messages})
+
+
+def _split_system(messages: List[Message]) -> Tuple[Any, List[Message]]:
+    """Move ``role: system`` messages out of ``messages``: (system value or None, the rest)."""
+    systems = [m.get("content", "") for m in messages if m.get("role") == "system"]
+    chat = [m for m in messages if m.get("role") != "system"]
+    if not systems:
+        return None, chat
+    if all(isinstance(s, str) for s in systems):
+        return "\n\n".join(systems), chat
+    # Some content is a list of blocks (for cache_control, say): the system
+    # field accepts a list of text blocks too, so keep every block as given.
+    blocks: List[Any] = []
+    for s in systems:
+        blocks.extend([{"type": "text", "text": s}] if isinstance(s, str) else s)
+    return blocks, chat
+
+
+def _provider_error(obj: Mapping[str, Any]) -> ProviderError:
+    error = obj.get("error")
+    if not isinstance(error, dict):
+        return ProviderError("Anthropic reported an error without details", type=None)
+    message = error.get("message") or "Anthropic reported an error without a message"
+    error_type = error.get("type")
+    return ProviderError(str(message), type=error_type if isinstance(error_type, str) else None)
+
+
+@dataclasses.dataclass
+class _ToolBlock:
+    index: int
+    id: str
+    name: str
+    parts: List[str] = dataclasses.field(default_factory=list)
+
+
+class AnthropicDecoder:
+    """Per-stream state machine: Anthropic ``ServerSentEvent`` in, unified events out.
+
+    Raises (from ``feed`` or ``close``, and again on every later call):
+        ProviderError: an ``error`` event (``.type`` is e.g. ``"overloaded_error"``).
+        MalformedStreamError: an event whose data is not a JSON object of the expected shape.
+        IncompleteStreamError: ``close()`` before ``message_stop``.
+    """
+
+    def __init__(self) -> None:
+        self._error: Optional[StreamError] = None
+        self._finished = False
+        self._start_usage: Dict[str, Any] = {}
+        self._stop_reason: Optional[str] = None
+        self._tools: Dict[int, _ToolBlock] = {}  # keyed by the content block index
+        self._next_tool_index = 0
+        self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
+            "message_start": self._message_start,
+            "content_block_start": self._block_start,
+            "content_block_delta": self._block_delta,
+            "content_block_stop": self._block_stop,
+            "message_delta": self._message_delta,
+            "message_stop": self._message_stop,
+            "error": self._on_error,
+        }
+
+    @property
+    def finished(self) -> bool:
+        """True once ``message_stop`` was seen."""
+        return self._finished
+
+    def feed(self, message: ServerSentEvent) -> List[Event]:
+        """Decode one SSE event; return the unified events it produces (often none)."""
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            return []  # nothing follows message_stop; a stray ping must not break a finished stream
+        try:
+            obj = self._parse(message)
+            handler = self._handlers.get(str(obj.get("type") or message.event))
+            # Unknown types (ping included) are ignored: see the module contract.
+            return handler(obj) if handler is not None else []
+        except StreamError as exc:
+            self._error = exc
+            raise
+
+    def close(self) -> List[Event]:
+        """End of input: raise ``IncompleteStreamError`` unless ``message_stop`` was seen."""
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._error = IncompleteStreamError("the Anthropic stream ended before its message_stop event")
+            raise self._error
+        return []
+
+    @staticmethod
+    def _parse(message: ServerSentEvent) -> Dict[str, Any]:
+        try:
+            obj = json.loads(message.data)
+        except ValueError:
+            raise MalformedStreamError(
+                f"invalid JSON in Anthropic {message.event!r} event: {_excerpt(message.data)}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise MalformedStreamError(f"Anthropic {message.event!r} event is not a JSON object: {_excerpt(message.data)}")
+        return obj
+
+    def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
+        message = _expect(obj, "message", dict)
+        usage = message.get("usage")
+        if not isinstance(usage, dict):
+            return []
+        self._start_usage = usage
+        return [Usage(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"), raw=usage)]
+
+    def _block_start(self, obj: Dict[str, Any]) -> List[Event]:
+        index = _expect(obj, "index", int)
+        block = _expect(obj, "content_block", dict)
+        kind = block.get("type")
+        if kind == "tool_use":
+            tool = _ToolBlock(self._next_tool_index, str(block.get("id", "")), str(block.get("name", "")))
+            self._next_tool_index += 1
+            self._tools[index] = tool
+            return [ToolCallDelta(tool.index, tool.id, tool.name, "")]
+        # A text or thinking block starts empty in practice; keep any text it does carry.
+        if kind == "text" and block.get("text"):
+            return [TextDelta(block["text"])]
+        if kind == "thinking" and block.get("thinking"):
+            return [ThinkingDelta(block["thinking"])]
+        return []
+
+    def _block_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        index = _expect(obj, "index", int)
+        delta = _expect(obj, "delta", dict)
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = _expect(delta, "text", str, "content_block_delta")
+            return [TextDelta(text)] if text else []
+        if kind == "input_json_delta":
+            tool = self._tools.get(index)
+            fragment = _expect(delta, "partial_json", str, "content_block_delta")
+            if tool is None or not fragment:
+                return []  # a server tool's input, or the empty fragment that often opens a call
+            tool.parts.append(fragment)
+            return [ToolCallDelta(tool.index, None, None, fragment)]
+        if kind == "thinking_delta":
+            thinking = _expect(delta, "thinking", str, "content_block_delta")
+            return [ThinkingDelta(thinking)] if thinking else []
+        return []  # signature_delta, citations_delta and future delta types carry no text
+
+    def _block_stop(self, obj: Dict[str, Any]) -> List[Event]:
+        tool = self._tools.pop(_expect(obj, "index", int), None)
+        if tool is None:
+            return []
+        raw = "".join(tool.parts)
+        try:
+            # A call without arguments streams no fragment at all: that means {}.
+            arguments = json.loads(raw) if raw else {}
+        except ValueError:
+            arguments = None  # cut short (max_tokens) or invalid: the raw text is kept
+        return [ToolCall(tool.index, tool.id, tool.name, arguments, raw)]
+
+    def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        delta = obj.get("delta")
+        if isinstance(delta, dict) and delta.get("stop_reason"):
+            self._stop_reason = str(delta["stop_reason"])
+        usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            return []
+        # The figures here are cumulative; input_tokens may be absent, then
+        # message_start's count stands. raw merges both, so the last Usage is complete.
+        raw = {**self._start_usage, **usage}
+        return [Usage(input_tokens=raw.get("input_tokens"), output_tokens=raw.get("output_tokens"), raw=raw)]
+
+    def _message_stop(self, obj: Dict[str, Any]) -> List[Event]:
+        self._finished = True
+        # message_delta always brings stop_reason before message_stop; "unknown" marks a server that did not.
+        return [Finish(self._stop_reason or "unknown")]
+
+    def _on_error(self, obj: Dict[str, Any]) -> List[Event]:
+        raise _provider_error(obj)
+
+
+def _expect(obj: Mapping[str, Any], key: str, kind: type, event: str = "") -> Any:
+    """Return ``obj[key]``, or raise MalformedStreamError if it is missing or of the wrong type.
+
+    ``event`` names the event in the message when ``obj`` is a part of one (its ``delta``).
+    """
+    value = obj.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        name = event or obj.get("type")
+        raise MalformedStreamError(f"Anthropic {name!r} event without a valid {key!r}: {_excerpt(json.dumps(obj))}")
+    return value

@@ -1,0 +1,241 @@
+"""Ollama ``/api/chat``: the streaming request and the decoder of its JSON lines.
+
+Spec: https://github.com/ollama/ollama/blob/main/docs/api.md#generate-a-chat-completion
+
+Strategy: the body is newline-delimited JSON (``application/x-ndjson``), one
+object per line; ``llmstream._jsonl`` parses the lines and this decoder reads
+the objects::
+
+    {"model": ..., "message": {"role": "assistant", "content": "The", "thinking": ...}, "done": false}
+    {"model": ..., "message": {"role": "assistant", "content": "", "tool_calls": [...]}, "done": false}
+    {"model": ..., "message": {...}, "done": true, "done_reason": "stop",
+     "prompt_eval_count": 26, "eval_count": 282, "total_duration": ..., ...}
+
+or, when the server fails mid-stream, ``{"error": "..."}`` in place of the rest.
+
+Invariants:
+  * ``done: true`` is the only end marker: ``close()`` before it raises
+    ``IncompleteStreamError``.
+  * Ollama sends each tool call whole (``arguments`` already an object), so a
+    call gives one ``ToolCallDelta`` carrying all its arguments, then its
+    ``ToolCall``: the same two-step shape as the providers that stream them.
+  * After raising, the decoder stays failed and raises the same error again.
+
+Never: import IO modules, log, or guess at text the server did not send.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from ._base import Message, RequestSpec, drop_none
+
+__all__ = ["OllamaProvider", "OllamaDecoder"]
+
+DEFAULT_PORT = 11434
+#: The fields of the final object that measure the run; they become ``Usage.raw``.
+USAGE_FIELDS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+_EXCERPT = 80
+
+
+class OllamaProvider:
+    """A local (or remote) Ollama server's native chat API.
+
+    The base URL is the host, as ``OLLAMA_HOST`` gives it to the ``ollama``
+    client: with or without a scheme or port (``localhost``, ``0.0.0.0:11434``,
+    ``:8080``, ``https://ollama.example.com``). The API key is optional (a
+    bare local server needs none); when set it is sent as a bearer token, as
+    for ollama.com.
+
+    Usage::
+
+        provider = OllamaProvider()
+        spec = provider.build_request(base_url=provider.normalize_base_url(os.environ.get("OLLAMA_HOST", "")),
+                                      api_key=None, model="llama3.2", messages=messages, params={})
+        decoder = StreamDecoder(provider.new_decoder(), framing=provider.framing)
+    """
+
+    name = "ollama"
+    framing = "jsonl"
+    api_key_env: Optional[str] = "OLLAMA_API_KEY"
+    base_url_env: Optional[str] = "OLLAMA_HOST"
+    default_base_url = "http://localhost:11434"
+    requires_api_key = False
+    #: Ollama has no assistant-prefill continuation in /api/chat that this library relies on.
+    supports_continue = False
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Turn an ``OLLAMA_HOST`` value into a base URL, the way the ``ollama`` client does.
+
+        Rules (from ``ollama-python``'s ``_parse_host``): no scheme means
+        ``http``; no port means 11434 without a scheme, else the scheme's
+        default (80, 443); no host means ``127.0.0.1``; a path is kept; the
+        trailing slash goes. ``0.0.0.0`` is kept as given, as the client does
+        (it reaches the local server on Linux and macOS).
+
+        Examples: ``"localhost"`` -> ``"http://localhost:11434"``,
+        ``":8080"`` -> ``"http://127.0.0.1:8080"``,
+        ``"https://example.com/"`` -> ``"https://example.com:443"``.
+        """
+        scheme, sep, hostport = base_url.strip().partition("://")
+        port = DEFAULT_PORT
+        if not sep:
+            scheme, hostport = "http", base_url.strip()
+        elif scheme == "http":
+            port = 80
+        elif scheme == "https":
+            port = 443
+        split = urllib.parse.urlsplit(f"{scheme}://{hostport}")
+        host = split.hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"  # urlsplit drops the brackets of an IPv6 literal
+        url = f"{scheme}://{host}:{split.port or port}"
+        path = split.path.strip("/")
+        return f"{url}/{path}" if path else url
+
+    def build_request(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str],
+        model: str,
+        messages: List[Message],
+        params: Mapping[str, Any],
+    ) -> RequestSpec:
+        """Build the streaming ``POST {base_url}/api/chat`` request.
+
+        ``params`` override the body's keys (``options``, ``tools``, ``think``,
+        ``format``, ``keep_alive``...); a ``None`` value removes one.
+        """
+        body: Dict[str, Any] = {"model": model, "messages": list(messages), "stream": True}
+        body.update(params)
+        headers = {"Content-Type": "application/json", "Accept": "application/x-ndjson"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        url = self.normalize_base_url(base_url) + "/api/chat"
+        return RequestSpec(method="POST", url=url, headers=headers, json=drop_none(body))
+
+    def new_decoder(self) -> OllamaDecoder:
+        """Return a fresh decoder for one stream."""
+        return OllamaDecoder()
+
+    def error_from_body(self, body: str) -> Optional[ProviderError]:
+        """Parse ``{"error": "..."}``; None if the body is not that."""
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not obj.get("error"):
+            return None
+        return _provider_error(obj["error"])
+
+    def is_retryable(self, error: ProviderError) -> bool:
+        """False: Ollama's in-stream errors (model failed to load, ran out of memory...) carry no type
+        telling a passing condition from a permanent one, and the HTTP status already covers overload."""
+        return False
+
+
+def _provider_error(error: Any) -> ProviderError:
+    if isinstance(error, dict):  # not what Ollama sends, but what some proxies in front of it do
+        return ProviderError(str(error.get("message") or error), type=error.get("type"))
+    return ProviderError(str(error))
+
+
+class OllamaDecoder:
+    """Per-stream state machine: Ollama's parsed JSON objects in, unified events out.
+
+    Raises (from ``feed`` or ``close``, and again on every later call):
+        ProviderError: an ``{"error": ...}`` object.
+        MalformedStreamError: a line that is not a JSON object of the expected shape.
+        IncompleteStreamError: ``close()`` before ``done: true``.
+    """
+
+    def __init__(self) -> None:
+        self._error: Optional[StreamError] = None
+        self._finished = False
+        self._next_tool_index = 0
+
+    @property
+    def finished(self) -> bool:
+        """True once the object with ``done: true`` was seen."""
+        return self._finished
+
+    def feed(self, message: Any) -> List[Event]:
+        """Decode one parsed JSON object; return the unified events it produces."""
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            return []  # nothing follows done: true
+        try:
+            return self._decode(message)
+        except StreamError as exc:
+            self._error = exc
+            raise
+
+    def close(self) -> List[Event]:
+        """End of input: raise ``IncompleteStreamError`` unless ``done: true`` was seen."""
+        if self._error is not None:
+            raise self._error
+        if not self._finished:
+            self._error = IncompleteStreamError('the Ollama stream ended before its "done": true object')
+            raise self._error
+        return []
+
+    def _decode(self, obj: Any) -> List[Event]:
+        if not isinstance(obj, dict):
+            raise MalformedStreamError(f"Ollama stream line is not a JSON object: {_excerpt(obj)}")
+        if obj.get("error"):
+            raise _provider_error(obj["error"])
+        message = obj.get("message") or {}
+        if not isinstance(message, dict):
+            raise MalformedStreamError(f"Ollama 'message' is not a JSON object: {_excerpt(obj)}")
+        out: List[Event] = []
+        # Thinking comes before the answer it leads to, so emit it first.
+        if message.get("thinking"):
+            out.append(ThinkingDelta(str(message["thinking"])))
+        if message.get("content"):
+            out.append(TextDelta(str(message["content"])))
+        for call in message.get("tool_calls") or ():
+            out.extend(self._tool_call(call))
+        if obj.get("done") is True:
+            self._finished = True
+            raw = {k: obj[k] for k in USAGE_FIELDS if k in obj}
+            out.append(Usage(input_tokens=raw.get("prompt_eval_count"), output_tokens=raw.get("eval_count"), raw=raw))
+            out.append(Finish(str(obj.get("done_reason") or "stop")))
+        return out
+
+    def _tool_call(self, call: Any) -> Tuple[ToolCallDelta, ToolCall]:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise MalformedStreamError(f"Ollama tool call without a function name: {_excerpt(call)}")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            # Ollama sends an object; an OpenAI-style string (some proxies) is parsed here.
+            raw = arguments
+            try:
+                arguments = json.loads(raw) if raw else {}
+            except ValueError:
+                arguments = None
+        else:
+            raw = json.dumps(arguments, ensure_ascii=False)
+        # Recent servers give each call an id; older ones none ("" then, as ToolCall documents).
+        call_id = str(call.get("id") or "")
+        index = self._next_tool_index
+        self._next_tool_index += 1
+        return ToolCallDelta(index, call_id, function["name"], raw), ToolCall(index, call_id, function["name"], arguments, raw)
+
+
+def _excerpt(obj: Any) -> str:
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, default=repr)
+    return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))

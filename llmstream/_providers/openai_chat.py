@@ -1,0 +1,383 @@
+"""OpenAI Chat Completions (and every OpenAI-compatible server): request and stream decoder.
+
+Contract
+--------
+Spec: https://platform.openai.com/docs/api-reference/chat-streaming (the
+``chat.completion.chunk`` object), and the official SDK's reading of it
+(``openai/_streaming.py``: ``[DONE]`` ends the stream, a chunk with an
+``error`` key is an error).
+
+Strategy: one SSE event carries one JSON chunk. ``feed`` tries the 99% shape
+first -- one choice, index 0, a delta holding only ``content``, no
+``finish_reason`` and no ``usage`` -- and returns one :class:`TextDelta`
+without building anything else; every other chunk goes through the general
+path. ``[DONE]`` is not JSON, so it is recognised only after ``json.loads``
+has refused it: the end marker costs nothing on the hot path.
+
+Invariants:
+  * Only choice index 0 is delivered. ``n > 1`` is not supported: the chunks
+    of other choices are ignored rather than interleaved into one text.
+  * A tool call's fragments are assembled by their ``index``; its
+    :class:`ToolCall` is emitted when the call is complete (at
+    ``finish_reason``, or at ``[DONE]`` if no finish reason came), before the
+    :class:`Finish` it completes.
+  * ``Finish`` is emitted once, for the first ``finish_reason``.
+  * After ``[DONE]`` every further message is ignored.
+  * After raising, the decoder stays failed: every later call raises a copy of
+    the same error.
+
+Deliberate deviations, each tested:
+  * A stream that ends cleanly after a ``finish_reason`` but without
+    ``[DONE]`` is complete: several OpenAI-compatible servers never send
+    ``[DONE]``, and the finish reason already says the model stopped. Only
+    the trailing usage chunk can be missing then.
+  * ``delta.reasoning_content`` (DeepSeek, vLLM <= 0.9) and ``delta.reasoning``
+    (newer vLLM, OpenRouter) become :class:`ThinkingDelta`.
+  * An SSE event whose data is blank, or is not JSON on an event type other
+    than ``message`` (a vendor keep-alive), is ignored.
+  * ``delta.refusal`` is not text of the answer and is not delivered.
+
+Never: touch a socket, thread, clock or logger; deliver a piece twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping, NoReturn, Optional
+
+from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+
+__all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
+
+_loads = json.loads
+
+#: In-stream error types worth another attempt. OpenAI reports rate limits with
+#: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
+#: others are the usual server-side words of OpenAI and compatible servers.
+#: ``insufficient_quota`` (also a 429) is deliberately absent: waiting won't fix it.
+_RETRYABLE_TYPES = frozenset(
+    {
+        "server_error",
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "requests",
+        "tokens",
+        "overloaded_error",
+        "service_unavailable",
+        "timeout",
+    }
+)
+
+_EXCERPT = 80
+
+
+def excerpt(data: str) -> str:
+    """Return the start of ``data``, short enough for an error message."""
+    return data if len(data) <= _EXCERPT else data[:_EXCERPT] + "..."
+
+
+def error_from_object(obj: Any) -> Optional[ProviderError]:
+    """Read an OpenAI-style error object, or return None if ``obj`` is not one.
+
+    Accepts ``{"error": {"message", "type", "code"}}`` (OpenAI), ``{"error":
+    "text"}`` and vLLM's bare ``{"object": "error", "message", "type"}``.
+    ``type`` falls back to ``code`` when a server gives only a code.
+    """
+    if not isinstance(obj, dict):
+        return None
+    error = obj.get("error")
+    if not error:
+        if obj.get("object") != "error":
+            return None
+        error = obj
+    if isinstance(error, str):
+        return ProviderError(error)
+    if not isinstance(error, dict):
+        return ProviderError(str(error))
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        message = "the server reported an error in the stream"
+    kind = error.get("type") or error.get("code")
+    return ProviderError(message, type=None if kind is None else str(kind))
+
+
+def tool_call(index: int, call_id: str, name: str, raw: str) -> ToolCall:
+    """Build a complete :class:`ToolCall`; ``arguments`` is None when ``raw`` is not valid JSON.
+
+    Empty arguments mean a function called without any (some servers send ""
+    rather than "{}"), so they parse as ``{}``, as for the other providers.
+    """
+    if not raw:
+        return ToolCall(index=index, id=call_id, name=name, arguments={}, raw_arguments=raw)
+    try:
+        arguments = _loads(raw)
+    except ValueError:
+        arguments = None
+    return ToolCall(index=index, id=call_id, name=name, arguments=arguments, raw_arguments=raw)
+
+
+class _PendingCall:
+    """The fragments of one tool call received so far."""
+
+    __slots__ = ("id", "name", "parts")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.parts: List[str] = []
+
+
+class OpenAIChatDecoder:
+    """Decodes one Chat Completions stream: ``ServerSentEvent`` in, unified events out.
+
+    Usage::
+
+        decoder = OpenAIChatDecoder()
+        events = decoder.feed(ServerSentEvent(data='{"choices": [...]}'))
+        events = decoder.close()   # IncompleteStreamError if [DONE] never came
+
+    After an error is raised, every later ``feed``/``close`` raises a copy of it.
+    """
+
+    def __init__(self) -> None:
+        self._done = False
+        self._finish_reason: Optional[str] = None
+        self._calls: Dict[int, _PendingCall] = {}
+        self._error: Optional[StreamError] = None
+
+    @property
+    def finished(self) -> bool:
+        """True once ``[DONE]`` was seen (or ``close()`` accepted a finish reason instead)."""
+        return self._done
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        """The first ``finish_reason`` seen, or None."""
+        return self._finish_reason
+
+    def feed(self, message: ServerSentEvent) -> List[Event]:
+        """Decode one SSE event.
+
+        Raises:
+            ProviderError: the chunk is an ``{"error": ...}`` object.
+            MalformedStreamError: the data is not JSON (nor ``[DONE]``) or not an object.
+        """
+        if self._done or self._error is not None:
+            return self._after_end()
+        data = message.data
+        try:
+            chunk = _loads(data)
+        except ValueError:
+            return self._not_json(message)
+        # The hot path: {"choices": [{"index": 0, "delta": {"content": "..."},
+        # "finish_reason": null}], ...} -- anything unexpected falls through.
+        try:
+            choice = chunk["choices"][0]
+            delta = choice["delta"]
+            content = delta["content"]
+            if (
+                content.__class__ is str
+                and len(delta) == 1
+                and choice.get("finish_reason") is None
+                and chunk.get("usage") is None
+                and len(chunk["choices"]) == 1
+                and choice.get("index", 0) == 0
+            ):
+                return [TextDelta(content)] if content else []
+        except (KeyError, IndexError, TypeError, AttributeError):
+            pass
+        return self._general(chunk, data)
+
+    def close(self) -> List[Event]:
+        """Signal end of input.
+
+        A stream that ended after a ``finish_reason`` without ``[DONE]`` is
+        accepted as complete (see the module contract) and returns [].
+
+        Raises:
+            IncompleteStreamError: neither ``[DONE]`` nor a ``finish_reason`` came.
+        """
+        if self._done or self._error is not None:
+            return self._after_end()
+        if self._finish_reason is None:
+            self._fail(IncompleteStreamError("stream ended before [DONE]: the answer may be cut short"))
+        self._done = True
+        return []
+
+    # -- general path -----------------------------------------------------
+
+    def _after_end(self) -> List[Event]:
+        if self._error is not None:
+            # A copy, so repeated raises don't chain tracebacks onto one object.
+            raise copy.copy(self._error)
+        return []
+
+    def _fail(self, error: StreamError) -> NoReturn:
+        self._error = error
+        raise error
+
+    def _general(self, chunk: Any, data: str) -> List[Event]:
+        """Decode any chunk; one of the wrong shape becomes MalformedStreamError."""
+        try:
+            return self._chunk(chunk)
+        except StreamError as exc:
+            self._error = exc
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            self._fail(MalformedStreamError(f"unexpected chunk shape: {excerpt(data)!r}"))
+
+    def _not_json(self, message: ServerSentEvent) -> List[Event]:
+        data = message.data.strip()
+        if data == "[DONE]":
+            out = self._complete_calls()
+            self._done = True
+            return out
+        if not data or message.event != "message":
+            return []
+        self._fail(MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}"))
+
+    def _chunk(self, chunk: Any) -> List[Event]:
+        error = error_from_object(chunk)
+        if error is not None:
+            raise error
+        if not isinstance(chunk, dict):
+            raise TypeError("chunk is not an object")
+        out: List[Event] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                self._choice(choice, out)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            out.append(Usage(input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"), raw=usage))
+        return out
+
+    def _choice(self, choice: Mapping[str, Any], out: List[Event]) -> None:
+        delta = choice.get("delta") or {}
+        thinking = delta.get("reasoning_content") or delta.get("reasoning")
+        if thinking and isinstance(thinking, str):
+            out.append(ThinkingDelta(thinking))
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            out.append(TextDelta(content))
+        for fragment in delta.get("tool_calls") or ():
+            self._tool_fragment(fragment, out)
+        reason = choice.get("finish_reason")
+        if reason is not None and self._finish_reason is None:
+            out.extend(self._complete_calls())
+            self._finish_reason = str(reason)
+            out.append(Finish(self._finish_reason))
+
+    def _tool_fragment(self, fragment: Mapping[str, Any], out: List[Event]) -> None:
+        index = fragment.get("index", 0)
+        function = fragment.get("function") or {}
+        call = self._calls.get(index)
+        first = call is None
+        if call is None:
+            call = self._calls[index] = _PendingCall()
+        # id and name are reported where they first appear; servers that repeat
+        # them on every fragment must not get them concatenated or re-announced.
+        new_id = fragment.get("id") if not call.id else None
+        new_name = function.get("name") if not call.name else None
+        call.id = call.id or new_id or ""
+        call.name = call.name or new_name or ""
+        arguments = function.get("arguments") or ""
+        if arguments:
+            call.parts.append(arguments)
+        if first or new_id or new_name or arguments:
+            out.append(ToolCallDelta(index=index, id=new_id or None, name=new_name or None, arguments=arguments))
+
+    def _complete_calls(self) -> List[Event]:
+        calls, self._calls = self._calls, {}
+        return [tool_call(i, calls[i].id, calls[i].name, "".join(calls[i].parts)) for i in sorted(calls)]
+
+
+class OpenAIChatProvider:
+    """OpenAI Chat Completions, and any server that speaks it (vLLM, llama.cpp, DeepSeek, Groq...).
+
+    ``base_url`` includes the version, as in the official SDK:
+    ``https://api.openai.com/v1``.
+    """
+
+    name = "openai"
+    framing = "sse"
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    base_url_env: Optional[str] = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
+    requires_api_key = True
+    #: Whether :meth:`continue_request` can be used (servers implementing vLLM's
+    #: ``continue_final_message``; the caller decides for the official host).
+    supports_continue = True
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Return ``base_url`` without its trailing slash (``/v1`` is kept as given)."""
+        return base_url.rstrip("/")
+
+    def headers(self, api_key: Optional[str]) -> Dict[str, str]:
+        """Request headers: JSON body, SSE answer, and the bearer key when there is one."""
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    def build_request(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str],
+        model: str,
+        messages: List[Message],
+        params: Mapping[str, Any],
+    ) -> RequestSpec:
+        """Build ``POST {base_url}/chat/completions`` with ``stream`` and usage reporting on.
+
+        ``params`` override the defaults; a None value removes a key (for
+        example ``stream_options=None`` for a server that rejects it).
+        """
+        body: Dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        body.update(params)
+        url = f"{self.normalize_base_url(base_url)}/chat/completions"
+        return RequestSpec(method="POST", url=url, headers=self.headers(api_key), json=drop_none(body))
+
+    def continue_request(self, spec: RequestSpec, delivered_text: str) -> RequestSpec:
+        """Return a copy of ``spec`` asking the server to continue ``delivered_text``.
+
+        The messages gain a final assistant message holding the delivered text,
+        and the body sets ``continue_final_message: true`` and
+        ``add_generation_prompt: false`` (vLLM's and compatible servers'
+        continuation of a final assistant message).
+
+        Raises:
+            ValueError: ``spec`` has no JSON body with ``messages``.
+        """
+        if spec.json is None or not isinstance(spec.json.get("messages"), list):
+            raise ValueError("continue_request needs the original chat request, with its messages")
+        body = dict(spec.json)
+        body["messages"] = [*spec.json["messages"], {"role": "assistant", "content": delivered_text}]
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+        return replace(spec, json=body)
+
+    def new_decoder(self) -> OpenAIChatDecoder:
+        """Return a fresh decoder for one stream."""
+        return OpenAIChatDecoder()
+
+    def error_from_body(self, body: str) -> Optional[ProviderError]:
+        """Parse ``{"error": {"message", "type", "code"}}`` from a non-2xx body, or return None."""
+        try:
+            obj = _loads(body)
+        except ValueError:
+            return None
+        return error_from_object(obj)
+
+    def is_retryable(self, error: ProviderError) -> bool:
+        """True for server errors and rate limits; False for invalid requests and unknown types."""
+        return error.type in _RETRYABLE_TYPES

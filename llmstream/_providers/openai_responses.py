@@ -1,0 +1,387 @@
+"""OpenAI Responses API: request, cursor resume request and stream decoder.
+
+Contract
+--------
+Spec: https://platform.openai.com/docs/api-reference/responses-streaming
+(the typed events; the official SDK's ``types/responses/*_event.py``).
+
+Strategy: every SSE event carries a JSON object whose ``type`` names it (the
+SSE ``event:`` line repeats it; it is used only when ``type`` is missing, as
+some compatible servers do). ``feed`` checks ``response.output_text.delta``
+first -- the 99% event -- and dispatches everything else through a table.
+The events this decoder uses:
+
+  response.created                       remember ``response.id`` (for resume)
+  response.output_text.delta             TextDelta
+  response.reasoning_summary_text.delta  ThinkingDelta
+  response.reasoning_text.delta          ThinkingDelta
+  response.output_item.added             a function_call item: first ToolCallDelta (call_id, name)
+  response.function_call_arguments.delta ToolCallDelta (arguments fragment)
+  response.function_call_arguments.done  ToolCall (parsed arguments)
+  response.output_item.done              ToolCall, if ``.done`` above did not come
+  response.completed                     Usage, Finish("stop" or "tool_calls"); end
+  response.incomplete                    Usage, Finish(incomplete_details.reason); end
+  response.failed                        ProviderError(error.message, type=error.code)
+  error                                  ProviderError(message, type=code)
+
+Every other type (``response.in_progress``, ``response.content_part.added``,
+``response.output_text.done``, ``response.refusal.delta``...) is ignored, so a
+new event type never breaks a stream.
+
+Invariants:
+  * ``last_sequence_number`` is the ``sequence_number`` of the last event
+    decoded, and ``response_id`` the id from ``response.created``: together the
+    cursor for ``GET /responses/{id}?stream=true&starting_after=N``.
+  * A decoder made by :meth:`OpenAIResponsesDecoder.resumed` carries the tool
+    call state over and drops any replayed event at or before the cursor, so a
+    resumed stream delivers nothing twice.
+  * Tool call ``index`` is the order of the function calls in the answer.
+  * After ``response.completed``/``response.incomplete`` everything is ignored
+    (including the ``[DONE]`` some compatible servers append).
+  * After raising, the decoder stays failed: every later call raises a copy of
+    the same error.
+
+Never: touch a socket, thread, clock or logger; deliver a piece twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional
+from urllib.parse import quote
+
+from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_call
+
+__all__ = ["OpenAIResponsesProvider", "OpenAIResponsesDecoder"]
+
+_loads = json.loads
+_TEXT_DELTA = "response.output_text.delta"
+
+
+class _FunctionCall:
+    """One function call item of the answer, while its arguments stream."""
+
+    __slots__ = ("index", "call_id", "name", "parts", "done")
+
+    def __init__(self, index: int, call_id: str, name: str) -> None:
+        self.index = index
+        self.call_id = call_id
+        self.name = name
+        self.parts: List[str] = []
+        self.done = False
+
+    def copy(self) -> _FunctionCall:
+        """Return an independent copy (for a resumed decoder)."""
+        new = _FunctionCall(self.index, self.call_id, self.name)
+        new.parts = list(self.parts)
+        new.done = self.done
+        return new
+
+
+class OpenAIResponsesDecoder:
+    """Decodes one Responses API stream: ``ServerSentEvent`` in, unified events out.
+
+    Usage::
+
+        decoder = OpenAIResponsesDecoder()
+        events = decoder.feed(ServerSentEvent(event="response.output_text.delta", data='{...}'))
+        events = decoder.close()   # IncompleteStreamError if response.completed never came
+
+    After an error is raised, every later ``feed``/``close`` raises a copy of it.
+    """
+
+    def __init__(self) -> None:
+        self._done = False
+        self._error: Optional[StreamError] = None
+        self._response_id: Optional[str] = None
+        self._last_seq: Optional[int] = None
+        self._resume_after: Optional[int] = None
+        self._calls: Dict[str, _FunctionCall] = {}
+        self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
+            "response.created": self._created,
+            "response.reasoning_summary_text.delta": self._thinking,
+            "response.reasoning_text.delta": self._thinking,
+            "response.output_item.added": self._item_added,
+            "response.function_call_arguments.delta": self._arguments_delta,
+            "response.function_call_arguments.done": self._arguments_done,
+            "response.output_item.done": self._item_done,
+            "response.completed": self._completed,
+            "response.incomplete": self._incomplete,
+            "response.failed": self._failed,
+            "error": self._error_event,
+        }
+
+    @property
+    def finished(self) -> bool:
+        """True once ``response.completed`` or ``response.incomplete`` was seen."""
+        return self._done
+
+    @property
+    def response_id(self) -> Optional[str]:
+        """The response's id from ``response.created``, or None before it."""
+        return self._response_id
+
+    @property
+    def last_sequence_number(self) -> Optional[int]:
+        """The ``sequence_number`` of the last event decoded, or None."""
+        return self._last_seq
+
+    def resumed(self) -> OpenAIResponsesDecoder:
+        """Return a decoder for the same response, resumed after :attr:`last_sequence_number`.
+
+        It keeps the response id and the function calls seen so far, and drops
+        replayed events whose ``sequence_number`` is at or before the cursor.
+        This decoder may be failed (a broken stream); the new one is not.
+        """
+        new = OpenAIResponsesDecoder()
+        new._response_id = self._response_id
+        new._last_seq = new._resume_after = self._last_seq
+        new._calls = {key: call.copy() for key, call in self._calls.items()}
+        return new
+
+    def feed(self, message: ServerSentEvent) -> List[Event]:
+        """Decode one SSE event.
+
+        Raises:
+            ProviderError: an ``error`` or ``response.failed`` event.
+            MalformedStreamError: the data is not a JSON object.
+        """
+        if self._done or self._error is not None:
+            return self._after_end()
+        data = message.data
+        try:
+            event = _loads(data)
+            kind = event.get("type") or message.event
+            seq = event.get("sequence_number")
+        except (ValueError, AttributeError):
+            return self._not_object(message)
+        if seq.__class__ is int:
+            if self._resume_after is not None and seq <= self._resume_after:
+                return []  # replayed by the server on resume: delivered already
+            self._last_seq = seq
+        if kind == _TEXT_DELTA:
+            delta = event.get("delta")
+            if delta.__class__ is str:
+                return [TextDelta(delta)] if delta else []
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return []
+        try:
+            return handler(event)
+        except StreamError as exc:
+            self._error = exc
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            self._fail(MalformedStreamError(f"unexpected {kind} event: {excerpt(data)!r}"))
+
+    def close(self) -> List[Event]:
+        """Signal end of input.
+
+        Raises:
+            IncompleteStreamError: neither ``response.completed`` nor
+                ``response.incomplete`` came.
+        """
+        if self._done or self._error is not None:
+            return self._after_end()
+        self._fail(IncompleteStreamError("stream ended before response.completed: the answer may be cut short"))
+
+    # -- helpers ------------------------------------------------------------
+
+    def _after_end(self) -> List[Event]:
+        if self._error is not None:
+            # A copy, so repeated raises don't chain tracebacks onto one object.
+            raise copy.copy(self._error)
+        return []
+
+    def _fail(self, error: StreamError) -> NoReturn:
+        self._error = error
+        raise error
+
+    def _not_object(self, message: ServerSentEvent) -> List[Event]:
+        data = message.data.strip()
+        # Compatible servers may append [DONE] or send blank keep-alives.
+        if not data or data == "[DONE]":
+            return []
+        try:
+            _loads(data)
+        except ValueError:
+            self._fail(MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}"))
+        self._fail(MalformedStreamError(f"stream data is not a JSON object: {excerpt(message.data)!r}"))
+
+    def _created(self, event: Dict[str, Any]) -> List[Event]:
+        response_id = event["response"].get("id")
+        if isinstance(response_id, str):
+            self._response_id = response_id
+        return []
+
+    def _thinking(self, event: Dict[str, Any]) -> List[Event]:
+        delta = event.get("delta")
+        return [ThinkingDelta(delta)] if delta and isinstance(delta, str) else []
+
+    def _item_added(self, event: Dict[str, Any]) -> List[Event]:
+        item = event["item"]
+        if item.get("type") != "function_call":
+            return []
+        call = self._register(event, item.get("call_id") or item.get("id") or "", item.get("name") or "")
+        arguments = item.get("arguments") or ""
+        if arguments:
+            call.parts.append(arguments)
+        return [ToolCallDelta(index=call.index, id=call.call_id or None, name=call.name or None, arguments=arguments)]
+
+    def _register(self, event: Dict[str, Any], call_id: str, name: str) -> _FunctionCall:
+        call = _FunctionCall(len(self._calls), call_id, name)
+        self._calls[self._key(event)] = call
+        return call
+
+    @staticmethod
+    def _key(event: Dict[str, Any]) -> str:
+        # Argument events name their item by item_id; output_index is the
+        # fallback for servers that omit ids.
+        item = event.get("item")
+        item_id = item.get("id") if isinstance(item, dict) else event.get("item_id")
+        return str(item_id) if item_id else f"#{event.get('output_index')}"
+
+    def _call_for(self, event: Dict[str, Any]) -> _FunctionCall:
+        call = self._calls.get(self._key(event))
+        if call is None:
+            # Arguments for an item never announced: keep them rather than lose them.
+            call = self._register(event, "", "")
+        return call
+
+    def _arguments_delta(self, event: Dict[str, Any]) -> List[Event]:
+        call = self._call_for(event)
+        delta = event.get("delta") or ""
+        if not delta or call.done:
+            return []
+        call.parts.append(delta)
+        return [ToolCallDelta(index=call.index, id=None, name=None, arguments=delta)]
+
+    def _arguments_done(self, event: Dict[str, Any]) -> List[Event]:
+        return self._finish_call(self._call_for(event), event.get("arguments"))
+
+    def _item_done(self, event: Dict[str, Any]) -> List[Event]:
+        item = event["item"]
+        if item.get("type") != "function_call":
+            return []
+        call = self._call_for(event)
+        call.call_id = call.call_id or item.get("call_id") or ""
+        call.name = call.name or item.get("name") or ""
+        return self._finish_call(call, item.get("arguments"))
+
+    def _finish_call(self, call: _FunctionCall, arguments: Any) -> List[Event]:
+        if call.done:
+            return []
+        call.done = True
+        # The server's final string is authoritative; the streamed parts serve
+        # when it is missing.
+        raw = arguments if isinstance(arguments, str) else "".join(call.parts)
+        return [tool_call(call.index, call.call_id, call.name, raw)]
+
+    def _completed(self, event: Dict[str, Any]) -> List[Event]:
+        return self._end(event, "tool_calls" if self._calls else "stop")
+
+    def _incomplete(self, event: Dict[str, Any]) -> List[Event]:
+        details = (event.get("response") or {}).get("incomplete_details") or {}
+        return self._end(event, str(details.get("reason") or "incomplete"))
+
+    def _end(self, event: Dict[str, Any], reason: str) -> List[Event]:
+        """The terminal event: any call left open, then Usage and Finish."""
+        out: List[Event] = []
+        for call in sorted(self._calls.values(), key=lambda c: c.index):
+            out.extend(self._finish_call(call, None))
+        usage = (event.get("response") or {}).get("usage")
+        if isinstance(usage, dict):
+            out.append(Usage(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"), raw=usage))
+        out.append(Finish(reason))
+        self._done = True
+        return out
+
+    def _failed(self, event: Dict[str, Any]) -> List[Event]:
+        error = (event.get("response") or {}).get("error") or {}
+        message = error.get("message") or "the response failed"
+        code = error.get("code")
+        raise ProviderError(str(message), type=None if code is None else str(code))
+
+    def _error_event(self, event: Dict[str, Any]) -> List[Event]:
+        if isinstance(event.get("error"), dict):
+            # Some servers nest it as in Chat Completions.
+            nested = error_from_object(event)
+            if nested is not None:
+                raise nested
+        message = event.get("message") or "the server reported an error in the stream"
+        code = event.get("code")
+        raise ProviderError(str(message), type=None if code is None else str(code))
+
+
+class OpenAIResponsesProvider:
+    """OpenAI Responses API (``POST /responses``), streamed.
+
+    Shares the Chat Completions provider's environment, base URL, headers and
+    error format: it is the same host and the same key.
+    """
+
+    name = "openai-responses"
+    framing = "sse"
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    base_url_env: Optional[str] = "OPENAI_BASE_URL"
+    default_base_url = "https://api.openai.com/v1"
+    requires_api_key = True
+
+    _chat = OpenAIChatProvider()
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Return ``base_url`` without its trailing slash (``/v1`` is kept as given)."""
+        return base_url.rstrip("/")
+
+    def build_request(
+        self,
+        *,
+        base_url: str,
+        api_key: Optional[str],
+        model: str,
+        messages: List[Message],
+        params: Mapping[str, Any],
+    ) -> RequestSpec:
+        """Build ``POST {base_url}/responses`` with the messages as ``input`` and ``stream`` on.
+
+        ``params`` override the defaults; a None value removes a key.
+        """
+        body: Dict[str, Any] = {"model": model, "input": list(messages), "stream": True}
+        body.update(params)
+        url = f"{self.normalize_base_url(base_url)}/responses"
+        return RequestSpec(method="POST", url=url, headers=self._chat.headers(api_key), json=drop_none(body))
+
+    def resume_request(self, spec: RequestSpec, response_id: str, sequence_number: int) -> RequestSpec:
+        """Build ``GET {base_url}/responses/{id}?stream=true&starting_after=N`` from the original request.
+
+        OpenAI replays the events after ``sequence_number`` only for responses
+        created with ``background: true`` (which needs ``store``); for others
+        the server refuses and the caller must fall back to another resume.
+        Decode the answer with :meth:`OpenAIResponsesDecoder.resumed`.
+
+        Raises:
+            ValueError: ``spec`` is not a ``.../responses`` request.
+        """
+        if not spec.url.endswith("/responses"):
+            raise ValueError(f"resume_request needs the original POST .../responses request, not {spec.url!r}")
+        base = spec.url[: -len("/responses")]
+        url = f"{base}/responses/{quote(response_id, safe='')}?stream=true&starting_after={int(sequence_number)}"
+        # Same key and Accept; no body, so no Content-Type.
+        headers = {k: v for k, v in spec.headers.items() if k.lower() != "content-type"}
+        return RequestSpec(method="GET", url=url, headers=headers, json=None)
+
+    def new_decoder(self) -> OpenAIResponsesDecoder:
+        """Return a fresh decoder for one stream."""
+        return OpenAIResponsesDecoder()
+
+    def error_from_body(self, body: str) -> Optional[ProviderError]:
+        """Parse ``{"error": {"message", "type", "code"}}`` from a non-2xx body, or return None."""
+        return self._chat.error_from_body(body)
+
+    def is_retryable(self, error: ProviderError) -> bool:
+        """True for server errors and rate limits (``server_error``, ``rate_limit_exceeded``...)."""
+        return self._chat.is_retryable(error)

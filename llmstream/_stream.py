@@ -1,0 +1,272 @@
+"""TokenStream: the caller's side of one stream.
+
+Strategy: the worker (``_worker.py``) fills a bounded queue with batches of
+events; this class takes them, keeps the books (``.text``, usage, finish
+reason, tool calls) and hands them out either as ``str`` pieces (iteration) or
+as typed events (``.events()``). Both views draw from the same queue, so a
+caller may switch between them, but each event is handed out once.
+
+Outcomes are kept distinct: ``status`` is ``"streaming"``, then one of
+``"finished"`` (ended normally), ``"failed"`` (it broke: the error is raised
+with ``partial_text``) or ``"closed"`` (the caller closed it). Misuse raises
+``StreamClosedError`` / ``StreamBusyError`` (``RuntimeError`` subclasses).
+
+Waiting: the caller waits on the queue in slices of at most 0.1 s so that a
+``KeyboardInterrupt`` is seen promptly; the interrupt closes the stream (worker
+and socket) and propagates. The ``total`` deadline is checked here as well as in
+the worker: a slow caller cannot stretch a stream past it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any, Iterator, List, Optional
+
+from ._events import (
+    Event,
+    Finish,
+    Reset,
+    StreamMetrics,
+    StreamResult,
+    TextDelta,
+    ToolCall,
+    Usage,
+)
+from ._exceptions import ResumeError, StreamBusyError, StreamClosedError, StreamError, StreamTimeoutError
+from ._worker import POLL_INTERVAL, Worker
+
+__all__ = ["TokenStream"]
+
+#: How long ``close()`` waits for the worker thread to end. A worker blocked in
+#: connect() cannot be woken; it is abandoned (a daemon thread that ends by its
+#: connect timeout, its result discarded).
+CLOSE_JOIN_TIMEOUT = 1.0
+
+
+class TokenStream:
+    """A streaming answer: iterate it for text, or call :meth:`events` for typed events.
+
+    Usage::
+
+        with client.stream("Tell me a story", model="gpt-4o-mini") as s:
+            for text in s:
+                print(text, end="", flush=True)
+        print(s.result.usage)
+
+    Iteration yields ``str`` pieces in order, each exactly once. Breaking out of
+    the loop, dropping the stream or leaving the ``with`` block closes it: the
+    worker thread ends and the socket is shut. A failure raises a
+    :class:`~llmstream.StreamError` whose ``partial_text`` is what the loop had
+    received. A stream may be consumed by one thread at a time.
+    """
+
+    def __init__(self, worker: Worker, *, provider: str, model: str) -> None:
+        self._worker = worker
+        self._provider = provider
+        self._model = model
+        self._parts: List[str] = []
+        self._tool_calls: List[ToolCall] = []
+        self._usage: Optional[Usage] = None
+        self._finish_reason: Optional[str] = None
+        self._status = "streaming"
+        self._error: Optional[BaseException] = None
+        self._busy = threading.Lock()
+        self._lock = threading.Lock()
+        # Cancels the worker if the caller drops the stream without closing it.
+        self._finalizer = weakref.finalize(self, worker.cancel)
+        worker.start()
+
+    # -- consumption ----------------------------------------------------------
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield the answer's text pieces in order (see the class docstring)."""
+        return self._consume(text_only=True)  # type: ignore[return-value]
+
+    def events(self) -> Iterator[Event]:
+        """Yield typed events: TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset.
+
+        A ``Reset`` means a replayed answer did not repeat the text already
+        delivered: discard what you showed; the next events restart the answer.
+        """
+        return self._consume(text_only=False)
+
+    def _consume(self, text_only: bool) -> Iterator[Any]:
+        if not self._busy.acquire(blocking=False):
+            raise StreamBusyError(
+                "this stream is already being iterated (by another thread or another loop); "
+                "give each consumer its own stream"
+            )
+        try:
+            self._check_open()
+            append = self._parts.append
+            while True:
+                batches = self._next_batches()
+                if batches is None:
+                    return
+                for batch in batches:
+                    for event in batch:
+                        if event.__class__ is TextDelta:
+                            append(event.text)
+                            yield event.text if text_only else event
+                        else:
+                            self._record(event, text_only)
+                            if not text_only:
+                                yield event
+        finally:
+            self._busy.release()
+            if self._status == "streaming":
+                # The consumer stopped early (break, exception, interrupt): close.
+                self.close()
+
+    def _record(self, event: Event, text_only: bool) -> None:
+        if isinstance(event, Usage):
+            self._usage = event
+        elif isinstance(event, Finish):
+            self._finish_reason = event.reason
+        elif isinstance(event, ToolCall):
+            self._tool_calls.append(event)
+        elif isinstance(event, Reset):
+            if text_only:
+                error = ResumeError(
+                    "the retried answer did not repeat the text already delivered, so it cannot be "
+                    "continued without duplicating or losing text (use .events() to receive a Reset instead)",
+                    partial_text=self.text,
+                    attempts=self._worker.stats.attempts,
+                )
+                self._fail(error)
+                raise error
+            self._parts.clear()
+            self._tool_calls.clear()
+
+    def _next_batches(self) -> Optional[List[List[Event]]]:
+        """The next batches, or None at a normal end or after close; raises on failure."""
+        queue = self._worker.queue
+        deadline = self._worker.total_deadline
+        while True:
+            if self._status == "closed":
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(StreamTimeoutError("total timeout: the stream took longer than Timeout.total", kind="total"))
+            batches, ended, error = queue.get(min(POLL_INTERVAL, left))
+            if batches:
+                return batches
+            if ended:
+                if error is not None:
+                    self._fail(error)
+                self._finish()
+                return None
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._status == "streaming":
+                self._status = "finished"
+        self._worker.join(CLOSE_JOIN_TIMEOUT)
+
+    def _fail(self, error: BaseException) -> None:
+        """Record the failure, stop the worker and raise ``error``."""
+        if isinstance(error, StreamError):
+            error.partial_text = self.text
+            error.attempts = self._worker.stats.attempts
+        with self._lock:
+            if self._status == "streaming":
+                self._status = "failed"
+                self._error = error
+        self._worker.cancel()
+        self._worker.join(CLOSE_JOIN_TIMEOUT)
+        raise error
+
+    def _check_open(self) -> None:
+        if self._status == "closed":
+            raise StreamClosedError("this stream was closed; start a new stream to ask again (.text holds what was delivered)")
+        if self._status == "failed":
+            raise StreamClosedError("this stream failed; its error was raised already (see .text for what was delivered)")
+        if self._status == "finished":
+            raise StreamClosedError("this stream was consumed to its end; read .text or .result instead of iterating again")
+
+    # -- control ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the stream: idempotent and safe from any thread.
+
+        The worker thread ends and the socket is shut down promptly (a blocked
+        read is woken by ``shutdown``; a backoff wait by an Event). A worker
+        still blocked in ``connect()`` is abandoned: it ends on its own by the
+        connect timeout and its result is discarded. A loop iterating the stream
+        in another thread ends quietly; ``status`` is then ``"closed"``.
+        """
+        with self._lock:
+            if self._status == "streaming":
+                self._status = "closed"
+        self._worker.cancel()
+        self._worker.join(CLOSE_JOIN_TIMEOUT)
+
+    def __enter__(self) -> "TokenStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``"streaming"``, ``"finished"``, ``"failed"`` or ``"closed"``."""
+        return self._status
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream was closed by the caller (not when it ended by itself)."""
+        return self._status == "closed"
+
+    @property
+    def text(self) -> str:
+        """The text delivered so far (after a ``Reset``, only the new answer's)."""
+        return "".join(self._parts)
+
+    @property
+    def result(self) -> StreamResult:
+        """The :class:`StreamResult`; if the stream is still running, consume it to the end first.
+
+        Raises:
+            StreamError: the stream's failure, if it failed.
+            StreamClosedError: the stream was closed before it finished.
+        """
+        if self._status == "streaming":
+            for _ in self._consume(text_only=False):
+                pass
+        if self._status == "failed" and self._error is not None:
+            raise self._error
+        if self._status == "closed":
+            raise StreamClosedError("this stream was closed before it finished; .text holds what was delivered")
+        return StreamResult(
+            text=self.text,
+            finish_reason=self._finish_reason,
+            usage=self._usage,
+            tool_calls=tuple(self._tool_calls),
+            attempts=self._worker.stats.attempts,
+            metrics=self.metrics,
+        )
+
+    @property
+    def metrics(self) -> StreamMetrics:
+        """Timings and counts so far (final once the stream has ended)."""
+        stats = self._worker.stats
+        end = stats.ended_at if stats.ended_at is not None else time.monotonic()
+        first = stats.first_content_at
+        return StreamMetrics(
+            time_to_first_token=None if first is None else first - stats.started_at,
+            duration=end - stats.started_at,
+            text_deltas=len(self._parts),
+            chunks=stats.chunks,
+            bytes_received=stats.bytes_received,
+            attempts=stats.attempts,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<TokenStream provider={self._provider!r} model={self._model!r} "
+            f"status={self._status!r} delivered={sum(map(len, self._parts))} chars>"
+        )

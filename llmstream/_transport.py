@@ -1,0 +1,316 @@
+"""HTTP for llmstream: send one streaming request, read its body as it arrives.
+
+Strategy:
+  * One ``requests.Session`` per client, so connections are reused.
+  * The body is read with ``resp.raw.read1(65536, decode_content=True)``: it
+    returns as soon as the socket has *any* bytes. ``iter_content(N)`` waits to
+    fill N bytes and ``iter_lines`` mis-splits CR LF across reads, and both
+    hold tokens back on unchunked bodies.
+  * Before each read the socket timeout is set to the time left before the
+    caller's deadline (first token, idle or total), so a stalled server is
+    noticed at the socket, not by a watchdog thread.
+  * ``shutdown()`` may be called from any thread: it shuts the socket down,
+    which wakes a blocked ``read1`` (``response.close()`` would not).
+
+This module is the ONLY place that catches ``requests`` and ``urllib3``
+exceptions: :func:`translate_errors` maps them to llmstream's tree, the most
+specific class first, and checks the cancelled flag *before* mapping, because a
+``shutdown()`` surfaces as ``ProtocolError("Connection broken")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import logging
+import threading
+import time
+from typing import Callable, Iterator, Mapping, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from ._exceptions import (
+    APIConnectionError,
+    IncompleteStreamError,
+    MalformedStreamError,
+    ProviderError,
+    StreamError,
+    StreamTimeoutError,
+    status_error_class,
+)
+from ._providers._base import Provider, RequestSpec
+
+__all__ = ["Transport", "OpenResponse", "Cancelled", "parse_retry_after", "redact_url"]
+
+logger = logging.getLogger("llmstream")
+
+#: Bytes asked of the socket per read: large enough that a fast stream needs
+#: few reads, and ``read1`` never waits to fill it.
+READ_SIZE = 65536
+#: How much of an error body is kept for the exception (bodies can be HTML pages).
+MAX_ERROR_BODY = 65536
+
+#: Media types accepted on a 2xx streaming answer, per framing. An HTML page
+#: from a proxy or captive portal with status 200 must not be parsed as a stream.
+_ACCEPTED_TYPES = {
+    "sse": ("text/event-stream",),
+    "jsonl": ("application/x-ndjson", "application/jsonl", "application/json", "text/plain", "application/ndjson"),
+}
+_ACCEPT_HEADER = {"sse": "text/event-stream", "jsonl": "application/x-ndjson"}
+
+
+class Cancelled(Exception):
+    """Internal: the stream was closed by the caller; not an error to report."""
+
+
+def redact_url(url: str) -> str:
+    """Drop the query and any userinfo: some servers take keys in either."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds the server asked to wait, from ``retry-after-ms`` or ``Retry-After``.
+
+    ``retry-after-ms`` (OpenAI, Anthropic) wins because it is more precise;
+    ``Retry-After`` may be seconds or an HTTP date (RFC 9110 section 10.2.3).
+    Returns ``None`` when absent or unparseable; negative values become 0.
+    """
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    # An HTTP date is wall-clock by definition, so only here is wall time right.
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _root_reason(exc: BaseException) -> str:
+    """The innermost cause's message, e.g. '[Errno 111] Connection refused'."""
+    seen = exc
+    while True:
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    reason = getattr(seen, "reason", None)
+    text = str(reason if isinstance(reason, BaseException) else seen)
+    # urllib3 prefixes reasons with the connection object's repr.
+    return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
+
+
+@contextlib.contextmanager
+def translate_errors(url: str, *, cancelled: Callable[[], bool], phase: str, timeout_kind: str) -> Iterator[None]:
+    """Map requests/urllib3 exceptions to llmstream's (the one place that does).
+
+    Args:
+        url: for messages; redacted before use.
+        cancelled: the worker's cancelled flag, checked first.
+        phase: ``"connect"`` (no response yet) or ``"body"`` (reading the stream).
+        timeout_kind: the ``StreamTimeoutError.kind`` a read timeout means here.
+    """
+    try:
+        yield
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if cancelled():
+            raise Cancelled() from exc
+        where = redact_url(url)
+        if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+            raise StreamTimeoutError(f"timed out connecting to {where}", kind="connect") from exc
+        if isinstance(exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+            raise StreamTimeoutError(f"{timeout_kind} timeout waiting for {where}", kind=timeout_kind) from exc
+        if isinstance(exc, (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError)):
+            raise MalformedStreamError(f"could not decode the body from {where}: {_root_reason(exc)}") from exc
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+            raise ValueError(f"invalid URL {where!r}: {_root_reason(exc)}") from exc
+        if phase == "body":
+            raise IncompleteStreamError(f"connection to {where} broke mid-stream: {_root_reason(exc)}") from exc
+        raise APIConnectionError(f"could not connect to {where}: {_root_reason(exc)}") from exc
+
+
+class OpenResponse:
+    """A streaming response being read; ``shutdown()`` may come from any thread."""
+
+    def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool]) -> None:
+        self._response = response
+        self._raw: urllib3.HTTPResponse = response.raw
+        self._url = url
+        self._cancelled = cancelled
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers (case-insensitive)."""
+        return self._response.headers
+
+    def read(self, timeout: Optional[float], kind: str) -> bytes:
+        """Return the next bytes (b"" at the end), waiting at most ``timeout`` seconds.
+
+        Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
+        """
+        connection = self._raw.connection
+        sock = getattr(connection, "sock", None) if connection is not None else None
+        if sock is not None:
+            sock.settimeout(timeout)
+        with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
+            data: bytes = self._raw.read1(READ_SIZE, decode_content=True)
+        if not data and self._cancelled():
+            raise Cancelled()
+        return data
+
+    def shutdown(self) -> None:
+        """Wake a read blocked in another thread and end the response."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._raw.shutdown()
+            except (RuntimeError, ValueError, OSError):
+                # Already released to the pool or closed: nothing is blocked on it.
+                pass
+
+    def close(self) -> None:
+        """Close the response and its connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._response.close()
+
+    def __enter__(self) -> "OpenResponse":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Transport:
+    """Sends requests on one ``requests.Session`` (connection reuse)."""
+
+    def __init__(self, pool_size: int = 32) -> None:
+        self.session = requests.Session()
+        # Many streams of one client run at once; a pool smaller than that makes
+        # urllib3 discard connections instead of reusing them.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def open(
+        self,
+        spec: RequestSpec,
+        provider: Provider,
+        *,
+        connect_timeout: Optional[float],
+        response_timeout: Optional[float],
+        cancelled: Callable[[], bool],
+        on_response: Callable[[OpenResponse], None],
+    ) -> OpenResponse:
+        """Send ``spec`` and return the open streaming response, checked.
+
+        ``on_response`` receives the response as soon as it exists, before any
+        check, so a ``close()`` from another thread can shut it down.
+
+        Raises:
+            APIStatusError: a non-2xx status (the subclass for the status).
+            MalformedStreamError: a 2xx answer that is not a stream (wrong content type).
+            APIConnectionError / StreamTimeoutError: as mapped by :func:`translate_errors`.
+        """
+        headers = dict(spec.headers)
+        headers.setdefault("Accept", _ACCEPT_HEADER[provider.framing])
+        # Compression would make the decoder wait for whole compressed blocks.
+        headers["Accept-Encoding"] = "identity"
+        body = None if spec.json is None else json.dumps(spec.json, ensure_ascii=False).encode("utf-8")
+        if body is not None:
+            headers.setdefault("Content-Type", "application/json")
+        with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind="first_token"):
+            response = self.session.request(
+                spec.method, spec.url, data=body, headers=headers, stream=True,
+                timeout=(connect_timeout, response_timeout),
+            )
+        opened = OpenResponse(response, spec.url, cancelled)
+        on_response(opened)
+        try:
+            if not 200 <= response.status_code < 300:
+                raise self._status_error(opened, response, provider, response_timeout)
+            _check_content_type(response, provider.framing, spec.url)
+        except BaseException:
+            opened.close()
+            raise
+        return opened
+
+    @staticmethod
+    def _status_error(
+        opened: OpenResponse, response: requests.Response, provider: Provider, timeout: Optional[float]
+    ) -> Exception:
+        chunks = []
+        size = 0
+        # The status is the error; a body that cannot be read in full only
+        # makes the message shorter, so read failures here are not reported.
+        with contextlib.suppress(StreamError, Cancelled):
+            while size < MAX_ERROR_BODY:
+                data = opened.read(timeout, "first_token")
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+        body = b"".join(chunks)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        detail: Optional[ProviderError] = provider.error_from_body(body)
+        status = response.status_code
+        reason = response.reason or ""
+        message = f"HTTP {status} {reason}".rstrip()
+        if detail is not None:
+            message = f"{message}: {detail.message}"
+        elif body.strip() and not body.lstrip().startswith("<"):
+            message = f"{message}: {body.strip()[:200]}"
+        cls = status_error_class(status)
+        return cls(
+            message,
+            status_code=status,
+            body=body,
+            retry_after=parse_retry_after(response.headers),
+            should_retry=_should_retry_header(response.headers),
+        )
+
+    def close(self) -> None:
+        """Close the session and its pooled connections."""
+        self.session.close()
+
+
+def _should_retry_header(headers: Mapping[str, str]) -> Optional[bool]:
+    """``x-should-retry: true|false`` (OpenAI, Anthropic) overrides the status rule."""
+    value = headers.get("x-should-retry")
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    return None
+
+
+def _check_content_type(response: requests.Response, framing: str, url: str) -> None:
+    raw = response.headers.get("content-type")
+    if raw is None:
+        return  # Some minimal servers send none; the decoder judges the bytes.
+    media_type = raw.split(";", 1)[0].strip().lower()
+    if media_type not in _ACCEPTED_TYPES[framing]:
+        raise MalformedStreamError(
+            f"expected a {_ACCEPTED_TYPES[framing][0]} stream from {redact_url(url)}, got content type {raw!r}"
+        )

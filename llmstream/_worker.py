@@ -1,0 +1,309 @@
+"""The worker thread and the bounded queue it fills: one of each per stream.
+
+Strategy:
+  * The worker owns the HTTP side of one stream: it sends the request, reads
+    the body with ``read1``, feeds the bytes to the sans-IO decoder and puts
+    the events of each read onto the queue as ONE batch, so a fast stream costs
+    one hand-over per socket read, not per token.
+  * Backpressure: ``put`` blocks while the queue holds ``max_buffered`` events
+    or more. A blocked worker does not read the socket, so TCP flow control
+    slows the server and memory stays bounded however slow the caller is.
+  * Timeouts: before each read the worker computes its deadline (first token,
+    idle or total) and hands the time left to the socket. Only content events
+    move the idle clock; keep-alive comments and pings do not. The clock is
+    restarted after a ``put`` returns, so time blocked on a slow caller never
+    counts as server idleness.
+  * Cancellation: ``cancel()`` (any thread) sets an Event, shuts the socket
+    down (waking a blocked ``read1``) and wakes a blocked ``put`` or backoff
+    wait. The worker then ends without reporting an error.
+  * Retries: a failed attempt that may be retried waits on the cancel Event
+    (never ``time.sleep``) and tries again; the resume rules of
+    ``_resume.py`` make sure nothing is delivered twice or lost.
+
+The worker never references the ``TokenStream`` that owns it, so a stream the
+caller drops is collected, and its finalizer cancels the worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import threading
+import time
+from typing import Any, Deque, List, Optional, Tuple
+
+from ._config import Retry, Timeout
+from ._events import CONTENT_EVENTS, Event, Retrying
+from ._exceptions import StreamError, StreamTimeoutError
+from ._providers._base import Provider, RequestSpec, StreamDecoder
+from ._resume import Resumer
+from ._retry import RetrySchedule, is_retryable
+from ._transport import Cancelled, OpenResponse, Transport
+
+__all__ = ["EventQueue", "Worker", "WorkerStats"]
+
+logger = logging.getLogger("llmstream")
+
+#: The longest a blocked ``put`` or ``get`` waits before re-checking its flags;
+#: a safety net only, since cancel() and close() notify the condition.
+POLL_INTERVAL = 0.1
+#: After the end marker, how long to wait for the body's end so the connection
+#: can go back to the pool; past that it is closed instead.
+DRAIN_TIMEOUT = 0.5
+
+_thread_ids = itertools.count(1)
+
+
+class EventQueue:
+    """Bounded hand-over of event batches from the worker to the caller."""
+
+    def __init__(self, max_events: int) -> None:
+        self._max = max_events
+        self._batches: Deque[List[Event]] = collections.deque()
+        self._count = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._ended = False
+        self._error: Optional[BaseException] = None
+        self._closed = False
+
+    def put(self, batch: List[Event]) -> None:
+        """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed."""
+        with self._cond:
+            while self._count >= self._max and not self._closed:
+                self._cond.wait(POLL_INTERVAL)
+            if self._closed:
+                raise Cancelled()
+            self._batches.append(batch)
+            self._count += len(batch)
+            self._cond.notify()
+
+    def end(self, error: Optional[BaseException]) -> None:
+        """Mark the end of the stream (with its error, if any); never blocks."""
+        with self._cond:
+            self._ended = True
+            self._error = error
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wake everyone: a blocked ``put`` raises ``Cancelled``, ``get`` returns."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Tuple[List[List[Event]], bool, Optional[BaseException]]:
+        """Take every queued batch, waiting at most ``timeout`` seconds for one.
+
+        Returns ``(batches, ended, error)``: ``ended`` is True once the worker
+        is done and everything it queued is in ``batches`` or was taken before.
+        """
+        with self._cond:
+            if not self._batches and not self._ended and not self._closed:
+                self._cond.wait(timeout)
+            batches = list(self._batches)
+            self._batches.clear()
+            if batches:
+                self._count = 0
+                self._cond.notify()
+            return batches, self._ended, self._error
+
+
+class WorkerStats:
+    """Counters the worker updates and the stream reads for its metrics."""
+
+    __slots__ = ("attempts", "bytes_received", "chunks", "first_content_at", "started_at", "ended_at")
+
+    def __init__(self, started_at: float) -> None:
+        self.attempts = 0
+        self.bytes_received = 0
+        self.chunks = 0
+        self.first_content_at: Optional[float] = None
+        self.started_at = started_at
+        self.ended_at: Optional[float] = None
+
+
+def _has_content(events: List[Event]) -> bool:
+    for event in events:
+        if isinstance(event, CONTENT_EVENTS):
+            return True
+    return False
+
+
+class Worker:
+    """Runs one stream's attempts in a daemon thread and fills an :class:`EventQueue`."""
+
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        provider: Provider,
+        spec: RequestSpec,
+        timeout: Timeout,
+        retry: Retry,
+        max_buffered: int,
+        max_line_length: int,
+    ) -> None:
+        self.queue = EventQueue(max_buffered)
+        self.stats = WorkerStats(time.monotonic())
+        self._transport = transport
+        self._provider = provider
+        self._spec = spec
+        self._timeout = timeout
+        self._retry = retry
+        self._max_line_length = max_line_length
+        self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
+        self._cancel = threading.Event()
+        self._response_lock = threading.Lock()
+        self._response: Optional[OpenResponse] = None
+        self._resumer = Resumer(provider, spec, retry.resume)
+        self._thread = threading.Thread(target=self._run, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
+
+    @property
+    def total_deadline(self) -> float:
+        """The ``time.monotonic()`` value past which the stream fails with ``total``."""
+        return self._total_deadline
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop the stream from any thread: idempotent, returns at once."""
+        self._cancel.set()
+        self.queue.close()
+        with self._response_lock:
+            response = self._response
+        if response is not None:
+            response.shutdown()
+
+    def join(self, timeout: Optional[float]) -> bool:
+        """Wait for the thread to end; return True if it has."""
+        if threading.current_thread() is not self._thread and self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        error: Optional[BaseException] = None
+        try:
+            self._run_attempts()
+        except Cancelled:
+            pass
+        except StreamError as exc:
+            exc.attempts = self.stats.attempts
+            logger.info("stream failed after %d attempt(s): %s: %s", exc.attempts, type(exc).__name__, exc.message)
+            error = exc
+        except BaseException as exc:  # a bug, or a KeyboardInterrupt in this thread: hand it to the caller
+            logger.debug("llmstream worker crashed", exc_info=True)
+            error = exc
+        finally:
+            self.stats.ended_at = time.monotonic()
+            self.queue.end(error)
+
+    def _run_attempts(self) -> None:
+        schedule = RetrySchedule(self._retry)
+        spec = self._spec
+        while True:
+            try:
+                self._attempt(spec)
+                return
+            except StreamError as exc:
+                if self._cancel.is_set():
+                    raise Cancelled() from exc
+                spec = self._prepare_retry(exc, schedule)
+
+    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule) -> RequestSpec:
+        """Wait before the next attempt and return its request, or raise ``exc``."""
+        if self.stats.attempts >= self._retry.max_attempts or not is_retryable(exc, self._provider):
+            raise exc
+        delay = schedule.delay_for(exc)
+        if delay is None or time.monotonic() + delay >= self._total_deadline:
+            raise exc
+        next_spec = self._resumer.next_request(exc)  # raises ResumeError or exc if it cannot resume
+        attempt = self.stats.attempts + 1
+        logger.info(
+            "retrying (attempt %d of %d) in %.2fs after %s: %s",
+            attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,
+        )
+        self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc)])
+        if self._cancel.wait(delay):
+            raise Cancelled()
+        return next_spec
+
+    def _set_response(self, response: Optional[OpenResponse]) -> None:
+        with self._response_lock:
+            self._response = response
+        if response is not None and self._cancel.is_set():
+            response.shutdown()
+
+    def _time_left(self, deadline: float, kind: str) -> Tuple[Optional[float], str]:
+        if self._total_deadline <= deadline:
+            deadline, kind = self._total_deadline, "total"
+        if deadline == math.inf:
+            return None, kind
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StreamTimeoutError(f"{kind} timeout: no content within the limit", kind=kind)
+        return left, kind
+
+    def _attempt(self, spec: RequestSpec) -> None:
+        self.stats.attempts += 1
+        started = time.monotonic()
+        timeout = self._timeout
+        first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
+        connect, _ = self._time_left(started + timeout.connect if timeout.connect is not None else math.inf, "connect")
+        wait, _ = self._time_left(first_deadline, "first_token")
+        response = self._transport.open(
+            spec, self._provider, connect_timeout=connect, response_timeout=wait,
+            cancelled=self._cancel.is_set, on_response=self._set_response,
+        )
+        try:
+            decoder = StreamDecoder(self._provider.new_decoder(), framing=self._provider.framing,
+                                    max_line_length=self._max_line_length)
+            self._resumer.start_attempt(decoder)
+            self._read_body(response, decoder, first_deadline)
+        finally:
+            self._set_response(None)
+            response.close()
+
+    def _read_body(self, response: OpenResponse, decoder: StreamDecoder, first_deadline: float) -> None:
+        idle = self._timeout.idle
+        stats = self.stats
+        deadline, kind = first_deadline, "first_token"
+        while not decoder.finished:
+            left, why = self._time_left(deadline, kind)
+            data = response.read(left, why)
+            if not data:
+                break
+            stats.bytes_received += len(data)
+            stats.chunks += 1
+            events = decoder.feed(data)
+            if events:
+                content = _has_content(events)
+                if content and stats.first_content_at is None:
+                    stats.first_content_at = time.monotonic()
+                self._emit(events)
+                if content:
+                    # Restarted after put() returns: time blocked on a slow caller is not idleness.
+                    deadline, kind = (time.monotonic() + idle if idle is not None else math.inf), "idle"
+        self._emit(decoder.close())
+        self._drain(response)
+
+    def _drain(self, response: OpenResponse) -> None:
+        """Read to the body's end after the end marker so the connection is reused."""
+        end = time.monotonic() + DRAIN_TIMEOUT
+        try:
+            while response.read(max(0.001, end - time.monotonic()), "idle"):
+                if time.monotonic() >= end:
+                    return
+        except StreamError:
+            # The answer is complete; a server that keeps the body open after its
+            # end marker only costs us the connection, which close() discards.
+            return
+
+    def _emit(self, events: List[Any]) -> None:
+        events = self._resumer.filter(events)
+        if events:
+            self.queue.put(events)

@@ -1,0 +1,244 @@
+"""Server-sent events: bytes in, :class:`ServerSentEvent` out (public, sans-IO).
+
+Contract
+--------
+Spec: WHATWG HTML, "Server-sent events", section "Interpreting an event stream"
+https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+followed exactly; these rules live only in this module.
+
+Strategy: :class:`~llmstream._linebuffer.LineBuffer` turns bytes into decoded
+lines (CR, LF, CRLF, across any chunking; BOM stripped once; UTF-8 with
+U+FFFD for invalid bytes). Each line is then interpreted:
+
+  * empty line: dispatch the event (below);
+  * ``:`` first: a comment, ignored;
+  * otherwise the field name runs up to the first ``:`` (the whole line when
+    there is none, with an empty value), and ONE leading space of the value
+    is dropped;
+  * ``data``: the value is appended to the data buffer, lines joined by LF;
+  * ``event``: sets the event type buffer;
+  * ``id``: sets the last event ID buffer, unless the value contains U+0000;
+  * ``retry``: sets the reconnection time if the value is all ASCII digits;
+  * any other field is ignored.
+
+Dispatch sets ``last_event_id`` from the ID buffer (even for a block without
+data), then, only if the data buffer is not empty, emits an event whose type
+is the event type buffer or ``"message"`` and whose ``id`` is that last event
+ID; the data and event type buffers are reset either way.
+
+Invariants: the same bytes give the same events however they are split;
+``close()`` discards a block without its terminating blank line, as the spec
+says ("the incomplete event is not dispatched"); a line over
+``max_line_length`` raises ``MalformedStreamError``, and the decoder then
+stays failed.
+
+Never: dispatch an event with no ``data`` field (httpx-sse does, contrary to
+the spec), strip more than one space, split lines on Unicode separators,
+touch IO, threads or clocks. No deliberate deviations from the spec.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, List, Optional, Tuple
+
+from ._linebuffer import DEFAULT_MAX_LINE_LENGTH, LineBuffer
+
+__all__ = ["DEFAULT_MAX_LINE_LENGTH", "ServerSentEvent", "SSEDecoder"]
+
+_setattr = object.__setattr__
+
+
+@dataclass(frozen=True, init=False)
+class ServerSentEvent:
+    """One dispatched server-sent event. Immutable.
+
+    Attributes:
+        event: the event type (``"message"`` when the block had no ``event`` field).
+        data: the data lines joined by ``"\\n"``.
+        id: the last event ID when the event was dispatched ("" if none yet).
+    """
+
+    # Slots declared by hand rather than with dataclass(slots=True), which
+    # needs Python 3.10; a hand-written __init__ keeps the defaults.
+    __slots__ = ("event", "data", "id")
+    event: str
+    data: str
+    id: str
+
+    def __init__(self, event: str = "message", data: str = "", id: str = "") -> None:
+        _setattr(self, "event", event)
+        _setattr(self, "data", data)
+        _setattr(self, "id", id)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Unpickling a frozen slotted class by setting its slots would hit
+        # the frozen __setattr__; rebuild through __init__ instead.
+        return (ServerSentEvent, (self.event, self.data, self.id))
+
+    def json(self) -> Any:
+        """Return ``json.loads(self.data)``.
+
+        Raises:
+            json.JSONDecodeError: the data is not JSON.
+        """
+        return json.loads(self.data)
+
+
+# Building events without the frozen __init__'s three object.__setattr__
+# calls halves the cost of a dispatch, the single largest per-event cost.
+_new_event = object.__new__
+_set_event = ServerSentEvent.event.__set__  # type: ignore[attr-defined]
+_set_data = ServerSentEvent.data.__set__  # type: ignore[attr-defined]
+_set_id = ServerSentEvent.id.__set__  # type: ignore[attr-defined]
+
+
+class SSEDecoder:
+    """Decode an event stream (``text/event-stream``) incrementally.
+
+    Usage::
+
+        decoder = SSEDecoder()
+        for chunk in chunks:
+            for event in decoder.feed(chunk):
+                print(event.event, event.data)
+        decoder.close()
+
+    Args:
+        max_line_length: the longest line accepted, in bytes; a longer one
+            raises ``MalformedStreamError`` without being buffered whole.
+    """
+
+    __slots__ = ("_lines", "_data", "_event", "_id", "_last_event_id", "_retry")
+
+    def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+        self._lines = LineBuffer(max_line_length)
+        self._data: List[str] = []  # the data buffer, one item per data line
+        self._event = ""  # the event type buffer
+        self._id = ""  # the last event ID buffer
+        self._last_event_id = ""
+        self._retry: Optional[int] = None
+
+    @property
+    def last_event_id(self) -> str:
+        """The spec's last event ID string: set when a blank line ends a block ("" if none)."""
+        return self._last_event_id
+
+    @property
+    def retry(self) -> Optional[int]:
+        """The reconnection time the server asked for, in milliseconds, or ``None``."""
+        return self._retry
+
+    def feed(self, data: bytes) -> List[ServerSentEvent]:
+        """Add bytes; return the events they complete, in order.
+
+        Raises:
+            MalformedStreamError: a line is longer than ``max_line_length``
+                (and on every call after that).
+            RuntimeError: called after ``close()``.
+        """
+        text = self._lines.feed_text(data)
+        if text is None:
+            return []
+        if text[:6] == "data: " and not self._data and not self._event:
+            events = self._feed_data_blocks(text)
+            if events is not None:
+                return events
+        return self._feed_lines(text.split("\n"))
+
+    def _feed_data_blocks(self, text: str) -> Optional[List[ServerSentEvent]]:
+        """Fast path for the shape LLM APIs send: only ``data: X`` lines, each followed by a blank line.
+
+        Returns None, having changed nothing, when ``text`` has another shape.
+        """
+        # text == "data: " + v0 + SEP + v1 + SEP + ... + vn [+ "\n"], with
+        # SEP == "\n\ndata: ", is exactly the lines "data: v0", "", ...,
+        # "data: vn" [, ""] when no v holds a newline: each SEP holds two,
+        # so any other newline betrays another shape. The spec then gives one
+        # "message" event per blank line, with data v and one space dropped.
+        values = text.split("\n\ndata: ")
+        extra = text.count("\n") - 2 * (len(values) - 1)
+        values[0] = values[0][6:]
+        if extra == 0:
+            # The last data line is complete but its blank line is still to come.
+            self._data.append(values.pop())
+        elif extra == 1 and text[-1] == "\n":
+            values[-1] = values[-1][:-1]
+        else:
+            return None
+        if not values:
+            return []
+        self._last_event_id = last_id = self._id
+        events = list(map(_new_event, repeat(ServerSentEvent, len(values))))
+        for _ in map(_set_event, events, repeat("message")):
+            pass
+        for _ in map(_set_data, events, values):
+            pass
+        for _ in map(_set_id, events, repeat(last_id)):
+            pass
+        return events
+
+    def _feed_lines(self, lines: List[str]) -> List[ServerSentEvent]:
+        """Interpret complete lines one by one: the general path."""
+        events: List[ServerSentEvent] = []
+        append = events.append
+        buffer = self._data
+        for line in lines:
+            if not line:
+                # Dispatch. The last event ID string is set even when no event follows.
+                self._last_event_id = last_id = self._id
+                if buffer:
+                    ev = _new_event(ServerSentEvent)
+                    _set_event(ev, self._event or "message")
+                    _set_data(ev, buffer[0] if len(buffer) == 1 else "\n".join(buffer))
+                    _set_id(ev, last_id)
+                    append(ev)
+                    buffer.clear()
+                self._event = ""
+            elif line[:6] == "data: ":
+                # The common case, inlined: ONE space after the colon is dropped.
+                buffer.append(line[6:])
+            else:
+                self._field(line)
+        return events
+
+    def close(self) -> List[ServerSentEvent]:
+        """Signal end of input. A block without its terminating blank line is discarded.
+
+        Returns:
+            ``[]``: per the spec, end of input never dispatches an event.
+
+        Raises:
+            MalformedStreamError: if the decoder had already failed.
+        """
+        # A final unterminated line is not a complete line of the event
+        # stream grammar; the pending block is dropped with it.
+        self._lines.close()
+        self._data.clear()
+        self._event = ""
+        return []
+
+    def _field(self, line: str) -> None:
+        """Process any line but an empty one or ``data: ...``."""
+        colon = line.find(":")
+        if colon == 0:
+            return  # a comment
+        if colon < 0:
+            name, value = line, ""
+        else:
+            name = line[:colon]
+            value = line[colon + 2 :] if line[colon + 1 : colon + 2] == " " else line[colon + 1 :]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self._id = value
+        elif name == "retry":
+            # "consists of only ASCII digits": str.isdigit alone would accept
+            # "²" or "٣"; an empty value is not a number and is ignored.
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
