@@ -90,15 +90,22 @@ class LineBuffer:
                 (and on every call after that).
             RuntimeError: called after ``close()``.
         """
-        text = self.feed_text(data)
-        return [] if text is None else text.split("\n")
+        region = self.feed_region(data)
+        if region is None:
+            return []
+        # Decoding the region once gives the same lines as decoding each
+        # line: 0x0A is ASCII, never part of a multi-byte sequence, and the
+        # decoder replaces an invalid or cut sequence before a LF without
+        # consuming the LF.
+        return region.decode("utf-8", "replace").split("\n")
 
-    def feed_text(self, data: bytes) -> Optional[str]:
-        """Like :meth:`feed`, but return the complete lines joined by ``"\n"`` (None if none).
+    def feed_region(self, data: bytes) -> Optional[bytes]:
+        """Like :meth:`feed`, but return the complete lines as undecoded bytes joined by LF (None if none).
 
-        One string instead of a list lets a framing look at a whole region
-        with C-speed string methods before (or instead of) splitting it.
-        ``feed_text(x).split("\n") == feed(x)`` whenever a line is complete.
+        One bytes object instead of a list of lines lets a framing look at a
+        whole region with C-speed bytes methods before (or instead of)
+        splitting it; lines are still decoded one at a time, by the caller.
+        ``region.decode("utf-8", "replace").split("\n") == feed(data)``.
 
         Raises:
             MalformedStreamError: as :meth:`feed`.
@@ -130,23 +137,15 @@ class LineBuffer:
                 self._fail()
             buf += data
             return None
-        if buf:
-            buf += data[:end]
-            region: bytes = bytes(buf)
-            buf.clear()
-        else:
-            region = data[:end]
-        rest = data[end + 1 :]
+        # The memoryview slices copy nothing: the region is built in one copy.
+        view = memoryview(data)
+        region = b"".join((buf, view[:end])) if buf else data[:end]
         if len(region) > self.max_line_length:
             self._check_lengths(region)
-        if len(rest) > self.max_line_length:
+        if len(data) - end - 1 > self.max_line_length:
             self._fail()
-        buf += rest
-        # Decoding the region once gives the same lines as decoding each
-        # line: 0x0A is ASCII, never part of a multi-byte sequence, and the
-        # decoder replaces an invalid or cut sequence before a LF without
-        # consuming the LF.
-        return region.decode("utf-8", "replace")
+        buf[:] = view[end + 1 :]
+        return region
 
     def close(self) -> List[str]:
         """Signal end of input; return the final line if it had no line ending.

@@ -95,6 +95,52 @@ _set_data = ServerSentEvent.data.__set__  # type: ignore[attr-defined]
 _set_id = ServerSentEvent.id.__set__  # type: ignore[attr-defined]
 
 
+def _data_values(region: bytes, complete: bool) -> Optional[List[str]]:
+    """Return [v0, ..., vn], decoded, if region is b"data: v0" + SEP + ... + SEP + vn [+ LF]; else None.
+
+    With SEP == b"\\n\\ndata: ", that region is exactly the lines "data: v0",
+    "", "data: v1", ..., "", "data: vn" [, ""] when no v holds a LF (each
+    SEP holds two; any other LF but a final one, when ``complete``, betrays
+    another shape). Per the spec each blank line dispatches one "message"
+    event whose data is v, ONE space dropped after the colon.
+    """
+    if region.isascii():
+        # Most English text, and all JSON written with ensure_ascii: decoding
+        # is a copy, so decode once and split the text.
+        texts = region.decode("ascii").split("\n\ndata: ")
+        joined = "".join(texts)
+        if joined.find("\n") != (len(joined) - 1 if complete else -1):
+            return None
+    else:
+        # Decoding each value alone is cheaper than widening the region to
+        # UCS-2 and narrowing every piece split from it. Splitting at ASCII
+        # separators never cuts a character; strict decoding is the cheapest
+        # call, and invalid UTF-8 (rare) takes the general path, which
+        # replaces it with U+FFFD.
+        values = region.split(b"\n\ndata: ")
+        raw = b"".join(values)
+        if raw.find(b"\n") != (len(raw) - 1 if complete else -1):
+            return None
+        try:
+            texts = list(map(bytes.decode, values))
+        except UnicodeDecodeError:
+            return None
+    if complete:
+        texts[-1] = texts[-1][:-1]
+    texts[0] = texts[0][6:]
+    return texts
+
+
+def _message_events(texts: List[str], last_id: str) -> List[ServerSentEvent]:
+    """Build one "message" event per data text, with C-level loops (the fast path's main cost)."""
+    events: List[ServerSentEvent] = list(map(_new_event, repeat(ServerSentEvent, len(texts))))
+    # A setter returns None, so any() runs each map to the end, in C.
+    any(map(_set_event, events, repeat("message")))
+    any(map(_set_data, events, texts))
+    any(map(_set_id, events, repeat(last_id)))
+    return events
+
+
 class SSEDecoder:
     """Decode an event stream (``text/event-stream``) incrementally.
 
@@ -139,46 +185,31 @@ class SSEDecoder:
                 (and on every call after that).
             RuntimeError: called after ``close()``.
         """
-        text = self._lines.feed_text(data)
-        if text is None:
+        region = self._lines.feed_region(data)
+        if region is None:
             return []
-        if text[:6] == "data: " and not self._data and not self._event:
-            events = self._feed_data_blocks(text)
+        if region[:6] == b"data: " and not self._data and not self._event:
+            events = self._feed_data_blocks(region)
             if events is not None:
                 return events
-        return self._feed_lines(text.split("\n"))
+        return self._feed_lines(region.decode("utf-8", "replace").split("\n"))
 
-    def _feed_data_blocks(self, text: str) -> Optional[List[ServerSentEvent]]:
-        """Fast path for the shape LLM APIs send: only ``data: X`` lines, each followed by a blank line.
+    def _feed_data_blocks(self, region: bytes) -> Optional[List[ServerSentEvent]]:
+        """Fast path for the shape LLM APIs send: ``data: X`` lines, each followed by a blank line.
 
-        Returns None, having changed nothing, when ``text`` has another shape.
+        Returns None, having changed nothing, when ``region`` has another shape.
         """
-        # text == "data: " + v0 + SEP + v1 + SEP + ... + vn [+ "\n"], with
-        # SEP == "\n\ndata: ", is exactly the lines "data: v0", "", ...,
-        # "data: vn" [, ""] when no v holds a newline: each SEP holds two,
-        # so any other newline betrays another shape. The spec then gives one
-        # "message" event per blank line, with data v and one space dropped.
-        values = text.split("\n\ndata: ")
-        extra = text.count("\n") - 2 * (len(values) - 1)
-        values[0] = values[0][6:]
-        if extra == 0:
-            # The last data line is complete but its blank line is still to come.
-            self._data.append(values.pop())
-        elif extra == 1 and text[-1] == "\n":
-            values[-1] = values[-1][:-1]
-        else:
+        complete = region[-1:] == b"\n"  # the region ends with a blank line
+        texts = _data_values(region, complete)
+        if texts is None:
             return None
-        if not values:
-            return []
+        if not complete:
+            # The last data line is complete but its blank line is still to come.
+            self._data.append(texts.pop())
+            if not texts:
+                return []
         self._last_event_id = last_id = self._id
-        events = list(map(_new_event, repeat(ServerSentEvent, len(values))))
-        for _ in map(_set_event, events, repeat("message")):
-            pass
-        for _ in map(_set_data, events, values):
-            pass
-        for _ in map(_set_id, events, repeat(last_id)):
-            pass
-        return events
+        return _message_events(texts, last_id)
 
     def _feed_lines(self, lines: List[str]) -> List[ServerSentEvent]:
         """Interpret complete lines one by one: the general path."""

@@ -218,6 +218,23 @@ def test_tool_call_with_repeated_id_and_name_and_empty_arguments() -> None:
     assert decoder.feed(chunk({}, finish="tool_calls")) == [ToolCall(0, "c", "now", {}, ""), Finish("tool_calls")]
 
 
+def test_tool_calls_without_index_each_sent_whole() -> None:
+    # e.g. Gemini's OpenAI-compatible endpoint: no "index", one fragment per call
+    decoder = OpenAIChatDecoder()
+    calls = [{"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+             {"id": "b", "type": "function", "function": {"name": "g", "arguments": {"y": 2}}}]
+    assert decoder.feed(chunk({"tool_calls": calls})) == [
+        ToolCallDelta(0, "a", "f", '{"x": 1}'),
+        ToolCallDelta(1, "b", "g", '{"y": 2}'),
+    ]
+    assert decoder.feed(chunk({"tool_calls": [{"function": {"arguments": ""}}]})) == []
+    assert decoder.feed(chunk({}, finish="tool_calls")) == [
+        ToolCall(0, "a", "f", {"x": 1}, '{"x": 1}'),
+        ToolCall(1, "b", "g", {"y": 2}, '{"y": 2}'),
+        Finish("tool_calls"),
+    ]
+
+
 def test_finish_emitted_once() -> None:
     decoder = OpenAIChatDecoder()
     assert decoder.feed(chunk({}, finish="stop")) == [Finish("stop")]
@@ -234,6 +251,12 @@ def test_blank_data_is_ignored(data: str) -> None:
 
 def test_non_json_on_other_event_type_is_ignored() -> None:
     assert OpenAIChatDecoder().feed(ServerSentEvent(event="ping", data="keep-alive")) == []
+
+
+def test_plain_text_error_event() -> None:
+    with pytest.raises(ProviderError) as info:
+        OpenAIChatDecoder().feed(ServerSentEvent(event="error", data="Internal Server Error"))
+    assert (str(info.value), info.value.type) == ("Internal Server Error", None)
 
 
 @pytest.mark.parametrize(
@@ -293,6 +316,9 @@ def test_hot_path_shapes() -> None:
         Finish("stop"),
         Usage(1, 2, {"prompt_tokens": 1, "completion_tokens": 2}),
     ]
+    # vLLM's continuous_usage_stats: usage on every content chunk
+    running = '{"choices":[{"index":0,"delta":{"content":"c"},"finish_reason":null}],"usage":{"prompt_tokens":1,"completion_tokens":3}}'
+    assert decoder.feed(ServerSentEvent(data=running)) == [TextDelta("c"), Usage(1, 3, {"prompt_tokens": 1, "completion_tokens": 3})]
 
 
 # -- request building -----------------------------------------------------------
@@ -366,6 +392,11 @@ def test_continue_request() -> None:
         },
     )
     assert spec.json is not None and spec.json["messages"] == [USER]  # the original is untouched
+
+
+def test_continue_request_with_nothing_delivered_is_unchanged() -> None:
+    spec = PROVIDER.build_request(base_url="http://vllm:8000/v1", api_key=None, model="m", messages=[USER], params={})
+    assert PROVIDER.continue_request(spec, "") is spec
 
 
 def test_continue_request_needs_messages() -> None:

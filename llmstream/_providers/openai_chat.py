@@ -34,7 +34,8 @@ Deliberate deviations, each tested:
   * ``delta.reasoning_content`` (DeepSeek, vLLM <= 0.9) and ``delta.reasoning``
     (newer vLLM, OpenRouter) become :class:`ThinkingDelta`.
   * An SSE event whose data is blank, or is not JSON on an event type other
-    than ``message`` (a vendor keep-alive), is ignored.
+    than ``message`` (a vendor keep-alive), is ignored; but non-JSON data on
+    an ``error`` event is a :class:`ProviderError`.
   * ``delta.refusal`` is not text of the answer and is not delivered.
 
 Never: touch a socket, thread, clock or logger; deliver a piece twice.
@@ -60,16 +61,7 @@ _loads = json.loads
 #: others are the usual server-side words of OpenAI and compatible servers.
 #: ``insufficient_quota`` (also a 429) is deliberately absent: waiting won't fix it.
 _RETRYABLE_TYPES = frozenset(
-    {
-        "server_error",
-        "rate_limit_exceeded",
-        "rate_limit_error",
-        "requests",
-        "tokens",
-        "overloaded_error",
-        "service_unavailable",
-        "timeout",
-    }
+    {"server_error", "rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "overloaded_error", "service_unavailable", "timeout"}
 )
 
 _EXCERPT = 80
@@ -120,6 +112,10 @@ def tool_call(index: int, call_id: str, name: str, raw: str) -> ToolCall:
     return ToolCall(index=index, id=call_id, name=name, arguments=arguments, raw_arguments=raw)
 
 
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
 class _PendingCall:
     """The fragments of one tool call received so far."""
 
@@ -145,8 +141,11 @@ class OpenAIChatDecoder:
 
     def __init__(self) -> None:
         self._done = False
+        # done or failed: one flag, so the hot path checks a single attribute
+        self._stopped = False
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
+        self._last_index = -1
         self._error: Optional[StreamError] = None
 
     @property
@@ -166,7 +165,7 @@ class OpenAIChatDecoder:
             ProviderError: the chunk is an ``{"error": ...}`` object.
             MalformedStreamError: the data is not JSON (nor ``[DONE]``) or not an object.
         """
-        if self._done or self._error is not None:
+        if self._stopped:
             return self._after_end()
         data = message.data
         try:
@@ -176,16 +175,17 @@ class OpenAIChatDecoder:
         # The hot path: {"choices": [{"index": 0, "delta": {"content": "..."},
         # "finish_reason": null}], ...} -- anything unexpected falls through.
         try:
-            choice = chunk["choices"][0]
+            choices = chunk["choices"]
+            choice = choices[0]
             delta = choice["delta"]
             content = delta["content"]
             if (
                 content.__class__ is str
                 and len(delta) == 1
+                and len(choices) == 1
                 and choice.get("finish_reason") is None
-                and chunk.get("usage") is None
-                and len(chunk["choices"]) == 1
                 and choice.get("index", 0) == 0
+                and chunk.get("usage") is None
             ):
                 return [TextDelta(content)] if content else []
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -201,11 +201,12 @@ class OpenAIChatDecoder:
         Raises:
             IncompleteStreamError: neither ``[DONE]`` nor a ``finish_reason`` came.
         """
-        if self._done or self._error is not None:
+        if self._stopped:
             return self._after_end()
         if self._finish_reason is None:
             self._fail(IncompleteStreamError("stream ended before [DONE]: the answer may be cut short"))
         self._done = True
+        self._stopped = True
         return []
 
     # -- general path -----------------------------------------------------
@@ -218,6 +219,7 @@ class OpenAIChatDecoder:
 
     def _fail(self, error: StreamError) -> NoReturn:
         self._error = error
+        self._stopped = True
         raise error
 
     def _general(self, chunk: Any, data: str) -> List[Event]:
@@ -226,6 +228,7 @@ class OpenAIChatDecoder:
             return self._chunk(chunk)
         except StreamError as exc:
             self._error = exc
+            self._stopped = True
             raise
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             self._fail(MalformedStreamError(f"unexpected chunk shape: {excerpt(data)!r}"))
@@ -235,7 +238,11 @@ class OpenAIChatDecoder:
         if data == "[DONE]":
             out = self._complete_calls()
             self._done = True
+            self._stopped = True
             return out
+        if message.event == "error":
+            # An SSE error event whose data is plain text, not an error object.
+            self._fail(ProviderError(excerpt(data) or "the server reported an error in the stream"))
         if not data or message.event != "message":
             return []
         self._fail(MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}"))
@@ -272,7 +279,7 @@ class OpenAIChatDecoder:
             out.append(Finish(self._finish_reason))
 
     def _tool_fragment(self, fragment: Mapping[str, Any], out: List[Event]) -> None:
-        index = fragment.get("index", 0)
+        index = self._tool_index(fragment)
         function = fragment.get("function") or {}
         call = self._calls.get(index)
         first = call is None
@@ -280,15 +287,30 @@ class OpenAIChatDecoder:
             call = self._calls[index] = _PendingCall()
         # id and name are reported where they first appear; servers that repeat
         # them on every fragment must not get them concatenated or re-announced.
-        new_id = fragment.get("id") if not call.id else None
-        new_name = function.get("name") if not call.name else None
-        call.id = call.id or new_id or ""
-        call.name = call.name or new_name or ""
+        new_id = _string(fragment.get("id")) if not call.id else ""
+        new_name = _string(function.get("name")) if not call.name else ""
+        call.id = call.id or new_id
+        call.name = call.name or new_name
         arguments = function.get("arguments") or ""
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)  # a server that sends an object, not its JSON text
         if arguments:
             call.parts.append(arguments)
         if first or new_id or new_name or arguments:
             out.append(ToolCallDelta(index=index, id=new_id or None, name=new_name or None, arguments=arguments))
+        self._last_index = index
+
+    def _tool_index(self, fragment: Mapping[str, Any]) -> int:
+        index = fragment.get("index")
+        if isinstance(index, int):
+            return index
+        # Some compatible servers omit ``index`` and send each call whole: a
+        # fragment with a new id starts the next call, any other continues the last.
+        new_id = fragment.get("id")
+        last = self._calls.get(self._last_index)
+        if last is None or (new_id and new_id != last.id):
+            return max(self._calls, default=-1) + 1
+        return self._last_index
 
     def _complete_calls(self) -> List[Event]:
         calls, self._calls = self._calls, {}
@@ -353,11 +375,14 @@ class OpenAIChatProvider:
         The messages gain a final assistant message holding the delivered text,
         and the body sets ``continue_final_message: true`` and
         ``add_generation_prompt: false`` (vLLM's and compatible servers'
-        continuation of a final assistant message).
+        continuation of a final assistant message). With nothing delivered
+        there is nothing to continue: ``spec`` itself is returned.
 
         Raises:
             ValueError: ``spec`` has no JSON body with ``messages``.
         """
+        if not delivered_text:
+            return spec
         if spec.json is None or not isinstance(spec.json.get("messages"), list):
             raise ValueError("continue_request needs the original chat request, with its messages")
         body = dict(spec.json)

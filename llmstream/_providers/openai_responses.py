@@ -59,7 +59,6 @@ from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_ca
 __all__ = ["OpenAIResponsesProvider", "OpenAIResponsesDecoder"]
 
 _loads = json.loads
-_TEXT_DELTA = "response.output_text.delta"
 
 
 class _FunctionCall:
@@ -96,10 +95,14 @@ class OpenAIResponsesDecoder:
 
     def __init__(self) -> None:
         self._done = False
+        # done or failed: one flag, so the hot path checks a single attribute
+        self._stopped = False
         self._error: Optional[StreamError] = None
         self._response_id: Optional[str] = None
         self._last_seq: Optional[int] = None
-        self._resume_after: Optional[int] = None
+        # Events numbered at or below this were delivered before a resume;
+        # -1 (sequence numbers start at 0) drops nothing.
+        self._resume_after = -1
         self._calls: Dict[str, _FunctionCall] = {}
         self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
             "response.created": self._created,
@@ -139,7 +142,8 @@ class OpenAIResponsesDecoder:
         """
         new = OpenAIResponsesDecoder()
         new._response_id = self._response_id
-        new._last_seq = new._resume_after = self._last_seq
+        new._last_seq = self._last_seq
+        new._resume_after = -1 if self._last_seq is None else self._last_seq
         new._calls = {key: call.copy() for key, call in self._calls.items()}
         return new
 
@@ -150,7 +154,7 @@ class OpenAIResponsesDecoder:
             ProviderError: an ``error`` or ``response.failed`` event.
             MalformedStreamError: the data is not a JSON object.
         """
-        if self._done or self._error is not None:
+        if self._stopped:
             return self._after_end()
         data = message.data
         try:
@@ -160,20 +164,19 @@ class OpenAIResponsesDecoder:
         except (ValueError, AttributeError):
             return self._not_object(message)
         if seq.__class__ is int:
-            if self._resume_after is not None and seq <= self._resume_after:
+            if seq <= self._resume_after:
                 return []  # replayed by the server on resume: delivered already
             self._last_seq = seq
-        if kind == _TEXT_DELTA:
+        if kind == "response.output_text.delta":
             delta = event.get("delta")
             if delta.__class__ is str:
                 return [TextDelta(delta)] if delta else []
-        handler = self._handlers.get(kind)
-        if handler is None:
-            return []
         try:
-            return handler(event)
+            handler = self._handlers.get(kind)
+            return [] if handler is None else handler(event)
         except StreamError as exc:
             self._error = exc
+            self._stopped = True
             raise
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             self._fail(MalformedStreamError(f"unexpected {kind} event: {excerpt(data)!r}"))
@@ -185,7 +188,7 @@ class OpenAIResponsesDecoder:
             IncompleteStreamError: neither ``response.completed`` nor
                 ``response.incomplete`` came.
         """
-        if self._done or self._error is not None:
+        if self._stopped:
             return self._after_end()
         self._fail(IncompleteStreamError("stream ended before response.completed: the answer may be cut short"))
 
@@ -199,6 +202,7 @@ class OpenAIResponsesDecoder:
 
     def _fail(self, error: StreamError) -> NoReturn:
         self._error = error
+        self._stopped = True
         raise error
 
     def _not_object(self, message: ServerSentEvent) -> List[Event]:
@@ -298,6 +302,7 @@ class OpenAIResponsesDecoder:
             out.append(Usage(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"), raw=usage))
         out.append(Finish(reason))
         self._done = True
+        self._stopped = True
         return out
 
     def _failed(self, event: Dict[str, Any]) -> List[Event]:

@@ -50,14 +50,14 @@ def _counted_tokens(count: int) -> Iterator[str]:
         yield f" tok{index}"
 
 
-def _check_count(name: str, value: Optional[int], minimum: int) -> None:
+def _check_count(name: str, value: object, minimum: int) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"Reply.{name} must be an int >= {minimum} or None, got {value!r}")
 
 
-def _check_seconds(name: str, value: float, allow_inf: bool) -> None:
+def _check_seconds(name: str, value: object, allow_inf: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
         raise ValueError(f"Reply.{name} must be a number of seconds >= 0, got {value!r}")
     if math.isinf(value) and not allow_inf:

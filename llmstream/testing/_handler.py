@@ -1,0 +1,276 @@
+"""The HTTP handler: parse, log and route a request, then answer with the next scripted reply.
+
+Strategy: ``http.server`` parses the request line and headers and runs the
+HTTP/1.1 keep-alive loop; everything after that is ours. A streaming answer
+writes its own chunked framing (see ``_writer``), so the client sees exactly
+the writes the reply asked for. Non-2xx answers carry a ``Content-Length`` and
+keep the connection alive, as real APIs do.
+
+Routes: ``POST /v1/chat/completions`` (openai), ``POST /v1/responses``
+(openai-responses), ``GET /v1/responses/{id}?stream=true&starting_after=N``
+(replay of a Responses stream, fault-free, without consuming the script),
+``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama).
+
+Natural resume behaviour (not faults):
+  * ``Last-Event-ID: N`` sends only the events after id N of the reply;
+  * a conversation ending with an assistant message P (Anthropic and Ollama
+    always, OpenAI chat with ``continue_final_message: true``) streams only
+    what follows P when the reply's text starts with P, else the whole text.
+
+Must never: print to stderr (diagnostics go to the ``llmstream.testing``
+logger), or let a client that went away raise out of the handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from ._faults import plan
+from ._formats import CONTENT_TYPES, FORMATTERS, StreamContext, error_body, reason
+from ._reply import Reply, continuation, fault_free
+from ._state import RecordedRequest, ServerState
+from ._writer import BodyWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._server import HTTPServer
+
+__all__ = ["Handler"]
+
+logger = logging.getLogger("llmstream.testing")
+
+ROUTES = {
+    "/v1/chat/completions": "openai",
+    "/v1/responses": "openai-responses",
+    "/v1/messages": "anthropic",
+    "/api/chat": "ollama",
+}
+RESPONSES_PREFIX = "/v1/responses/"
+ONLY_STREAMS = "this fake server only streams: send \"stream\": true"
+NO_PREFILL = ("This model does not support assistant message prefill. "
+              "The conversation must end with a user message.")
+DEFAULT_MODEL = "fake-model"
+_GONE = (ConnectionError, TimeoutError)  # BrokenPipe, ConnectionReset, ConnectionAborted
+
+
+def _style(path: str) -> str:
+    """The provider whose error format fits a path (for 404s and bad requests)."""
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def _final_assistant(body: Any) -> Optional[str]:
+    """The text of the last message if it is the assistant's, else None."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part["text"] for part in content
+                       if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return ""
+
+
+def _continues(provider: str, body: Dict[str, Any]) -> bool:
+    """Whether this provider continues a final assistant message (prefill)."""
+    if provider == "openai":
+        return body.get("continue_final_message") is True
+    return provider in ("anthropic", "ollama")
+
+
+def _int(value: Optional[str], default: int) -> Optional[int]:
+    """Parse an integer header or query value: ``default`` when absent, None when invalid."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    """One connection of the fake LLM server (HTTP/1.1, keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "llmstream-fake-server"
+    sys_version = ""
+    server: "HTTPServer"
+
+    def version_string(self) -> str:
+        """The ``Server`` header value."""
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Send the access log to the ``llmstream.testing`` logger instead of stderr."""
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    def handle(self) -> None:
+        """Run the keep-alive loop; a client that went away ends it quietly."""
+        try:
+            super().handle()
+        except _GONE as exc:
+            logger.debug("client went away: %r", exc)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        """Route a GET (only the Responses replay exists)."""
+        self._dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        """Route a POST to the provider's streaming endpoint."""
+        self._dispatch()
+
+    @property
+    def state(self) -> ServerState:
+        """The server's shared state."""
+        return self.server.state
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts: List[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _dispatch(self) -> None:
+        path, _, query_string = self.path.partition("?")
+        query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
+        raw = self._read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        number = self.state.record(RecordedRequest(
+            method=self.command, path=path, query=query, headers=dict(self.headers.items()), json=body,
+            received_at=time.monotonic()))
+        provider = ROUTES.get(path)
+        if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
+            self._replay(path[len(RESPONSES_PREFIX):], query)
+        elif provider is None:
+            self._error(404, _style(path), f"Unknown request URL: {self.command} {path}", "not_found_error"
+                        if _style(path) == "anthropic" else "invalid_request_error")
+        elif self.command != "POST":
+            self._error(405, provider, f"Method {self.command} not allowed on {path}; use POST", None)
+        elif not isinstance(body, dict):
+            self._error(400, provider, "the request body must be a JSON object", None)
+        elif body.get("stream") is False:
+            self._error(400, provider, ONLY_STREAMS, None)
+        else:
+            self._answer(provider, body, number)
+
+    def _answer(self, provider: str, body: Dict[str, Any], number: int) -> None:
+        reply = self.state.next_reply()
+        final = _final_assistant(body)
+        if reply.refuse_prefill and final is not None:
+            self._error(400, provider, NO_PREFILL, "invalid_request_error")
+            return
+        if not 200 <= reply.status < 300:
+            self._error(reply.status, provider, reply.error, reply.error_type, reply)
+            return
+        stream_options = body.get("stream_options")
+        ctx = StreamContext(
+            provider=provider,
+            model=body["model"] if isinstance(body.get("model"), str) else DEFAULT_MODEL,
+            number=number,
+            include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+            tokens=(reply.iter_tokens if final is None or not _continues(provider, body)
+                    else lambda: continuation(reply.iter_tokens, final)),
+        )
+        if provider == "openai-responses":
+            self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
+        last_id = _int(self.headers.get("Last-Event-ID"), 0)
+        self._stream(reply, ctx, skip_through=last_id or 0)
+
+    def _replay(self, response_id: str, query: Dict[str, str]) -> None:
+        stored = self.state.recall(response_id)
+        if stored is None:
+            self._error(404, "openai", f"Response with id '{response_id}' not found.", None)
+            return
+        if query.get("stream") != "true":
+            self._error(400, "openai", ONLY_STREAMS.replace('"stream": true', "stream=true"), None)
+            return
+        starting_after = _int(query.get("starting_after"), -1)
+        if starting_after is None:
+            self._error(400, "openai", "starting_after must be an integer", None)
+            return
+        reply, ctx = stored
+        # Event k (1-based) carries sequence_number k-1: skip through k = N+1.
+        last_id = _int(self.headers.get("Last-Event-ID"), 0) or 0
+        self._stream(reply, ctx, skip_through=max(starting_after + 1, last_id))
+
+    def _error(self, status: int, provider: str, message: Optional[str], error_type: Optional[str],
+               reply: Optional[Reply] = None) -> None:
+        raw = reply.raw_body if reply is not None else None
+        data = raw if raw is not None else error_body(provider, status, message, error_type)
+        self.send_response(status, reason(status))
+        self.send_header("Content-Type", (reply.content_type if reply else None) or "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self._request_id_header(provider)
+        for name, value in (reply.headers.items() if reply else ()):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _request_id_header(self, provider: str) -> None:
+        if provider == "anthropic":
+            self.send_header("request-id", "req_fake")
+        elif provider != "ollama":
+            self.send_header("x-request-id", "req_fake")
+
+    def _stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
+        self.send_response(reply.status, reason(reply.status))
+        self.send_header("Content-Type", reply.content_type or CONTENT_TYPES[ctx.provider])
+        self.send_header("Cache-Control", "no-cache")
+        self._request_id_header(ctx.provider)
+        self.send_header("Transfer-Encoding" if reply.chunked else "Connection",
+                         "chunked" if reply.chunked else "close")
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        conn: socket.socket = self.connection
+        writer = BodyWriter(conn.sendall, reply, pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep)
+        body = ([reply.raw_body] if reply.raw_body is not None
+                else plan(FORMATTERS[ctx.provider](reply, ctx), reply, ctx, skip_through))
+        self.state.stream_started()
+        try:
+            self.end_headers()
+            clean = writer.run(body)
+            if clean and reply.chunked:
+                writer.finish()
+        except _GONE as exc:
+            logger.debug("client went away mid-stream: %r", exc)
+            clean = False
+        finally:
+            self.state.stream_ended()
+        if not clean or not reply.chunked:
+            self.close_connection = True
+        if not clean:
+            _hang_up(conn)
+
+
+def _hang_up(conn: socket.socket) -> None:
+    # FIN after the bytes already queued, so the client receives every byte
+    # that was written and then sees the connection end mid-body.
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
