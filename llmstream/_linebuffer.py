@@ -105,7 +105,7 @@ class LineBuffer:
         One bytes object instead of a list of lines lets a framing look at a
         whole region with C-speed bytes methods before (or instead of)
         splitting it; lines are still decoded one at a time, by the caller.
-        ``region.decode("utf-8", "replace").split("\n") == feed(data)``.
+        ``region.decode("utf-8", "replace").split("\\n") == feed(data)``.
 
         Raises:
             MalformedStreamError: as :meth:`feed`.
@@ -163,6 +163,8 @@ class LineBuffer:
         self._closed = True
         if not self._buf:
             return []
+        if len(self._buf) > self.max_line_length:
+            self._fail()  # a held-back BOM prefix is the only way to get here
         line = self._buf.decode("utf-8", "replace")
         self._buf.clear()
         return [line]

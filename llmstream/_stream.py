@@ -43,6 +43,10 @@ __all__ = ["TokenStream"]
 #: connect() cannot be woken; it is abandoned (a daemon thread that ends by its
 #: connect timeout, its result discarded).
 CLOSE_JOIN_TIMEOUT = 1.0
+#: Text pieces are joined into one string every this many: a list of small
+#: ``str`` objects costs ~60 bytes per token, a joined string ~1 byte per
+#: character, which keeps a very long stream's memory close to its text's size.
+COMPACT_EVERY = 4096
 
 
 class TokenStream:
@@ -67,6 +71,8 @@ class TokenStream:
         self._provider = provider
         self._model = model
         self._parts: List[str] = []
+        self._blocks: List[str] = []
+        self._compacted_pieces = 0
         self._tool_calls: List[ToolCall] = []
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
@@ -82,7 +88,7 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         """Yield the answer's text pieces in order (see the class docstring)."""
-        return self._consume(text_only=True)  # type: ignore[return-value]
+        return self._consume(text_only=True)
 
     def events(self) -> Iterator[Event]:
         """Yield typed events: TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset.
@@ -114,6 +120,8 @@ class TokenStream:
                             self._record(event, text_only)
                             if not text_only:
                                 yield event
+                if len(self._parts) >= COMPACT_EVERY:
+                    self._compact()
         finally:
             self._busy.release()
             if self._status == "streaming":
@@ -138,7 +146,14 @@ class TokenStream:
                 self._fail(error)
                 raise error
             self._parts.clear()
+            self._blocks.clear()
             self._tool_calls.clear()
+
+    def _compact(self) -> None:
+        self._compacted_pieces += len(self._parts)
+        self._blocks.append("".join(self._parts))
+        # Cleared in place: the consuming loop holds a bound ``append`` of this list.
+        self._parts.clear()
 
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
@@ -224,7 +239,7 @@ class TokenStream:
     @property
     def text(self) -> str:
         """The text delivered so far (after a ``Reset``, only the new answer's)."""
-        return "".join(self._parts)
+        return "".join(self._blocks) + "".join(self._parts)
 
     @property
     def result(self) -> StreamResult:
@@ -259,7 +274,7 @@ class TokenStream:
         return StreamMetrics(
             time_to_first_token=None if first is None else first - stats.started_at,
             duration=end - stats.started_at,
-            text_deltas=len(self._parts),
+            text_deltas=self._compacted_pieces + len(self._parts),
             chunks=stats.chunks,
             bytes_received=stats.bytes_received,
             attempts=stats.attempts,
@@ -268,5 +283,5 @@ class TokenStream:
     def __repr__(self) -> str:
         return (
             f"<TokenStream provider={self._provider!r} model={self._model!r} "
-            f"status={self._status!r} delivered={sum(map(len, self._parts))} chars>"
+            f"status={self._status!r} delivered={len(self.text)} chars>"
         )

@@ -9,10 +9,14 @@ synchronise (threads are joined, requests are awaited with
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -709,6 +713,12 @@ def test_last_event_id_then_faults_count_sent_tokens(server: FakeLLMServer, sess
     assert (text_of("openai", data), error is not None) == (" B", True)
 
 
+def test_ollama_ignores_last_event_id(server: FakeLLMServer, session: requests.Session) -> None:
+    server.script(Reply(text="A B C D"))
+    _, data, _ = fetch(server, session, "ollama", headers={"Last-Event-ID": "2"})
+    assert text_of("ollama", data) == "A B C D"
+
+
 @pytest.mark.parametrize(("provider", "extra", "prefill", "text"), [
     pytest.param("anthropic", {}, "Paris is", " the capital.", id="anthropic"),
     pytest.param("anthropic", {}, [{"type": "text", "text": "Paris"}], " is the capital.", id="anthropic-blocks"),
@@ -892,6 +902,12 @@ def test_lifecycle_errors() -> None:
         server.start()
 
 
+def test_unstarted_server_holds_no_socket() -> None:
+    FakeLLMServer().stop()
+    FakeLLMServer()
+    gc.collect()  # an unclosed socket would raise ResourceWarning, an error under filterwarnings=error
+
+
 def test_base_urls(server: FakeLLMServer) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url) and server.port > 0
     assert [server.base_url(p) for p in PATHS] == [server.url + "/v1", server.url + "/v1", server.url, server.url]
@@ -1022,3 +1038,24 @@ def test_serve_prints_urls_and_returns(capsys: pytest.CaptureFixture[str]) -> No
         f"  anthropic         base_url={match[1]}",
         f"  ollama            base_url={match[1]}",
     ]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery to a child differs on Windows")
+def test_python_m_runs_until_ctrl_c(session: requests.Session) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "llmstream.testing", "--fault", "close_after_tokens=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()  # EOF (a crash) ends readline too
+        with session.post(url + "/api/chat", json=_body("ollama"), stream=True, timeout=10) as resp:
+            data, error = read_all(resp)
+        assert (text_of("ollama", data), error is not None) == ("Hello", True)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert (proc.returncode, err) == (0, "")

@@ -12,7 +12,8 @@ Routes: ``POST /v1/chat/completions`` (openai), ``POST /v1/responses``
 ``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama).
 
 Natural resume behaviour (not faults):
-  * ``Last-Event-ID: N`` sends only the events after id N of the reply;
+  * ``Last-Event-ID: N`` sends only the events after id N of the reply (SSE
+    providers; Ollama ignores it);
   * a conversation ending with an assistant message P (Anthropic and Ollama
     always, OpenAI chat with ``continue_final_message: true``) streams only
     what follows P when the reply's text starts with P, else the whole text.
@@ -38,7 +39,7 @@ from ._state import RecordedRequest, ServerState
 from ._writer import BodyWriter
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._server import HTTPServer
+    from ._server import FakeHTTPServer
 
 __all__ = ["Handler"]
 
@@ -107,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "llmstream-fake-server"
     sys_version = ""
-    server: "HTTPServer"
+    server: "FakeHTTPServer"
 
     def version_string(self) -> str:
         """The ``Server`` header value."""
@@ -161,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             body = None
         number = self.state.record(RecordedRequest(
             method=self.command, path=path, query=query, headers=dict(self.headers.items()), json=body,
-            received_at=time.monotonic()))
+            received_at=time.monotonic(), client_port=self.client_address[1]))
         provider = ROUTES.get(path)
         if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
             self._replay(path[len(RESPONSES_PREFIX):], query)
@@ -197,7 +198,8 @@ class Handler(BaseHTTPRequestHandler):
         )
         if provider == "openai-responses":
             self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
-        last_id = _int(self.headers.get("Last-Event-ID"), 0)
+        # JSON lines carry no ids, so Ollama (like the real one) ignores the header.
+        last_id = _int(self.headers.get("Last-Event-ID"), 0) if provider != "ollama" else 0
         self._stream(reply, ctx, skip_through=last_id or 0)
 
     def _replay(self, response_id: str, query: Dict[str, str]) -> None:

@@ -30,7 +30,7 @@ from ._handler import Handler
 from ._reply import Reply
 from ._state import RecordedRequest, ServerState
 
-__all__ = ["FakeLLMServer", "HTTPServer"]
+__all__ = ["FakeHTTPServer", "FakeLLMServer"]
 
 logger = logging.getLogger("llmstream.testing")
 
@@ -39,7 +39,7 @@ STOP_TIMEOUT = 1.0  # seconds stop() waits for handler threads in total
 POLL_INTERVAL = 0.05  # serve_forever's shutdown check; bounds how long stop() waits for the acceptor
 
 
-class HTTPServer(socketserver.TCPServer):
+class FakeHTTPServer(socketserver.TCPServer):
     """The listening socket plus bookkeeping of connection threads (one thread per connection)."""
 
     # A fixed --port must be reusable right after a restart; on Windows the
@@ -137,7 +137,7 @@ class FakeLLMServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, default_reply: Optional[Reply] = None) -> None:
         self._address = (host, port)
         self._state = ServerState(self._checked(default_reply or Reply()))
-        self._httpd: Optional[HTTPServer] = None
+        self._httpd: Optional[FakeHTTPServer] = None
         self._acceptor: Optional[threading.Thread] = None
         self._stopped = False
         self._lifecycle = threading.Lock()
@@ -159,7 +159,8 @@ class FakeLLMServer:
             if self._stopped:
                 raise RuntimeError("this FakeLLMServer was stopped and cannot restart; create a new one")
             if self._httpd is None:
-                httpd = HTTPServer(self._address, self._state)
+                httpd = FakeHTTPServer(self._address, self._state)
+                self._state.open()
                 self._acceptor = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
                                                   name=f"{THREAD_PREFIX}-accept", daemon=True)
                 self._httpd = httpd

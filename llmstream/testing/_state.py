@@ -41,6 +41,8 @@ class RecordedRequest:
             :meth:`header` for a case-insensitive lookup).
         json: the parsed JSON body, or ``None`` (no body, or not JSON).
         received_at: ``time.monotonic()`` when the request was read.
+        client_port: the client's TCP port: requests with the same port came
+            over one reused connection.
     """
 
     method: str
@@ -49,6 +51,7 @@ class RecordedRequest:
     headers: Dict[str, str] = field(hash=False, repr=False)
     json: Any = field(hash=False)
     received_at: float
+    client_port: int = 0
 
     def header(self, name: str) -> Optional[str]:
         """Return the value of header ``name`` (case-insensitive), or None."""
@@ -73,7 +76,11 @@ class ServerState:
         self.max_active = 0
         self.responses: "OrderedDict[str, Tuple[Reply, StreamContext]]" = OrderedDict()
         self.stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake: Optional[Tuple[socket.socket, socket.socket]] = None
+
+    def open(self) -> None:
+        """Create the wake-up socket pair (on start, so an unstarted server holds no socket)."""
+        self._wake = socket.socketpair()
 
     def record(self, request: RecordedRequest) -> int:
         """Log a request; return its 1-based arrival number."""
@@ -118,9 +125,11 @@ class ServerState:
         """Stall up to ``seconds`` (``inf`` allowed); return False if the server stops or the client leaves."""
         if seconds <= 0:
             return not self.stopping.is_set()
+        if self._wake is None:  # not serving: nothing to watch but the stop event
+            return not self.stopping.wait(seconds if not math.isinf(seconds) else None)
         deadline = time.monotonic() + seconds
         with selectors.DefaultSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            selector.register(self._wake[0], selectors.EVENT_READ, None)
             selector.register(conn, selectors.EVENT_READ, conn)
             while not self.stopping.is_set():
                 remaining = deadline - time.monotonic()
@@ -138,15 +147,18 @@ class ServerState:
         """Wake every waiting handler; idempotent."""
         if not self.stopping.is_set():
             self.stopping.set()
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
+            if self._wake is not None:
+                try:
+                    self._wake[1].send(b"x")
+                except OSError:
+                    pass
 
     def close(self) -> None:
         """Release the wake-up sockets (after every handler thread ended)."""
-        self._wake_r.close()
-        self._wake_w.close()
+        if self._wake is not None:
+            for sock in self._wake:
+                sock.close()
+            self._wake = None
 
 
 def _alive(conn: socket.socket) -> bool:

@@ -1,0 +1,424 @@
+"""Benchmark the streaming engine against hand-written baselines, in one run. ``python bench/stream.py``.
+
+The server (``bench/_server.py``) runs in its own process, so its work and its GIL
+never touch the client being measured; it writes OpenAI chat-completions SSE built
+once, so it is not the bottleneck (the "raw socket" row shows its ceiling).
+
+Clients, each presented to the caller as an iterator of text pieces:
+
+  llmstream   ``Client("openai", base_url=..., api_key="x").stream(...)``: worker
+              thread, bounded queue, full decoding (SSE rules, OpenAI decoder).
+  read1       requests (stream=True) + ``resp.raw.read1(65536)`` + split on b"\\n"
+              with a carry + ``json.loads`` of each ``data:`` line, in the caller's thread.
+  iter_lines  requests ``iter_lines()`` (its default chunk_size) + ``json.loads``.
+
+Measures, in order:
+
+  1. throughput (tokens/s, best of --repeat runs, interleaved) and client CPU
+     (``time.process_time``, all threads of this process) per 100k tokens, with
+     64 events per server write (--tokens-64) and 1 event per write (--tokens-1);
+  2. delivery latency (caller arrival minus the server's write time, which the
+     server writes into each token as ``" <time.monotonic()>"``) at --rate
+     tokens/s, with a chunked and an unchunked (Connection: close) body;
+  3. peak RSS growth of a process reading --rss-tokens with a slow caller (a 1 s
+     pause so backpressure fills, then bursts with pauses), each length in a fresh
+     process, VmHWM reset through /proc/self/clear_refs after the warm-up.
+
+Targets (from the issue): llmstream >= 1.0x the better baseline's tokens/s at both
+write sizes; llmstream's p99 latency <= read1's + 200 us, and no 2-4 ms block-read
+delay on unchunked bodies; CPU <= 1.2x read1's; RSS growth <= 10 MiB at any length.
+Options: --quick (smaller everything), --only throughput|latency|rss, --profile
+(cProfile llmstream's caller and worker on the 1/write stream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+import requests  # noqa: E402
+
+import llmstream  # noqa: E402
+
+MODEL = "gpt-4o-mini"
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity",
+           "Authorization": "Bearer x"}
+#: Latency samples dropped at the start of each stream (connection set-up, first wake-ups).
+WARMUP_SAMPLES = 20
+
+Texts = Iterator[str]
+Method = Callable[[Dict[str, object]], Iterable[str]]
+
+
+# -- the server ----------------------------------------------------------------
+
+
+class Server:
+    """``bench/_server.py`` in a child process (ended by its pid in ``close``)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "_server.py"), "0"],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("PORT "):
+            self.close()
+            raise RuntimeError(f"bench server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"{self.base_url}/chat/completions"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# -- the clients ---------------------------------------------------------------
+
+
+def _body(params: Dict[str, object]) -> bytes:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "stream": True,
+            "stream_options": {"include_usage": True}, **params}
+    return json.dumps(body).encode()
+
+
+class Clients:
+    """The three clients, each with its own connection pool, reused across runs."""
+
+    def __init__(self, server: Server) -> None:
+        self.url = server.url
+        self.client = llmstream.Client("openai", base_url=server.base_url, api_key="x")
+        self.session = requests.Session()
+
+    def methods(self) -> Dict[str, Method]:
+        return {"llmstream": self.llmstream, "read1": self.read1, "iter_lines": self.iter_lines}
+
+    def llmstream(self, params: Dict[str, object]) -> Iterable[str]:
+        # The TokenStream itself, not wrapped: it closes itself at its end.
+        return self.client.stream("bench", model=MODEL, **params)
+
+    def _post(self, params: Dict[str, object]) -> requests.Response:
+        resp = self.session.post(self.url, data=_body(params), headers=HEADERS, stream=True, timeout=(10, 60))
+        resp.raise_for_status()
+        return resp
+
+    def read1(self, params: Dict[str, object]) -> Texts:
+        resp = self._post(params)
+        read1 = resp.raw.read1
+        loads = json.loads
+        carry = b""
+        try:
+            while True:
+                data = read1(65536, decode_content=True)
+                if not data:
+                    return
+                lines = (carry + data).split(b"\n")
+                carry = lines.pop()
+                for line in lines:
+                    if line[:6] == b"data: " and line != b"data: [DONE]":
+                        for choice in loads(line[6:])["choices"]:
+                            content = choice["delta"].get("content")
+                            if content:
+                                yield content
+        finally:
+            resp.close()
+
+    def iter_lines(self, params: Dict[str, object]) -> Texts:
+        resp = self._post(params)
+        loads = json.loads
+        try:
+            for line in resp.iter_lines():
+                if line[:6] == b"data: " and line != b"data: [DONE]":
+                    for choice in loads(line[6:])["choices"]:
+                        content = choice["delta"].get("content")
+                        if content:
+                            yield content
+        finally:
+            resp.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.session.close()
+
+
+def raw_socket(server: Server, params: Dict[str, object]) -> int:
+    """The server's ceiling: read a chunked answer with bare recv(), parse nothing; return its bytes."""
+    body = _body(params)
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+               "Content-Type: application/json\r\n\r\n").encode() + body
+    end = b"data: [DONE]\n\n\r\n0\r\n\r\n"
+    total = 0
+    last = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(request)
+        while not last.endswith(end):
+            data = sock.recv(262144)
+            if not data:
+                break
+            total += len(data)
+            last = (last + data)[-64:]
+    return total
+
+
+# -- 1. throughput and CPU -----------------------------------------------------
+
+
+def _count(texts: Iterable[str]) -> int:
+    n = 0
+    for _ in texts:
+        n += 1
+    return n
+
+
+def throughput(clients: Clients, server: Server, sizes: Sequence[Tuple[int, int]], repeat: int
+               ) -> Dict[Tuple[str, int], Tuple[float, float]]:
+    """Return {(method, per_write): (best tokens/s, least CPU seconds per 100k tokens)}."""
+    best: Dict[Tuple[str, int], Tuple[float, float]] = {}
+    for _ in range(repeat):
+        for per_write, tokens in sizes:
+            params = {"bench_mode": "bulk", "bench_tokens": tokens, "bench_per_write": per_write}
+            gc.collect()
+            start = time.perf_counter()
+            size = raw_socket(server, params)
+            rate = tokens / (time.perf_counter() - start)
+            old = best.get(("raw socket", per_write), (0.0, 0.0))
+            best[("raw socket", per_write)] = (max(old[0], rate), 0.0)
+            for name, method in clients.methods().items():
+                gc.collect()
+                wall, cpu = time.perf_counter(), time.process_time()
+                got = _count(method(params))
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                if got != tokens:
+                    raise AssertionError(f"{name} delivered {got} tokens of {tokens}")
+                rate, cpu100k = tokens / wall, cpu / tokens * 100_000
+                old = best.get((name, per_write))
+                best[(name, per_write)] = (rate, cpu100k) if old is None else (max(old[0], rate), min(old[1], cpu100k))
+    return best
+
+
+def print_throughput(best: Dict[Tuple[str, int], Tuple[float, float]], sizes: Sequence[Tuple[int, int]]) -> List[str]:
+    verdicts = []
+    print(f"{'client':<12} {'write':>9} {'tokens':>8} {'tokens/s':>11} {'CPU s/100k':>11} {'vs best base':>13} {'CPU vs read1':>13}")
+    for per_write, tokens in sizes:
+        base = max(best[("read1", per_write)][0], best[("iter_lines", per_write)][0])
+        cpu_read1 = best[("read1", per_write)][1]
+        for name in ("raw socket", "llmstream", "read1", "iter_lines"):
+            rate, cpu = best[(name, per_write)]
+            cpu_text = "-" if name == "raw socket" else f"{cpu:.3f}"
+            ratio = "-" if name == "raw socket" else f"{rate / base:.2f}x"
+            cpu_ratio = "-" if name == "raw socket" else f"{cpu / cpu_read1:.2f}x"
+            print(f"{name:<12} {per_write:>4} ev/w {tokens:>8} {rate:>11,.0f} {cpu_text:>11} {ratio:>13} {cpu_ratio:>13}")
+        rate, cpu = best[("llmstream", per_write)]
+        verdicts.append(_verdict(f"throughput {per_write} ev/write: llmstream / best baseline = {rate / base:.2f}x", rate / base >= 1.0, ">= 1.0x"))
+        verdicts.append(_verdict(f"CPU {per_write} ev/write: llmstream / read1 = {cpu / cpu_read1:.2f}x", cpu / cpu_read1 <= 1.2, "<= 1.2x"))
+    return verdicts
+
+
+def _verdict(text: str, ok: bool, target: str) -> str:
+    return f"{'PASS' if ok else 'MISS'}  {text}  (target {target})"
+
+
+# -- 2. latency ----------------------------------------------------------------
+
+
+def _latencies(texts: Iterable[str]) -> List[float]:
+    monotonic = time.monotonic
+    out = []
+    for text in texts:
+        out.append(monotonic() - float(text))
+    return out[WARMUP_SAMPLES:]
+
+
+def _pct(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency(clients: Clients, tokens: int, rate: float) -> Dict[Tuple[str, bool], List[float]]:
+    """Return {(method, chunked): latencies in seconds}."""
+    result: Dict[Tuple[str, bool], List[float]] = {}
+    for chunked in (True, False):
+        params = {"bench_mode": "paced", "bench_tokens": tokens, "bench_rate": rate, "bench_chunked": chunked}
+        for name, method in clients.methods().items():
+            gc.collect()
+            result[(name, chunked)] = _latencies(method(params))
+    return result
+
+
+def print_latency(result: Dict[Tuple[str, bool], List[float]], tokens: int, rate: float) -> List[str]:
+    verdicts = []
+    print(f"{'client':<12} {'body':<10} {'p50 us':>8} {'p90 us':>8} {'p99 us':>8} {'max us':>8} {'p99 - read1 p99':>16}")
+    for chunked in (True, False):
+        body = "chunked" if chunked else "unchunked"
+        ref = _pct(result[("read1", chunked)], 0.99)
+        for name in ("llmstream", "read1", "iter_lines"):
+            lat = result[(name, chunked)]
+            p50, p90, p99, top = (_pct(lat, q) * 1e6 for q in (0.5, 0.9, 0.99, 1.0))
+            print(f"{name:<12} {body:<10} {p50:>8.0f} {p90:>8.0f} {p99:>8.0f} {top:>8.0f} {p99 - ref * 1e6:>+16.0f}")
+        added = (_pct(result[("llmstream", chunked)], 0.99) - ref) * 1e6
+        verdicts.append(_verdict(f"latency {body}: llmstream p99 - read1 p99 = {added:+.0f} us", added <= 200, "<= +200 us"))
+        if not chunked:
+            p50 = _pct(result[("llmstream", chunked)], 0.5) * 1e6
+            verdicts.append(_verdict(f"latency unchunked: llmstream p50 = {p50:.0f} us (no block-read delay)", p50 < 1000, "< 1000 us"))
+    return verdicts
+
+
+# -- 3. peak RSS with a slow caller (in a fresh process per length) -------------
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field, in KiB."""
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def rss_child(base_url: str, tokens: int, burst: int, pause: float) -> None:
+    """Run in a fresh process: read ``tokens`` slowly and print the memory figures as JSON."""
+    client = llmstream.Client("openai", base_url=base_url, api_key="x")
+    params = {"bench_mode": "bulk", "bench_per_write": 64}
+    for text in client.stream("warm-up", model=MODEL, bench_tokens=20_000, **params):
+        pass
+    gc.collect()
+    rss0 = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    hwm0 = _status("VmHWM")
+    samples = []
+    started = time.perf_counter()
+    with client.stream("bench", model=MODEL, bench_tokens=tokens, **params) as s:
+        time.sleep(1.0)  # the worker fills the queue, then TCP backpressure stops the server
+        samples.append(_status("VmRSS"))
+        n = 0
+        for text in s:
+            n += 1
+            if n % burst == 0:
+                samples.append(_status("VmRSS"))
+                time.sleep(pause)
+        hwm1, rss1 = _status("VmHWM"), _status("VmRSS")
+        # Diagnostic (private): what TokenStream keeps for .text, one str per delta.
+        parts = s._parts  # noqa: SLF001
+        kept = sys.getsizeof(parts) + sum(map(sys.getsizeof, parts))
+        text_bytes = sum(map(len, parts))
+    print(json.dumps({"tokens": n, "hwm_growth_kib": hwm1 - hwm0, "rss_growth_kib": rss1 - rss0,
+                      "max_sample_growth_kib": max(samples) - rss0, "kept_parts_bytes": kept,
+                      "text_chars": text_bytes, "seconds": time.perf_counter() - started}))
+
+
+def rss(server: Server, lengths: Sequence[int], burst: int, pause: float) -> List[Dict[str, float]]:
+    out = []
+    for tokens in lengths:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", server.base_url, str(tokens),
+                               str(burst), str(pause)], capture_output=True, text=True, timeout=170)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rss child failed:\n{proc.stderr}")
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def print_rss(results: List[Dict[str, float]], burst: int, pause: float) -> List[str]:
+    verdicts = []
+    print(f"slow caller: sleeps 1 s before reading, then {pause * 1000:.0f} ms after every {burst:,} tokens")
+    print(f"{'tokens':>10} {'VmHWM growth':>13} {'VmRSS growth':>13} {'.text parts kept':>17} {'text chars':>11} {'seconds':>8}")
+    for r in results:
+        print(f"{r['tokens']:>10,} {r['hwm_growth_kib'] / 1024:>9.1f} MiB {r['rss_growth_kib'] / 1024:>9.1f} MiB "
+              f"{r['kept_parts_bytes'] / 2**20:>13.1f} MiB {r['text_chars']:>11,} {r['seconds']:>8.1f}")
+        growth = r["hwm_growth_kib"] / 1024
+        verdicts.append(_verdict(f"peak RSS growth at {r['tokens']:,} tokens = {growth:.1f} MiB", growth <= 10, "<= 10 MiB"))
+    return verdicts
+
+
+# -- main ------------------------------------------------------------------------
+
+
+def profile(clients: Clients, tokens: int, per_write: int) -> None:
+    """cProfile the caller thread and the worker thread of one llmstream stream."""
+    import cProfile
+    import pstats
+    import threading
+
+    profiles = []
+
+    def trace(*_: object) -> None:  # installs a profiler in each new thread (the worker)
+        prof = cProfile.Profile()
+        profiles.append(prof)
+        sys.setprofile(None)
+        prof.enable()
+
+    threading.setprofile(trace)
+    params = {"bench_mode": "bulk", "bench_tokens": tokens, "bench_per_write": per_write}
+    caller = cProfile.Profile()
+    caller.enable()
+    _count(clients.llmstream(params))
+    caller.disable()
+    threading.setprofile(None)
+    for label, prof in [("caller thread", caller)] + [("worker thread", p) for p in profiles]:
+        print(f"--- {label} ---")
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens-64", type=int, default=200_000, help="tokens of the 64 events/write stream")
+    parser.add_argument("--tokens-1", type=int, default=50_000, help="tokens of the 1 event/write stream")
+    parser.add_argument("--repeat", type=int, default=3, help="throughput runs per client (best is kept)")
+    parser.add_argument("--latency-tokens", type=int, default=2000, help="tokens per latency stream")
+    parser.add_argument("--rate", type=float, default=500.0, help="tokens/s of the latency streams")
+    parser.add_argument("--rss-tokens", type=int, nargs="+", default=[500_000, 2_500_000])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["throughput", "latency", "rss"])
+    parser.add_argument("--profile", action="store_true", help="cProfile llmstream on the 1 event/write stream")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tokens_64, args.tokens_1, args.repeat = 20_000, 5_000, 1
+        args.latency_tokens, args.rss_tokens = 300, [100_000]
+    burst, pause = 50_000, 0.05
+
+    server = Server()
+    clients = Clients(server)
+    verdicts: List[str] = []
+    try:
+        print(f"Python {sys.version.split()[0]}, requests {requests.__version__}, {os.cpu_count()} CPUs, "
+              f"server pid {server.proc.pid} (own process)")
+        if args.profile:
+            profile(clients, args.tokens_1, 1)
+            return
+        sizes = [(64, args.tokens_64), (1, args.tokens_1)]
+        if args.only in (None, "throughput"):
+            print(f"\n== throughput: best of {args.repeat}; CPU = process_time of this process (all threads), least of {args.repeat}")
+            verdicts += print_throughput(throughput(clients, server, sizes, args.repeat), sizes)
+        if args.only in (None, "latency"):
+            print(f"\n== delivery latency at {args.rate:.0f} tokens/s, {args.latency_tokens} tokens per stream "
+                  f"(first {WARMUP_SAMPLES} dropped): arrival in the caller - server write time")
+            verdicts += print_latency(latency(clients, args.latency_tokens, args.rate), args.latency_tokens, args.rate)
+        if args.only in (None, "rss"):
+            print("\n== peak RSS growth, llmstream, each length in a fresh process")
+            verdicts += print_rss(rss(server, args.rss_tokens, burst, pause), burst, pause)
+        print("\n== targets")
+        for line in verdicts:
+            print(line)
+    finally:
+        clients.close()
+        server.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--rss-child":
+        rss_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+    else:
+        main()
