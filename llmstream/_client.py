@@ -144,6 +144,8 @@ class Client:
             timeout=self.timeout if timeout is None else Timeout.coerce(timeout),
             retry=self.retry if retry is None else Retry.coerce(retry),
             max_buffered=self.max_buffered, max_line_length=self.max_line_length,
+            # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
+            continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 

@@ -143,6 +143,7 @@ class Worker:
         retry: Retry,
         max_buffered: int,
         max_line_length: int,
+        continue_allowed: bool = True,
     ) -> None:
         self.queue = EventQueue(max_buffered)
         self.stats = WorkerStats(time.monotonic())
@@ -151,12 +152,12 @@ class Worker:
         self._spec = spec
         self._timeout = timeout
         self._retry = retry
-        self._max_line_length = max_line_length
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
         self._cancel = threading.Event()
         self._response_lock = threading.Lock()
         self._response: Optional[OpenResponse] = None
-        self._resumer = Resumer(provider, spec, retry.resume)
+        self._resumer = Resumer(provider, spec, retry.resume, max_line_length=max_line_length,
+                                continue_allowed=continue_allowed)
         self._thread = threading.Thread(target=self._run, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
 
     @property
@@ -206,22 +207,31 @@ class Worker:
         schedule = RetrySchedule(self._retry)
         spec = self._spec
         while True:
+            decoder = self._resumer.new_decoder()
             try:
-                self._attempt(spec)
+                self._attempt(spec, decoder)
                 return
             except StreamError as exc:
                 if self._cancel.is_set():
                     raise Cancelled() from exc
-                spec = self._prepare_retry(exc, schedule)
+                spec = self._prepare_retry(exc, schedule, decoder)
 
-    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule) -> RequestSpec:
+    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule, decoder: StreamDecoder) -> RequestSpec:
         """Wait before the next attempt and return its request, or raise ``exc``."""
-        if self.stats.attempts >= self._retry.max_attempts or not is_retryable(exc, self._provider):
+        if self.stats.attempts >= self._retry.max_attempts:
             raise exc
-        delay = schedule.delay_for(exc)
-        if delay is None or time.monotonic() + delay >= self._total_deadline:
-            raise exc
-        next_spec = self._resumer.next_request(exc)  # raises ResumeError or exc if it cannot resume
+        # A server that refuses a resume request (a prefill answered with 400...)
+        # is asked again at once in the next way, without a backoff wait.
+        next_spec = self._resumer.fallback(exc, decoder)
+        delay: Optional[float] = 0.0
+        if next_spec is None:
+            if not is_retryable(exc, self._provider):
+                raise exc
+            delay = schedule.delay_for(exc)
+            if delay is None or time.monotonic() + delay >= self._total_deadline:
+                raise exc
+            next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
+        assert delay is not None
         attempt = self.stats.attempts + 1
         logger.info(
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
@@ -248,7 +258,7 @@ class Worker:
             raise StreamTimeoutError(f"{kind} timeout: no content within the limit", kind=kind)
         return left, kind
 
-    def _attempt(self, spec: RequestSpec) -> None:
+    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
         self.stats.attempts += 1
         started = time.monotonic()
         timeout = self._timeout
@@ -260,9 +270,6 @@ class Worker:
             cancelled=self._cancel.is_set, on_response=self._set_response,
         )
         try:
-            decoder = StreamDecoder(self._provider.new_decoder(), framing=self._provider.framing,
-                                    max_line_length=self._max_line_length)
-            self._resumer.start_attempt(decoder)
             self._read_body(response, decoder, first_deadline)
         finally:
             self._set_response(None)

@@ -27,11 +27,11 @@ is the event type buffer or ``"message"`` and whose ``id`` is that last event
 ID; the data and event type buffers are reset either way.
 
 Speed: LLM APIs send runs of ``data: {...}`` + blank line. When a feed
-completes a region of exactly that shape (checked with C-speed bytes and str
-methods, never assumed), its events are built without a Python loop per
-line; any other shape takes the line-by-line path. Both give the same events
-(tests/test_framing_properties.py checks them against a literal
-transcription of the rules).
+completes a region of exactly that shape (checked, never assumed), the
+values are cut out with C-speed bytes and str methods instead of
+interpreting each line in Python; any other shape takes the line-by-line
+path. Both give the same events (tests/test_framing_properties.py checks
+them against a literal transcription of the rules).
 
 Invariants: the same bytes give the same events however they are split;
 ``close()`` discards a block without its terminating blank line, as the spec
@@ -48,8 +48,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ._linebuffer import DEFAULT_MAX_LINE_LENGTH, LineBuffer
 
@@ -94,14 +93,15 @@ class ServerSentEvent:
         return json.loads(self.data)
 
 
-# Building an event is the largest per-event cost of the decoder. The frozen
-# __init__ pays for three object.__setattr__ calls (about 330 ns an event
-# with CPython 3.11); allocating with object.__new__ and storing through the
-# slots' own descriptors, which bypass the frozen __setattr__, takes 220 ns.
-_new_event = object.__new__
-_set_event: Callable[[ServerSentEvent, str], None] = vars(ServerSentEvent)["event"].__set__
-_set_data: Callable[[ServerSentEvent, str], None] = vars(ServerSentEvent)["data"].__set__
-_set_id: Callable[[ServerSentEvent, str], None] = vars(ServerSentEvent)["id"].__set__
+# Building events is the largest per-event cost of the decoder, and a frozen
+# dataclass is slow to build: its __init__ stores each field through
+# object.__setattr__ (about 330 ns an event with CPython 3.11). Instead an
+# event is built as an instance of a plain class with the SAME slots, filled
+# with ordinary attribute stores, then handed its real class by __class__
+# assignment, which Python allows between classes of identical layout (about
+# 120 ns). The result is an ordinary, frozen ServerSentEvent: type(e) is
+# ServerSentEvent, and eq, hash, repr and pickle are unchanged.
+_Unfrozen = type("_UnfrozenServerSentEvent", (), {"__slots__": ServerSentEvent.__slots__})
 
 
 def _data_values(region: bytes, complete: bool) -> Optional[List[str]]:
@@ -141,12 +141,16 @@ def _data_values(region: bytes, complete: bool) -> Optional[List[str]]:
 
 
 def _message_events(texts: List[str], last_id: str) -> List[ServerSentEvent]:
-    """Build one "message" event per data text, with C-level loops (the fast path's main cost)."""
-    events: List[ServerSentEvent] = list(map(_new_event, repeat(ServerSentEvent, len(texts))))
-    # A setter returns None, so any() runs each map to the end, in C.
-    any(map(_set_event, events, repeat("message")))
-    any(map(_set_data, events, texts))
-    any(map(_set_id, events, repeat(last_id)))
+    """Build one "message" event per data text (see _Unfrozen)."""
+    events: List[Any] = []
+    append = events.append
+    for text in texts:
+        event = _Unfrozen()
+        event.event = "message"
+        event.data = text
+        event.id = last_id
+        event.__class__ = ServerSentEvent
+        append(event)
     return events
 
 
@@ -222,7 +226,7 @@ class SSEDecoder:
 
     def _feed_lines(self, lines: List[str]) -> List[ServerSentEvent]:
         """Interpret complete lines one by one: the general path."""
-        events: List[ServerSentEvent] = []
+        events: List[Any] = []
         append = events.append
         buffer = self._data
         for line in lines:
@@ -230,11 +234,12 @@ class SSEDecoder:
                 # Dispatch. The last event ID string is set even when no event follows.
                 self._last_event_id = last_id = self._id
                 if buffer:
-                    ev = _new_event(ServerSentEvent)
-                    _set_event(ev, self._event or "message")
-                    _set_data(ev, buffer[0] if len(buffer) == 1 else "\n".join(buffer))
-                    _set_id(ev, last_id)
-                    append(ev)
+                    event = _Unfrozen()  # built as in _message_events
+                    event.event = self._event or "message"
+                    event.data = buffer[0] if len(buffer) == 1 else "\n".join(buffer)
+                    event.id = last_id
+                    event.__class__ = ServerSentEvent
+                    append(event)
                     buffer.clear()
                 self._event = ""
             elif line[:6] == "data: ":

@@ -435,10 +435,23 @@ def test_server_sent_event_pickles_and_hashes() -> None:
     assert repr(event) == "ServerSentEvent(event='e', data='d', id='i')"
 
 
-def test_decoded_events_are_ordinary_instances() -> None:
-    (event,) = events(b"data: a\n\n")
+@pytest.mark.parametrize(
+    "stream",
+    [
+        pytest.param(b"data: a\n\n", id="fast-path"),
+        pytest.param(b"event: message\ndata: a\n\n", id="line-by-line-path"),
+    ],
+)
+def test_decoded_events_are_ordinary_frozen_instances(stream: bytes) -> None:
+    decoder = SSEDecoder()
+    (event,) = decoder.feed(stream)
     assert type(event) is ServerSentEvent
+    assert event == ServerSentEvent(data="a")
+    assert hash(event) == hash(ServerSentEvent(data="a"))
+    assert pickle.loads(pickle.dumps(event)) == event
     assert dataclasses.replace(event, data="b") == ServerSentEvent(data="b")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.data = "b"  # type: ignore[misc]
 
 
 # Recorded provider streams: the SSE layer gives the same events however they are split.

@@ -20,6 +20,7 @@ clock or logging configuration.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Union
 
@@ -124,9 +125,21 @@ class StreamDecoder:
         events = decoder.close()   # raises IncompleteStreamError if truncated
     """
 
-    def __init__(self, decoder: ProviderDecoder, *, framing: str, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
+    def __init__(
+        self,
+        decoder: ProviderDecoder,
+        *,
+        framing: str,
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        last_event_id: str = "",
+    ) -> None:
         self.decoder = decoder
         self.framing = framing
+        self._max_line_length = max_line_length
+        # The event stream's last event ID survives a reconnection (WHATWG: the
+        # EventSource keeps it), so a resumed decoder starts from the old one.
+        self._inherited_event_id = last_event_id
+        self._resume_point: Optional[ProviderDecoder] = None
         self._frames: Union[SSEDecoder, JSONLinesDecoder]
         if framing == "sse":
             self._frames = SSEDecoder(max_line_length=max_line_length)
@@ -139,7 +152,9 @@ class StreamDecoder:
     def last_event_id(self) -> str:
         """The SSE last event ID ("" for JSON-lines framing or when none was sent)."""
         frames = self._frames
-        return frames.last_event_id if isinstance(frames, SSEDecoder) else ""
+        if isinstance(frames, SSEDecoder) and frames.last_event_id:
+            return frames.last_event_id
+        return self._inherited_event_id
 
     @property
     def finished(self) -> bool:
@@ -167,8 +182,25 @@ class StreamDecoder:
             raise IncompleteStreamError(f"stream ended mid-message: {exc.message}") from exc
         for message in messages:
             out.extend(self.decoder.feed(message))
+        if not self.decoder.finished:
+            # close() will fail the provider decoder for good; keep its state as
+            # it was after the last complete event, for a resume that goes on.
+            self._resume_point = copy.deepcopy(self.decoder)
         out.extend(self.decoder.close())
         return out
+
+    def resume_point(self) -> ProviderDecoder:
+        """The provider decoder as it was after the last complete message (before a failing close)."""
+        return self._resume_point if self._resume_point is not None else self.decoder
+
+    def resumed_with(self, decoder: ProviderDecoder) -> "StreamDecoder":
+        """A decoder for a reconnection that goes on where this one stopped (``Last-Event-ID``).
+
+        The framing starts afresh (a half-received block was never dispatched
+        and the server sends it again); the provider decoder carries on.
+        """
+        return StreamDecoder(decoder, framing=self.framing, max_line_length=self._max_line_length,
+                             last_event_id=self.last_event_id)
 
 
 def drop_none(body: Dict[str, Any]) -> Dict[str, Any]:
