@@ -27,8 +27,8 @@ Measures, in order:
 Targets (from the issue): llmstream >= 1.0x the better baseline's tokens/s at both
 write sizes; llmstream's p99 latency <= read1's + 200 us, and no 2-4 ms block-read
 delay on unchunked bodies; CPU <= 1.2x read1's; RSS growth <= 10 MiB at any length.
-Options: --quick (smaller everything), --only throughput|latency|rss, --profile
-(cProfile llmstream's caller and worker on the 1/write stream).
+Options: --quick (smaller everything), --only throughput|latency|rss, --profile 1|64
+(cProfile llmstream's caller and worker threads on one stream), --root DIR (measure another copy).
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+# --root DIR measures the llmstream package in DIR (e.g. a `git archive` of a commit)
+# instead of this checkout's; it must be known before the import below.
+ROOT = os.path.abspath(sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv[:-1] else os.path.join(HERE, ".."))
+sys.path.insert(0, ROOT)
 
 import requests  # noqa: E402
 
@@ -310,20 +313,18 @@ def rss_child(base_url: str, tokens: int, burst: int, pause: float) -> None:
                 samples.append(_status("VmRSS"))
                 time.sleep(pause)
         hwm1, rss1 = _status("VmHWM"), _status("VmRSS")
-        # Diagnostic (private): what TokenStream keeps for .text, one str per delta.
-        parts = s._parts  # noqa: SLF001
-        kept = sys.getsizeof(parts) + sum(map(sys.getsizeof, parts))
-        text_bytes = sum(map(len, parts))
+        seconds = time.perf_counter() - started
+        text = s.text  # built after the figures above: the size of the text the stream keeps for .text
     print(json.dumps({"tokens": n, "hwm_growth_kib": hwm1 - hwm0, "rss_growth_kib": rss1 - rss0,
-                      "max_sample_growth_kib": max(samples) - rss0, "kept_parts_bytes": kept,
-                      "text_chars": text_bytes, "seconds": time.perf_counter() - started}))
+                      "max_sample_growth_kib": max(samples) - rss0, "text_bytes": sys.getsizeof(text),
+                      "text_chars": len(text), "seconds": seconds}))
 
 
 def rss(server: Server, lengths: Sequence[int], burst: int, pause: float) -> List[Dict[str, float]]:
     out = []
     for tokens in lengths:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", server.base_url, str(tokens),
-                               str(burst), str(pause)], capture_output=True, text=True, timeout=170)
+                               str(burst), str(pause), "--root", ROOT], capture_output=True, text=True, timeout=170)
         if proc.returncode != 0:
             raise RuntimeError(f"rss child failed:\n{proc.stderr}")
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -333,10 +334,10 @@ def rss(server: Server, lengths: Sequence[int], burst: int, pause: float) -> Lis
 def print_rss(results: List[Dict[str, float]], burst: int, pause: float) -> List[str]:
     verdicts = []
     print(f"slow caller: sleeps 1 s before reading, then {pause * 1000:.0f} ms after every {burst:,} tokens")
-    print(f"{'tokens':>10} {'VmHWM growth':>13} {'VmRSS growth':>13} {'.text parts kept':>17} {'text chars':>11} {'seconds':>8}")
+    print(f"{'tokens':>10} {'VmHWM growth':>13} {'VmRSS growth':>13} {'size of .text':>14} {'text chars':>11} {'seconds':>8}")
     for r in results:
         print(f"{r['tokens']:>10,} {r['hwm_growth_kib'] / 1024:>9.1f} MiB {r['rss_growth_kib'] / 1024:>9.1f} MiB "
-              f"{r['kept_parts_bytes'] / 2**20:>13.1f} MiB {r['text_chars']:>11,} {r['seconds']:>8.1f}")
+              f"{r['text_bytes'] / 2**20:>10.1f} MiB {r['text_chars']:>11,} {r['seconds']:>8.1f}")
         growth = r["hwm_growth_kib"] / 1024
         verdicts.append(_verdict(f"peak RSS growth at {r['tokens']:,} tokens = {growth:.1f} MiB", growth <= 10, "<= 10 MiB"))
     return verdicts
@@ -372,6 +373,19 @@ def profile(clients: Clients, tokens: int, per_write: int) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 
+def _revision() -> str:
+    """The git commit of ROOT, '+dirty' when llmstream/ differs from it; 'no git' otherwise."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "llmstream"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "no git"
+    if head.returncode != 0:
+        return "no git"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens-64", type=int, default=200_000, help="tokens of the 64 events/write stream")
@@ -382,7 +396,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--rss-tokens", type=int, nargs="+", default=[500_000, 2_500_000])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", choices=["throughput", "latency", "rss"])
-    parser.add_argument("--profile", action="store_true", help="cProfile llmstream on the 1 event/write stream")
+    parser.add_argument("--profile", type=int, metavar="EVENTS_PER_WRITE", choices=[1, 64],
+                        help="cProfile llmstream's two threads on the 1 or 64 events/write stream instead")
+    parser.add_argument("--root", default=ROOT, help="directory holding the llmstream package to measure")
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens_64, args.tokens_1, args.repeat = 20_000, 5_000, 1
@@ -393,10 +409,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     clients = Clients(server)
     verdicts: List[str] = []
     try:
-        print(f"Python {sys.version.split()[0]}, requests {requests.__version__}, {os.cpu_count()} CPUs, "
-              f"server pid {server.proc.pid} (own process)")
+        print(f"llmstream from {os.path.dirname(llmstream.__file__)} ({_revision()}), Python {sys.version.split()[0]}, "
+              f"requests {requests.__version__}, {os.cpu_count()} CPUs, server pid {server.proc.pid} (own process)")
         if args.profile:
-            profile(clients, args.tokens_1, 1)
+            profile(clients, args.tokens_1 if args.profile == 1 else args.tokens_64, args.profile)
             return
         sizes = [(64, args.tokens_64), (1, args.tokens_1)]
         if args.only in (None, "throughput"):
@@ -418,7 +434,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--rss-child":
+    if len(sys.argv) == 8 and sys.argv[1] == "--rss-child":
         rss_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     else:
         main()

@@ -250,7 +250,7 @@ class Resumer:
             return None
         if error.status_code not in _REFUSALS or self._mode != "auto":
             return None
-        self._refused.append(self._strategy)  # type: ignore[arg-type]
+        self._refused.append(self._strategy)
         return self.next_request(error, decoder)
 
     def _prepare(self, choice: str, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
@@ -264,7 +264,7 @@ class Resumer:
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
         if decoder is None:
             return None
-        inner = decoder.resume_point()
+        inner: Any = decoder.resume_point()
         response_id = getattr(inner, "response_id", None)
         sequence = getattr(inner, "last_sequence_number", None)
         if response_id is not None and sequence is not None and hasattr(self._provider, "resume_request"):

@@ -156,7 +156,9 @@ class Worker:
         self._cancel = threading.Event()
         self._response_lock = threading.Lock()
         self._response: Optional[OpenResponse] = None
-        self._resumer = Resumer(provider, spec, retry.resume, max_line_length=max_line_length,
+        # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
+        resume = retry.resume if retry.max_attempts > 1 else "never"
+        self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
                                 continue_allowed=continue_allowed)
         self._thread = threading.Thread(target=self._run, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
 

@@ -100,9 +100,10 @@ def test_stays_failed_after_raising() -> None:
     decoder = JSONLinesDecoder()
     with pytest.raises(MalformedStreamError):
         decoder.feed(b"[1]\nnope\n[2]\n")
-    for call in (lambda: decoder.feed(b"[3]\n"), decoder.close):
-        with pytest.raises(MalformedStreamError, match="^invalid JSON on line 2: 'nope'"):
-            call()
+    with pytest.raises(MalformedStreamError, match="^invalid JSON on line 2: 'nope'"):
+        decoder.feed(b"[3]\n")
+    with pytest.raises(MalformedStreamError, match="^invalid JSON on line 2: 'nope'"):
+        decoder.close()
 
 
 def test_over_long_line_raises() -> None:

@@ -1,0 +1,44 @@
+"""Backpressure keeps memory bounded: a huge stream read slowly does not pile up in RAM."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from llmstream import Client, Retry
+from llmstream.testing import FakeLLMServer, Reply
+
+MiB = 1024 * 1024
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.timeout(180)
+def test_five_million_tokens_read_slowly_keep_rss_bounded(server: FakeLLMServer) -> None:
+    tokens = 5_000_000
+    server.script(Reply(token_count=tokens, events_per_write=256))
+    client = Client("openai", base_url=server.base_url("openai"), api_key="k",
+                    retry=Retry(max_attempts=1), max_buffered=256)
+    before = rss_bytes()
+    count = 0
+    peak_pipeline = 0
+    with client.stream("go", model="m") as stream:
+        for _ in stream:
+            count += 1
+            if count == 1:
+                # A slow caller: the queue fills, the worker blocks, TCP pushes back.
+                time.sleep(1.0)
+            if count % 250_000 == 0:
+                # What llmstream holds beyond the answer text it keeps for .text.
+                peak_pipeline = max(peak_pipeline, rss_bytes() - before - len(stream.text))
+        text_size = len(stream.text)
+    assert count == tokens
+    assert text_size == len("tok0") + sum(len(f" tok{i}") for i in range(1, tokens))
+    assert peak_pipeline < 16 * MiB, f"pipeline memory grew by {peak_pipeline / MiB:.1f} MiB"
