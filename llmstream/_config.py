@@ -33,6 +33,27 @@ class _Frozen:
     def _init(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
+    def _values(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def replace(self, **changes: Any) -> Any:
+        """Return a copy with some fields changed (validated again)."""
+        values = dict(zip(self.__slots__, self._values()))
+        values.update(changes)
+        return type(self)(**values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Frozen) or type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(self.__slots__, self._values()))
+        return f"{type(self).__name__}({fields})"
+
 
 class Timeout(_Frozen):
     """Time limits for a stream, in seconds (``None`` = no limit).
@@ -90,24 +111,6 @@ class Timeout(_Frozen):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return cls(connect=value, first_token=value, idle=value)
         raise TypeError(f"timeout must be a Timeout, a number of seconds or None, not {type(value).__name__}")
-
-    def replace(self, **changes: Optional[float]) -> "Timeout":
-        """Return a copy with some limits changed."""
-        values = {name: getattr(self, name) for name in self.__slots__}
-        values.update(changes)
-        return Timeout(**values)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Timeout):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in self.__slots__))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"Timeout({fields})"
 
 
 TimeoutTypes = Union[Timeout, float, int, None]
@@ -177,21 +180,3 @@ class Retry(_Frozen):
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(max_attempts=value)
         raise TypeError(f"retry must be a Retry, an int (max_attempts) or None, not {type(value).__name__}")
-
-    def replace(self, **changes: Any) -> "Retry":
-        """Return a copy with some fields changed."""
-        values = {name: getattr(self, name) for name in self.__slots__}
-        values.update(changes)
-        return Retry(**values)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Retry):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
-
-    def __hash__(self) -> int:
-        return hash(tuple(getattr(self, n) for n in self.__slots__))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"Retry({fields})"
