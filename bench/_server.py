@@ -26,13 +26,14 @@ usage chunk, ``data: [DONE]``, exactly as OpenAI lays them out (no ``id:`` lines
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import socket
 import sys
 import threading
 import time
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 WORDS = (
     " the", " a", " of", " stream", " token", " model", " and", " to", " is", " in", " that",
@@ -72,33 +73,36 @@ def _pool() -> List[bytes]:
 
 
 EVENTS = _pool()
-_groups_cache: Dict[int, List[bytes]] = {}
+_groups_cache: Dict[Tuple[int, bool], List[bytes]] = {}
 _cache_lock = threading.Lock()
 
 
-def groups(per_write: int) -> List[bytes]:
-    """The pool cut into writes of ``per_write`` events (cached per size)."""
+def frame(data: bytes, chunked: bool) -> bytes:
+    """``data`` as one HTTP/1.1 chunk, or as is."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+
+def groups(per_write: int, chunked: bool) -> List[bytes]:
+    """The pool cut into writes of ``per_write`` events, framed (cached: the write loop only sends)."""
     with _cache_lock:
-        found = _groups_cache.get(per_write)
+        found = _groups_cache.get((per_write, chunked))
         if found is None:
             size = per_write * max(1, POOL // per_write)
             cycle = (EVENTS * (size // POOL + 1))[:size]
-            found = [b"".join(cycle[i:i + per_write]) for i in range(0, size, per_write)]
-            _groups_cache[per_write] = found
+            found = [frame(b"".join(cycle[i:i + per_write]), chunked) for i in range(0, size, per_write)]
+            _groups_cache[(per_write, chunked)] = found
         return found
 
 
-def bulk_writes(tokens: int, per_write: int) -> Iterator[bytes]:
-    """Yield the body of a bulk answer, one item per socket write."""
-    yield ROLE
-    pool = groups(per_write)
+def send_bulk(send: Callable[[bytes], None], tokens: int, per_write: int, chunked: bool) -> None:
+    """Send the body of a bulk answer, ``per_write`` content events per socket write."""
+    send(frame(ROLE, chunked))
     full, rest = divmod(tokens, per_write)
-    n = len(pool)
-    for i in range(full):
-        yield pool[i % n]
+    for data in itertools.islice(itertools.cycle(groups(per_write, chunked)), full):
+        send(data)
     if rest:
-        yield b"".join(EVENTS[i % POOL] for i in range(full * per_write, tokens))
-    yield tail(tokens)
+        send(frame(b"".join(EVENTS[i % POOL] for i in range(full * per_write, tokens)), chunked))
+    send(frame(tail(tokens), chunked))
 
 
 class _Conn:
@@ -106,7 +110,7 @@ class _Conn:
         self.sock = sock
         self.buf = b""
 
-    def read_request(self) -> Tuple[str, Dict[str, object]]:
+    def read_request(self) -> Tuple[str, Dict[str, Any]]:
         """Return (request line, JSON body); raise EOFError when the client closed."""
         while b"\r\n\r\n" not in self.buf:
             data = self.sock.recv(65536)
@@ -129,34 +133,28 @@ class _Conn:
         return lines[0], (json.loads(body) if body else {})
 
 
-def _respond(sock: socket.socket, params: Dict[str, object]) -> bool:
+def _respond(sock: socket.socket, params: Dict[str, Any]) -> bool:
     """Send one answer; return True if the connection may be kept."""
     chunked = bool(params.get("bench_chunked", True))
     mode = params.get("bench_mode", "bulk")
-    tokens = int(params.get("bench_tokens", 1000))  # type: ignore[arg-type]
+    tokens = int(params.get("bench_tokens", 1000))
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
     head += b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"Connection: close\r\n\r\n"
     send = sock.sendall
     send(head)
     if mode == "paced":
-        rate = float(params.get("bench_rate", 500.0))  # type: ignore[arg-type]
+        rate = float(params.get("bench_rate", 500.0))
         _paced(send, tokens, rate, chunked)
     else:
-        per_write = int(params.get("bench_per_write", 64))  # type: ignore[arg-type]
-        if chunked:
-            for data in bulk_writes(tokens, per_write):
-                send(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            for data in bulk_writes(tokens, per_write):
-                send(data)
+        send_bulk(send, tokens, int(params.get("bench_per_write", 64)), chunked)
     if chunked:
         send(b"0\r\n\r\n")
     return chunked
 
 
-def _paced(send, tokens: int, rate: float, chunked: bool) -> None:  # type: ignore[no-untyped-def]
+def _paced(send: Callable[[bytes], None], tokens: int, rate: float, chunked: bool) -> None:
     def write(data: bytes) -> None:
-        send(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        send(frame(data, chunked))
 
     write(ROLE)
     interval = 1.0 / rate
@@ -197,7 +195,7 @@ def main() -> None:
     listener.bind(("127.0.0.1", port))
     listener.listen(64)
     for per_write in (1, 64):
-        groups(per_write)
+        groups(per_write, True)
     print(f"PORT {listener.getsockname()[1]}", flush=True)
     while True:
         sock, _ = listener.accept()

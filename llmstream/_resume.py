@@ -65,6 +65,14 @@ class TextLog:
             self._blocks.append("".join(self._parts))
             self._parts.clear()
 
+    def extend(self, texts: List[str]) -> None:
+        """Add pieces at the end."""
+        self._parts.extend(texts)
+        self.length += sum(map(len, texts))
+        if len(self._parts) >= 4096:
+            self._blocks.append("".join(self._parts))
+            self._parts.clear()
+
     def value(self) -> str:
         """The whole text."""
         return "".join(self._blocks) + "".join(self._parts)
@@ -304,12 +312,18 @@ class Resumer:
             events = self._replay.filter(events)
         if self._skip_prefix is not None:
             events = self._skip_held_back(events)
+        # The hot path: a batch of text deltas, recorded with one call.
+        texts = [event.text for event in events if isinstance(event, TextDelta)]
+        if texts:
+            self._delivered_content = True
+            if self._keep_text:
+                self._text.extend(texts)
+            if len(texts) == len(events):
+                return events
         for event in events:
             cls = event.__class__
             if cls is TextDelta:
-                if self._keep_text:
-                    self._text.append(event.text)  # type: ignore[union-attr]
-                self._delivered_content = True
+                continue
             elif cls is ThinkingDelta:
                 self._thinking.append(event.text)  # type: ignore[union-attr]
                 self._delivered_content = True

@@ -146,6 +146,19 @@ def translate_errors(url: str, *, cancelled: Callable[[], bool], phase: str, tim
         raise APIConnectionError(f"could not connect to {where}: {_root_reason(exc)}") from exc
 
 
+#: How far a socket timeout may differ from the exact time left (seconds).
+TIMEOUT_SLACK = 0.005
+
+
+def _close_enough(wanted: Optional[float], current: Optional[float]) -> bool:
+    # In a fast stream the time left is "idle" minus microseconds at every read,
+    # so the timeout set at the previous read is kept: it fires at most
+    # TIMEOUT_SLACK before or after the exact deadline.
+    if wanted is None or current is None:
+        return wanted is current
+    return abs(wanted - current) <= TIMEOUT_SLACK
+
+
 class OpenResponse:
     """A streaming response being read; ``shutdown()`` may come from any thread."""
 
@@ -156,6 +169,7 @@ class OpenResponse:
         self._cancelled = cancelled
         self._lock = threading.Lock()
         self._closed = False
+        self._timeout_set: Optional[float] = -1.0
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -169,8 +183,11 @@ class OpenResponse:
         """
         connection = self._raw.connection
         sock = getattr(connection, "sock", None) if connection is not None else None
-        if sock is not None:
+        # Setting the timeout is a system call's worth of work per read; a
+        # difference under TIMEOUT_SLACK changes nothing a caller could notice.
+        if sock is not None and not _close_enough(timeout, self._timeout_set):
             sock.settimeout(timeout)
+            self._timeout_set = timeout
         with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
             data: bytes = self._raw.read1(READ_SIZE, decode_content=True)
         if not data and self._cancelled():
