@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -170,6 +170,7 @@ class OpenResponse:
         self._lock = threading.Lock()
         self._closed = False
         self._timeout_set: Optional[float] = -1.0
+        self._pending_error: Optional[Exception] = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -179,10 +180,15 @@ class OpenResponse:
     def read(self, timeout: Optional[float], kind: str) -> bytes:
         """Return the next bytes (b"" at the end), waiting at most ``timeout`` seconds.
 
+        Everything already received is returned at once (see :meth:`_read_more`),
+        so one hand-over to the caller carries it.
+
         Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
         """
-        connection = self._raw.connection
-        sock = getattr(connection, "sock", None) if connection is not None else None
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
+        sock = self._socket()
         # Setting the timeout is a system call's worth of work per read; a
         # difference under TIMEOUT_SLACK changes nothing a caller could notice.
         if sock is not None and not _close_enough(timeout, self._timeout_set):
@@ -190,9 +196,66 @@ class OpenResponse:
             self._timeout_set = timeout
         with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
             data: bytes = self._raw.read1(READ_SIZE, decode_content=True)
-        if not data and self._cancelled():
-            raise Cancelled()
+        if not data:
+            if self._cancelled():
+                raise Cancelled()
+            return data
+        if sock is not None and self._has_more(sock):
+            data = self._read_more(data, sock, kind)
         return data
+
+    def _socket(self) -> Any:
+        connection = self._raw.connection
+        return getattr(connection, "sock", None) if connection is not None else None
+
+    def _has_more(self, sock: Any) -> bool:
+        """Whether bytes are already here: buffered by http.client or waiting in the socket.
+
+        ``read1`` on a chunked body returns one chunk per call even when many
+        are buffered, so a server writing one event per chunk would cost one
+        hand-over per token. ``peek`` on the socket made non-blocking answers
+        without waiting. ``HTTPResponse._fp`` is urllib3's (private) http.client
+        response; without it we simply do not coalesce, and
+        ``test_buffered_events_are_handed_over_together`` notices.
+        """
+        buffered = getattr(getattr(self._raw, "_fp", None), "fp", None)
+        if buffered is None or not hasattr(buffered, "peek"):
+            return False
+        sock.settimeout(0.0)
+        try:
+            peeked: bytes = buffered.peek(1)
+        except OSError:
+            return False
+        finally:
+            sock.settimeout(self._timeout_set)
+        if not self._raw.chunked:
+            return bool(peeked)
+        # A chunk's data is followed by CR LF that http.client reads with the next
+        # chunk's size line; only a complete size line with data after it means
+        # the next read1 returns without waiting for the network.
+        if peeked.startswith(b"\r\n"):
+            peeked = peeked[2:]
+        end = peeked.find(b"\r\n")
+        return end != -1 and len(peeked) > end + 2
+
+    def _read_more(self, data: bytes, sock: Any, kind: str) -> bytes:
+        parts = [data]
+        size = len(data)
+        while size < READ_SIZE:
+            try:
+                with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
+                    more: bytes = self._raw.read1(READ_SIZE - size, decode_content=True)
+            except (StreamError, Cancelled) as exc:
+                # What was read is delivered first; the failure comes with the next read.
+                self._pending_error = exc
+                break
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+            if not self._has_more(sock):
+                break
+        return b"".join(parts)
 
     def shutdown(self) -> None:
         """Wake a read blocked in another thread and end the response."""

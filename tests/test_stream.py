@@ -141,6 +141,21 @@ def test_framing_variants(server: FakeLLMServer, chunked: bool, line_ending: str
     assert client_for(server, "anthropic").complete("hi", model="m").text == TEXT
 
 
+def test_buffered_events_are_handed_over_together(server: FakeLLMServer) -> None:
+    # One event per chunk, all already received when the worker reads: read1
+    # returns one chunk per call, so without coalescing this would be 300 reads.
+    server.script(Reply(token_count=300, events_per_write=1))
+    client = client_for(server, "openai", max_buffered=1)
+    with client.stream("hi", model="m") as s:
+        it = iter(s)
+        next(it)
+        server.wait_for_requests(1)
+        time.sleep(0.3)  # let the whole answer arrive while the queue is full
+        rest = list(it)
+    assert len(rest) == 299
+    assert s.metrics.chunks < 100, s.metrics.chunks
+
+
 def test_drip_one_byte_per_write(server: FakeLLMServer) -> None:
     server.script(Reply(text=TEXT, drip=True))
     assert client_for(server, "openai").complete("hi", model="m").text == TEXT
