@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any, List, Optional
 
+from ._fastjson import loads as fast_loads
 from ._exceptions import MalformedStreamError
 from ._linebuffer import DEFAULT_MAX_LINE_LENGTH, LineBuffer
 
@@ -84,7 +85,7 @@ class JSONLinesDecoder:
 
     def _parse(self, lines: List[str]) -> List[Any]:
         values: List[Any] = []
-        loads = json.loads
+        loads = fast_loads
         for line in lines:
             self._line_number += 1
             # Blank means JSON whitespace only (RFC 8259: space and tab once

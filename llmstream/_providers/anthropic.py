@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._fastjson import loads as fast_loads
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
 
 __all__ = ["AnthropicProvider", "AnthropicDecoder"]
@@ -275,7 +276,7 @@ class AnthropicDecoder:
     @staticmethod
     def _parse(message: ServerSentEvent) -> Dict[str, Any]:
         try:
-            obj = json.loads(message.data)
+            obj = fast_loads(message.data)
         except ValueError:
             raise MalformedStreamError(
                 f"invalid JSON in Anthropic {message.event!r} event: {_excerpt(message.data)}"

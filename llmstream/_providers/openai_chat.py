@@ -46,35 +46,16 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._fastjson import loads as fast_loads
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
 
 __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
 
 _loads = json.loads
-# json.loads spends a third of its time in Python (loads -> decode -> raw_decode,
-# two whitespace regex matches) before the C scanner runs; one chunk per token
-# makes that the biggest cost of the hot path, so the scanner is called directly.
-_scan_once: Callable[[str, int], Tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _parse(data: str) -> Any:
-    """``json.loads(data)`` for a whole document, faster on the common exact case.
-
-    Anything but a value spanning all of ``data`` (leading or trailing
-    whitespace, nothing at all) goes to ``json.loads``, which accepts it or
-    raises its usual ``ValueError``.
-    """
-    try:
-        value, end = _scan_once(data, 0)
-    except StopIteration:
-        return _loads(data)
-    if end != len(data):
-        return _loads(data)
-    return value
 
 #: In-stream error types worth another attempt. OpenAI reports rate limits with
 #: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
@@ -189,7 +170,7 @@ class OpenAIChatDecoder:
             return self._after_end()
         data = message.data
         try:
-            chunk = _parse(data)
+            chunk = fast_loads(data)
         except ValueError:
             return self._not_json(message)
         # The hot path: {"choices": [{"index": 0, "delta": {"content": "..."},

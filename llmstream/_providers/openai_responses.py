@@ -54,6 +54,7 @@ from urllib.parse import quote
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from .._fastjson import loads as fast_loads
 from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_call
 
 __all__ = ["OpenAIResponsesProvider", "OpenAIResponsesDecoder"]
@@ -158,7 +159,7 @@ class OpenAIResponsesDecoder:
             return self._after_end()
         data = message.data
         try:
-            event = _loads(data)
+            event = fast_loads(data)
             kind = event.get("type") or message.event
             seq = event.get("sequence_number")
         except (ValueError, AttributeError):
