@@ -306,7 +306,7 @@ def print_latency(result: Dict[Tuple[str, bool], List[float]]) -> List[str]:
 def _status(field: str) -> int:
     """A /proc/self/status field, in KiB."""
     with open("/proc/self/status") as f:
-        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
@@ -346,7 +346,7 @@ def rss(server: Server, runs: Sequence[Tuple[str, int, Optional[int]]], burst: i
     for label, tokens, attempts in runs:
         config = {"base_url": server.base_url, "tokens": tokens, "attempts": attempts, "burst": burst, "pause": pause}
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child", json.dumps(config),
-                               "--root", ROOT], capture_output=True, text=True, timeout=170)
+                               "--root", ROOT], capture_output=True, text=True, timeout=170, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"rss child failed:\n{proc.stderr}")
         out.append((label, json.loads(proc.stdout.strip().splitlines()[-1])))
@@ -403,9 +403,9 @@ def profile(clients: Clients, tokens: int, per_write: int) -> None:
 def _revision() -> str:
     """The git commit of ROOT, '+dirty' when llmstream/ differs from it; 'no git' otherwise."""
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "llmstream"], capture_output=True,
-                               text=True, timeout=10)
+                               text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "no git"
     if head.returncode != 0:

@@ -22,7 +22,6 @@ or foreign stream), touch IO, threads or clocks.
 
 from __future__ import annotations
 
-import json
 from typing import Any, List, Optional
 
 from ._fastjson import loads as fast_loads

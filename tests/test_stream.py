@@ -29,7 +29,6 @@ from llmstream import (
     StreamTimeoutError,
     TextDelta,
     Timeout,
-    ToolCall,
     ToolCallDelta,
     Usage,
 )

@@ -51,7 +51,7 @@ import json
 from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional
 from urllib.parse import quote
 
-from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
 from .._fastjson import loads as fast_loads
