@@ -403,7 +403,8 @@ def profile(clients: Clients, tokens: int, per_write: int) -> None:
 def _revision() -> str:
     """The git commit of ROOT, '+dirty' when llmstream/ differs from it; 'no git' otherwise."""
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "llmstream"], capture_output=True,
                                text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):

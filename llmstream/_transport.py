@@ -3,7 +3,11 @@
 Strategy:
   * One ``requests.Session`` per client, so connections are reused.
   * The body is read with ``resp.raw.read1(65536, decode_content=True)``: it
-    returns as soon as the socket has *any* bytes. ``iter_content(N)`` waits to
+    returns as soon as the socket has *any* bytes. A chunked body (the usual
+    case) is read one level lower, from http.client's buffered reader with
+    ``read1``, and de-chunked by ``_dechunk.Dechunker``: urllib3's ``read1``
+    returns one chunk per call, which costs a read and a hand-over per token
+    when a server writes one event per chunk. ``iter_content(N)`` waits to
     fill N bytes and ``iter_lines`` mis-splits CR LF across reads, and both
     hold tokens back on unchunked bodies.
   * Before each read the socket timeout is set to the time left before the
@@ -41,6 +45,7 @@ from ._exceptions import (
     StreamTimeoutError,
     status_error_class,
 )
+from ._dechunk import Dechunker
 from ._providers._base import Provider, RequestSpec
 
 __all__ = ["Transport", "OpenResponse", "Cancelled", "parse_retry_after", "redact_url"]
@@ -170,7 +175,15 @@ class OpenResponse:
         self._lock = threading.Lock()
         self._closed = False
         self._timeout_set: Optional[float] = -1.0
-        self._pending_error: Optional[Exception] = None
+        # Chunked and not compressed (we ask for identity): read http.client's
+        # buffered reader ourselves, everything received at once (see Dechunker).
+        original = getattr(self._raw, "_original_response", None)
+        reader = getattr(original, "fp", None)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        self._dechunk: Optional[Dechunker] = None
+        self._reader: Any = None
+        if self._raw.chunked and reader is not None and hasattr(reader, "read1") and encoding == "identity":
+            self._dechunk, self._reader = Dechunker(), reader
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -180,14 +193,11 @@ class OpenResponse:
     def read(self, timeout: Optional[float], kind: str) -> bytes:
         """Return the next bytes (b"" at the end), waiting at most ``timeout`` seconds.
 
-        Everything already received is returned at once (see :meth:`_read_more`),
-        so one hand-over to the caller carries it.
+        Everything already received is returned at once, so one hand-over to
+        the caller carries it (see :class:`Dechunker` for chunked bodies).
 
         Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
         """
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
         sock = self._socket()
         # Setting the timeout is a system call's worth of work per read; a
         # difference under TIMEOUT_SLACK changes nothing a caller could notice.
@@ -195,67 +205,35 @@ class OpenResponse:
             sock.settimeout(timeout)
             self._timeout_set = timeout
         with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
-            data: bytes = self._raw.read1(READ_SIZE, decode_content=True)
-        if not data:
-            if self._cancelled():
-                raise Cancelled()
-            return data
-        if sock is not None and self._has_more(sock):
-            data = self._read_more(data, sock, kind)
+            if self._dechunk is not None:
+                data = self._read_dechunked(self._dechunk)
+            else:
+                data = self._raw.read1(READ_SIZE, decode_content=True)
+        if not data and self._cancelled():
+            raise Cancelled()
         return data
 
     def _socket(self) -> Any:
         connection = self._raw.connection
         return getattr(connection, "sock", None) if connection is not None else None
 
-    def _has_more(self, sock: Any) -> bool:
-        """Whether bytes are already here: buffered by http.client or waiting in the socket.
-
-        ``read1`` on a chunked body returns one chunk per call even when many
-        are buffered, so a server writing one event per chunk would cost one
-        hand-over per token. ``peek`` on the socket made non-blocking answers
-        without waiting. ``HTTPResponse._fp`` is urllib3's (private) http.client
-        response; without it we simply do not coalesce, and
-        ``test_buffered_events_are_handed_over_together`` notices.
-        """
-        buffered = getattr(getattr(self._raw, "_fp", None), "fp", None)
-        if buffered is None or not hasattr(buffered, "peek"):
-            return False
-        sock.settimeout(0.0)
-        try:
-            peeked: bytes = buffered.peek(1)
-        except OSError:
-            return False
-        finally:
-            sock.settimeout(self._timeout_set)
-        if not self._raw.chunked:
-            return bool(peeked)
-        # A chunk's data is followed by CR LF that http.client reads with the next
-        # chunk's size line; only a complete size line with data after it means
-        # the next read1 returns without waiting for the network.
-        if peeked.startswith(b"\r\n"):
-            peeked = peeked[2:]
-        end = peeked.find(b"\r\n")
-        return end != -1 and len(peeked) > end + 2
-
-    def _read_more(self, data: bytes, sock: Any, kind: str) -> bytes:
-        parts = [data]
-        size = len(data)
-        while size < READ_SIZE:
-            try:
-                with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
-                    more: bytes = self._raw.read1(READ_SIZE - size, decode_content=True)
-            except (StreamError, Cancelled) as exc:
-                # What was read is delivered first; the failure comes with the next read.
-                self._pending_error = exc
-                break
-            if not more:
-                break
-            parts.append(more)
-            size += len(more)
-            if not self._has_more(sock):
-                break
-        return b"".join(parts)
+    def _read_dechunked(self, dechunk: Dechunker) -> bytes:
+        """The payload of everything received so far (at least one byte), b"" after the last chunk."""
+        while not dechunk.done:
+            raw: bytes = self._reader.read1(READ_SIZE)
+            if not raw:
+                raise IncompleteStreamError(
+                    f"connection to {redact_url(self._url)} closed before the chunked body's last chunk"
+                )
+            data = dechunk.feed(raw)
+            if dechunk.done:
+                # The body ended exactly at its end: give the connection back to
+                # the pool, as urllib3 does when it reads a body to its end.
+                self._raw._original_response.close()
+                self._raw.release_conn()
+            if data:
+                return data
+        return b""
 
     def shutdown(self) -> None:
         """Wake a read blocked in another thread and end the response."""
