@@ -145,6 +145,8 @@ class TokenStream:
                 )
                 self._fail(error)
                 raise error
+            # The discarded pieces were delivered all the same: they stay counted.
+            self._compacted_pieces += len(self._parts)
             self._parts.clear()
             self._blocks.clear()
             self._tool_calls.clear()

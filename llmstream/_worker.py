@@ -225,15 +225,13 @@ class Worker:
         # A server that refuses a resume request (a prefill answered with 400...)
         # is asked again at once in the next way, without a backoff wait.
         next_spec = self._resumer.fallback(exc, decoder)
-        delay: Optional[float] = 0.0
+        delay = 0.0
         if next_spec is None:
-            if not is_retryable(exc, self._provider):
+            wait = schedule.delay_for(exc) if is_retryable(exc, self._provider) else None
+            if wait is None or time.monotonic() + wait >= self._total_deadline:
                 raise exc
-            delay = schedule.delay_for(exc)
-            if delay is None or time.monotonic() + delay >= self._total_deadline:
-                raise exc
+            delay = wait
             next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
-        assert delay is not None
         attempt = self.stats.attempts + 1
         logger.info(
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
