@@ -6,8 +6,8 @@ delivered. See ``README.md`` for the tour.
 This file only re-exports. The layers, each importing only the ones below it:
 
   vocabulary   _exceptions, _events, _config         (imports nothing of llmstream)
-  sans-IO core _linebuffer, sse, _jsonl, _resume, _providers/*
-  IO shell     _transport, _retry, _worker           (requests, urllib3, threads)
+  sans-IO core _linebuffer, sse, _jsonl, _resume, _histogram, _providers/*
+  IO shell     _transport, _retry, _flow, _monitor, _worker   (requests, urllib3, threads)
   consumer API _stream, _client
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
@@ -16,12 +16,15 @@ server) are public modules of their own; ``llmstream.notebook`` and
 """
 
 from ._client import Client, complete, stream
-from ._config import Retry, Timeout
+from ._config import CircuitBreaker, RateLimit, Retry, Timeout
 from ._events import (
+    Distribution,
     Finish,
+    MonitorSnapshot,
     Reset,
     Retrying,
     StreamMetrics,
+    StreamReport,
     StreamResult,
     TextDelta,
     ThinkingDelta,
@@ -34,6 +37,7 @@ from ._exceptions import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    CircuitOpenError,
     IncompleteStreamError,
     MalformedStreamError,
     NotFoundError,
@@ -47,6 +51,7 @@ from ._exceptions import (
     StreamError,
     StreamTimeoutError,
 )
+from ._monitor import Monitor, monitor
 from ._stream import TokenStream
 from ._version import __version__
 
@@ -60,6 +65,8 @@ __all__ = [
     # configuration
     "Timeout",
     "Retry",
+    "RateLimit",
+    "CircuitBreaker",
     # events and results
     "TextDelta",
     "ThinkingDelta",
@@ -71,6 +78,12 @@ __all__ = [
     "Reset",
     "StreamResult",
     "StreamMetrics",
+    "Distribution",
+    # observability
+    "monitor",
+    "Monitor",
+    "MonitorSnapshot",
+    "StreamReport",
     # errors
     "StreamError",
     "APIStatusError",
@@ -86,6 +99,7 @@ __all__ = [
     "MalformedStreamError",
     "ProviderError",
     "ResumeError",
+    "CircuitOpenError",
     "StreamClosedError",
     "StreamBusyError",
 ]

@@ -15,8 +15,9 @@ import os
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ._config import Retry, Timeout, TimeoutTypes
+from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._events import StreamResult
+from ._flow import Flow
 from ._providers import get_provider
 from ._providers._base import Message, Provider
 from ._stream import TokenStream
@@ -46,6 +47,14 @@ def _messages(prompt: Optional[str], messages: Optional[Sequence[Message]], syst
     return result
 
 
+def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_output_chars must be an int >= 1 (or None for no limit), got {value!r}")
+    return value
+
+
 class Client:
     """A configured connection to one provider; make streams with :meth:`stream`.
 
@@ -61,6 +70,17 @@ class Client:
         max_buffered: events the queue may hold before the worker stops reading
             the socket (backpressure).
         max_line_length: the longest line accepted from the server, in bytes.
+        max_concurrent: at most this many streams of this client in flight;
+            more wait their turn in FIFO order, within their ``total`` timeout
+            (``None``: no limit).
+        rate_limit: a :class:`RateLimit` (requests / tokens per minute) shared
+            by every stream of this client. Whether set or not, a 429 answer
+            with ``Retry-After`` pauses all of the client's streams.
+        circuit_breaker: a :class:`CircuitBreaker` to stop calling a failing
+            server for a while (``True`` for the defaults; ``None``: off).
+        max_output_chars: cut every answer at this many characters (text,
+            thinking and tool-call arguments): the stream ends with
+            ``finish_reason == "max_output_chars"`` and its socket is closed.
 
     Usage::
 
@@ -82,6 +102,10 @@ class Client:
         retry: Union[Retry, int, None] = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_concurrent: Optional[int] = None,
+        rate_limit: Optional[RateLimit] = None,
+        circuit_breaker: Union[CircuitBreaker, bool, None] = None,
+        max_output_chars: Optional[int] = None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
@@ -99,12 +123,29 @@ class Client:
             raise ValueError(f"max_buffered must be >= 1, got {max_buffered!r}")
         self.max_buffered = max_buffered
         self.max_line_length = max_line_length
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a llmstream.RateLimit or None, not {type(rate_limit).__name__}")
+        if circuit_breaker is True:
+            circuit_breaker = CircuitBreaker()
+        elif circuit_breaker is False:
+            circuit_breaker = None
+        elif circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise TypeError("circuit_breaker must be a llmstream.CircuitBreaker, True, False or None, "
+                            f"not {type(circuit_breaker).__name__}")
+        self.max_output_chars = _check_max_output_chars(max_output_chars)
+        self._flow = Flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
+                          rate_limit=rate_limit, circuit_breaker=circuit_breaker)
         self._transport = Transport()
 
     @property
     def provider(self) -> str:
         """The provider's name."""
         return self._provider.name
+
+    @property
+    def circuit_state(self) -> Optional[str]:
+        """The circuit breaker's state (``"closed"``, ``"open"``, ``"half-open"``), or ``None`` without one."""
+        return self._flow.breaker.state if self._flow.breaker is not None else None
 
     def stream(
         self,
@@ -115,6 +156,7 @@ class Client:
         system: Optional[str] = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
+        max_output_chars: Optional[int] = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -126,6 +168,7 @@ class Client:
             system: a system prompt, put where the provider wants it.
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
+            max_output_chars: overrides the client's output length guard for this stream.
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
@@ -144,6 +187,9 @@ class Client:
             timeout=self.timeout if timeout is None else Timeout.coerce(timeout),
             retry=self.retry if retry is None else Retry.coerce(retry),
             max_buffered=self.max_buffered, max_line_length=self.max_line_length,
+            flow=self._flow, model=model,
+            max_output_chars=self.max_output_chars if max_output_chars is None
+            else _check_max_output_chars(max_output_chars),
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
         )

@@ -1,6 +1,6 @@
-"""Configuration values: :class:`Timeout` and :class:`Retry`.
+"""Configuration values: :class:`Timeout`, :class:`Retry`, :class:`RateLimit`, :class:`CircuitBreaker`.
 
-Both are small immutable values: validated once in ``__init__``, with a
+All are small immutable values: validated once in ``__init__``, with a
 ``__repr__`` that round-trips and value equality, so one instance can be shared
 by many clients and threads. Nothing here does IO or reads a clock.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Tuple, Union
 
-__all__ = ["Timeout", "Retry", "RESUME_MODES", "TimeoutTypes"]
+__all__ = ["Timeout", "Retry", "RateLimit", "CircuitBreaker", "RESUME_MODES", "TimeoutTypes"]
 
 def _check_seconds(name: str, value: Optional[float]) -> Optional[float]:
     if value is None:
@@ -180,3 +180,78 @@ class Retry(_Frozen):
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(max_attempts=value)
         raise TypeError(f"retry must be a Retry, an int (max_attempts) or None, not {type(value).__name__}")
+
+
+def _check_rate(owner: str, name: str, value: Optional[float], *, allow_none: bool = True) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
+        raise ValueError(f"{owner}.{name} must be a number > 0{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+class RateLimit(_Frozen):
+    """Client-side request and token budgets, shared by every stream of one client.
+
+    Args:
+        requests_per_minute: requests the client may send per minute (``None`` = no limit).
+        tokens_per_minute: tokens per minute, estimated before each request as
+            its prompt's characters / 4 plus its output limit (``max_tokens``),
+            then corrected with the usage the provider reports.
+        burst_seconds: how much of a minute's budget may be spent at once; the
+            buckets hold ``per_minute * burst_seconds / 60`` (at least one request).
+
+    Token bucket: the budget refills continuously. Whatever the limits, a 429
+    answer with ``Retry-After`` pauses every stream of the client for that long,
+    and the buckets start empty after the pause so traffic ramps up again.
+
+    Usage::
+
+        client = llmstream.Client(rate_limit=llmstream.RateLimit(requests_per_minute=500,
+                                                                 tokens_per_minute=200_000))
+    """
+
+    __slots__ = ("requests_per_minute", "tokens_per_minute", "burst_seconds")
+    requests_per_minute: Optional[float]
+    tokens_per_minute: Optional[float]
+    burst_seconds: float
+
+    def __init__(
+        self,
+        requests_per_minute: Optional[float] = None,
+        tokens_per_minute: Optional[float] = None,
+        burst_seconds: float = 10.0,
+    ) -> None:
+        self._init("requests_per_minute", _check_rate("RateLimit", "requests_per_minute", requests_per_minute))
+        self._init("tokens_per_minute", _check_rate("RateLimit", "tokens_per_minute", tokens_per_minute))
+        self._init("burst_seconds", _check_rate("RateLimit", "burst_seconds", burst_seconds, allow_none=False))
+
+
+class CircuitBreaker(_Frozen):
+    """When a client stops sending requests to a failing server, and for how long.
+
+    Args:
+        failure_threshold: consecutive failed attempts that open the circuit.
+            Failures are what says the server is unwell: connection errors,
+            connect / first-token / idle timeouts, 5xx and 529, incomplete or
+            malformed streams, provider errors. A 4xx answer (429 included:
+            the rate limiter handles it) or any complete answer resets the count.
+        cooldown: seconds the circuit stays open, failing streams at once with
+            :class:`~llmstream.CircuitOpenError`; then one probe request goes
+            through (half-open): its success closes the circuit, its failure
+            opens it for another cooldown.
+
+    Usage::
+
+        client = llmstream.Client(circuit_breaker=llmstream.CircuitBreaker(failure_threshold=5, cooldown=30))
+    """
+
+    __slots__ = ("failure_threshold", "cooldown")
+    failure_threshold: int
+    cooldown: float
+
+    def __init__(self, failure_threshold: int = 5, cooldown: float = 30.0) -> None:
+        if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
+            raise ValueError(f"CircuitBreaker.failure_threshold must be an int >= 1, got {failure_threshold!r}")
+        self._init("failure_threshold", failure_threshold)
+        self._init("cooldown", _check_rate("CircuitBreaker", "cooldown", cooldown, allow_none=False))

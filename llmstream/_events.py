@@ -26,8 +26,11 @@ __all__ = [
     "Retrying",
     "Reset",
     "Event",
+    "Distribution",
     "StreamMetrics",
     "StreamResult",
+    "StreamReport",
+    "MonitorSnapshot",
     "CONTENT_EVENTS",
 ]
 
@@ -151,24 +154,86 @@ CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)
 
 
 @dataclass(frozen=True)
+class Distribution:
+    """Summary of a series of measurements (seconds or bytes); ``None`` when empty.
+
+    Percentiles come from a histogram with 2% wide buckets (exact within 2%,
+    always between ``min`` and ``max``).
+
+    Attributes:
+        count: how many values were recorded.
+        total: their sum.
+        min, p50, p90, p99, max: the smallest value, the percentiles, the largest.
+    """
+
+    count: int = 0
+    total: float = 0.0
+    min: Optional[float] = None
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+    max: Optional[float] = None
+
+    @property
+    def mean(self) -> Optional[float]:
+        """``total / count``, or ``None`` when empty."""
+        return self.total / self.count if self.count else None
+
+
+@dataclass(frozen=True)
 class StreamMetrics:
     """Measurements of one stream (times in seconds, from ``time.monotonic``).
 
     Attributes:
-        time_to_first_token: from the first request to the first content, or ``None``.
-        duration: from the first request to the end of the stream.
-        text_deltas: number of text pieces delivered.
-        chunks: number of socket reads that returned data.
+        time_to_first_token: from the start of the stream to the first content, or ``None``.
+        duration: from the start of the stream to its end (or to now, while it runs).
+        text_deltas: text pieces received.
+        output_tokens: output tokens as the provider reported them, or ``None``.
+        chunks: socket reads that returned data.
         bytes_received: body bytes received over all attempts.
         attempts: HTTP attempts made.
+        errors: the type name of each error met, in order: those that were
+            retried, then the final one if the stream failed.
+        inter_token_gap: the waits between arrivals of content, measured in
+            the worker as the bytes arrive. Content that arrives in one read
+            counts once, and time the worker spent blocked on a slow caller
+            is left out, so this describes the server, not the consumer.
+        chunk_size: bytes per socket read.
+        read_time: seconds each socket read that returned data waited.
+        queued: seconds spent waiting for a slot or the rate limiter before
+            the first request (``Client(max_concurrent=..., rate_limit=...)``).
     """
 
     time_to_first_token: Optional[float] = None
     duration: float = 0.0
     text_deltas: int = 0
+    output_tokens: Optional[int] = None
     chunks: int = 0
     bytes_received: int = 0
     attempts: int = 0
+    errors: Tuple[str, ...] = ()
+    inter_token_gap: Distribution = field(default_factory=Distribution)
+    chunk_size: Distribution = field(default_factory=Distribution)
+    read_time: Distribution = field(default_factory=Distribution)
+    queued: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        """Output tokens as reported by the provider, or else the number of text pieces."""
+        return self.output_tokens if self.output_tokens is not None else self.text_deltas
+
+    @property
+    def tokens_per_second(self) -> Optional[float]:
+        """``tokens`` over the time from the first token to the end (generation speed), or ``None``."""
+        if self.time_to_first_token is None:
+            return None
+        generating = self.duration - self.time_to_first_token
+        return self.tokens / generating if generating > 0 and self.tokens else None
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first."""
+        return max(0, self.attempts - 1)
 
 
 @dataclass(frozen=True)
@@ -190,3 +255,66 @@ class StreamResult:
     tool_calls: Tuple[ToolCall, ...] = ()
     attempts: int = 1
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    """One ended stream, as the process-wide monitor and its listeners see it.
+
+    Attributes:
+        provider: the provider's name (``"openai"``...).
+        base_url: the client's base URL, credentials removed.
+        model: the model asked for.
+        outcome: ``"finished"``, ``"failed"`` or ``"closed"`` (by the caller).
+        error: the failing error's type name (``"RateLimitError"``...), or ``None``.
+        metrics: the stream's final :class:`StreamMetrics`.
+    """
+
+    provider: str
+    base_url: str
+    model: str
+    outcome: str
+    error: Optional[str]
+    metrics: StreamMetrics
+
+
+@dataclass(frozen=True)
+class MonitorSnapshot:
+    """Process-wide counts since the start (or the last ``monitor.reset()``).
+
+    Attributes:
+        started: streams started.
+        finished, failed, closed: streams that ended each way.
+        active: streams started and not ended (waiting ones included).
+        waiting: streams waiting for a concurrency slot or the rate limiter.
+        attempts: HTTP attempts made by ended streams.
+        errors: final errors of failed streams, by type name.
+        retried_errors: errors that were retried, by type name.
+        output_tokens: tokens (or text pieces when not reported) of ended streams.
+        bytes_received: body bytes of ended streams.
+        time_to_first_token: over ended streams that received content.
+        duration: over ended streams.
+        circuits: each circuit breaker's state by base URL:
+            ``"closed"``, ``"open"`` or ``"half-open"``.
+    """
+
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    closed: int = 0
+    active: int = 0
+    waiting: int = 0
+    attempts: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+    retried_errors: Mapping[str, int] = field(default_factory=dict)
+    output_tokens: int = 0
+    bytes_received: int = 0
+    time_to_first_token: Distribution = field(default_factory=Distribution)
+    duration: Distribution = field(default_factory=Distribution)
+    circuits: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> Optional[float]:
+        """``finished / (finished + failed)``; streams the caller closed do not count. ``None`` before any."""
+        ended = self.finished + self.failed
+        return self.finished / ended if ended else None

@@ -20,7 +20,8 @@ made (``attempts``). Misuse of the API is not a stream failure: it raises a
     ├── IncompleteStreamError        the stream ended without its end marker
     ├── MalformedStreamError         bytes that are not the provider's protocol
     ├── ProviderError                an error reported inside the stream; .type
-    └── ResumeError                  a broken stream could not be resumed exactly once
+    ├── ResumeError                  a broken stream could not be resumed exactly once
+    └── CircuitOpenError             the client's circuit breaker is open; .retry_after, .base_url
 
     StreamClosedError (RuntimeError) iterating a stream after close()
     StreamBusyError (RuntimeError)   iterating one stream from two threads at once
@@ -48,6 +49,7 @@ __all__ = [
     "MalformedStreamError",
     "ProviderError",
     "ResumeError",
+    "CircuitOpenError",
     "StreamClosedError",
     "StreamBusyError",
     "status_error_class",
@@ -214,6 +216,28 @@ class ProviderError(StreamError):
 
 class ResumeError(StreamError):
     """Raised when a broken stream could not be resumed without duplicating or losing text."""
+
+
+class CircuitOpenError(StreamError):
+    """Raised at once, without a request, while the client's circuit breaker is open.
+
+    After ``CircuitBreaker.failure_threshold`` consecutive failures against one
+    base URL, the client stops sending requests there for ``cooldown`` seconds,
+    then lets one probe through.
+
+    Attributes:
+        retry_after: seconds until the breaker lets a probe through (0 while a probe is in flight).
+        base_url: the base URL the breaker guards (credentials removed).
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 0.0, base_url: str = "",
+                 partial_text: str = "", attempts: int = 0) -> None:
+        super().__init__(message, partial_text=partial_text, attempts=attempts)
+        self.retry_after = retry_after
+        self.base_url = base_url
+
+    def _extra(self) -> Dict[str, Any]:
+        return {"retry_after": self.retry_after, "base_url": self.base_url}
 
 
 class StreamClosedError(RuntimeError):

@@ -72,7 +72,6 @@ class TokenStream:
         self._model = model
         self._parts: List[str] = []
         self._blocks: List[str] = []
-        self._compacted_pieces = 0
         self._tool_calls: List[ToolCall] = []
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
@@ -145,14 +144,11 @@ class TokenStream:
                 )
                 self._fail(error)
                 raise error
-            # The discarded pieces were delivered all the same: they stay counted.
-            self._compacted_pieces += len(self._parts)
             self._parts.clear()
             self._blocks.clear()
             self._tool_calls.clear()
 
     def _compact(self) -> None:
-        self._compacted_pieces += len(self._parts)
         self._blocks.append("".join(self._parts))
         # Cleared in place: the consuming loop holds a bound ``append`` of this list.
         self._parts.clear()
@@ -191,7 +187,7 @@ class TokenStream:
             if self._status == "streaming":
                 self._status = "failed"
                 self._error = error
-        self._worker.cancel()
+        self._worker.fail(error)
         self._worker.join(CLOSE_JOIN_TIMEOUT)
         raise error
 
@@ -269,21 +265,23 @@ class TokenStream:
 
     @property
     def metrics(self) -> StreamMetrics:
-        """Timings and counts so far (final once the stream has ended)."""
-        stats = self._worker.stats
-        end = stats.ended_at if stats.ended_at is not None else time.monotonic()
-        first = stats.first_content_at
-        return StreamMetrics(
-            time_to_first_token=None if first is None else first - stats.started_at,
-            duration=end - stats.started_at,
-            text_deltas=self._compacted_pieces + len(self._parts),
-            chunks=stats.chunks,
-            bytes_received=stats.bytes_received,
-            attempts=stats.attempts,
-        )
+        """Timings and counts so far (final once the stream has ended): a :class:`StreamMetrics`."""
+        return self._worker.stats.metrics()
 
     def __repr__(self) -> str:
         return (
             f"<TokenStream provider={self._provider!r} model={self._model!r} "
             f"status={self._status!r} delivered={len(self.text)} chars>"
         )
+
+    def _ipython_display_(self) -> None:
+        """Jupyter's hook for a stream left as a cell's last expression (needs the ``notebook`` extra).
+
+        A streaming stream is followed live, as ``llmstream.notebook.show``
+        does; an ended one shows its text and status. A failure is shown in
+        the status line, not raised; an interrupt closes the stream and
+        propagates. ``repr()`` does not need IPython.
+        """
+        from .notebook import _show_as_last_expression  # lazy: IPython is an optional extra
+
+        _show_as_last_expression(self)

@@ -19,6 +19,15 @@ Strategy:
   * Retries: a failed attempt that may be retried waits on the cancel Event
     (never ``time.sleep``) and tries again; the resume rules of
     ``_resume.py`` make sure nothing is delivered twice or lost.
+  * Flow control (``_flow.py``, shared by a client's workers): the worker
+    takes a concurrency slot before its first attempt and keeps it to its
+    end; before each attempt it asks the circuit breaker and the rate limiter.
+    A 429 pauses the whole client. ``max_output_chars`` cuts the answer at
+    that many characters, ends it with ``Finish("max_output_chars")`` and
+    closes the socket without reading further.
+  * Metrics: counters and histograms (``WorkerStats``) are updated by this
+    thread only; the caller reads a snapshot. At its end the worker reports
+    the stream to the process-wide monitor.
 
 The worker never references the ``TokenStream`` that owns it, so a stream the
 caller drops is collected, and its finalizer cancels the worker.
@@ -35,8 +44,23 @@ import time
 from typing import Any, Deque, List, Optional, Tuple
 
 from ._config import Retry, Timeout
-from ._events import CONTENT_EVENTS, Event, Retrying
-from ._exceptions import StreamError, StreamTimeoutError
+from ._events import (
+    CONTENT_EVENTS,
+    Event,
+    Finish,
+    Reset,
+    Retrying,
+    StreamMetrics,
+    StreamReport,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    Usage,
+)
+from ._exceptions import RateLimitError, StreamError, StreamTimeoutError
+from ._flow import Flow, estimate_tokens
+from ._histogram import Histogram
+from ._monitor import monitor
 from ._providers._base import Provider, RequestSpec, StreamDecoder
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
@@ -110,17 +134,49 @@ class EventQueue:
 
 
 class WorkerStats:
-    """Counters the worker updates and the stream reads for its metrics."""
+    """Counters the worker updates (alone) and the stream reads for its metrics."""
 
-    __slots__ = ("attempts", "bytes_received", "chunks", "first_content_at", "started_at", "ended_at")
+    __slots__ = (
+        "attempts", "bytes_received", "chunks", "text_deltas", "usage", "errors", "queued",
+        "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times",
+    )
 
     def __init__(self, started_at: float) -> None:
         self.attempts = 0
         self.bytes_received = 0
         self.chunks = 0
+        self.text_deltas = 0
+        self.usage: Optional[Usage] = None
+        self.errors: List[str] = []
+        self.queued = 0.0
         self.first_content_at: Optional[float] = None
+        #: When the worker was last ready for more content (after handing the last over).
+        self.ready_at = started_at
         self.started_at = started_at
         self.ended_at: Optional[float] = None
+        self.gaps = Histogram()
+        self.chunk_sizes = Histogram()
+        self.read_times = Histogram()
+
+    def metrics(self) -> StreamMetrics:
+        """A snapshot (safe to take from another thread while the worker runs)."""
+        end = self.ended_at if self.ended_at is not None else time.monotonic()
+        first = self.first_content_at
+        usage = self.usage
+        return StreamMetrics(
+            time_to_first_token=None if first is None else first - self.started_at,
+            duration=end - self.started_at,
+            text_deltas=self.text_deltas,
+            output_tokens=None if usage is None else usage.output_tokens,
+            chunks=self.chunks,
+            bytes_received=self.bytes_received,
+            attempts=self.attempts,
+            errors=tuple(self.errors),
+            inter_token_gap=self.gaps.summary(),
+            chunk_size=self.chunk_sizes.summary(),
+            read_time=self.read_times.summary(),
+            queued=self.queued,
+        )
 
 
 def _has_content(events: List[Event]) -> bool:
@@ -143,10 +199,19 @@ class Worker:
         retry: Retry,
         max_buffered: int,
         max_line_length: int,
+        flow: Flow,
+        model: str = "",
+        max_output_chars: Optional[int] = None,
         continue_allowed: bool = True,
     ) -> None:
         self.queue = EventQueue(max_buffered)
         self.stats = WorkerStats(time.monotonic())
+        self._flow = flow
+        self._model = model
+        self._max_chars = max_output_chars
+        self._chars = 0
+        self._charged = 0.0
+        self._failure: Optional[BaseException] = None
         self._transport = transport
         self._provider = provider
         self._spec = spec
@@ -175,10 +240,18 @@ class Worker:
         """Stop the stream from any thread: idempotent, returns at once."""
         self._cancel.set()
         self.queue.close()
+        if self._flow.slots is not None:
+            self._flow.slots.wake_all()
         with self._response_lock:
             response = self._response
         if response is not None:
             response.shutdown()
+
+    def fail(self, error: BaseException) -> None:
+        """Stop the stream because the caller's side failed it (so it is reported as failed, not closed)."""
+        if self._failure is None:
+            self._failure = error
+        self.cancel()
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the thread to end; return True if it has."""
@@ -190,10 +263,11 @@ class Worker:
 
     def _run(self) -> None:
         error: Optional[BaseException] = None
+        monitor.stream_started()
         try:
-            self._run_attempts()
+            self._run_in_slot()
         except Cancelled:
-            pass
+            error = self._failure
         except StreamError as exc:
             exc.attempts = self.stats.attempts
             logger.info("stream failed after %d attempt(s): %s: %s", exc.attempts, type(exc).__name__, exc.message)
@@ -203,7 +277,37 @@ class Worker:
             error = exc
         finally:
             self.stats.ended_at = time.monotonic()
+            self._report(error)
             self.queue.end(error)
+
+    def _report(self, error: Optional[BaseException]) -> None:
+        stats = self.stats
+        if error is not None:
+            stats.errors.append(type(error).__name__)
+        usage = stats.usage
+        if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
+            self._flow.limiter.correct(usage.input_tokens + usage.output_tokens - self._charged)
+        outcome = "failed" if error is not None else ("closed" if self._cancel.is_set() else "finished")
+        monitor.stream_ended(StreamReport(
+            provider=self._provider.name, base_url=self._flow.base_url, model=self._model, outcome=outcome,
+            error=None if error is None else type(error).__name__, metrics=stats.metrics(),
+        ))
+
+    def _run_in_slot(self) -> None:
+        slots = self._flow.slots
+        if slots is None:
+            self._run_attempts()
+            return
+        monitor.waiting(1)
+        try:
+            slots.acquire(self._cancel, self._total_deadline)
+        finally:
+            monitor.waiting(-1)
+            self.stats.queued = time.monotonic() - self.stats.started_at
+        try:
+            self._run_attempts()
+        finally:
+            slots.release()
 
     def _run_attempts(self) -> None:
         schedule = RetrySchedule(self._retry)
@@ -216,6 +320,10 @@ class Worker:
             except StreamError as exc:
                 if self._cancel.is_set():
                     raise Cancelled() from exc
+                if isinstance(exc, RateLimitError):
+                    # One stream's 429 slows every stream of the client.
+                    pause = exc.retry_after if exc.retry_after is not None else self._retry.initial_delay
+                    self._flow.limiter.pause(min(pause, self._retry.max_retry_after))
                 spec = self._prepare_retry(exc, schedule, decoder)
 
     def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule, decoder: StreamDecoder) -> RequestSpec:
@@ -233,6 +341,7 @@ class Worker:
             delay = wait
             next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
         attempt = self.stats.attempts + 1
+        self.stats.errors.append(type(exc).__name__)
         logger.info(
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
             attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,
@@ -248,17 +357,43 @@ class Worker:
         if response is not None and self._cancel.is_set():
             response.shutdown()
 
-    def _time_left(self, deadline: float, kind: str) -> Tuple[Optional[float], str]:
+    def _time_left(self, deadline: float, kind: str, now: Optional[float] = None) -> Tuple[Optional[float], str]:
         if self._total_deadline <= deadline:
             deadline, kind = self._total_deadline, "total"
         if deadline == math.inf:
             return None, kind
-        left = deadline - time.monotonic()
+        left = deadline - (time.monotonic() if now is None else now)
         if left <= 0:
             raise StreamTimeoutError(f"{kind} timeout: no content within the limit", kind=kind)
         return left, kind
 
     def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
+        breaker = self._flow.breaker
+        probe = breaker.admit() if breaker is not None else False
+        error: Optional[BaseException] = None
+        try:
+            self._wait_for_rate_limit(spec)
+            self._send_and_read(spec, decoder)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if breaker is not None:
+                breaker.record(probe, error)
+
+    def _wait_for_rate_limit(self, spec: RequestSpec) -> None:
+        limiter = self._flow.limiter
+        tokens = estimate_tokens(spec.json) if limiter.counts_tokens else 0.0
+        self._charged += tokens
+        monitor.waiting(1)
+        try:
+            waited = limiter.acquire(tokens, self._cancel, self._total_deadline)
+        finally:
+            monitor.waiting(-1)
+        if self.stats.attempts == 0:
+            self.stats.queued += waited
+
+    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
         self.stats.attempts += 1
         started = time.monotonic()
         timeout = self._timeout
@@ -280,21 +415,30 @@ class Worker:
         stats = self.stats
         deadline, kind = first_deadline, "first_token"
         while not decoder.finished:
-            left, why = self._time_left(deadline, kind)
+            before = time.monotonic()
+            left, why = self._time_left(deadline, kind, before)
             data = response.read(left, why)
             if not data:
                 break
+            arrived = time.monotonic()
             stats.bytes_received += len(data)
             stats.chunks += 1
+            stats.chunk_sizes.add(len(data))
+            stats.read_times.add(arrived - before)
             events = decoder.feed(data)
             if events:
                 content = _has_content(events)
-                if content and stats.first_content_at is None:
-                    stats.first_content_at = time.monotonic()
-                self._emit(events)
+                if content:
+                    if stats.first_content_at is None:
+                        stats.first_content_at = arrived
+                    else:
+                        stats.gaps.add(arrived - stats.ready_at)
+                if self._emit(events):
+                    return  # max_output_chars: stop here, the socket is closed unread
                 if content:
                     # Restarted after put() returns: time blocked on a slow caller is not idleness.
-                    deadline, kind = (time.monotonic() + idle if idle is not None else math.inf), "idle"
+                    stats.ready_at = time.monotonic()
+                    deadline, kind = (stats.ready_at + idle if idle is not None else math.inf), "idle"
         self._emit(decoder.close())
         self._drain(response)
 
@@ -310,7 +454,45 @@ class Worker:
             # end marker only costs us the connection, which close() discards.
             return
 
-    def _emit(self, events: List[Any]) -> None:
+    def _emit(self, events: List[Any]) -> bool:
+        """Hand events to the caller; True when ``max_output_chars`` ended the stream."""
         events = self._resumer.filter(events)
-        if events:
-            self.queue.put(events)
+        if not events:
+            return False
+        stats = self.stats
+        for event in events:
+            cls = event.__class__
+            if cls is TextDelta:
+                stats.text_deltas += 1
+            elif isinstance(event, Usage):
+                stats.usage = event
+        limited = False
+        if self._max_chars is not None:
+            events, limited = self._limit_output(events, self._max_chars)
+        if logger.isEnabledFor(logging.DEBUG):
+            for event in events:
+                logger.debug("event %r", event)
+        self.queue.put(events)
+        return limited
+
+    def _limit_output(self, events: List[Any], limit: int) -> Tuple[List[Any], bool]:
+        """Keep events up to ``limit`` characters of output (text, thinking, tool arguments)."""
+        kept: List[Any] = []
+        for event in events:
+            cls = event.__class__
+            if cls is Reset:
+                self._chars = 0  # the caller discards the old answer: the new one starts from zero
+            elif cls is TextDelta or cls is ThinkingDelta or cls is ToolCallDelta:
+                text = event.arguments if cls is ToolCallDelta else event.text
+                room = limit - self._chars
+                if len(text) > room:
+                    if room > 0 and cls is not ToolCallDelta:
+                        kept.append(TextDelta(text[:room]) if cls is TextDelta else ThinkingDelta(text[:room]))
+                    # (Half a tool call's JSON would help no one: that delta is dropped whole.)
+                    self._chars = limit
+                    logger.info("max_output_chars=%d reached: the stream ends here", limit)
+                    kept.append(Finish("max_output_chars"))
+                    return kept, True
+                self._chars += len(text)
+            kept.append(event)
+        return kept, False

@@ -17,10 +17,13 @@ DESIGN_NAMES = {
     "IncompleteStreamError", "MalformedStreamError", "ProviderError", "ResumeError",
     "StreamClosedError", "StreamBusyError", "__version__",
 }
+#: Beyond design.md: issue 5 (metrics, monitor) and issue 7 (flow control).
+OBSERVABILITY_NAMES = {"Distribution", "monitor", "Monitor", "MonitorSnapshot", "StreamReport"}
+FLOW_CONTROL_NAMES = {"RateLimit", "CircuitBreaker", "CircuitOpenError"}
 
 
 def test_all_is_exactly_the_public_surface() -> None:
-    assert set(llmstream.__all__) == DESIGN_NAMES
+    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES
     assert len(llmstream.__all__) == len(set(llmstream.__all__))
     public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing"}
     # Submodules appear as attributes once imported; everything else public is in __all__.
@@ -42,7 +45,7 @@ def test_every_public_name_has_a_docstring() -> None:
 
 def test_errors_form_the_documented_tree() -> None:
     for name in ("APIStatusError", "APIConnectionError", "StreamTimeoutError", "IncompleteStreamError",
-                 "MalformedStreamError", "ProviderError", "ResumeError"):
+                 "MalformedStreamError", "ProviderError", "ResumeError", "CircuitOpenError"):
         assert issubclass(getattr(llmstream, name), llmstream.StreamError)
     for name in ("BadRequestError", "AuthenticationError", "PermissionDeniedError", "NotFoundError",
                  "RateLimitError", "ServerError"):

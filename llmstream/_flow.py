@@ -1,0 +1,305 @@
+"""Client-wide flow control: a FIFO concurrency limit, a token-bucket rate limiter, a circuit breaker.
+
+One :class:`Flow` belongs to one ``Client`` and is shared by all its streams'
+workers (many threads), so every method here is thread-safe.
+
+Strategy:
+  * :class:`Slots` hands out at most N slots. Waiters are served strictly in
+    arrival order: a released slot is handed to the oldest waiter, never
+    grabbed by a newcomer. A waiter gives up at its deadline (the stream's
+    ``total`` timeout) or when its stream is cancelled; a slot handed to a
+    waiter that just gave up is passed on, never lost.
+  * :class:`RateLimiter` keeps two token buckets (requests, tokens) that refill
+    continuously, and a pause shared by the client: a 429 with ``Retry-After``
+    pauses every stream, and empties the request bucket so traffic ramps up
+    again instead of returning as a burst.
+  * :class:`Breaker` counts consecutive failed attempts; at the threshold it
+    opens and refuses attempts (``CircuitOpenError``) for the cooldown, then
+    admits one probe (half-open) whose outcome closes or re-opens it.
+
+Every wait is on the stream's cancel ``Event`` or a condition that
+``wake_all()`` notifies, so ``close()`` ends a waiting stream at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from typing import Any, Deque, Mapping, Optional
+
+from ._config import CircuitBreaker, RateLimit
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    CircuitOpenError,
+    IncompleteStreamError,
+    MalformedStreamError,
+    ProviderError,
+    ServerError,
+    StreamError,
+    StreamTimeoutError,
+)
+from ._monitor import monitor
+from ._transport import Cancelled
+
+__all__ = ["Flow", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
+
+#: Request body keys that set the output limit, per provider.
+_OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _total_timeout(what: str) -> StreamTimeoutError:
+    return StreamTimeoutError(f"total timeout: the stream's Timeout.total passed while waiting for {what}", kind="total")
+
+
+class _Waiter:
+    __slots__ = ("granted",)
+
+    def __init__(self) -> None:
+        self.granted = False
+
+
+class Slots:
+    """At most ``limit`` streams in flight; the others wait in FIFO order."""
+
+    def __init__(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_concurrent must be an int >= 1 (or None for no limit), got {limit!r}")
+        self.limit = limit
+        self._free = limit
+        self._waiters: Deque[_Waiter] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+
+    @property
+    def in_use(self) -> int:
+        """Slots held right now."""
+        return self.limit - self._free
+
+    @property
+    def waiting(self) -> int:
+        """Streams waiting for a slot right now."""
+        return len(self._waiters)
+
+    def acquire(self, cancel: threading.Event, deadline: float) -> None:
+        """Take a slot, waiting in line; raise ``Cancelled`` or a ``total`` ``StreamTimeoutError``."""
+        with self._cond:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            me = _Waiter()
+            self._waiters.append(me)
+            while not me.granted:
+                left = deadline - time.monotonic()
+                if cancel.is_set() or left <= 0:
+                    self._waiters.remove(me)
+                    if cancel.is_set():
+                        raise Cancelled()
+                    raise _total_timeout(f"a free slot (Client(max_concurrent={self.limit}))")
+                self._cond.wait(min(left, 1.0))
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest waiter if there is one."""
+        with self._cond:
+            if self._waiters:
+                self._waiters.popleft().granted = True
+                self._cond.notify_all()
+            else:
+                self._free += 1
+
+    def wake_all(self) -> None:
+        """Wake every waiter so a cancelled one notices at once."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, holding at most ``capacity``."""
+
+    __slots__ = ("rate", "capacity", "level", "updated")
+
+    def __init__(self, per_minute: float, burst_seconds: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` (capped at the capacity, so it always fits) is available."""
+        missing = min(amount, self.capacity) - self.level
+        return missing / self.rate if missing > 0 else 0.0
+
+
+class RateLimiter:
+    """The client's shared budget: requests and tokens per minute, and 429 pauses."""
+
+    def __init__(self, config: Optional[RateLimit]) -> None:
+        self.config = config
+        now = time.monotonic()
+        self._requests = _Bucket(config.requests_per_minute, config.burst_seconds, now) \
+            if config is not None and config.requests_per_minute else None
+        self._tokens = _Bucket(config.tokens_per_minute, config.burst_seconds, now) \
+            if config is not None and config.tokens_per_minute else None
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def counts_tokens(self) -> bool:
+        """True when there is a tokens-per-minute budget (requests must be estimated)."""
+        return self._tokens is not None
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the current 429 pause (0 when not paused)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def acquire(self, tokens: float, cancel: threading.Event, deadline: float) -> float:
+        """Wait for room for one request of ``tokens``, take it; return the seconds waited."""
+        started = time.monotonic()
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                wait = self._paused_until - now
+                for bucket, amount in ((self._requests, 1.0), (self._tokens, tokens)):
+                    if bucket is not None:
+                        bucket.refill(now)
+                        wait = max(wait, bucket.wait_for(amount))
+                if wait <= 0:
+                    if self._requests is not None:
+                        self._requests.level -= 1.0
+                    if self._tokens is not None:
+                        self._tokens.level -= min(tokens, self._tokens.capacity)
+                    return now - started
+            if now + wait >= deadline:
+                raise _total_timeout("the client's rate limiter")
+            if cancel.wait(wait):
+                raise Cancelled()
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of the client for ``seconds`` (a 429's ``Retry-After``)."""
+        with self._lock:
+            now = time.monotonic()
+            self._paused_until = max(self._paused_until, now + seconds)
+            if self._requests is not None:
+                # After the pause the budget refills from empty: a gradual restart.
+                self._requests.level = 0.0
+                self._requests.updated = self._paused_until
+
+    def correct(self, tokens: float) -> None:
+        """Charge (or refund, if negative) tokens once the real usage is known."""
+        if self._tokens is None or not tokens:
+            return
+        with self._lock:
+            self._tokens.refill(time.monotonic())
+            # A debt below zero is allowed: later requests wait for it to be paid back.
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level - tokens)
+
+
+def estimate_tokens(body: Optional[Mapping[str, Any]]) -> float:
+    """A request's likely token cost: ~4 characters per prompt token, plus its output limit."""
+    if not body:
+        return 1.0
+    output = 0
+    for key in _OUTPUT_LIMIT_KEYS:
+        value = body.get(key)
+        if isinstance(value, int):
+            output = value
+    options = body.get("options")
+    if isinstance(options, Mapping) and isinstance(options.get("num_predict"), int):
+        output = options["num_predict"]
+    prompt = len(json.dumps(body.get("messages") or body.get("input") or body, ensure_ascii=False)) / 4
+    return max(1.0, prompt + max(0, output))
+
+
+def counts_as_failure(exc: StreamError) -> bool:
+    """Does this error say the server is unwell (and count towards opening the circuit)?"""
+    if isinstance(exc, StreamTimeoutError):
+        return exc.kind != "total"
+    return isinstance(exc, (APIConnectionError, ServerError, IncompleteStreamError, MalformedStreamError, ProviderError))
+
+
+class Breaker:
+    """Circuit breaker state for one client and base URL."""
+
+    def __init__(self, config: CircuitBreaker, base_url: str) -> None:
+        self.config = config
+        self.base_url = base_url
+        self._state = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        """``"closed"`` (requests flow), ``"open"`` (refused) or ``"half-open"`` (one probe allowed)."""
+        with self._lock:
+            if self._state == "open" and time.monotonic() >= self._opened_at + self.config.cooldown:
+                return "half-open"
+            return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed attempts since the last success."""
+        return self._failures
+
+    def admit(self) -> bool:
+        """Allow one attempt or raise ``CircuitOpenError``; True means it is the probe."""
+        with self._lock:
+            if self._state == "closed":
+                return False
+            left = self._opened_at + self.config.cooldown - time.monotonic()
+            if self._state == "open" and left <= 0:
+                self._state = "half-open"
+            if self._state == "half-open" and not self._probing:
+                self._probing = True
+                return True
+            what = "a probe request is in flight" if self._state == "half-open" else f"retrying in {left:.1f}s"
+            raise CircuitOpenError(
+                f"circuit open for {self.base_url} after {self._failures} consecutive failures ({what})",
+                retry_after=max(0.0, left), base_url=self.base_url,
+            )
+
+    def record(self, probe: bool, error: Optional[BaseException]) -> None:
+        """Record an attempt's outcome: ``error`` None = success.
+
+        Any answer from the server (a 4xx included) proves it is up; a
+        cancelled attempt, a ``total`` timeout or a resume failure prove nothing.
+        """
+        with self._lock:
+            if probe:
+                self._probing = False
+            if isinstance(error, StreamError) and counts_as_failure(error):
+                self._failures += 1
+                # Attempts already in flight when it opened do not extend the cooldown.
+                if probe or (self._state == "closed" and self._failures >= self.config.failure_threshold):
+                    self._state = "open"
+                    self._opened_at = time.monotonic()
+            elif error is None or isinstance(error, APIStatusError):
+                self._failures = 0
+                self._state = "closed"
+
+
+class Flow:
+    """The flow control of one client: shared by all its streams' workers.
+
+    Attributes:
+        base_url: the client's base URL, credentials removed (for messages and metrics).
+        slots: the concurrency limit, or ``None`` for none.
+        limiter: the rate limiter (always present: it also carries 429 pauses).
+        breaker: the circuit breaker, or ``None`` when disabled.
+    """
+
+    def __init__(self, *, base_url: str, max_concurrent: Optional[int] = None,
+                 rate_limit: Optional[RateLimit] = None, circuit_breaker: Optional[CircuitBreaker] = None) -> None:
+        self.base_url = base_url
+        self.slots = Slots(max_concurrent) if max_concurrent is not None else None
+        self.limiter = RateLimiter(rate_limit)
+        self.breaker = Breaker(circuit_breaker, base_url) if circuit_breaker is not None else None
+        if self.breaker is not None:
+            monitor.register_breaker(self.breaker)

@@ -1,0 +1,482 @@
+"""Jupyter display of a TokenStream: one output area, updated in place, readable, safely escaped.
+
+Strategy: :func:`show` opens one output area (an IPython display handle) and
+follows ``stream.events()``, updating that area in place. A time throttle
+(``time.monotonic``) lets at most :data:`UPDATES_PER_SECOND` updates through
+whatever the token rate, because a browser that repaints on every token (50
+and more a second) freezes the tab; one last update at the end always shows
+the final text. Under the text, a status line: tokens, tokens/s, retries, and
+the outcome (finished / failed with the error / stopped).
+
+Escaping: the output is ``text/html`` built here, never markup the model
+wrote. Every character the model sends goes through :func:`html.escape`; the
+only tags in the output are the few this module adds, without attributes, for
+a Markdown subset (paragraphs, headings, lists, quotes, rules, fenced and
+inline code, bold, italics, strike-through). Handing ``text/markdown`` to the
+front end instead would not be safe: Markdown passes inline HTML through
+(``<img onerror=...>``), and outputs produced in the current session count as
+trusted, so they are not sanitised. Links and images stay plain text on
+purpose: an image URL makes the browser fetch it as soon as it is shown (a
+known way for a prompt injection to send data out), and a link can carry
+``javascript:``.
+
+Outcomes: a failure stays on screen (the partial text and the error in the
+status line), then the error is raised again. A kernel interrupt (the stop
+button) closes the stream, worker thread and socket, shows "stopped", then
+raises ``KeyboardInterrupt`` again so Jupyter marks the cell interrupted.
+
+Outside a Jupyter kernel (plain Python, terminal IPython) an updatable display
+would print the whole answer again at every update, so :func:`show` prints
+the pieces as they arrive instead, and the status line at the end.
+
+The formatting functions (``_render_markdown``, ``_render_plain``,
+``_status_line``, ``_bundle``) are pure: no IPython, no clock, unit-testable.
+
+Needs the ``notebook`` extra (IPython). Nothing else in llmstream imports this
+module; importing it without IPython raises an ``ImportError`` naming the extra.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Generator
+from typing import Any, Callable, Dict, List, Optional, Protocol, TextIO
+
+try:
+    from IPython.core.getipython import get_ipython
+    from IPython.display import display
+except ImportError as exc:  # the optional extra is not installed
+    raise ImportError('llmstream.notebook needs IPython: pip install "llmstream[notebook]"') from exc
+
+from ._events import Event, Reset, Retrying, TextDelta, Usage
+from ._exceptions import StreamError
+from ._stream import TokenStream
+
+__all__ = ["show"]
+
+logger = logging.getLogger("llmstream")
+
+#: The most output-area updates per second: readable, and far below the rate
+#: at which repainting freezes a browser tab.
+UPDATES_PER_SECOND = 10
+
+Bundle = Dict[str, str]
+
+# IPython's functions carry no annotations; typed aliases keep mypy --strict useful here.
+_display: Callable[..., Any] = display
+_get_ipython: Callable[[], Any] = get_ipython
+
+
+def show(stream: TokenStream, *, markdown: bool = True) -> str:
+    """Show a stream live in one Jupyter output area; return its final text.
+
+    The area is updated in place at most :data:`UPDATES_PER_SECOND` times a
+    second, with the text (rendered as a safe Markdown subset, or as plain
+    text) and a status line under it. Model output is always escaped: nothing
+    it says can inject HTML or script; links and images are shown as text.
+
+    Usage::
+
+        from llmstream.notebook import show
+        answer = show(client.stream("Explain TCP slow start", model="gpt-4o-mini"))
+
+    A stream that has already ended is shown as it ended. Outside a Jupyter
+    kernel the text is printed as it arrives instead.
+
+    Args:
+        stream: the stream to follow; ``show`` consumes it.
+        markdown: render the answer as Markdown (``True``) or as plain text.
+
+    Returns:
+        The final text (what was delivered, if the stream was closed from
+        another thread).
+
+    Raises:
+        StreamError: the stream failed; the partial text and the error stay
+            on screen.
+        KeyboardInterrupt: the kernel was interrupted; the stream is closed
+            (worker and socket) and the status reads "stopped".
+    """
+    tally = _Tally(stream)
+    output: _Output
+    if _in_kernel():
+        output = _LiveOutput(stream, tally, markdown=markdown, open_display=_open_display)
+    else:
+        output = _PrintedOutput(stream, tally, sys.stdout)
+    return _follow(stream, tally, output)
+
+
+def _show_as_last_expression(stream: TokenStream) -> None:
+    """``TokenStream._ipython_display_``: like :func:`show`, but a failure is only shown, not raised.
+
+    Raised from a display hook, the error would only add a traceback that
+    IPython prints as a formatter error; the status line already says it.
+    A ``KeyboardInterrupt`` still propagates, so the cell is marked interrupted.
+    """
+    try:
+        show(stream)
+    except StreamError as exc:
+        logger.debug("stream displayed as failed: %s: %s", type(exc).__name__, exc)
+
+
+# -- following a stream -------------------------------------------------------
+
+
+class _Output(Protocol):
+    def begin(self) -> None: ...
+
+    def progress(self, event: Event) -> None: ...
+
+    def end(self, state: str, error: Optional[BaseException]) -> None: ...
+
+
+class _Tally:
+    """What the status line counts, gathered from the events as they pass."""
+
+    def __init__(self, stream: TokenStream) -> None:
+        self.stream = stream
+        self.retries = 0
+        self.output_tokens: Optional[int] = None
+
+    def see(self, event: Event) -> None:
+        if event.__class__ is Retrying:
+            self.retries += 1
+        elif isinstance(event, Usage) and event.output_tokens is not None:
+            self.output_tokens = event.output_tokens
+
+    def status(self, state: str, error: Optional[BaseException] = None) -> str:
+        metrics = self.stream.metrics
+        tokens = self.output_tokens if self.output_tokens is not None else metrics.text_deltas
+        first = metrics.time_to_first_token
+        # Generation speed, as LLM benchmarks quote it: the wait for the first token is not counted.
+        seconds = None if first is None else metrics.duration - first
+        return _status_line(state, tokens=tokens, seconds=seconds, retries=self.retries, error=error)
+
+
+def _follow(stream: TokenStream, tally: _Tally, output: _Output) -> str:
+    if stream.status != "streaming":
+        return _settled(stream, tally, output)
+    output.begin()
+    events = stream.events()
+    state, error = "stopped", None  # anything but a normal end or an Exception is a stop
+    try:
+        for event in events:
+            tally.see(event)
+            output.progress(event)
+        state = "finished" if stream.status == "finished" else "stopped"
+    except Exception as exc:
+        state, error = "failed", exc
+        raise
+    finally:
+        # An interrupt may land in this loop rather than in the stream's own
+        # wait (which closes the stream itself): close here too, idempotently.
+        if isinstance(events, Generator):
+            events.close()  # releases the stream's one-consumer lock now, not when collected
+        stream.close()
+        output.end(state, error)
+    return stream.text
+
+
+def _settled(stream: TokenStream, tally: _Tally, output: _Output) -> str:
+    """Show a stream that ended before ``show`` was called, as it ended."""
+    error: Optional[BaseException] = None
+    # The Retrying events were consumed elsewhere: every attempt after the first was a retry.
+    tally.retries = max(0, stream.metrics.attempts - 1)
+    if stream.status == "finished":
+        usage = stream.result.usage
+        tally.output_tokens = None if usage is None else usage.output_tokens
+    elif stream.status == "failed":
+        try:
+            stream.result  # raises the stream's own error
+        except Exception as exc:
+            error = exc
+    state = stream.status if stream.status in ("finished", "failed") else "stopped"
+    output.end(state, error)
+    if error is not None:
+        raise error
+    return stream.text
+
+
+class _Throttle:
+    """Lets a call through at most once per ``interval`` seconds; the first one at once."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._next = -math.inf
+
+    def ready(self) -> bool:
+        now = self._clock()
+        if now < self._next:
+            return False
+        self._next = now + self._interval
+        return True
+
+
+def _in_kernel() -> bool:
+    shell = _get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _open_display(first: Bundle) -> Callable[[Bundle], None]:
+    handle = _display(first, raw=True, display_id=True)
+
+    def update(new: Bundle) -> None:
+        handle.update(new, raw=True)
+
+    return update
+
+
+class _LiveOutput:
+    """One display area in a Jupyter kernel, updated in place through a throttle."""
+
+    def __init__(self, stream: TokenStream, tally: _Tally, *, markdown: bool,
+                 open_display: Callable[[Bundle], Callable[[Bundle], None]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream = stream
+        self._tally = tally
+        self._markdown = markdown
+        self._throttle = _Throttle(1.0 / UPDATES_PER_SECOND, clock)
+        self._open_display = open_display
+        self._update: Optional[Callable[[Bundle], None]] = None
+
+    def _bundle(self, state: str, error: Optional[BaseException] = None) -> Bundle:
+        return _bundle(self._stream.text, self._tally.status(state, error), state=state, markdown=self._markdown)
+
+    def _publish(self, bundle: Bundle) -> None:
+        if self._update is None:
+            self._update = self._open_display(bundle)
+        else:
+            self._update(bundle)
+
+    def begin(self) -> None:
+        # The area opens before the first token; that does not use up the
+        # throttle, so the first text shows at once.
+        self._publish(self._bundle("streaming"))
+
+    def progress(self, event: Event) -> None:
+        if self._throttle.ready():
+            self._publish(self._bundle("streaming"))
+
+    def end(self, state: str, error: Optional[BaseException]) -> None:
+        self._publish(self._bundle(state, error))
+
+
+class _PrintedOutput:
+    """Outside a kernel: the pieces printed as they arrive, the status line at the end."""
+
+    def __init__(self, stream: TokenStream, tally: _Tally, out: TextIO) -> None:
+        self._stream = stream
+        self._tally = tally
+        self._out = out
+        self._begun = False
+
+    def begin(self) -> None:
+        self._begun = True
+        self._out.write(self._stream.text)  # delivered before show() was called
+        self._out.flush()
+
+    def progress(self, event: Event) -> None:
+        if isinstance(event, TextDelta):
+            self._out.write(event.text)
+            self._out.flush()
+        elif isinstance(event, Reset):
+            # Printed text cannot be taken back: the new answer starts on a new line.
+            self._out.write("\n")
+
+    def end(self, state: str, error: Optional[BaseException]) -> None:
+        if not self._begun:  # a stream that had ended before show()
+            self._out.write(self._stream.text)
+        self._out.write(f"\n[{self._tally.status(state, error)}]\n")
+        self._out.flush()
+
+
+# -- pure formatting ------------------------------------------------------------
+
+
+def _status_line(state: str, *, tokens: int, seconds: Optional[float], retries: int,
+                error: Optional[BaseException] = None) -> str:
+    """The status line: ``"finished · 120 tokens · 48.0 tokens/s · 0 retries"``.
+
+    Args:
+        state: ``"streaming"``, ``"finished"``, ``"failed"`` or ``"stopped"``.
+        tokens: output tokens (text pieces when the provider reported none).
+        seconds: the time the tokens took (``None`` or 0: no rate yet).
+        retries: how many times the stream was retried.
+        error: the failure, shown as ``Type: message``.
+    """
+    rate = f"{tokens / seconds:.1f} tokens/s" if seconds else "– tokens/s"
+    parts = [state, _plural(tokens, "token", "tokens"), rate, _plural(retries, "retry", "retries")]
+    if error is not None:
+        parts.append(f"{type(error).__name__}: {error}")
+    return " · ".join(parts)
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+_STATUS_STYLE = "margin-top:0.5em;font-size:smaller;font-family:monospace;opacity:0.75"
+_FAILED_STYLE = "margin-top:0.5em;font-size:smaller;font-family:monospace;color:#c62828"
+
+
+def _bundle(text: str, status: str, *, state: str, markdown: bool) -> Bundle:
+    """The MIME bundle of one display: escaped HTML for notebooks, plain text for everything else."""
+    body = _render_markdown(text) if markdown else _render_plain(text)
+    style = _FAILED_STYLE if state == "failed" else _STATUS_STYLE
+    page = f'<div class="llmstream-output">{body}<div style="{style}">{html.escape(status)}</div></div>'
+    return {"text/html": page, "text/plain": f"{text}\n\n[{status}]"}
+
+
+def _render_plain(text: str) -> str:
+    """The text as escaped, preformatted HTML: line breaks and spaces kept, no markup."""
+    return f'<pre style="white-space:pre-wrap;margin:0">{html.escape(text)}</pre>'
+
+
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_RULE = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_BULLET = re.compile(r"[ \t]*[-*+][ \t]+(.*)$")
+_NUMBERED = re.compile(r"[ \t]*(\d{1,9})[.)][ \t]+(.*)$")
+_QUOTE = re.compile(r" {0,3}>[ \t]?(.*)$")
+_CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
+_EM = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])|(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])")
+_DEL = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+
+
+def _render_markdown(text: str) -> str:
+    """Render a safe Markdown subset to HTML; every character of ``text`` is escaped.
+
+    Paragraphs (a line break stays a line break), ``#`` headings, ``-``/``*``
+    and numbered lists (nesting is flattened), ``>`` quotes, rules, fenced code
+    blocks, inline code, bold, italics and ``~~strike-through~~``. Raw HTML,
+    links and images are shown as the text they are. An unfinished construct
+    (a fence not yet closed, a ``**`` without its pair) renders sensibly while
+    the text is still streaming. The only tags produced are ``p br h1-h6 ul ol
+    li blockquote hr pre code strong em del``, without attributes except an
+    ``ol``'s numeric ``start``.
+    """
+    blocks = _Blocks()
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        blocks.feed(line)
+    return blocks.close()
+
+
+class _Blocks:
+    """The block structure of :func:`_render_markdown`: one line at a time."""
+
+    def __init__(self) -> None:
+        self._out: List[str] = []
+        self._lines: List[str] = []  # the open paragraph or quote, already rendered inline
+        self._container = ""  # "p" or "blockquote" while lines are open
+        self._items: List[str] = []
+        self._list = ""  # "ul" or "ol" while a list is open
+        self._start = 1
+        self._fence = ""  # the opening fence while inside a code block
+        self._code: List[str] = []
+
+    def feed(self, line: str) -> None:
+        if self._fence:
+            closing = line.strip()
+            if closing.startswith(self._fence) and closing == closing[0] * len(closing):
+                self._close_code()
+            else:
+                self._code.append(line)
+            return
+        fence = _FENCE.match(line)
+        if fence:
+            self.flush()
+            self._fence = fence.group(1)
+        elif not line.strip():
+            self.flush()
+        elif _RULE.match(line):
+            self.flush()
+            self._out.append("<hr>")
+        else:
+            self._content(line)
+
+    def _content(self, line: str) -> None:
+        heading = _HEADING.match(line)
+        bullet = _BULLET.match(line)
+        numbered = _NUMBERED.match(line)
+        quote = _QUOTE.match(line)
+        if heading:
+            self.flush()
+            level = len(heading.group(1))
+            self._out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif bullet:
+            self._item("ul", 1, bullet.group(1))
+        elif numbered:
+            self._item("ol", int(numbered.group(1)), numbered.group(2))
+        elif quote:
+            self._open("blockquote")
+            self._lines.append(_inline(quote.group(1)))
+        elif self._items and line[:1] in (" ", "\t"):
+            self._items[-1] += "<br>" + _inline(line.strip())  # an item's indented continuation
+        else:
+            self._open("p")
+            self._lines.append(_inline(line))
+
+    def _open(self, container: str) -> None:
+        if self._container != container or self._items:
+            self.flush()
+        self._container = container
+
+    def _item(self, kind: str, number: int, text: str) -> None:
+        if self._list != kind or self._lines:
+            self.flush()
+            self._list, self._start = kind, number
+        self._items.append(_inline(text))
+
+    def flush(self) -> None:
+        """Close the open paragraph, quote or list."""
+        if self._lines:
+            tag = self._container
+            self._out.append(f"<{tag}>{'<br>'.join(self._lines)}</{tag}>")
+            self._lines, self._container = [], ""
+        if self._items:
+            start = f' start="{self._start}"' if self._list == "ol" and self._start != 1 else ""
+            items = "".join(f"<li>{item}</li>" for item in self._items)
+            self._out.append(f"<{self._list}{start}>{items}</{self._list}>")
+            self._items, self._list = [], ""
+
+    def _close_code(self) -> None:
+        code = "\n".join(self._code)
+        self._out.append(f"<pre><code>{html.escape(code)}</code></pre>")
+        self._fence, self._code = "", []
+
+    def close(self) -> str:
+        """End of text: an unclosed code fence shows what it has so far."""
+        if self._fence:
+            self._close_code()
+        self.flush()
+        return "".join(self._out)
+
+
+def _inline(text: str) -> str:
+    """Escape one line and mark up its code spans and emphasis.
+
+    Safe by construction: the text is escaped first, and the patterns only
+    insert fixed tags at ``*``, ``_``, ``~`` and backtick positions, which
+    never occur inside an entity such as ``&lt;``.
+    """
+    parts: List[str] = []
+    position = 0
+    for span in _CODE_SPAN.finditer(text):
+        parts.append(_emphasis(html.escape(text[position:span.start()])))
+        parts.append(f"<code>{html.escape(span.group(2))}</code>")
+        position = span.end()
+    parts.append(_emphasis(html.escape(text[position:])))
+    return "".join(parts)
+
+
+def _emphasis(escaped: str) -> str:
+    escaped = _STRONG.sub(lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", escaped)
+    escaped = _EM.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", escaped)
+    return _DEL.sub(r"<del>\1</del>", escaped)
