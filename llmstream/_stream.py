@@ -47,6 +47,9 @@ CLOSE_JOIN_TIMEOUT = 1.0
 #: ``str`` objects costs ~60 bytes per token, a joined string ~1 byte per
 #: character, which keeps a very long stream's memory close to its text's size.
 COMPACT_EVERY = 4096
+#: The caller enforces ``total`` this long after the worker should have: the
+#: worker's own error says more (what it was waiting for), so it should win.
+TOTAL_GRACE = 0.05
 
 
 class TokenStream:
@@ -156,7 +159,7 @@ class TokenStream:
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
         queue = self._worker.queue
-        deadline = self._worker.total_deadline
+        deadline = self._worker.total_deadline + TOTAL_GRACE
         while True:
             if self._status == "closed":
                 return None

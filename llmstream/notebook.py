@@ -1,39 +1,28 @@
 """Jupyter display of a TokenStream: one output area, updated in place, readable, safely escaped.
 
 Strategy: :func:`show` opens one output area (an IPython display handle) and
-follows ``stream.events()``, updating that area in place. A time throttle
-(``time.monotonic``) lets at most :data:`UPDATES_PER_SECOND` updates through
-whatever the token rate, because a browser that repaints on every token (50
-and more a second) freezes the tab; one last update at the end always shows
-the final text. Under the text, a status line: tokens, tokens/s, retries, and
-the outcome (finished / failed with the error / stopped).
+follows ``stream.events()``. A throttle on ``time.monotonic`` lets at most
+:data:`UPDATES_PER_SECOND` updates through whatever the token rate (a browser
+repainting on every token freezes the tab); a last update at the end always
+shows the final text. A status line under the text gives tokens, tokens/s,
+retries and the outcome. A failure stays on screen, then is raised again; a
+kernel interrupt closes the stream (worker and socket), shows "stopped" and
+propagates, so Jupyter marks the cell interrupted. Outside a kernel an
+updatable display would reprint the answer at every update, so the pieces are
+printed as they arrive instead.
 
-Escaping: the output is ``text/html`` built here, never markup the model
-wrote. Every character the model sends goes through :func:`html.escape`; the
-only tags in the output are the few this module adds, without attributes, for
-a Markdown subset (paragraphs, headings, lists, quotes, rules, fenced and
-inline code, bold, italics, strike-through). Handing ``text/markdown`` to the
-front end instead would not be safe: Markdown passes inline HTML through
-(``<img onerror=...>``), and outputs produced in the current session count as
-trusted, so they are not sanitised. Links and images stay plain text on
-purpose: an image URL makes the browser fetch it as soon as it is shown (a
-known way for a prompt injection to send data out), and a link can carry
-``javascript:``.
+Escaping: the output is ``text/html`` built here. Every character the model
+sends goes through :func:`html.escape`; the only tags are the few this module
+adds, without attributes, for a Markdown subset. Handing ``text/markdown`` to
+the front end would not be safe: Markdown passes inline HTML through (``<img
+onerror=...>``), and outputs of the current session are trusted, so not
+sanitised. Links and images stay text on purpose: a shown image URL is fetched
+at once (a known way for a prompt injection to send data out), and a link can
+carry ``javascript:``.
 
-Outcomes: a failure stays on screen (the partial text and the error in the
-status line), then the error is raised again. A kernel interrupt (the stop
-button) closes the stream, worker thread and socket, shows "stopped", then
-raises ``KeyboardInterrupt`` again so Jupyter marks the cell interrupted.
-
-Outside a Jupyter kernel (plain Python, terminal IPython) an updatable display
-would print the whole answer again at every update, so :func:`show` prints
-the pieces as they arrive instead, and the status line at the end.
-
-The formatting functions (``_render_markdown``, ``_render_plain``,
-``_status_line``, ``_bundle``) are pure: no IPython, no clock, unit-testable.
-
-Needs the ``notebook`` extra (IPython). Nothing else in llmstream imports this
-module; importing it without IPython raises an ``ImportError`` naming the extra.
+The formatting functions (``_render_markdown``, ``_status_line``, ``_bundle``)
+are pure: no IPython, no clock. Needs the ``notebook`` extra (IPython); nothing
+else in llmstream imports this module.
 """
 
 from __future__ import annotations
@@ -76,29 +65,25 @@ def show(stream: TokenStream, *, markdown: bool = True) -> str:
     """Show a stream live in one Jupyter output area; return its final text.
 
     The area is updated in place at most :data:`UPDATES_PER_SECOND` times a
-    second, with the text (rendered as a safe Markdown subset, or as plain
-    text) and a status line under it. Model output is always escaped: nothing
-    it says can inject HTML or script; links and images are shown as text.
+    second: the text (a safe Markdown subset, or plain text) and a status line.
+    Model output is always escaped; links and images are shown as text. A
+    stream that already ended is shown as it ended. Outside a Jupyter kernel
+    the text is printed as it arrives.
 
     Usage::
 
         from llmstream.notebook import show
         answer = show(client.stream("Explain TCP slow start", model="gpt-4o-mini"))
 
-    A stream that has already ended is shown as it ended. Outside a Jupyter
-    kernel the text is printed as it arrives instead.
-
     Args:
         stream: the stream to follow; ``show`` consumes it.
         markdown: render the answer as Markdown (``True``) or as plain text.
 
     Returns:
-        The final text (what was delivered, if the stream was closed from
-        another thread).
+        The final text (what was delivered, if the stream was closed elsewhere).
 
     Raises:
-        StreamError: the stream failed; the partial text and the error stay
-            on screen.
+        StreamError: the stream failed; the partial text and the error stay on screen.
         KeyboardInterrupt: the kernel was interrupted; the stream is closed
             (worker and socket) and the status reads "stopped".
     """
@@ -161,10 +146,10 @@ class _Tally:
 def _follow(stream: TokenStream, tally: _Tally, output: _Output) -> str:
     if stream.status != "streaming":
         return _settled(stream, tally, output)
-    output.begin()
     events = stream.events()
     state, error = "stopped", None  # anything but a normal end or an Exception is a stop
     try:
+        output.begin()
         for event in events:
             tally.see(event)
             output.progress(event)
@@ -301,14 +286,10 @@ class _PrintedOutput:
 
 def _status_line(state: str, *, tokens: int, seconds: Optional[float], retries: int,
                 error: Optional[BaseException] = None) -> str:
-    """The status line: ``"finished · 120 tokens · 48.0 tokens/s · 0 retries"``.
+    """``"finished · 120 tokens · 48.0 tokens/s · 0 retries"``, then ``Type: message`` of a failure.
 
-    Args:
-        state: ``"streaming"``, ``"finished"``, ``"failed"`` or ``"stopped"``.
-        tokens: output tokens (text pieces when the provider reported none).
-        seconds: the time the tokens took (``None`` or 0: no rate yet).
-        retries: how many times the stream was retried.
-        error: the failure, shown as ``Type: message``.
+    ``tokens`` are output tokens (text pieces when the provider reported
+    none), ``seconds`` the time they took (``None`` or 0: no rate yet).
     """
     rate = f"{tokens / seconds:.1f} tokens/s" if seconds else "– tokens/s"
     parts = [state, _plural(tokens, "token", "tokens"), rate, _plural(retries, "retry", "retries")]

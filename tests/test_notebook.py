@@ -509,7 +509,15 @@ def _closed(server: FakeLLMServer) -> bool:
 
 
 @pytest.fixture(scope="module")
-def kernel_run() -> Iterator[KernelRun]:
+def jupyter_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Kernel connection files in a temporary directory, not the user's Jupyter runtime directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("jupyter-runtime")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def kernel_run(jupyter_runtime: None) -> Iterator[KernelRun]:
     with FakeLLMServer() as server:
         server.script(*REPLIES)
         yield asyncio.run(run_kernel(server))
@@ -523,7 +531,14 @@ def test_kernel_display_updates_in_place(kernel_run: KernelRun) -> None:
     # Paced over ~0.45 s: the text appears piece by piece, each update a prefix of the answer.
     texts = [split_plain(data["text/plain"])[0] for _, _, data in shown]
     assert len(set(texts)) >= 3 and all(XSS_TEXT.startswith(t) for t in texts)
-    assert len(shown) <= 2 + len(XSS_TOKENS) + 1
+
+
+def test_kernel_updates_are_at_least_a_tenth_of_a_second_apart(kernel_run: KernelRun) -> None:
+    # The kernel's own send times: the throttle's interval between streaming updates (the final one may come sooner).
+    sent = [m["header"]["date"] for m in kernel_run.messages[INDEX["xss"]] if m["msg_type"] == "update_display_data"]
+    assert len(sent) >= 3
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(sent[:-2], sent[1:-1])]
+    assert gaps and min(gaps) >= 0.095, gaps
 
 
 def test_kernel_final_output_is_the_exact_text_escaped(kernel_run: KernelRun) -> None:
@@ -590,7 +605,7 @@ def test_kernel_has_no_worker_thread_left(kernel_run: KernelRun) -> None:
 
 
 @pytest.fixture(scope="module")
-def quickstart() -> Any:
+def quickstart(jupyter_runtime: None) -> Any:
     notebook = nbformat.read(QUICKSTART, as_version=4)
     client = NotebookClient(notebook, timeout=60, kernel_name="python3",
                             resources={"metadata": {"path": str(QUICKSTART.parent)}})

@@ -220,14 +220,14 @@ class Handler(BaseHTTPRequestHandler):
         self._stream(reply, ctx, skip_through=max(starting_after + 1, last_id))
 
     def _error(self, status: int, provider: str, message: Optional[str], error_type: Optional[str],
-               reply: Optional[Reply] = None) -> None:
+               reply: Optional[Reply] = None, headers: Optional[Dict[str, str]] = None) -> None:
         raw = reply.raw_body if reply is not None else None
         data = raw if raw is not None else error_body(provider, status, message, error_type)
         self.send_response(status, reason(status))
         self.send_header("Content-Type", (reply.content_type if reply else None) or "application/json")
         self.send_header("Content-Length", str(len(data)))
         self._request_id_header(provider)
-        for name, value in (reply.headers.items() if reply else ()):
+        for name, value in [*(reply.headers.items() if reply else ()), *(headers or {}).items()]:
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
@@ -239,6 +239,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("x-request-id", "req_fake")
 
     def _stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
+        if not self.state.stream_started():
+            # Over FakeLLMServer(max_concurrent=N): answer as a real API's concurrency limit does.
+            self._error(429, ctx.provider, "Too many concurrent requests; retry later.", None,
+                        headers={"Retry-After": f"{self.state.limit_retry_after:g}"})
+            return
+        try:
+            self._write_stream(reply, ctx, skip_through)
+        finally:
+            self.state.stream_ended()
+
+    def _write_stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
         self.send_response(reply.status, reason(reply.status))
         self.send_header("Content-Type", reply.content_type or CONTENT_TYPES[ctx.provider])
         self.send_header("Cache-Control", "no-cache")
@@ -251,7 +262,6 @@ class Handler(BaseHTTPRequestHandler):
         writer = BodyWriter(conn.sendall, reply, pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep)
         body = ([reply.raw_body] if reply.raw_body is not None
                 else plan(FORMATTERS[ctx.provider](reply, ctx), reply, ctx, skip_through))
-        self.state.stream_started()
         try:
             self.end_headers()
             clean = writer.run(body)
@@ -260,8 +270,6 @@ class Handler(BaseHTTPRequestHandler):
         except _GONE as exc:
             logger.debug("client went away mid-stream: %r", exc)
             clean = False
-        finally:
-            self.state.stream_ended()
         if not clean or not reply.chunked:
             self.close_connection = True
         if not clean:

@@ -120,6 +120,10 @@ class FakeLLMServer:
         host: the interface to listen on.
         port: the port; 0 picks a free ephemeral port.
         default_reply: the reply used when the script is empty (default ``Reply()``).
+        max_concurrent: stream at most this many answers at once; a request
+            beyond that gets ``429`` with ``Retry-After: limit_retry_after``
+            (as a real API's concurrency limit). ``None``: no limit.
+        limit_retry_after: the ``Retry-After`` seconds of those 429 answers.
 
     Usage::
 
@@ -134,9 +138,13 @@ class FakeLLMServer:
     cannot be started again. ``requests`` stays readable.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, default_reply: Optional[Reply] = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, default_reply: Optional[Reply] = None,
+                 max_concurrent: Optional[int] = None, limit_retry_after: float = 1.0) -> None:
+        if max_concurrent is not None and (isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int)
+                                           or max_concurrent < 1):
+            raise ValueError(f"max_concurrent must be an int >= 1 or None, got {max_concurrent!r}")
         self._address = (host, port)
-        self._state = ServerState(self._checked(default_reply or Reply()))
+        self._state = ServerState(self._checked(default_reply or Reply()), max_concurrent, limit_retry_after)
         self._httpd: Optional[FakeHTTPServer] = None
         self._acceptor: Optional[threading.Thread] = None
         self._stopped = False
@@ -258,6 +266,12 @@ class FakeLLMServer:
         """Streaming responses being written right now."""
         with self._state.lock:
             return self._state.active
+
+    @property
+    def rejected_over_limit(self) -> int:
+        """Requests answered 429 because ``max_concurrent`` answers were streaming."""
+        with self._state.lock:
+            return self._state.rejected
 
     @property
     def max_active_connections(self) -> int:

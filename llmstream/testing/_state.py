@@ -66,7 +66,11 @@ class RecordedRequest:
 class ServerState:
     """Shared, thread-safe state of one fake server."""
 
-    def __init__(self, default_reply: Reply) -> None:
+    def __init__(self, default_reply: Reply, max_concurrent: Optional[int] = None,
+                 limit_retry_after: float = 1.0) -> None:
+        self.max_concurrent = max_concurrent
+        self.limit_retry_after = limit_retry_after
+        self.rejected = 0
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.log: List[RecordedRequest] = []
@@ -106,11 +110,15 @@ class ServerState:
         with self.lock:
             return self.responses.get(response_id)
 
-    def stream_started(self) -> None:
-        """Count one more response body being written."""
+    def stream_started(self) -> bool:
+        """Count one more response body being written; False (not counted) when over ``max_concurrent``."""
         with self.lock:
+            if self.max_concurrent is not None and self.active >= self.max_concurrent:
+                self.rejected += 1
+                return False
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+            return True
 
     def stream_ended(self) -> None:
         """Count one response body fewer."""
