@@ -435,11 +435,15 @@ class Worker:
                         stats.gaps.add(arrived - stats.ready_at)
                 if self._emit(events):
                     return  # max_output_chars: stop here, the socket is closed unread
+                if decoder.error is not None:
+                    raise decoder.error  # after the events that came before it were delivered
                 if content:
                     # Restarted after put() returns: time blocked on a slow caller is not idleness.
                     stats.ready_at = time.monotonic()
                     deadline, kind = (stats.ready_at + idle if idle is not None else math.inf), "idle"
         self._emit(decoder.close())
+        if decoder.error is not None:
+            raise decoder.error
         self._drain(response)
 
     def _drain(self, response: OpenResponse) -> None:

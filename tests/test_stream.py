@@ -480,3 +480,25 @@ def test_api_key_never_leaks(server: FakeLLMServer, caplog: pytest.LogCaptureFix
     texts += [record.getMessage() for record in caplog.records]
     assert len(texts) > 10
     assert not [t for t in texts if secret in t]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_text_before_an_in_stream_error_in_the_same_read_is_delivered(server: FakeLLMServer, provider: str) -> None:
+    # The two tokens and the error event are written at once, so one socket
+    # read holds them all: the text must still reach the caller before the error.
+    server.script(Reply(error_event_at=2, events_per_write=1000))
+    pieces: List[str] = []
+    with client_for(server, provider).stream("q", model="m", max_tokens=5) as s:
+        with pytest.raises(llmstream.ProviderError) as info:
+            for piece in s:
+                pieces.append(piece)
+    assert "".join(pieces) == "Hello from"
+    assert info.value.partial_text == "Hello from"
+
+
+def test_text_before_a_missing_end_marker_is_delivered(server: FakeLLMServer) -> None:
+    server.script(Reply(text="Hi there", omit_end_marker=True, events_per_write=1000))
+    with client_for(server, "anthropic").stream("q", model="m", max_tokens=5) as s:
+        with pytest.raises(IncompleteStreamError) as info:
+            s.result
+    assert info.value.partial_text == "Hi there"

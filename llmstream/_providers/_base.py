@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Protocol, Union
 
 from .._events import Event
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
 
@@ -140,6 +140,7 @@ class StreamDecoder:
         # EventSource keeps it), so a resumed decoder starts from the old one.
         self._inherited_event_id = last_event_id
         self._resume_point: Optional[ProviderDecoder] = None
+        self._error: Optional[StreamError] = None
         self._frames: Union[SSEDecoder, JSONLinesDecoder]
         if framing == "sse":
             self._frames = SSEDecoder(max_line_length=max_line_length)
@@ -161,17 +162,52 @@ class StreamDecoder:
         """True once the provider's end-of-stream marker was seen."""
         return self.decoder.finished
 
+    @property
+    def error(self) -> Optional[StreamError]:
+        """The failure met after the events last returned, to raise once they are delivered."""
+        return self._error
+
+    def _deliver_then_fail(self, out: List[Event], exc: StreamError) -> List[Event]:
+        # Events decoded before the failure in the same piece of input were
+        # received all the same: hand them over first, fail afterwards.
+        if not out:
+            raise exc
+        self._error = exc
+        return out
+
     def feed(self, data: bytes) -> List[Event]:
-        """Feed bytes as they arrive; return the events they complete."""
+        """Feed bytes as they arrive; return the events they complete.
+
+        If the input also holds a failure (an in-stream error event, bad
+        JSON...), the events before it are returned and the failure is kept
+        in :attr:`error`; it is raised by the next ``feed``/``close``.
+        """
+        if self._error is not None:
+            raise self._error
         feed = self.decoder.feed
         out: List[Event] = []
-        for message in self._frames.feed(data):
-            out.extend(feed(message))
+        try:
+            for message in self._frames.feed(data):
+                out.extend(feed(message))
+        except StreamError as exc:
+            return self._deliver_then_fail(out, exc)
         return out
 
     def close(self) -> List[Event]:
-        """End of input: flush, then check the end marker (raises ``IncompleteStreamError``)."""
+        """End of input: flush, then check the end marker (raises ``IncompleteStreamError``).
+
+        As with :meth:`feed`, events before a failure are returned first and
+        the failure kept in :attr:`error`.
+        """
+        if self._error is not None:
+            raise self._error
         out: List[Event] = []
+        try:
+            return self._close(out)
+        except StreamError as exc:
+            return self._deliver_then_fail(out, exc)
+
+    def _close(self, out: List[Event]) -> List[Event]:
         try:
             messages = self._frames.close()
         except MalformedStreamError as exc:
