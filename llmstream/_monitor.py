@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 import weakref
-from typing import Any, Callable, Counter, List
+from typing import Any, Callable, Counter, Dict, List
 
 from ._events import MonitorSnapshot, StreamReport
 from ._histogram import Histogram
@@ -26,6 +26,7 @@ __all__ = ["Monitor", "monitor"]
 logger = logging.getLogger("llmstream")
 
 Listener = Callable[[StreamReport], None]
+_SEVERITY = {"closed": 0, "half-open": 1, "open": 2}
 
 
 class Monitor:
@@ -77,7 +78,12 @@ class Monitor:
     def snapshot(self) -> MonitorSnapshot:
         """The counts now, as a frozen :class:`~llmstream.MonitorSnapshot`."""
         with self._lock:
-            circuits = {breaker.base_url: breaker.state for breaker in list(self._breakers)}
+            circuits: Dict[str, str] = {}
+            for breaker in list(self._breakers):
+                # Two clients may guard one base URL: show the worst state.
+                state, known = breaker.state, circuits.get(breaker.base_url)
+                if known is None or _SEVERITY[state] > _SEVERITY[known]:
+                    circuits[breaker.base_url] = state
             return MonitorSnapshot(
                 started=self._started, finished=self._outcomes["finished"], failed=self._outcomes["failed"],
                 closed=self._outcomes["closed"], active=self._active, waiting=self._waiting,

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "llmstream"
 
 VOCABULARY = {"_exceptions", "_events", "_config", "_version"}
-CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_resume", "_histogram", "_providers"}
+CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_resume", "_histogram", "_render", "_providers"}
 SHELL = {"_transport", "_retry", "_flow", "_monitor", "_worker"}
 CONSUMER = {"_stream", "_client"}
 #: Standard modules that do IO, threads or clocks: the sans-IO core must not touch them.
@@ -95,3 +95,24 @@ def test_only_the_transport_catches_http_library_errors() -> None:
         if path.name == "_transport.py":
             continue
         assert not {"requests", "urllib3"} & imports_of(path), path
+
+
+#: Above the consumer API: the command line and the optional extras' modules.
+TOOLS = {"_cli", "notebook", "prometheus"}
+#: Optional dependencies, and the one module allowed to import each.
+EXTRAS = {"IPython": "notebook.py", "prometheus_client": "prometheus.py"}
+
+
+@pytest.mark.parametrize("path", module_files(VOCABULARY | CORE | SHELL | CONSUMER), ids=lambda p: p.name)
+def test_nothing_below_the_tools_imports_them(path: Path) -> None:
+    # TokenStream._ipython_display_ imports llmstream.notebook lazily, inside the method.
+    top_level = {"." + n.module.split(".")[0] for n in ast.parse(path.read_text(encoding="utf-8")).body
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert local(top_level) & TOOLS == set()
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_optional_extras_are_imported_by_their_module_only(path: Path) -> None:
+    for extra, owner in EXTRAS.items():
+        if path.name != owner:
+            assert extra not in imports_of(path), f"{path.name} imports the optional {extra}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import html
 import os
 import re
 import subprocess
@@ -27,6 +26,7 @@ from nbclient import NotebookClient
 
 import llmstream
 from llmstream import Client, Retry
+from llmstream import _render as render
 from llmstream import notebook as nb
 from llmstream.testing import FakeLLMServer, Reply
 
@@ -94,7 +94,7 @@ def client_for(server: FakeLLMServer, **kwargs: Any) -> Client:
     ],
 )
 def test_render_markdown(text: str, expected: str) -> None:
-    assert nb._render_markdown(text) == expected
+    assert render.render_markdown(text) == expected
 
 
 ALLOWED_TAG = re.compile(r'</?(?:p|br|h[1-6]|ul|li|blockquote|hr|pre|code|strong|em|del)>|<ol(?: start="\d+")?>|</ol>')
@@ -105,14 +105,14 @@ MARKDOWNISH = st.text(alphabet="<>&\"'`*_~#-+>[]()!:/=;. \n\tab1", max_size=120)
 @settings(max_examples=400, deadline=None, database=None)
 @given(MARKDOWNISH)
 def test_render_markdown_emits_only_its_own_tags(text: str) -> None:
-    rendered = nb._render_markdown(text)
+    rendered = render.render_markdown(text)
     outside_tags = ALLOWED_TAG.sub("", rendered)
     assert "<" not in outside_tags and ">" not in outside_tags
     assert not ENTITY.search(rendered), "every & must start an entity this module wrote"
 
 
 def test_render_plain_escapes_and_keeps_layout() -> None:
-    assert nb._render_plain("a <b>\n  c & d") == (
+    assert render.render_plain("a <b>\n  c & d") == (
         '<pre style="white-space:pre-wrap;margin:0">a &lt;b&gt;\n  c &amp; d</pre>'
     )
 
@@ -137,20 +137,20 @@ def test_render_plain_escapes_and_keeps_layout() -> None:
 )
 def test_status_line(kwargs: Dict[str, Any], expected: str) -> None:
     state = kwargs.pop("state")
-    assert nb._status_line(state, **kwargs) == expected
+    assert render.status_line(state, **kwargs) == expected
 
 
 def test_bundle_escapes_the_status_and_colours_a_failure() -> None:
-    bundle = nb._bundle("hi <b>", "failed · ServerError: <script>", state="failed", markdown=True)
+    bundle = render.bundle("hi <b>", "failed · ServerError: <script>", state="failed", markdown=True)
     assert bundle["text/plain"] == "hi <b>\n\n[failed · ServerError: <script>]"
     assert bundle["text/html"] == (
         '<div class="llmstream-output"><p>hi &lt;b&gt;</p>'
-        f'<div style="{nb._FAILED_STYLE}">failed · ServerError: &lt;script&gt;</div></div>'
+        f'<div style="{render._FAILED_STYLE}">failed · ServerError: &lt;script&gt;</div></div>'
     )
 
 
 def test_bundle_plain_mode() -> None:
-    bundle = nb._bundle("*x*", "finished", state="finished", markdown=False)
+    bundle = render.bundle("*x*", "finished", state="finished", markdown=False)
     assert bundle["text/html"].startswith('<div class="llmstream-output"><pre style="white-space:pre-wrap;margin:0">*x*</pre>')
 
 
@@ -228,7 +228,7 @@ def test_a_failure_stays_on_screen_and_is_raised(server: FakeLLMServer) -> None:
     assert screen.texts[-1] == "tok0 tok1 tok2" == caught.value.partial_text
     status = screen.last_status
     assert (status[1], status[2], status[4]) == ("failed", "3", f"{type(caught.value).__name__}: {caught.value}")
-    assert nb._FAILED_STYLE in screen.bundles[-1]["text/html"]
+    assert render._FAILED_STYLE in screen.bundles[-1]["text/html"]
 
 
 def test_retries_are_counted(server: FakeLLMServer) -> None:
@@ -546,7 +546,7 @@ def test_kernel_final_output_is_the_exact_text_escaped(kernel_run: KernelRun) ->
     text, status = split_plain(data["text/plain"])
     assert text == XSS_TEXT
     assert STATUS.fullmatch(status) and status.startswith(f"finished · {len(XSS_TOKENS)} tokens · ")
-    assert data["text/html"] == nb._bundle(XSS_TEXT, status, state="finished", markdown=True)["text/html"]
+    assert data["text/html"] == render.bundle(XSS_TEXT, status, state="finished", markdown=True)["text/html"]
     page = data["text/html"]
     assert "<script" not in page and "<img" not in page and "<a" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -1005,11 +1005,16 @@ def test_script_rejects_non_replies(server: FakeLLMServer) -> None:
         server.script({"text": "x"})  # type: ignore[arg-type]
 
 
+def test_cli_parse_concurrency_limit() -> None:
+    options = parse_args(["--max-concurrent", "4", "--limit-retry-after", "0.5"])
+    assert (options.max_concurrent, options.limit_retry_after) == (4, 0.5)
+
+
 def test_cli_parse_args() -> None:
-    host, port, reply = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
+    host, port, reply, max_concurrent, _ = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
                                     "--fault", "stall_before_first_byte=inf", "--fault", "stall_after_tokens=2,1.5",
                                     "--fault", "chunked=false", "--text", "Hi there"])
-    assert (host, port) == ("127.0.0.1", 8765)
+    assert (host, port, max_concurrent) == ("127.0.0.1", 8765, None)
     assert reply == Reply(text="Hi there", close_after_tokens=5, stall_before_first_byte=float("inf"),
                           stall_after_tokens=(2, 1.5), chunked=False)
 
@@ -1018,6 +1023,8 @@ def test_cli_parse_args() -> None:
     pytest.param(["--fault", "nope=1"], id="unknown-field"),
     pytest.param(["--fault", "close_after_tokens"], id="no-value"),
     pytest.param(["--fault", "events_per_write=0"], id="invalid-value"),
+    pytest.param(["--port", "99999"], id="port-out-of-range"),
+    pytest.param(["--max-concurrent", "0"], id="max-concurrent-zero"),
 ])
 def test_cli_rejects_bad_faults(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc_info:

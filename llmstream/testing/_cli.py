@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 import threading
-from typing import Any, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, TextIO, Tuple
 
 from ._formats import PROVIDERS
 from ._reply import Reply
@@ -50,8 +50,18 @@ def _fault(text: str) -> Tuple[str, Any]:
     return name, _value(value)
 
 
-def parse_args(argv: Optional[List[str]]) -> Tuple[str, int, Reply]:
-    """Parse the command line into ``(host, port, default_reply)``.
+class ServeOptions(NamedTuple):
+    """The parsed command line of ``llmstream serve-fake``."""
+
+    host: str
+    port: int
+    reply: Reply
+    max_concurrent: Optional[int] = None
+    limit_retry_after: float = 1.0
+
+
+def parse_args(argv: Optional[List[str]]) -> ServeOptions:
+    """Parse the command line into :class:`ServeOptions`.
 
     Raises:
         SystemExit: bad arguments (argparse prints the usage).
@@ -59,7 +69,11 @@ def parse_args(argv: Optional[List[str]]) -> Tuple[str, int, Reply]:
     parser = argparse.ArgumentParser(prog="llmstream serve-fake",
                                      description="Run llmstream's fake LLM server (OpenAI, Anthropic, Ollama).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free port, printed)")
+    parser.add_argument("--port", type=_port, default=0, help="port (default 0: a free port, printed)")
+    parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                        help="stream at most N answers at once; more get 429 with Retry-After")
+    parser.add_argument("--limit-retry-after", type=float, default=1.0, metavar="SECONDS",
+                        help="the Retry-After of those 429 answers (default 1)")
     parser.add_argument("--text", default=None, help="the text every answer streams")
     parser.add_argument("--fault", type=_fault, action="append", default=[], metavar="NAME=VALUE",
                         help="set a Reply field of every answer, e.g. close_after_tokens=5 (repeatable)")
@@ -71,7 +85,16 @@ def parse_args(argv: Optional[List[str]]) -> Tuple[str, int, Reply]:
         reply = Reply(**fields)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
-    return args.host, args.port, reply
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        parser.error("--max-concurrent must be >= 1")
+    return ServeOptions(args.host, args.port, reply, args.max_concurrent, args.limit_retry_after)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
 
 
 def serve(argv: Optional[List[str]] = None, *, out: Optional[TextIO] = None,
@@ -83,10 +106,11 @@ def serve(argv: Optional[List[str]] = None, *, out: Optional[TextIO] = None,
         out: where the URLs are printed (default ``sys.stdout``).
         until: an event that stops the server when set (for embedding and tests).
     """
-    host, port, reply = parse_args(argv)
+    options = parse_args(argv)
     out = out or sys.stdout
     stop = until or threading.Event()
-    with FakeLLMServer(host, port, default_reply=reply) as server:
+    with FakeLLMServer(options.host, options.port, default_reply=options.reply,
+                       max_concurrent=options.max_concurrent, limit_retry_after=options.limit_retry_after) as server:
         print(f"llmstream fake LLM server listening on {server.url}", file=out)
         for provider in PROVIDERS:
             print(f"  {provider:<17} base_url={server.base_url(provider)}", file=out)
