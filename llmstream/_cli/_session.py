@@ -152,6 +152,10 @@ class Session:
     started_at: float
 
 
+#: Seconds between the built-in server's tokens when ``chat`` falls back to it.
+OFFLINE_TOKEN_INTERVAL = 0.03
+
+
 @contextlib.contextmanager
 def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[str]]:
     """Yield the built-in server's base URL when no key or base URL is configured, else ``--base-url``."""
@@ -162,9 +166,10 @@ def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[
     if configured:
         yield args.base_url
         return
-    from ..testing import FakeLLMServer
+    from ..testing import FakeLLMServer, Reply
 
-    with FakeLLMServer() as server:
+    # Paced like a real model (about 30 tokens/s), so a newcomer sees it stream.
+    with FakeLLMServer(default_reply=Reply(interval=OFFLINE_TOKEN_INTERVAL)) as server:
         print(f"llmstream: no API key set ({provider.api_key_env}); streaming from the built-in "
               f"fake server at {server.url}", file=err, flush=True)
         yield server.base_url(args.provider)
