@@ -11,8 +11,6 @@ import asyncio
 import copy
 import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,53 +308,6 @@ def test_last_expression_display_shows_a_failure_without_raising(server: FakeLLM
     stream._ipython_display_()
     assert stream.status == "failed"
     assert "[failed · 0 tokens · – tokens/s · 0 retries · BadRequestError: " in capsys.readouterr().out
-
-
-# -- without IPython ------------------------------------------------------------------------
-
-BLOCK_IPYTHON = """
-import sys
-class BlockIPython:
-    def find_spec(self, name, path=None, target=None):
-        if name == "IPython" or name.startswith("IPython."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, BlockIPython())
-"""
-
-
-def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          cwd=IMPORT_ROOT, env={**os.environ, "PYTHONPATH": str(IMPORT_ROOT)})
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def test_import_llmstream_does_not_import_ipython() -> None:
-    assert run_python("import sys, llmstream; print('IPython' in sys.modules)") == "False\n"
-
-
-def test_without_ipython_the_notebook_module_names_the_extra() -> None:
-    out = run_python(BLOCK_IPYTHON + """
-try:
-    import llmstream.notebook
-except ImportError as exc:
-    print(type(exc).__name__, exc)
-""")
-    assert out == 'ImportError llmstream.notebook needs IPython: pip install "llmstream[notebook]"\n'
-
-
-def test_without_ipython_streams_and_repr_work() -> None:
-    out = run_python(BLOCK_IPYTHON + """
-import llmstream
-from llmstream.testing import FakeLLMServer, Reply
-with FakeLLMServer() as server:
-    server.script(Reply(text="still works"))
-    stream = llmstream.Client("openai", base_url=server.base_url("openai"), api_key="k").stream("hi", model="m")
-    print("".join(stream))
-    print(repr(stream))
-""")
-    assert out == "still works\n<TokenStream provider='openai' model='m' status='finished' delivered=11 chars>\n"
 
 
 # -- a real Jupyter kernel ------------------------------------------------------------------------

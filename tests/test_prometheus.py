@@ -12,9 +12,6 @@ ended, which the tests await with a bounded join.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
@@ -29,7 +26,6 @@ from llmstream.testing import FakeLLMServer, Reply
 
 from conftest import wait_no_worker_threads
 
-IMPORT_ROOT = Path(llmstream.__file__).resolve().parent.parent
 NO_RETRY = Retry(max_attempts=1)
 TEXT = "one two three four five"
 #: ``TEXT`` as the fake server splits it: five tokens, and by default usage reports five output tokens.
@@ -305,37 +301,3 @@ def test_models_past_max_models_are_counted_as_other(server: FakeLLMServer, capl
         exporter.uninstall()
     assert [r.getMessage() for r in caplog.records if r.name == "llmstream" and r.levelno == logging.WARNING] == [
         "llmstream.prometheus: more than 1 models; further ones are counted as model='other'"]
-
-
-# -- the optional extra --------------------------------------------------------------------------
-
-BLOCK_PROMETHEUS = """
-import sys
-class BlockPrometheus:
-    def find_spec(self, name, path=None, target=None):
-        if name == "prometheus_client" or name.startswith("prometheus_client."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, BlockPrometheus())
-"""
-
-
-def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          cwd=IMPORT_ROOT, env={**os.environ, "PYTHONPATH": str(IMPORT_ROOT)})
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def test_import_llmstream_does_not_import_prometheus_client() -> None:
-    assert run_python("import sys, llmstream; print('prometheus_client' in sys.modules)") == "False\n"
-
-
-def test_without_prometheus_client_the_module_names_the_extra() -> None:
-    out = run_python(BLOCK_PROMETHEUS + """
-try:
-    import llmstream.prometheus
-except ImportError as exc:
-    print(type(exc).__name__, exc)
-""")
-    assert out == 'ImportError llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"\n'
