@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-import llmstream
 from llmstream import AuthenticationError, CircuitBreaker, Client, Retry, ServerError, StreamMetrics
 from llmstream.prometheus import CIRCUIT_STATES, OTHER_MODEL, Exporter, install
 from llmstream.testing import FakeLLMServer, Reply
