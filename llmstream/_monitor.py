@@ -45,16 +45,15 @@ class Monitor:
         self._lock = threading.Lock()
         self._listeners: List[Listener] = []
         self._breakers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._active = 0
+        self._waiting = 0
         self.reset()
 
     def reset(self) -> None:
         """Set every count back to zero (streams running now are still counted as active)."""
         with self._lock:
-            active = getattr(self, "_active", 0)
-            self._started = active
+            self._started = self._active
             self._outcomes: Counter[str] = collections.Counter()
-            self._active = active
-            self._waiting = getattr(self, "_waiting", 0)
             self._attempts = 0
             self._errors: Counter[str] = collections.Counter()
             self._retried: Counter[str] = collections.Counter()
