@@ -342,6 +342,9 @@ class Worker:
             next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
         attempt = self.stats.attempts + 1
         self.stats.errors.append(type(exc).__name__)
+        # The cause in the Retrying event says, like a raised error, what came before it.
+        exc.attempts = self.stats.attempts
+        exc.partial_text = self._resumer.delivered_text
         logger.info(
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
             attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,

@@ -344,3 +344,12 @@ def test_retry_is_an_immutable_value() -> None:
         Retry(resume="sometimes")
 
 
+
+
+def test_a_retrying_events_cause_says_what_was_delivered(server: FakeLLMServer) -> None:
+    server.script(Reply(text="Paris is big", close_after_tokens=2), Reply(text="Paris is big"))
+    client = Client("anthropic", base_url=server.base_url("anthropic"), api_key="k",
+                    retry=Retry(max_attempts=2, initial_delay=0.01))
+    with client.stream("q", model="m", max_tokens=5) as s:
+        [retrying] = [e for e in s.events() if isinstance(e, llmstream.Retrying)]
+    assert (retrying.cause.partial_text, retrying.cause.attempts) == ("Paris is", 1)
