@@ -14,10 +14,14 @@ points are deterministic, so a failure always reproduces.
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ["feed_all_ways", "feed_all_ways_no_close", "load_fixture", "split_points"]
+__all__ = ["feed_all_ways", "feed_all_ways_no_close", "load_fixture", "read_until", "split_points"]
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -102,3 +106,18 @@ def feed_all_ways(make: Callable[[], Any], data: bytes) -> List[Any]:
 def feed_all_ways_no_close(make: Callable[[], Any], data: bytes) -> List[Any]:
     """Like :func:`feed_all_ways` but never call ``close()``: for data that must stay buffered."""
     return _feed(make, data, close=False)
+
+
+def read_until(proc: "subprocess.Popen[bytes]", wanted: bytes, timeout: float = 10.0) -> bytes:
+    """Read a subprocess's stdout until ``wanted`` appears (bounded); return what was read."""
+    assert proc.stdout is not None
+    fd, data = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while wanted not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"waited {timeout}s for {wanted!r}; got {data!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"stdout closed before {wanted!r}; got {data!r}"
+            data += chunk
+    return data

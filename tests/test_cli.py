@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -27,6 +25,8 @@ from llmstream._cli import main
 from llmstream._cli._debug import redact_headers
 from llmstream._cli._timeline import Timeline
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
+
+from helpers import read_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDERS = ["openai", "openai-responses", "anthropic", "ollama"]
@@ -63,21 +63,6 @@ def start_cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "llmstream", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=cli_env(**env), cwd=ROOT,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def read_until(proc: subprocess.Popen, wanted: bytes, timeout: float = 10.0) -> bytes:
-    """Read the process's stdout until ``wanted`` appears (bounded); return what was read."""
-    assert proc.stdout is not None
-    fd, data = proc.stdout.fileno(), b""
-    deadline = time.monotonic() + timeout
-    while wanted not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"waited {timeout}s for {wanted!r}; got {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"stdout closed before {wanted!r}; got {data!r}"
-            data += chunk
-    return data
 
 
 def interrupt(proc: subprocess.Popen) -> Tuple[int, bytes, bytes]:

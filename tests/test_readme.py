@@ -51,14 +51,12 @@ from __future__ import annotations
 import collections
 import os
 import re
-import select
 import shlex
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -69,6 +67,8 @@ import llmstream
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 from llmstream.testing._cli import parse_args as parse_serve_args
 from llmstream.testing._reply import split_words
+
+from helpers import read_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -278,21 +278,6 @@ def check_run(block: Block, run: Run, server: FakeLLMServer) -> None:
 # -- serve blocks -------------------------------------------------------------------
 
 
-def read_until(proc: "subprocess.Popen[bytes]", wanted: bytes, timeout: float = SERVE_TIMEOUT) -> bytes:
-    """Read the process's stdout until ``wanted`` appears (bounded); return what was read."""
-    assert proc.stdout is not None
-    fd, data = proc.stdout.fileno(), b""
-    deadline = time.monotonic() + timeout
-    while wanted not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"waited {timeout}s for {wanted!r}; got {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"stdout closed before {wanted!r}; got {data!r}"
-            data += chunk
-    return data
-
-
 def outcome(base_url: str) -> Tuple[str, str]:
     """One stream, no retry: (the text delivered, "finished" or the error's type name)."""
     with llmstream.Client("openai", base_url=base_url, api_key=FAKE_KEY, retry=1) as client, \
@@ -314,7 +299,7 @@ def run_serve_block(block: Block, server: FakeLLMServer, shims: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        printed = read_until(proc, b"Press Ctrl+C to stop.").decode()
+        printed = read_until(proc, b"Press Ctrl+C to stop.", SERVE_TIMEOUT).decode()
         url = f"http://127.0.0.1:{options.port}"
         assert f"listening on {url}" in printed and f"base_url={url}/v1" in printed, printed
         served = outcome(f"{url}/v1")
