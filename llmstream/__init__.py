@@ -6,9 +6,11 @@ delivered. See ``README.md`` for the tour.
 This file only re-exports. The layers, each importing only the ones below it:
 
   vocabulary   _exceptions, _events, _config         (imports nothing of llmstream)
-  sans-IO core _linebuffer, sse, _jsonl, _resume, _histogram, _providers/*
-  IO shell     _transport, _retry, _flow, _monitor, _worker   (requests, urllib3, threads)
+  sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram,
+               _output_guard, _render, _providers/*
+  IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
   consumer API _stream, _client
+  tools        _cli (the command line), notebook and prometheus (optional extras)
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
 server) are public modules of their own; ``llmstream.notebook`` and

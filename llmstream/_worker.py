@@ -25,7 +25,7 @@ Strategy:
     A 429 pauses the whole client. ``max_output_chars`` cuts the answer at
     that many characters, ends it with ``Finish("max_output_chars")`` and
     closes the socket without reading further.
-  * Metrics: counters and histograms (``WorkerStats``) are updated by this
+  * Metrics: counters and histograms (``_stats.WorkerStats``) are updated by this
     thread only; the caller reads a snapshot. At its end the worker reports
     the stream to the process-wide monitor.
 
@@ -44,29 +44,18 @@ import time
 from typing import Any, Deque, List, Optional, Tuple
 
 from ._config import Retry, Timeout
-from ._events import (
-    CONTENT_EVENTS,
-    Event,
-    Finish,
-    Reset,
-    Retrying,
-    StreamMetrics,
-    StreamReport,
-    TextDelta,
-    ThinkingDelta,
-    ToolCallDelta,
-    Usage,
-)
+from ._events import CONTENT_EVENTS, Event, Retrying, StreamReport, TextDelta, Usage
 from ._exceptions import RateLimitError, StreamError, StreamTimeoutError
 from ._flow import Flow, estimate_tokens
-from ._histogram import Histogram
 from ._monitor import monitor
+from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
+from ._stats import WorkerStats
 from ._transport import Cancelled, OpenResponse, Transport
 
-__all__ = ["EventQueue", "Worker", "WorkerStats"]
+__all__ = ["EventQueue", "Worker"]
 
 logger = logging.getLogger("llmstream")
 
@@ -133,52 +122,6 @@ class EventQueue:
             return batches, self._ended, self._error
 
 
-class WorkerStats:
-    """Counters the worker updates (alone) and the stream reads for its metrics."""
-
-    __slots__ = (
-        "attempts", "bytes_received", "chunks", "text_deltas", "usage", "errors", "queued",
-        "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times",
-    )
-
-    def __init__(self, started_at: float) -> None:
-        self.attempts = 0
-        self.bytes_received = 0
-        self.chunks = 0
-        self.text_deltas = 0
-        self.usage: Optional[Usage] = None
-        self.errors: List[str] = []
-        self.queued = 0.0
-        self.first_content_at: Optional[float] = None
-        #: When the worker was last ready for more content (after handing the last over).
-        self.ready_at = started_at
-        self.started_at = started_at
-        self.ended_at: Optional[float] = None
-        self.gaps = Histogram()
-        self.chunk_sizes = Histogram()
-        self.read_times = Histogram()
-
-    def metrics(self) -> StreamMetrics:
-        """A snapshot (safe to take from another thread while the worker runs)."""
-        end = self.ended_at if self.ended_at is not None else time.monotonic()
-        first = self.first_content_at
-        usage = self.usage
-        return StreamMetrics(
-            time_to_first_token=None if first is None else first - self.started_at,
-            duration=end - self.started_at,
-            text_deltas=self.text_deltas,
-            output_tokens=None if usage is None else usage.output_tokens,
-            chunks=self.chunks,
-            bytes_received=self.bytes_received,
-            attempts=self.attempts,
-            errors=tuple(self.errors),
-            inter_token_gap=self.gaps.summary(),
-            chunk_size=self.chunk_sizes.summary(),
-            read_time=self.read_times.summary(),
-            queued=self.queued,
-        )
-
-
 def _has_content(events: List[Event]) -> bool:
     for event in events:
         if isinstance(event, CONTENT_EVENTS):
@@ -208,8 +151,7 @@ class Worker:
         self.stats = WorkerStats(time.monotonic())
         self._flow = flow
         self._model = model
-        self._max_chars = max_output_chars
-        self._chars = 0
+        self._guard = OutputGuard(max_output_chars) if max_output_chars is not None else None
         self._charged = 0.0
         self._failure: Optional[BaseException] = None
         self._transport = transport
@@ -474,32 +416,12 @@ class Worker:
             elif isinstance(event, Usage):
                 stats.usage = event
         limited = False
-        if self._max_chars is not None:
-            events, limited = self._limit_output(events, self._max_chars)
+        if self._guard is not None:
+            events, limited = self._guard.filter(events)
+            if limited:
+                logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
         if logger.isEnabledFor(logging.DEBUG):
             for event in events:
                 logger.debug("event %r", event)
         self.queue.put(events)
         return limited
-
-    def _limit_output(self, events: List[Any], limit: int) -> Tuple[List[Any], bool]:
-        """Keep events up to ``limit`` characters of output (text, thinking, tool arguments)."""
-        kept: List[Any] = []
-        for event in events:
-            cls = event.__class__
-            if cls is Reset:
-                self._chars = 0  # the caller discards the old answer: the new one starts from zero
-            elif cls is TextDelta or cls is ThinkingDelta or cls is ToolCallDelta:
-                text = event.arguments if cls is ToolCallDelta else event.text
-                room = limit - self._chars
-                if len(text) > room:
-                    if room > 0 and cls is not ToolCallDelta:
-                        kept.append(TextDelta(text[:room]) if cls is TextDelta else ThinkingDelta(text[:room]))
-                    # (Half a tool call's JSON would help no one: that delta is dropped whole.)
-                    self._chars = limit
-                    logger.info("max_output_chars=%d reached: the stream ends here", limit)
-                    kept.append(Finish("max_output_chars"))
-                    return kept, True
-                self._chars += len(text)
-            kept.append(event)
-        return kept, False

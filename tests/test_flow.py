@@ -358,3 +358,13 @@ def test_200_streams_from_32_threads_against_a_limiting_server(client_limit: int
         assert (after.finished + after.failed) - (before.finished + before.failed) == 200
         assert client._flow.slots.in_use == 0 and client._flow.slots.waiting == 0  # type: ignore[union-attr]
     assert wait_no_worker_threads() == []
+
+
+def test_output_guard_counts_again_after_a_reset() -> None:
+    from llmstream._output_guard import OutputGuard
+
+    guard = OutputGuard(limit=6)
+    assert guard.filter([TextDelta("abcd")]) == ([TextDelta("abcd")], False)
+    reset = llmstream.Reset(attempt=2, discarded_text="abcd")
+    assert guard.filter([reset, TextDelta("wxyz")]) == ([reset, TextDelta("wxyz")], False)
+    assert guard.filter([TextDelta("123")]) == ([TextDelta("12"), Finish("max_output_chars")], True)
