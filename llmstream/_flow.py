@@ -44,7 +44,7 @@ from ._exceptions import (
 from ._monitor import monitor
 from ._transport import Cancelled
 
-__all__ = ["Flow", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
+__all__ = ["Flow", "Gate", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
 
 #: Request body keys that set the output limit, per provider.
 _OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -126,6 +126,7 @@ class _Bucket:
         self.updated = now
 
     def refill(self, now: float) -> None:
+        """Add what the rate brought since the last refill, up to the capacity."""
         self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
 
@@ -158,6 +159,11 @@ class RateLimiter:
         """Seconds left of the current 429 pause (0 when not paused)."""
         return max(0.0, self._paused_until - time.monotonic())
 
+    @property
+    def unlimited(self) -> bool:
+        """True when a request can go at once: no budget configured and no pause running."""
+        return self._requests is None and self._tokens is None and self._paused_until <= time.monotonic()
+
     def acquire(self, tokens: float, cancel: threading.Event, deadline: float) -> float:
         """Wait for room for one request of ``tokens``, take it; return the seconds waited."""
         started = time.monotonic()
@@ -173,7 +179,9 @@ class RateLimiter:
                     if self._requests is not None:
                         self._requests.level -= 1.0
                     if self._tokens is not None:
-                        self._tokens.level -= min(tokens, self._tokens.capacity)
+                        # A request bigger than the bucket waits for a full one, then
+                        # leaves a debt that the next requests wait to be paid back.
+                        self._tokens.level -= tokens
                     return now - started
             if now + wait >= deadline:
                 raise _total_timeout("the client's rate limiter")
@@ -186,8 +194,9 @@ class RateLimiter:
             now = time.monotonic()
             self._paused_until = max(self._paused_until, now + seconds)
             if self._requests is not None:
-                # After the pause the budget refills from empty: a gradual restart.
-                self._requests.level = 0.0
+                # After the pause one request may go, then the budget refills
+                # from there: a gradual restart, not a burst.
+                self._requests.level = min(1.0, self._requests.capacity)
                 self._requests.updated = self._paused_until
 
     def correct(self, tokens: float) -> None:
@@ -303,3 +312,54 @@ class Flow:
         self.breaker = Breaker(circuit_breaker, base_url) if circuit_breaker is not None else None
         if self.breaker is not None:
             monitor.register_breaker(self.breaker)
+
+
+class Gate:
+    """One attempt's passage through its client's flow control.
+
+    Usage (by the worker, around each HTTP attempt)::
+
+        gate = Gate(flow, cancel, deadline)
+        waited = gate.enter(tokens)    # the breaker admits it, the rate limiter lets it go
+        ...  gate.answered()           # a 2xx answer: a probe has proved the server is up
+        gate.leave(error)              # the attempt's outcome, for the breaker
+    """
+
+    __slots__ = ("_flow", "_cancel", "_deadline", "_probe")
+
+    def __init__(self, flow: Flow, cancel: threading.Event, deadline: float) -> None:
+        self._flow = flow
+        self._cancel = cancel
+        self._deadline = deadline
+        self._probe = False
+
+    def enter(self, tokens: float) -> float:
+        """Pass the breaker (or raise ``CircuitOpenError``) and the rate limiter; return the seconds waited."""
+        breaker = self._flow.breaker
+        if breaker is not None:
+            self._probe = breaker.admit()
+        limiter = self._flow.limiter
+        if limiter.unlimited:
+            return 0.0
+        monitor.waiting(1)
+        try:
+            return limiter.acquire(tokens, self._cancel, self._deadline)
+        finally:
+            monitor.waiting(-1)
+
+    def answered(self) -> None:
+        """The server answered 2xx: a probe closes the circuit now, not when its answer ends."""
+        if self._probe and self._flow.breaker is not None:
+            self._probe = False
+            self._flow.breaker.record(True, None)
+
+    def leave(self, error: Optional[BaseException]) -> None:
+        """Record the attempt's outcome. An attempt the caller cancelled proves nothing about the server."""
+        breaker = self._flow.breaker
+        if breaker is None:
+            return
+        if self._cancel.is_set():
+            # A shut socket looks like a broken stream; it was our doing.
+            error = Cancelled()
+        breaker.record(self._probe, error)
+        self._probe = False

@@ -46,7 +46,7 @@ from typing import Any, Deque, List, Optional, Tuple
 from ._config import Retry, Timeout
 from ._events import CONTENT_EVENTS, Event, Retrying, StreamReport, TextDelta, Usage
 from ._exceptions import RateLimitError, StreamError, StreamTimeoutError
-from ._flow import Flow, estimate_tokens
+from ._flow import Flow, Gate, estimate_tokens
 from ._monitor import monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
@@ -219,8 +219,10 @@ class Worker:
             error = exc
         finally:
             self.stats.ended_at = time.monotonic()
-            self._report(error)
-            self.queue.end(error)
+            try:
+                self._report(error)
+            finally:
+                self.queue.end(error)  # whatever happens in the report, the caller must see the end
 
     def _report(self, error: Optional[BaseException]) -> None:
         stats = self.stats
@@ -313,32 +315,22 @@ class Worker:
         return left, kind
 
     def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
-        breaker = self._flow.breaker
-        probe = breaker.admit() if breaker is not None else False
+        gate = Gate(self._flow, self._cancel, self._total_deadline)
+        tokens = estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
+        waited = gate.enter(tokens)
+        self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
+        if self.stats.attempts == 0:
+            self.stats.queued += waited
         error: Optional[BaseException] = None
         try:
-            self._wait_for_rate_limit(spec)
-            self._send_and_read(spec, decoder)
+            self._send_and_read(spec, decoder, gate)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            if breaker is not None:
-                breaker.record(probe, error)
+            gate.leave(error)
 
-    def _wait_for_rate_limit(self, spec: RequestSpec) -> None:
-        limiter = self._flow.limiter
-        tokens = estimate_tokens(spec.json) if limiter.counts_tokens else 0.0
-        self._charged += tokens
-        monitor.waiting(1)
-        try:
-            waited = limiter.acquire(tokens, self._cancel, self._total_deadline)
-        finally:
-            monitor.waiting(-1)
-        if self.stats.attempts == 0:
-            self.stats.queued += waited
-
-    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
+    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> None:
         self.stats.attempts += 1
         started = time.monotonic()
         timeout = self._timeout
@@ -349,6 +341,7 @@ class Worker:
             spec, self._provider, connect_timeout=connect, response_timeout=wait,
             cancelled=self._cancel.is_set, on_response=self._set_response,
         )
+        gate.answered()
         try:
             self._read_body(response, decoder, first_deadline)
         finally:
@@ -408,6 +401,11 @@ class Worker:
         events = self._resumer.filter(events)
         if not events:
             return False
+        limited = False
+        if self._guard is not None:
+            events, limited = self._guard.filter(events)
+            if limited:
+                logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
         stats = self.stats
         for event in events:
             cls = event.__class__
@@ -415,11 +413,6 @@ class Worker:
                 stats.text_deltas += 1
             elif isinstance(event, Usage):
                 stats.usage = event
-        limited = False
-        if self._guard is not None:
-            events, limited = self._guard.filter(events)
-            if limited:
-                logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
         if logger.isEnabledFor(logging.DEBUG):
             for event in events:
                 logger.debug("event %r", event)

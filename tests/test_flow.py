@@ -218,21 +218,47 @@ def test_a_success_resets_the_failure_count(server: FakeLLMServer) -> None:
 
 def test_after_the_cooldown_one_probe_goes_through(server: FakeLLMServer) -> None:
     client = client_for(server, circuit_breaker=CircuitBreaker(failure_threshold=1, cooldown=0.2))
-    server.script(Reply(status=503), Reply(stall_before_first_byte=0.5), Reply(status=503))
+    server.script(Reply(status=503), Reply(stall_before_first_byte=0.5), Reply(), Reply(status=503))
     with pytest.raises(ServerError):
         client.complete("q", model="m")
     wait_until(lambda: client.circuit_state == "half-open", what="the cooldown")
     probe = client.stream("probe", model="m")
-    server.wait_for_requests(2)
-    with pytest.raises(CircuitOpenError, match=r"\(a probe request is in flight\)"):
-        client.complete("during the probe", model="m")
+    # The probe's 2xx answer closes the circuit at once, not when its (slow) body ends.
+    wait_until(lambda: client.circuit_state == "closed", what="the probe's answer")
+    assert probe.status == "streaming"
+    assert client.complete("during the probe", model="m").text == DEFAULT_TEXT
     assert probe.result.text == DEFAULT_TEXT
-    assert client.circuit_state == "closed"
     # Closed again: a failure with threshold 1 opens it at once.
     with pytest.raises(ServerError):
         client.complete("q", model="m")
     assert client.circuit_state == "open"
-    assert prompts(server) == ["q", "probe", "q"]
+    assert prompts(server) == ["q", "probe", "during the probe", "q"]
+
+
+def test_while_a_probe_is_in_flight_other_attempts_are_refused() -> None:
+    from llmstream._flow import Breaker
+
+    breaker = Breaker(CircuitBreaker(failure_threshold=1, cooldown=0.01), "http://example.test/v1")
+    breaker.record(False, ServerError("down", status_code=503))
+    wait_until(lambda: breaker.state == "half-open", what="the cooldown")
+    assert breaker.admit() is True  # the probe
+    with pytest.raises(CircuitOpenError, match=r"\(a probe request is in flight\)$"):
+        breaker.admit()
+    breaker.record(True, llmstream.APIConnectionError("refused"))
+    assert breaker.state == "open"
+
+
+def test_closing_streams_early_does_not_open_the_circuit(server: FakeLLMServer) -> None:
+    # Breaking out of the loop shuts the socket, which the worker sees as a
+    # broken stream: that is the caller's doing, not a server failure.
+    client = client_for(server, circuit_breaker=CircuitBreaker(failure_threshold=2, cooldown=60))
+    server.default_reply = Reply(interval=0.01)
+    for _ in range(4):
+        with client.stream("q", model="m") as s:
+            for _piece in s:
+                break
+    assert client.circuit_state == "closed"
+    assert client._flow.breaker.consecutive_failures == 0  # type: ignore[union-attr]
 
 
 def test_a_failed_probe_opens_the_circuit_again(server: FakeLLMServer) -> None:
@@ -358,6 +384,18 @@ def test_200_streams_from_32_threads_against_a_limiting_server(client_limit: int
         assert (after.finished + after.failed) - (before.finished + before.failed) == 200
         assert client._flow.slots.in_use == 0 and client._flow.slots.waiting == 0  # type: ignore[union-attr]
     assert wait_no_worker_threads() == []
+
+
+def test_tokens_per_minute_debt_of_a_request_bigger_than_the_bucket() -> None:
+    from llmstream._flow import RateLimiter
+
+    limiter = RateLimiter(RateLimit(tokens_per_minute=60_000, burst_seconds=0.1))  # 1000/s, holds 100
+    never = threading.Event()
+    assert limiter.acquire(600, never, deadline=time.monotonic() + 5) < 0.05  # a full bucket lets it go
+    # ...and it owes 500: the next request waits for the debt to be paid back (about 0.5 s).
+    assert limiter.acquire(1, never, deadline=time.monotonic() + 5) >= 0.45
+    limiter.correct(-10_000)  # a refund never fills the bucket past its capacity
+    assert limiter.acquire(100, never, deadline=time.monotonic() + 5) < 0.05
 
 
 def test_output_guard_counts_again_after_a_reset() -> None:
