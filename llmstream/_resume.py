@@ -36,7 +36,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 from ._events import Event, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
-from ._exceptions import APIStatusError, ResumeError, StreamError
+from ._exceptions import APIStatusError, ProviderError, ResumeError, StreamError
 from ._providers._base import Provider, RequestSpec, StreamDecoder
 
 __all__ = ["Resumer", "TextLog"]
@@ -246,7 +246,7 @@ class Resumer:
         for choice in choices:
             if choice in self._refused:
                 continue
-            spec = self._prepare(choice, decoder)
+            spec = self._prepare(choice, decoder, error)
             if spec is not None:
                 self._strategy = choice
                 return spec
@@ -261,9 +261,12 @@ class Resumer:
         self._refused.append(self._strategy)
         return self.next_request(error, decoder)
 
-    def _prepare(self, choice: str, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
+    def _prepare(self, choice: str, decoder: Optional[StreamDecoder], error: StreamError) -> Optional[RequestSpec]:
         if choice == "last-event-id":
-            return self._prepare_cursor(decoder)
+            # An error event inside the stream means the generation itself
+            # failed: reconnecting to the same stream would replay the failure.
+            # The answer must be asked for again (continue, then replay).
+            return None if isinstance(error, ProviderError) else self._prepare_cursor(decoder)
         if choice == "continue":
             return self._prepare_continue()
         self._replay = _Replay(self._text.value(), self._thinking.value(), self._calls, self._attempt + 1)
@@ -299,7 +302,8 @@ class Resumer:
 
     def _why_not(self) -> str:
         if self._mode == "last-event-id":
-            return "the server sent no event ids (or Responses cursor) to resume from"
+            return ("the server sent no event ids (or Responses cursor) to resume from, or the provider "
+                    "reported an error inside the stream (reconnecting would replay it)")
         if self._mode == "continue":
             return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
         return "no resume strategy applies"

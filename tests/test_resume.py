@@ -273,11 +273,16 @@ def test_retry_after_beyond_the_cap_gives_up(server: FakeLLMServer) -> None:
     assert len(server.requests) == 1
 
 
-def test_retryable_provider_error_mid_stream_resumes(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, error_event_at=CUT, error_event_type="overloaded_error", event_ids=False),
-                  Reply(tokens=TOKENS, event_ids=False))
-    assert client(server, "anthropic").complete("q", model="m").text == TEXT
-    assert len(server.requests) == 2
+@pytest.mark.parametrize("provider", ["openai", "openai-responses", "anthropic"])
+@pytest.mark.parametrize("event_ids", [pytest.param(True, id="with-event-ids"), pytest.param(False, id="no-ids")])
+def test_retryable_provider_error_mid_stream_resumes(server: FakeLLMServer, provider: str, event_ids: bool) -> None:
+    # Reconnecting to a stream whose generation failed would replay the error
+    # (or, with the Responses cursor, skip an event): the answer is asked again.
+    server.script(Reply(tokens=TOKENS, error_event_at=CUT, error_event_type="overloaded_error", event_ids=event_ids),
+                  Reply(tokens=TOKENS, event_ids=event_ids))
+    assert client(server, provider).complete("q", model="m", max_tokens=50).text == TEXT
+    second = server.requests[1]
+    assert second.header("Last-Event-ID") is None and second.method == "POST"
 
 
 def test_malformed_stream_is_not_retried(server: FakeLLMServer) -> None:
