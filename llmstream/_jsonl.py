@@ -59,8 +59,16 @@ class JSONLinesDecoder:
         self._line_number = 0  # lines consumed so far
         self._failure: Optional[str] = None
 
+    @property
+    def failed(self) -> bool:
+        """True once a line was not JSON or too long; values before it were returned, later calls raise."""
+        return self._failure is not None or self._lines.failed
+
     def feed(self, data: bytes) -> List[Any]:
         """Add bytes; return the JSON values of the lines they complete, in order.
+
+        Values of the lines before a bad line in the same ``data`` are returned;
+        the error comes from the next call (:attr:`failed` is True at once).
 
         Raises:
             MalformedStreamError: a line is not JSON or is too long (and on
@@ -95,5 +103,7 @@ class JSONLinesDecoder:
                 values.append(loads(line))
             except (ValueError, RecursionError) as exc:  # JSONDecodeError; absurdly deep nesting
                 self._failure = f"invalid JSON on line {self._line_number}: {line[:_EXCERPT]!r} ({exc})"
+                if values:
+                    return values  # received whole before the bad line; the error comes next call
                 raise MalformedStreamError(self._failure) from exc
         return values

@@ -23,7 +23,10 @@ Invariants:
     only, even if it arrives split across feeds.
   * Never more than ``max_line_length`` bytes of an incomplete line are held:
     a line longer than that raises ``MalformedStreamError`` however it arrives.
-  * After raising, the buffer stays failed: every later call raises again.
+    Complete lines before it in the same feed are returned first (they were
+    received); the error then comes from the next call, and ``failed`` is
+    True at once, so a caller need not wait for more input to learn of it.
+  * After failing, the buffer stays failed: every later call raises again.
 
 Never: split on U+2028, U+0085 (NEL) or any other Unicode separator (so never
 ``str.splitlines``); decode per network chunk; touch IO, threads or clocks.
@@ -85,6 +88,10 @@ class LineBuffer:
     def feed(self, data: bytes) -> List[str]:
         """Add bytes; return the lines they complete, decoded, without line endings.
 
+        Lines completed before an over-long line in the same ``data`` are
+        returned; the failure is then raised by every later call, and
+        :attr:`failed` is True at once.
+
         Raises:
             MalformedStreamError: a line is longer than ``max_line_length``
                 (and on every call after that).
@@ -141,9 +148,17 @@ class LineBuffer:
         view = memoryview(data)
         region = b"".join((buf, view[:end])) if buf else data[:end]
         if len(region) > self.max_line_length:
-            self._check_lengths(region)
+            bad = self._first_long_line(region)
+            if bad >= 0:
+                # The lines before the long one were received whole: hand them
+                # over, and fail from the next call on (``failed`` says so now).
+                self._set_failure()
+                if bad == 0:
+                    raise MalformedStreamError(self._failure or "")
+                return region[: bad - 1]
         if len(data) - end - 1 > self.max_line_length:
-            self._fail()
+            self._set_failure()
+            return region
         buf[:] = view[end + 1 :]
         return region
 
@@ -179,19 +194,27 @@ class LineBuffer:
         self._buf.clear()
         return head[len(_BOM) :] if head.startswith(_BOM) else head
 
-    def _check_lengths(self, region: bytes) -> None:
-        """Raise if any line of a region of complete lines is too long (rare, large regions only)."""
+    def _first_long_line(self, region: bytes) -> int:
+        """Where the first too-long line of a region of complete lines starts, or -1 (large regions only)."""
         limit = self.max_line_length
         start = 0
         while True:
             end = region.find(b"\n", start)
             if (len(region) if end < 0 else end) - start > limit:
-                self._fail()
+                return start
             if end < 0:
-                return
+                return -1
             start = end + 1
 
-    def _fail(self) -> NoReturn:
+    @property
+    def failed(self) -> bool:
+        """True once a line was too long: lines before it were returned, every later call raises."""
+        return self._failure is not None
+
+    def _set_failure(self) -> None:
         self._buf.clear()
         self._failure = f"line longer than the maximum of {self.max_line_length} bytes"
-        raise MalformedStreamError(self._failure)
+
+    def _fail(self) -> NoReturn:
+        self._set_failure()
+        raise MalformedStreamError(self._failure or "")

@@ -190,8 +190,16 @@ class SSEDecoder:
         """The reconnection time the server asked for, in milliseconds, or ``None``."""
         return self._retry
 
+    @property
+    def failed(self) -> bool:
+        """True once a line was too long; the events before it were returned, every later call raises."""
+        return self._lines.failed
+
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Add bytes; return the events they complete, in order.
+
+        Events completed before an over-long line in the same ``data`` are
+        returned; the error comes from the next call (:attr:`failed` is True at once).
 
         Raises:
             MalformedStreamError: a line is longer than ``max_line_length``

@@ -96,10 +96,10 @@ def test_error_is_chained_from_the_json_error() -> None:
     assert isinstance(info.value.__cause__, json.JSONDecodeError)
 
 
-def test_stays_failed_after_raising() -> None:
+def test_values_before_a_bad_line_are_returned_then_it_stays_failed() -> None:
     decoder = JSONLinesDecoder()
-    with pytest.raises(MalformedStreamError):
-        decoder.feed(b"[1]\nnope\n[2]\n")
+    assert decoder.feed(b"[1]\nnope\n[2]\n") == [[1]]  # received whole before the bad line
+    assert decoder.failed
     with pytest.raises(MalformedStreamError, match="^invalid JSON on line 2: 'nope'"):
         decoder.feed(b"[3]\n")
     with pytest.raises(MalformedStreamError, match="^invalid JSON on line 2: 'nope'"):
@@ -135,3 +135,19 @@ def test_recorded_streams_split_anywhere(path: Path) -> None:
         assert str(exc).startswith("invalid JSON on line ")
         return
     assert all(isinstance(value, dict) for value in out)
+
+
+def test_stays_failed_after_raising() -> None:
+    decoder = JSONLinesDecoder()
+    with pytest.raises(MalformedStreamError, match="^invalid JSON on line 1: 'nope'"):
+        decoder.feed(b"nope\n[2]\n")
+    with pytest.raises(MalformedStreamError, match="^invalid JSON on line 1: 'nope'"):
+        decoder.feed(b"[3]\n")
+
+
+def test_values_before_an_over_long_line_are_returned() -> None:
+    decoder = JSONLinesDecoder(max_line_length=8)
+    assert decoder.feed(b"[1]\n[1,2,3,4,5]\n") == [[1]]
+    assert decoder.failed
+    with pytest.raises(MalformedStreamError, match="^line longer than the maximum of 8 bytes$"):
+        decoder.close()

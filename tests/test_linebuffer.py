@@ -218,3 +218,15 @@ def test_max_line_length_must_be_positive() -> None:
 def test_feed_region_returns_complete_lines_undecoded(chunks: List[bytes], expected: List[object]) -> None:
     buffer = LineBuffer()
     assert [buffer.feed_region(chunk) for chunk in chunks] == expected
+
+
+@pytest.mark.parametrize("data, lines", [
+    pytest.param(b"ab\ncd\n0123456789\n", ["ab", "cd"], id="long-complete-line"),
+    pytest.param(b"ab\ncd\n0123456789", ["ab", "cd"], id="long-incomplete-line"),
+])
+def test_lines_before_an_over_long_line_in_the_same_feed_are_returned(data: bytes, lines: list) -> None:
+    buffer = LineBuffer(max_line_length=8)
+    assert buffer.feed(data) == lines
+    assert buffer.failed
+    with pytest.raises(MalformedStreamError, match="^line longer than the maximum of 8 bytes$"):
+        buffer.feed(b"x\n")

@@ -502,3 +502,22 @@ def test_text_before_a_missing_end_marker_is_delivered(server: FakeLLMServer) ->
         with pytest.raises(IncompleteStreamError) as info:
             s.result
     assert info.value.partial_text == "Hi there"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_text_before_an_over_long_line_in_the_same_read_is_delivered(server: FakeLLMServer, provider: str) -> None:
+    server.script(Reply(oversized_line=4096, events_per_write=1000))
+    client = client_for(server, provider, max_line_length=1024)
+    with client.stream("q", model="m", max_tokens=5) as s:
+        with pytest.raises(MalformedStreamError) as info:
+            s.result
+    assert info.value.partial_text == "Hello"
+    assert str(info.value) == "line longer than the maximum of 1024 bytes"
+
+
+def test_ollama_text_before_invalid_json_in_the_same_read_is_delivered(server: FakeLLMServer) -> None:
+    server.script(Reply(malformed_at=3, events_per_write=1000))
+    with client_for(server, "ollama").stream("q", model="m") as s:
+        with pytest.raises(MalformedStreamError) as info:
+            s.result
+    assert info.value.partial_text == "Hello from"

@@ -186,9 +186,12 @@ class StreamDecoder:
             raise self._error
         feed = self.decoder.feed
         out: List[Event] = []
+        frames = self._frames
         try:
-            for message in self._frames.feed(data):
+            for message in frames.feed(data):
                 out.extend(feed(message))
+            if frames.failed:
+                frames.feed(b"")  # the framing failed after the messages it returned: raise its error
         except StreamError as exc:
             return self._deliver_then_fail(out, exc)
         return out
