@@ -70,7 +70,9 @@ class Slots:
         self.limit = limit
         self._free = limit
         self._waiters: Deque[_Waiter] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        # Reentrant: a garbage-collected TokenStream's finalizer calls cancel(),
+        # which takes this lock, and may run in a thread that already holds it.
+        self._cond = threading.Condition(threading.RLock())
 
     @property
     def in_use(self) -> int:

@@ -285,6 +285,6 @@ class TokenStream:
         the status line, not raised; an interrupt closes the stream and
         propagates. ``repr()`` does not need IPython.
         """
-        from .notebook import _show_as_last_expression  # lazy: IPython is an optional extra
+        from .notebook import display_stream  # lazy: IPython is an optional extra
 
-        _show_as_last_expression(self)
+        display_stream(self)

@@ -76,7 +76,9 @@ class EventQueue:
         self._max = max_events
         self._batches: Deque[List[Event]] = collections.deque()
         self._count = 0
-        self._cond = threading.Condition(threading.Lock())
+        # Reentrant: a garbage-collected TokenStream's finalizer calls cancel(),
+        # which takes this lock, and may run in a thread that already holds it.
+        self._cond = threading.Condition(threading.RLock())
         self._ended = False
         self._error: Optional[BaseException] = None
         self._closed = False

@@ -45,7 +45,7 @@ from ._exceptions import StreamError
 from ._render import Bundle, bundle, status_line
 from ._stream import TokenStream
 
-__all__ = ["show"]
+__all__ = ["show", "display_stream"]
 
 logger = logging.getLogger("llmstream")
 
@@ -93,8 +93,8 @@ def show(stream: TokenStream, *, markdown: bool = True) -> str:
     return _follow(stream, tally, output)
 
 
-def _show_as_last_expression(stream: TokenStream) -> None:
-    """``TokenStream._ipython_display_``: like :func:`show`, but a failure is only shown, not raised.
+def display_stream(stream: TokenStream) -> None:
+    """What a ``TokenStream`` does as a cell's last expression: like :func:`show`, but a failure is only shown.
 
     Raised from a display hook, the error would only add a traceback that
     IPython prints as a formatter error; the status line already says it.

@@ -406,3 +406,18 @@ def test_output_guard_counts_again_after_a_reset() -> None:
     reset = llmstream.Reset(attempt=2, discarded_text="abcd")
     assert guard.filter([reset, TextDelta("wxyz")]) == ([reset, TextDelta("wxyz")], False)
     assert guard.filter([TextDelta("123")]) == ([TextDelta("12"), Finish("max_output_chars")], True)
+
+
+def test_fake_server_limit_answers_429_without_consuming_a_scripted_reply() -> None:
+    with FakeLLMServer(max_concurrent=1, limit_retry_after=2) as server:
+        server.script(STALL, Reply(text="scripted"))
+        client = client_for(server)
+        holder = client.stream("hold", model="m")
+        server.wait_for_requests(1)
+        with pytest.raises(RateLimitError) as info:
+            client.complete("rejected", model="m")
+        assert (info.value.status_code, info.value.retry_after) == (429, 2.0)
+        assert server.rejected_over_limit == 1
+        holder.close()
+        wait_until(lambda: server.active_connections == 0, what="the held request to end")
+        assert client.complete("next", model="m").text == "scripted"

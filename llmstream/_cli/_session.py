@@ -160,7 +160,8 @@ OFFLINE_TOKEN_INTERVAL = 0.03
 def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[str]]:
     """Yield the built-in server's base URL when no key or base URL is configured, else ``--base-url``."""
     provider = get_provider(args.provider)
-    configured = args.base_url or any(
+    # A provider that needs no key (Ollama) is most likely running locally at its default host.
+    configured = args.base_url or not provider.requires_api_key or any(
         os.environ.get(name) for name in (provider.api_key_env, provider.base_url_env) if name
     )
     if configured:

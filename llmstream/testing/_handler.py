@@ -165,7 +165,11 @@ class Handler(BaseHTTPRequestHandler):
             received_at=time.monotonic(), client_port=self.client_address[1]))
         provider = ROUTES.get(path)
         if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
-            self._replay(path[len(RESPONSES_PREFIX):], query)
+            if self._admitted("openai"):
+                try:
+                    self._replay(path[len(RESPONSES_PREFIX):], query)
+                finally:
+                    self.state.stream_ended()
         elif provider is None:
             self._error(404, _style(path), f"Unknown request URL: {self.command} {path}", "not_found_error"
                         if _style(path) == "anthropic" else "invalid_request_error")
@@ -175,8 +179,11 @@ class Handler(BaseHTTPRequestHandler):
             self._error(400, provider, "the request body must be a JSON object", None)
         elif body.get("stream") is False:
             self._error(400, provider, ONLY_STREAMS, None)
-        else:
-            self._answer(provider, body, number)
+        elif self._admitted(provider):
+            try:
+                self._answer(provider, body, number)
+            finally:
+                self.state.stream_ended()
 
     def _answer(self, provider: str, body: Dict[str, Any], number: int) -> None:
         reply = self.state.next_reply()
@@ -238,18 +245,16 @@ class Handler(BaseHTTPRequestHandler):
         elif provider != "ollama":
             self.send_header("x-request-id", "req_fake")
 
-    def _stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
-        if not self.state.stream_started():
-            # Over FakeLLMServer(max_concurrent=N): answer as a real API's concurrency limit does.
-            self._error(429, ctx.provider, "Too many concurrent requests; retry later.", None,
-                        headers={"Retry-After": f"{self.state.limit_retry_after:g}"})
-            return
-        try:
-            self._write_stream(reply, ctx, skip_through)
-        finally:
-            self.state.stream_ended()
+    def _admitted(self, provider: str) -> bool:
+        """Count the request in flight, or answer 429 over ``max_concurrent`` (consuming no scripted reply)."""
+        if self.state.stream_started():
+            return True
+        # As a real API's concurrency limit answers.
+        self._error(429, provider, "Too many concurrent requests; retry later.", None,
+                    headers={"Retry-After": f"{self.state.limit_retry_after:g}"})
+        return False
 
-    def _write_stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
+    def _stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
         self.send_response(reply.status, reason(reply.status))
         self.send_header("Content-Type", reply.content_type or CONTENT_TYPES[ctx.provider])
         self.send_header("Cache-Control", "no-cache")

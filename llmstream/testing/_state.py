@@ -111,7 +111,7 @@ class ServerState:
             return self.responses.get(response_id)
 
     def stream_started(self) -> bool:
-        """Count one more response body being written; False (not counted) when over ``max_concurrent``."""
+        """Count one more request being answered; False (not counted) when over ``max_concurrent``."""
         with self.lock:
             if self.max_concurrent is not None and self.active >= self.max_concurrent:
                 self.rejected += 1
@@ -121,7 +121,7 @@ class ServerState:
             return True
 
     def stream_ended(self) -> None:
-        """Count one response body fewer."""
+        """Count one request being answered fewer."""
         with self.lock:
             self.active -= 1
 
