@@ -157,11 +157,6 @@ class RateLimiter:
         return self._tokens is not None
 
     @property
-    def paused_for(self) -> float:
-        """Seconds left of the current 429 pause (0 when not paused)."""
-        return max(0.0, self._paused_until - time.monotonic())
-
-    @property
     def unlimited(self) -> bool:
         """True when a request can go at once: no budget configured and no pause running."""
         return self._requests is None and self._tokens is None and self._paused_until <= time.monotonic()
@@ -356,12 +351,9 @@ class Gate:
             self._flow.breaker.record(True, None)
 
     def leave(self, error: Optional[BaseException]) -> None:
-        """Record the attempt's outcome. An attempt the caller cancelled proves nothing about the server."""
+        """Record the attempt's outcome (``Cancelled`` when the caller stopped it: that proves nothing)."""
         breaker = self._flow.breaker
         if breaker is None:
             return
-        if self._cancel.is_set():
-            # A shut socket looks like a broken stream; it was our doing.
-            error = Cancelled()
         breaker.record(self._probe, error)
         self._probe = False

@@ -264,8 +264,6 @@ class Worker:
                 self._attempt(spec, decoder)
                 return
             except StreamError as exc:
-                if self._cancel.is_set():
-                    raise Cancelled() from exc
                 if isinstance(exc, RateLimitError):
                     # One stream's 429 slows every stream of the client.
                     pause = exc.retry_after if exc.retry_after is not None else self._retry.initial_delay
@@ -317,19 +315,30 @@ class Worker:
         return left, kind
 
     def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
+        """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
         gate = Gate(self._flow, self._cancel, self._total_deadline)
-        tokens = estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
-        waited = gate.enter(tokens)
-        self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
-        if self.stats.attempts == 0:
-            self.stats.queued += waited
         error: Optional[BaseException] = None
         try:
+            tokens = estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
+            waited = gate.enter(tokens)
+            self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
+            if self.stats.attempts == 0:
+                self.stats.queued += waited
             self._send_and_read(spec, decoder, gate)
+        except StreamError as exc:
+            if self._cancel.is_set():
+                # A shut socket looks like a broken stream: it was our doing (close(),
+                # or the caller's side failed), so it is neither retried nor held
+                # against the server by the circuit breaker.
+                error = Cancelled()
+                raise error from exc
+            error = exc
+            raise
         except BaseException as exc:
             error = exc
             raise
         finally:
+            # Also after a failed enter(): a probe that never went out is freed.
             gate.leave(error)
 
     def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> None:

@@ -421,3 +421,18 @@ def test_fake_server_limit_answers_429_without_consuming_a_scripted_reply() -> N
         holder.close()
         wait_until(lambda: server.active_connections == 0, what="the held request to end")
         assert client.complete("next", model="m").text == "scripted"
+
+
+def test_a_probe_cancelled_while_waiting_for_the_rate_limiter_is_freed(server: FakeLLMServer) -> None:
+    # One request per 10 s: after the failing request the probe waits in the limiter.
+    client = client_for(server, circuit_breaker=CircuitBreaker(failure_threshold=1, cooldown=0.2),
+                        rate_limit=RateLimit(requests_per_minute=6, burst_seconds=10))
+    server.script(Reply(status=503))
+    with pytest.raises(ServerError):
+        client.complete("q", model="m")
+    wait_until(lambda: client.circuit_state == "half-open", what="the cooldown")
+    probe = client.stream("probe", model="m")
+    wait_until(lambda: llmstream.monitor.snapshot().waiting >= 1, what="the probe to wait for the limiter")
+    probe.close()
+    assert len(server.requests) == 1
+    assert client._flow.breaker.admit() is True  # type: ignore[union-attr]  # the probe slot is free again
