@@ -22,7 +22,7 @@ class WorkerStats:
 
     __slots__ = (
         "attempts", "bytes_received", "chunks", "text_deltas", "usage", "errors", "queued",
-        "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times",
+        "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times", "_final",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -41,9 +41,18 @@ class WorkerStats:
         self.gaps = Histogram()
         self.chunk_sizes = Histogram()
         self.read_times = Histogram()
+        self._final: Optional[StreamMetrics] = None
+
+    def freeze(self, ended_at: float) -> StreamMetrics:
+        """The worker's last word: the final metrics, built once and returned by every later call."""
+        self.ended_at = ended_at
+        self._final = self.metrics()
+        return self._final
 
     def metrics(self) -> StreamMetrics:
         """A snapshot (safe to take from another thread while the worker runs)."""
+        if self._final is not None:
+            return self._final
         end = self.ended_at if self.ended_at is not None else time.monotonic()
         first = self.first_content_at
         usage = self.usage

@@ -220,7 +220,6 @@ class Worker:
             logger.debug("llmstream worker crashed", exc_info=True)
             error = exc
         finally:
-            self.stats.ended_at = time.monotonic()
             try:
                 self._report(error)
             finally:
@@ -230,13 +229,14 @@ class Worker:
         stats = self.stats
         if error is not None:
             stats.errors.append(type(error).__name__)
+        metrics = stats.freeze(time.monotonic())  # built once: the report and every later .metrics share it
         usage = stats.usage
         if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
             self._flow.limiter.correct(usage.input_tokens + usage.output_tokens - self._charged)
         outcome = "failed" if error is not None else ("closed" if self._cancel.is_set() else "finished")
         monitor.stream_ended(StreamReport(
             provider=self._provider.name, base_url=self._flow.base_url, model=self._model, outcome=outcome,
-            error=None if error is None else type(error).__name__, metrics=stats.metrics(),
+            error=None if error is None else type(error).__name__, metrics=metrics,
         ))
 
     def _run_in_slot(self) -> None:
