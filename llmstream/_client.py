@@ -25,13 +25,14 @@ from ._transport import Transport, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
-__all__ = ["Client", "stream", "complete"]
+__all__ = ["Client", "stream", "complete", "build_messages"]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
 
 
-def _messages(prompt: Optional[str], messages: Optional[Sequence[Message]], system: Optional[str]) -> List[Message]:
+def build_messages(prompt: Optional[str], messages: Optional[Sequence[Message]], system: Optional[str]) -> List[Message]:
+    """The conversation a stream sends: a prompt or messages, with the system prompt first (the CLI uses it too)."""
     if (prompt is None) == (messages is None):
         raise ValueError("pass either a prompt or messages=[...], not both and not neither")
     if prompt is not None:
@@ -180,7 +181,7 @@ class Client:
             raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
         spec = self._provider.build_request(
             base_url=self.base_url, api_key=self._api_key, model=model,
-            messages=_messages(prompt, messages, system), params=params,
+            messages=build_messages(prompt, messages, system), params=params,
         )
         worker = Worker(
             transport=self._transport, provider=self._provider, spec=spec,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 from urllib.parse import urlsplit
 
-from .._client import Client
+from .._client import Client, build_messages
 from .._events import Event, TextDelta
 from .._providers import PROVIDERS, get_provider
 from .._providers._base import Message, RequestSpec
@@ -110,12 +110,9 @@ class StreamRequest:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamRequest":
         """Resolve the prompt, system prompt, model and output limit of the parsed options."""
-        messages: List[Message] = [{"role": "user", "content": args.prompt}]
-        if args.system is not None:
-            # Where Client.stream(system=...) puts it; each provider moves it where its API wants it.
-            messages.insert(0, {"role": "system", "content": args.system})
         return cls(provider=args.provider, model=args.model or DEFAULT_MODELS[args.provider],
-                   messages=messages, params=_limit_params(args.provider, args.max_tokens))
+                   messages=build_messages(args.prompt, None, args.system),
+                   params=_limit_params(args.provider, args.max_tokens))
 
     def spec(self, base_url: str) -> RequestSpec:
         """Build the request as the stream's first attempt sends it, with a placeholder for the key.
