@@ -83,7 +83,10 @@ class TokenStream:
         self._busy = threading.Lock()
         self._lock = threading.Lock()
         # Cancels the worker if the caller drops the stream without closing it.
-        self._finalizer = weakref.finalize(self, worker.cancel)
+        # Through a weak reference: the finalizer registry is global, and a
+        # strong one would keep the worker, its error, the error's traceback,
+        # the caller's frames and so this very stream alive for ever.
+        self._finalizer = weakref.finalize(self, _cancel_if_alive, weakref.ref(worker))
         worker.start()
 
     # -- consumption ----------------------------------------------------------
@@ -207,11 +210,14 @@ class TokenStream:
     def close(self) -> None:
         """Stop the stream: idempotent and safe from any thread.
 
-        The worker thread ends and the socket is shut down promptly (a blocked
-        read is woken by ``shutdown``; a backoff wait by an Event). A worker
-        still blocked in ``connect()`` is abandoned: it ends on its own by the
-        connect timeout and its result is discarded. A loop iterating the stream
-        in another thread ends quietly; ``status`` is then ``"closed"``.
+        The worker thread ends and the socket is shut down promptly in every
+        phase: connecting, waiting for the response headers, reading the body
+        (the socket is shut down, which wakes a blocked call), or waiting out a
+        backoff delay (an Event). The server sees its connection closed at
+        once. Only a name lookup (DNS) cannot be interrupted: a worker caught
+        there ends by itself when the lookup returns, opening no connection.
+        A loop iterating the stream in another thread ends quietly; ``status``
+        is then ``"closed"``.
         """
         with self._lock:
             if self._status == "streaming":
@@ -288,3 +294,10 @@ class TokenStream:
         from .notebook import display_stream  # lazy: IPython is an optional extra
 
         display_stream(self)
+
+
+def _cancel_if_alive(worker_ref: "weakref.ref[Worker]") -> None:
+    """The finalizer of a dropped stream: cancel its worker if it still runs."""
+    worker = worker_ref()
+    if worker is not None:
+        worker.cancel()

@@ -13,8 +13,17 @@ Strategy:
   * Before each read the socket timeout is set to the time left before the
     caller's deadline (first token, idle or total), so a stalled server is
     noticed at the socket, not by a watchdog thread.
-  * ``shutdown()`` may be called from any thread: it shuts the socket down,
-    which wakes a blocked ``read1`` (``response.close()`` would not).
+  * Every socket an attempt opens or reuses is tracked by its
+    :class:`~llmstream._connection.AttemptSockets` (see ``_connection.py``):
+    ``shutdown()`` from any thread ends the attempt in every phase —
+    connecting, waiting for headers, reading — and the read timeout is set on
+    that socket whatever the framing (http.client drops its own reference for
+    ``Connection: close`` and HTTP/1.0 bodies).
+  * Redirects are never followed: a 3xx is an ``APIStatusError`` naming the
+    ``Location``. Following one would send the key and the whole conversation
+    to another URL (requests strips only ``Authorization``, not ``x-api-key``).
+  * Every message built from the server's text passes the stream's
+    :class:`~llmstream._redact.Redactor` before it is shortened.
 
 This module is the ONLY place that catches ``requests`` and ``urllib3``
 exceptions: :func:`translate_errors` maps them to llmstream's tree, the most
@@ -45,10 +54,12 @@ from ._exceptions import (
     StreamTimeoutError,
     status_error_class,
 )
+from ._connection import AttemptSockets, Cancelled, TrackingAdapter, current_attempt
 from ._dechunk import Dechunker
+from ._redact import Redactor
 from ._providers._base import Provider, RequestSpec
 
-__all__ = ["Transport", "OpenResponse", "Cancelled", "parse_retry_after", "redact_url"]
+__all__ = ["Transport", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
 
 logger = logging.getLogger("llmstream")
 
@@ -65,10 +76,6 @@ _ACCEPTED_TYPES = {
     "jsonl": ("application/x-ndjson", "application/jsonl", "application/json", "text/plain", "application/ndjson"),
 }
 _ACCEPT_HEADER = {"sse": "text/event-stream", "jsonl": "application/x-ndjson"}
-
-
-class Cancelled(Exception):
-    """Internal: the stream was closed by the caller; not an error to report."""
 
 
 def redact_url(url: str) -> str:
@@ -167,11 +174,13 @@ def _close_enough(wanted: Optional[float], current: Optional[float]) -> bool:
 class OpenResponse:
     """A streaming response being read; ``shutdown()`` may come from any thread."""
 
-    def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool]) -> None:
+    def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool],
+                 sockets: AttemptSockets) -> None:
         self._response = response
         self._raw: urllib3.HTTPResponse = response.raw
         self._url = url
         self._cancelled = cancelled
+        self._sockets = sockets
         self._lock = threading.Lock()
         self._closed = False
         self._timeout_set: Optional[float] = -1.0
@@ -198,7 +207,7 @@ class OpenResponse:
 
         Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
         """
-        sock = self._socket()
+        sock = self._sockets.sock
         # Setting the timeout is a system call's worth of work per read; a
         # difference under TIMEOUT_SLACK changes nothing a caller could notice.
         if sock is not None and not _close_enough(timeout, self._timeout_set):
@@ -212,10 +221,6 @@ class OpenResponse:
         if not data and self._cancelled():
             raise Cancelled()
         return data
-
-    def _socket(self) -> Any:
-        connection = self._raw.connection
-        return getattr(connection, "sock", None) if connection is not None else None
 
     def _read_dechunked(self, dechunk: Dechunker) -> bytes:
         """The payload of everything received so far (at least one byte), b"" after the last chunk."""
@@ -234,17 +239,6 @@ class OpenResponse:
             if data:
                 return data
         return b""
-
-    def shutdown(self) -> None:
-        """Wake a read blocked in another thread and end the response."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._raw.shutdown()
-            except (RuntimeError, ValueError, OSError):
-                # Already released to the pool or closed: nothing is blocked on it.
-                pass
 
     def close(self) -> None:
         """Close the response and its connection (idempotent)."""
@@ -268,7 +262,7 @@ class Transport:
         self.session = requests.Session()
         # Many streams of one client run at once; a pool smaller than that makes
         # urllib3 discard connections instead of reusing them.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -280,12 +274,14 @@ class Transport:
         connect_timeout: Optional[float],
         response_timeout: Optional[float],
         cancelled: Callable[[], bool],
-        on_response: Callable[[OpenResponse], None],
+        sockets: AttemptSockets,
+        redact: Redactor,
     ) -> OpenResponse:
         """Send ``spec`` and return the open streaming response, checked.
 
-        ``on_response`` receives the response as soon as it exists, before any
-        check, so a ``close()`` from another thread can shut it down.
+        ``sockets`` receives every socket the request opens or reuses, as soon
+        as it exists, so ``sockets.shutdown()`` from another thread ends the
+        attempt in any phase (:class:`Cancelled` is then raised here).
 
         Raises:
             APIStatusError: a non-2xx status (the subclass for the status).
@@ -299,16 +295,19 @@ class Transport:
         body = None if spec.json is None else json.dumps(spec.json, ensure_ascii=False).encode("utf-8")
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
-        with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind="first_token"):
-            response = self.session.request(
-                spec.method, spec.url, data=body, headers=headers, stream=True,
-                timeout=(connect_timeout, response_timeout),
-            )
-        opened = OpenResponse(response, spec.url, cancelled)
-        on_response(opened)
+        current_attempt(sockets)
+        try:
+            with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind="first_token"):
+                response = self.session.request(
+                    spec.method, spec.url, data=body, headers=headers, stream=True,
+                    timeout=(connect_timeout, response_timeout), allow_redirects=False,
+                )
+        finally:
+            current_attempt(None)
+        opened = OpenResponse(response, spec.url, cancelled, sockets)
         try:
             if not 200 <= response.status_code < 300:
-                raise self._status_error(opened, response, provider, response_timeout)
+                raise self._status_error(opened, response, provider, response_timeout, redact)
             _check_content_type(response, provider.framing, spec.url)
         except BaseException:
             opened.close()
@@ -317,7 +316,8 @@ class Transport:
 
     @staticmethod
     def _status_error(
-        opened: OpenResponse, response: requests.Response, provider: Provider, timeout: Optional[float]
+        opened: OpenResponse, response: requests.Response, provider: Provider, timeout: Optional[float],
+        redact: Redactor,
     ) -> Exception:
         chunks = []
         size = 0
@@ -330,12 +330,17 @@ class Transport:
                     break
                 chunks.append(data)
                 size += len(data)
-        body = b"".join(chunks)[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        # Redacted first, before anything below shortens it (design: one redaction step).
+        body = redact(b"".join(chunks)[:MAX_ERROR_BODY].decode("utf-8", "replace"))
         detail: Optional[ProviderError] = provider.error_from_body(body)
         status = response.status_code
-        reason = response.reason or ""
+        reason = redact(response.reason or "")
         message = f"HTTP {status} {reason}".rstrip()
-        if detail is not None:
+        if 300 <= status < 400:
+            location = redact(redact_url(response.headers.get("location", "")))
+            message = (f"{message}: redirect to {location or '(no Location)'} not followed "
+                       "(llmstream never sends a key or a prompt to another URL; fix the base URL)")
+        elif detail is not None:
             message = f"{message}: {detail.message}"
         elif body.strip() and not body.lstrip().startswith("<"):
             message = f"{message}: {body.strip()[:200]}"

@@ -13,9 +13,13 @@ Strategy:
     move the idle clock; keep-alive comments and pings do not. The clock is
     restarted after a ``put`` returns, so time blocked on a slow caller never
     counts as server idleness.
-  * Cancellation: ``cancel()`` (any thread) sets an Event, shuts the socket
-    down (waking a blocked ``read1``) and wakes a blocked ``put`` or backoff
+  * Cancellation: ``cancel()`` (any thread) sets an Event, shuts down the
+    attempt's socket (``_connection.AttemptSockets``: connecting, waiting for
+    headers or reading, all are woken) and wakes a blocked ``put`` or backoff
     wait. The worker then ends without reporting an error.
+  * Redaction: every error leaves this thread (raised, or as a ``Retrying``
+    event's cause, or in a log line) through the stream's ``Redactor``, which
+    knows the request's credentials: servers echo keys back.
   * Retries: a failed attempt that may be retried waits on the cancel Event
     (never ``time.sleep``) and tries again; the resume rules of
     ``_resume.py`` make sure nothing is delivered twice or lost.
@@ -50,10 +54,11 @@ from ._flow import Flow, Gate, estimate_tokens
 from ._monitor import monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
+from ._redact import Redactor, redact_error, secrets_in_headers
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
-from ._transport import Cancelled, OpenResponse, Transport
+from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport
 
 __all__ = ["EventQueue", "Worker"]
 
@@ -163,8 +168,9 @@ class Worker:
         self._retry = retry
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
         self._cancel = threading.Event()
-        self._response_lock = threading.Lock()
-        self._response: Optional[OpenResponse] = None
+        self._sockets_lock = threading.Lock()
+        self._sockets: Optional[AttemptSockets] = None
+        self._redact = Redactor(secrets_in_headers(spec.headers))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
@@ -186,10 +192,10 @@ class Worker:
         self.queue.close()
         if self._flow.slots is not None:
             self._flow.slots.wake_all()
-        with self._response_lock:
-            response = self._response
-        if response is not None:
-            response.shutdown()
+        with self._sockets_lock:
+            sockets = self._sockets
+        if sockets is not None:
+            sockets.shutdown()
 
     def fail(self, error: BaseException) -> None:
         """Stop the stream because the caller's side failed it (so it is reported as failed, not closed)."""
@@ -214,6 +220,7 @@ class Worker:
             error = self._failure
         except StreamError as exc:
             exc.attempts = self.stats.attempts
+            redact_error(exc, self._redact)
             logger.info("stream failed after %d attempt(s): %s: %s", exc.attempts, type(exc).__name__, exc.message)
             error = exc
         except BaseException as exc:  # a bug, or a KeyboardInterrupt in this thread: hand it to the caller
@@ -289,6 +296,7 @@ class Worker:
         # The cause in the Retrying event says, like a raised error, what came before it.
         exc.attempts = self.stats.attempts
         exc.partial_text = self._resumer.delivered_text
+        redact_error(exc, self._redact)
         logger.info(
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
             attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,
@@ -298,11 +306,11 @@ class Worker:
             raise Cancelled()
         return next_spec
 
-    def _set_response(self, response: Optional[OpenResponse]) -> None:
-        with self._response_lock:
-            self._response = response
-        if response is not None and self._cancel.is_set():
-            response.shutdown()
+    def _set_sockets(self, sockets: Optional[AttemptSockets]) -> None:
+        with self._sockets_lock:
+            self._sockets = sockets
+        if sockets is not None and self._cancel.is_set():
+            sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
     def _time_left(self, deadline: float, kind: str, now: Optional[float] = None) -> Tuple[Optional[float], str]:
         if self._total_deadline <= deadline:
@@ -348,16 +356,18 @@ class Worker:
         first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
         connect, _ = self._time_left(started + timeout.connect if timeout.connect is not None else math.inf, "connect")
         wait, _ = self._time_left(first_deadline, "first_token")
-        response = self._transport.open(
-            spec, self._provider, connect_timeout=connect, response_timeout=wait,
-            cancelled=self._cancel.is_set, on_response=self._set_response,
-        )
-        gate.answered()
+        sockets = AttemptSockets()
+        self._set_sockets(sockets)
         try:
-            self._read_body(response, decoder, first_deadline)
+            response = self._transport.open(
+                spec, self._provider, connect_timeout=connect, response_timeout=wait,
+                cancelled=self._cancel.is_set, sockets=sockets, redact=self._redact,
+            )
+            gate.answered()
+            with response:
+                self._read_body(response, decoder, first_deadline)
         finally:
-            self._set_response(None)
-            response.close()
+            self._set_sockets(None)
 
     def _read_body(self, response: OpenResponse, decoder: StreamDecoder, first_deadline: float) -> None:
         idle = self._timeout.idle

@@ -1,0 +1,222 @@
+"""The sockets of one attempt, reachable from another thread in every phase.
+
+Why this module exists: ``close()`` must end an attempt at any moment —
+connecting, waiting for the response headers, reading the body — and the idle
+limit must hold whatever the framing. Neither is possible through the objects
+requests hands back:
+
+  * while ``session.request()`` connects or waits for the headers there is no
+    response object yet, so nothing to shut down from another thread;
+  * for ``Connection: close``, HTTP/1.0 and read-to-close bodies http.client
+    drops ``connection.sock`` when the headers arrive (the body is read through
+    its ``makefile``), so a per-read timeout cannot be set through it.
+
+Strategy: the session's pools make :class:`TrackedHTTPConnection` /
+:class:`TrackedHTTPSConnection`, which report every socket they create (before
+``connect()``) or reuse (before sending) to the :class:`AttemptSockets` of the
+attempt running in the current thread (a thread-local the transport sets around
+``session.request``). ``AttemptSockets.shutdown()`` works from any thread:
+
+  * a socket connecting (``SYN_SENT``) is woken by ``shutdown()`` on Linux (the
+    kernel disconnects it and wakes the poll in ``connect``);
+  * a socket waiting for headers or body bytes is woken by ``shutdown()``;
+  * a socket created after ``shutdown()`` was asked for is refused at once
+    (:class:`Cancelled` is raised in the worker).
+
+Invariant: a socket is tracked only while its attempt owns the connection.
+When urllib3 puts a connection back in its pool, the pool first forgets the
+socket (under the same lock ``shutdown`` takes), so closing a finished stream
+can never shut a socket that another stream is now using.
+
+Name resolution (``getaddrinfo``) cannot be interrupted; it is bounded by the
+resolver's own timeout. IO shell: only ``_transport.py`` uses this module.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from typing import Any, Optional
+
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
+
+__all__ = ["AttemptSockets", "Cancelled", "TrackingAdapter", "current_attempt"]
+
+
+class Cancelled(Exception):
+    """Internal: the stream was closed by the caller; not an error to report.
+
+    Raised in the worker when a socket is opened for an attempt already shut
+    down, and by the transport when a shut socket ends a read.
+    """
+
+
+_local = threading.local()
+
+
+def current_attempt(attempt: Optional["AttemptSockets"]) -> None:
+    """Make ``attempt`` receive the sockets this thread opens or reuses (None: stop)."""
+    _local.attempt = attempt
+
+
+def _attempt_of_this_thread() -> Optional["AttemptSockets"]:
+    attempt: Optional[AttemptSockets] = getattr(_local, "attempt", None)
+    return attempt
+
+
+class AttemptSockets:
+    """The socket one attempt is using; :meth:`shutdown` may come from any thread."""
+
+    __slots__ = ("_lock", "_sock", "_shut")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: Optional[socket.socket] = None
+        self._shut = False
+
+    @property
+    def sock(self) -> Optional[socket.socket]:
+        """The socket in use now (for its timeout), or None."""
+        return self._sock
+
+    def track(self, sock: socket.socket) -> None:
+        """Record ``sock`` as this attempt's; refuse it if the attempt was shut down."""
+        with self._lock:
+            if self._shut:
+                raise Cancelled()
+            self._sock = sock
+
+    def forget(self, sock: Optional[socket.socket]) -> None:
+        """Stop tracking ``sock`` (its connection goes back to the pool or is closed)."""
+        with self._lock:
+            if sock is None or self._sock is sock:
+                self._sock = None
+
+    def shutdown(self) -> None:
+        """End the attempt: wake whatever blocks on its socket, refuse new ones (idempotent)."""
+        with self._lock:
+            self._shut = True
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                # Not connected yet on a platform that does not abort a connect
+                # this way, or already closed: nothing else is blocked on it.
+                pass
+
+
+class _Tracking:
+    """Mixin for urllib3 connections: report sockets to the current attempt."""
+
+    sock: Optional[socket.socket]
+    _llmstream_attempt: Optional[AttemptSockets] = None
+
+    def _claim(self, sock: Optional[socket.socket]) -> None:
+        attempt = _attempt_of_this_thread()
+        self._llmstream_attempt = attempt
+        if attempt is not None and sock is not None:
+            attempt.track(sock)
+
+    def release_from_attempt(self) -> None:
+        """Called by the pool before it takes the connection back."""
+        attempt, self._llmstream_attempt = self._llmstream_attempt, None
+        if attempt is not None:
+            attempt.forget(self.sock)
+
+
+def _create_tracked_connection(conn: Any) -> socket.socket:
+    """``urllib3.util.connection.create_connection``, with the socket tracked before it connects."""
+    host, port = conn._dns_host, conn.port
+    if host.startswith("["):
+        host = host.strip("[]")
+    err: Optional[OSError] = None
+    for family, socktype, proto, _, address in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
+        sock = socket.socket(family, socktype, proto)
+        try:
+            conn._claim(sock)
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            if conn.timeout is not _DEFAULT_TIMEOUT:
+                sock.settimeout(conn.timeout)
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            err = exc
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
+    if err is not None:
+        raise err
+    raise OSError(f"getaddrinfo returned no address for {host!r}")
+
+
+class TrackedHTTPConnection(_Tracking, HTTPConnection):
+    """An urllib3 HTTP connection whose socket the current attempt can shut down."""
+
+    def _new_conn(self) -> socket.socket:
+        # The same errors urllib3's own _new_conn raises, so requests maps them as usual.
+        try:
+            sock = _create_tracked_connection(self)
+        except socket.gaierror as e:
+            raise NameResolutionError(self.host, self, e) from e
+        except TimeoutError as e:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from e
+        except OSError as e:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+    def connect(self) -> None:
+        super().connect()
+        self._claim(self.sock)  # TLS replaces the socket object; track the one in use
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            self._claim(self.sock)  # a pooled connection, reused: no connect() will report it
+        super().request(*args, **kwargs)
+
+
+class TrackedHTTPSConnection(TrackedHTTPConnection, HTTPSConnection):
+    """The HTTPS twin of :class:`TrackedHTTPConnection` (``connect`` wraps the tracked socket)."""
+
+
+class _TrackedPoolMixin:
+    def _put_conn(self, conn: Any) -> None:
+        if isinstance(conn, _Tracking):
+            conn.release_from_attempt()
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _TrackedHTTPPool(_TrackedPoolMixin, HTTPConnectionPool):
+    ConnectionCls = TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
+    ConnectionCls = TrackedHTTPSConnection
+
+
+_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+class TrackingAdapter(HTTPAdapter):
+    """requests adapter whose pools (direct and through proxies) make tracked connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _POOLS
+        return manager

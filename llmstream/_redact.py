@@ -1,0 +1,112 @@
+"""The one redaction step: secrets out of every string built from server text.
+
+Why: servers echo keys back — in a 401 body, in an error event, in a proxy's
+HTML page — and llmstream copies server text into exception messages, reprs,
+``Retrying`` events and log lines. Every such string passes through a
+:class:`Redactor` that knows the client's secrets before it leaves the IO shell.
+
+Strategy: a secret is removed wherever it appears, whole or in part: any run
+of :data:`MIN_FRAGMENT` or more characters that also stands in the secret is
+replaced by ``<redacted>``. Matching fragments, not only the whole secret,
+keeps the rule true even where text was cut before it got here (a decoder's
+message quotes the first 80 characters of a bad line; a key cut in half by
+that truncation must not leak its first half). Secrets shorter than
+:data:`MIN_FRAGMENT` are not redacted: they are not keys, and replacing every
+"test" in a message would only hide the message.
+
+Cost: linear in the text for each secret (a set of the secret's fragments,
+looked up at each position); it runs only when an error or a retry is
+reported, never per token.
+
+Sans-IO: a pure function over strings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, List, Mapping, Optional, Tuple
+
+from ._exceptions import APIStatusError, StreamError
+
+__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "redact_error", "secrets_in_headers"]
+
+#: What a secret, or a fragment of one, is replaced with.
+MARKER = "<redacted>"
+#: The shortest run of a secret's characters that counts as a leak.
+MIN_FRAGMENT = 8
+
+#: Header names whose values are credentials (compared lower-case).
+_SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|cookie|signature", re.IGNORECASE)
+_AUTH_SCHEME = re.compile(r"^(?:bearer|basic|token)\s+", re.IGNORECASE)
+
+
+def secrets_in_headers(headers: Mapping[str, object]) -> List[str]:
+    """The credential values among request headers (``Bearer`` and the like stripped)."""
+    found = []
+    for name, value in headers.items():
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        if isinstance(value, str) and _SECRET_HEADER.search(name):
+            found.append(_AUTH_SCHEME.sub("", value.strip()))
+    return found
+
+
+class Redactor:
+    """Replaces every secret it knows, or any fragment of one, with ``<redacted>``.
+
+    Usage::
+
+        redact = Redactor(["sk-live-0123456789abcdef"])
+        redact("bad key sk-live-0123456789abcdef")   # 'bad key <redacted>'
+        redact("bad key sk-live-0123")               # 'bad key <redacted>'
+    """
+
+    __slots__ = ("_fragments",)
+
+    def __init__(self, secrets: Iterable[Optional[str]] = ()) -> None:
+        grams: set[str] = set()
+        for secret in secrets:
+            if secret and len(secret) >= MIN_FRAGMENT:
+                grams.update(secret[i : i + MIN_FRAGMENT] for i in range(len(secret) - MIN_FRAGMENT + 1))
+        self._fragments = frozenset(grams)
+
+    def __bool__(self) -> bool:
+        return bool(self._fragments)
+
+    def __call__(self, text: str) -> str:
+        """Return ``text`` with every secret fragment replaced by ``<redacted>``."""
+        if not self._fragments or len(text) < MIN_FRAGMENT:
+            return text
+        spans = self._spans(text)
+        if not spans:
+            return text
+        out, pos = [], 0
+        for start, end in spans:
+            out.append(text[pos:start])
+            out.append(MARKER)
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _spans(self, text: str) -> List[Tuple[int, int]]:
+        """Merged ``[start, end)`` ranges of ``text`` covered by secret fragments."""
+        fragments = self._fragments
+        spans: List[Tuple[int, int]] = []
+        for i in range(len(text) - MIN_FRAGMENT + 1):
+            if text[i : i + MIN_FRAGMENT] in fragments:
+                end = i + MIN_FRAGMENT
+                if spans and spans[-1][1] >= i:
+                    spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((i, end))
+        return spans
+
+
+def redact_error(error: StreamError, redact: Redactor) -> None:
+    """Redact, in place, the server text an error carries: its message and, for a status error, its body."""
+    if not redact:
+        return
+    error.message = redact(error.message)
+    error.args = (error.message,)
+    if isinstance(error, APIStatusError):
+        error.body = redact(error.body)
