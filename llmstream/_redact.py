@@ -28,16 +28,22 @@ from typing import Iterable, List, Mapping, Optional, Tuple
 
 from ._exceptions import APIStatusError, StreamError
 
-__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "redact_error", "secrets_in_headers"]
+__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "secrets_in_headers"]
 
 #: What a secret, or a fragment of one, is replaced with.
 MARKER = "<redacted>"
 #: The shortest run of a secret's characters that counts as a leak.
 MIN_FRAGMENT = 8
 
-#: Header names whose values are credentials (compared lower-case).
-_SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|cookie|signature", re.IGNORECASE)
+#: A header whose lower-case name contains one of these carries a credential.
+SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "password")
 _AUTH_SCHEME = re.compile(r"^(?:bearer|basic|token)\s+", re.IGNORECASE)
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a header of this name carries a credential (its value is never shown)."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_HEADER_WORDS)
 
 
 def secrets_in_headers(headers: Mapping[str, object]) -> List[str]:
@@ -46,7 +52,7 @@ def secrets_in_headers(headers: Mapping[str, object]) -> List[str]:
     for name, value in headers.items():
         if isinstance(value, bytes):
             value = value.decode("latin-1")
-        if isinstance(value, str) and _SECRET_HEADER.search(name):
+        if isinstance(value, str) and is_secret_header(name):
             found.append(_AUTH_SCHEME.sub("", value.strip()))
     return found
 

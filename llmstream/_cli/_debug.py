@@ -25,14 +25,15 @@ from .._events import Distribution, StreamMetrics
 from .._providers._base import RequestSpec
 from .._transport import redact_url
 from ._chat import format_ms
-from ._session import REDACTED, Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
+from .._redact import MARKER as REDACTED
+from .._redact import SECRET_HEADER_WORDS, is_secret_header
+from ._session import Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
 from ._timeline import Timeline
 
 __all__ = ["add_debug_command", "run_debug", "render_report", "redact_headers", "SECRET_HEADER_WORDS"]
 
 #: A header whose lower-cased name contains one of these has its value replaced
 #: (authorization, x-api-key, api-key, x-goog-api-key, cookie, *-token, *-secret...).
-SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie", "password")
 
 
 def add_debug_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -49,8 +50,7 @@ def redact_headers(headers: Mapping[str, str]) -> List[str]:
     """``Name: value`` lines, with the value of every secret-looking header replaced by ``<redacted>``."""
     lines = []
     for name, value in headers.items():
-        secret = any(word in name.lower() for word in SECRET_HEADER_WORDS)
-        lines.append(f"{name}: {REDACTED if secret else value}")
+        lines.append(f"{name}: {REDACTED if is_secret_header(name) else value}")
     return lines
 
 

@@ -29,6 +29,8 @@ from .._client import Client, build_messages
 from .._events import Event, TextDelta
 from .._providers import PROVIDERS, get_provider
 from .._providers._base import Message, RequestSpec
+from .._redact import MARKER as REDACTED
+from .._redact import Redactor
 from .._stream import TokenStream
 
 __all__ = ["Secrets", "StreamRequest", "Session", "add_stream_options", "open_stream", "relay", "one_line",
@@ -49,8 +51,6 @@ MAX_TOKENS_PARAM = {
 #: Shorter values are not scrubbed: replacing every "ab" in the output would mangle it,
 #: and no real key is that short.
 MIN_SECRET_LENGTH = 6
-#: What the report shows instead of a secret.
-REDACTED = "<redacted>"
 
 
 def _positive_int(text: str) -> int:
@@ -92,7 +92,10 @@ class Secrets:
         return cls(tuple(sorted({v for v in found if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)))
 
     def scrub(self, text: str) -> str:
-        """Return ``text`` with every secret replaced by ``<redacted>``."""
+        """Return ``text`` with every secret, or any 8-character fragment of one, replaced by ``<redacted>``."""
+        # The library's own redaction step (fragments too: a key cut short by a
+        # message's truncation must not leak its first half), then short values whole.
+        text = Redactor(self.values)(text)
         for value in self.values:
             text = text.replace(value, REDACTED)
         return text
