@@ -11,7 +11,8 @@ Outcomes are kept distinct: ``status`` is ``"streaming"``, then one of
 with ``partial_text``) or ``"closed"`` (the caller closed it). Misuse raises
 ``StreamClosedError`` / ``StreamBusyError`` (``RuntimeError`` subclasses).
 
-Waiting: the caller waits on the queue in slices of at most 0.1 s so that a
+Waiting: the caller blocks on the queue until the next batch (on Windows, in
+slices of 0.1 s, since only POSIX lets a signal interrupt a blocked lock), so a
 ``KeyboardInterrupt`` is seen promptly; the interrupt closes the stream (worker
 and socket) and propagates. The ``total`` deadline is checked here as well as in
 the worker: a slow caller cannot stretch a stream past it.
@@ -19,6 +20,7 @@ the worker: a slow caller cannot stretch a stream past it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -47,6 +49,10 @@ CLOSE_JOIN_TIMEOUT = 1.0
 #: ``str`` objects costs ~60 bytes per token, a joined string ~1 byte per
 #: character, which keeps a very long stream's memory close to its text's size.
 COMPACT_EVERY = 4096
+#: On POSIX a signal (Ctrl+C) interrupts a blocked lock in the main thread, so
+#: the caller waits for the next batch in one piece; elsewhere it waits in
+#: slices of ``POLL_INTERVAL`` to notice an interrupt.
+_SLICED_WAITS = os.name == "nt"
 #: The caller enforces ``total`` this long after the worker should have: the
 #: worker's own error says more (what it was waiting for), so it should win.
 TOTAL_GRACE = 0.05
@@ -169,7 +175,7 @@ class TokenStream:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(StreamTimeoutError("total timeout: the stream took longer than Timeout.total", kind="total"))
-            batches, ended, error = queue.get(min(POLL_INTERVAL, left))
+            batches, ended, error = queue.get(min(POLL_INTERVAL, left) if _SLICED_WAITS else left)
             if batches:
                 return batches
             if ended:

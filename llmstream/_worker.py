@@ -64,8 +64,8 @@ __all__ = ["EventQueue", "Worker"]
 
 logger = logging.getLogger("llmstream")
 
-#: The longest a blocked ``put`` or ``get`` waits before re-checking its flags;
-#: a safety net only, since cancel() and close() notify the condition.
+#: Where signals cannot interrupt a blocked lock (Windows), the caller waits in
+#: slices this long, so Ctrl+C is seen promptly.
 POLL_INTERVAL = 0.1
 #: After the end marker, how long to wait for the body's end so the connection
 #: can go back to the pool; past that it is closed instead.
@@ -74,59 +74,117 @@ DRAIN_TIMEOUT = 0.5
 _thread_ids = itertools.count(1)
 
 
+class _Signal:
+    """A one-slot wake-up between two threads: cheaper than a ``Condition``.
+
+    ``set()`` (from any thread) leaves one wake-up pending; ``wait()`` takes it
+    or blocks until one comes. A wake-up may be stale (set while nobody
+    waited): waiters re-check their condition in a loop, so it costs one extra
+    turn, never a missed event. Built on a bare lock, which a finalizer may
+    release from any thread without the deadlock a held Condition could cause.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Leave a wake-up for the waiter (idempotent while one is pending)."""
+        try:
+            self._lock.release()
+        except RuntimeError:
+            # Released already: a wake-up is pending, which is all set() promises.
+            return
+
+    def wait(self, timeout: Optional[float]) -> None:
+        """Take the pending wake-up, waiting at most ``timeout`` seconds (None: no limit)."""
+        if timeout is None or timeout >= threading.TIMEOUT_MAX:
+            self._lock.acquire()
+        else:
+            self._lock.acquire(timeout=max(0.0, timeout))
+
+
 class EventQueue:
-    """Bounded hand-over of event batches from the worker to the caller."""
+    """Bounded hand-over of event batches from the worker to the caller.
+
+    One producer (the worker) and one consumer (the caller). The hand-over
+    takes no lock: ``deque.append``/``popleft`` are atomic, each counter is
+    written by one thread only, and a thread is woken only when the other side
+    has said it is waiting (a flag set *before* it re-checks the queue, so
+    either the producer sees the flag or the consumer sees the batch). A
+    stream whose caller keeps up costs one wake-up per batch, not a
+    lock/notify/allocation round.
+    """
+
+    __slots__ = ("_max", "_batches", "_put", "_taken", "_caller_waiting", "_worker_waiting",
+                 "_wake_caller", "_wake_worker", "_ended", "_error", "_closed")
 
     def __init__(self, max_events: int) -> None:
         self._max = max_events
         self._batches: Deque[List[Event]] = collections.deque()
-        self._count = 0
-        # Reentrant: a garbage-collected TokenStream's finalizer calls cancel(),
-        # which takes this lock, and may run in a thread that already holds it.
-        self._cond = threading.Condition(threading.RLock())
+        self._put = 0  # events appended (worker only)
+        self._taken = 0  # events taken (caller only)
+        self._caller_waiting = False
+        self._worker_waiting = False
+        self._wake_caller = _Signal()
+        self._wake_worker = _Signal()
         self._ended = False
         self._error: Optional[BaseException] = None
         self._closed = False
 
     def put(self, batch: List[Event]) -> None:
         """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed."""
-        with self._cond:
-            while self._count >= self._max and not self._closed:
-                self._cond.wait(POLL_INTERVAL)
-            if self._closed:
-                raise Cancelled()
-            self._batches.append(batch)
-            self._count += len(batch)
-            self._cond.notify()
+        while self._put - self._taken >= self._max and not self._closed:
+            self._worker_waiting = True
+            if self._put - self._taken >= self._max and not self._closed:
+                self._wake_worker.wait(None)  # close() and every get() that takes wake it
+            self._worker_waiting = False
+        if self._closed:
+            raise Cancelled()
+        self._batches.append(batch)
+        self._put += len(batch)
+        if self._caller_waiting:
+            self._wake_caller.set()
 
     def end(self, error: Optional[BaseException]) -> None:
         """Mark the end of the stream (with its error, if any); never blocks."""
-        with self._cond:
-            self._ended = True
-            self._error = error
-            self._cond.notify_all()
+        self._error = error
+        self._ended = True  # after the error, and after every batch: get() reads it first
+        self._wake_caller.set()
 
     def close(self) -> None:
         """Wake everyone: a blocked ``put`` raises ``Cancelled``, ``get`` returns."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        self._wake_caller.set()
+        self._wake_worker.set()
 
-    def get(self, timeout: float) -> Tuple[List[List[Event]], bool, Optional[BaseException]]:
-        """Take every queued batch, waiting at most ``timeout`` seconds for one.
+    def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException]]:
+        """Take every queued batch, waiting at most ``timeout`` seconds (None: no limit) for one.
 
         Returns ``(batches, ended, error)``: ``ended`` is True once the worker
         is done and everything it queued is in ``batches`` or was taken before.
         """
-        with self._cond:
-            if not self._batches and not self._ended and not self._closed:
-                self._cond.wait(timeout)
-            batches = list(self._batches)
-            self._batches.clear()
-            if batches:
-                self._count = 0
-                self._cond.notify()
-            return batches, self._ended, self._error
+        queued = self._batches
+        if not queued and not self._ended and not self._closed:
+            self._caller_waiting = True
+            if not queued and not self._ended and not self._closed:
+                self._wake_caller.wait(timeout)
+            self._caller_waiting = False
+        # Read "ended" before taking: every batch was appended before it was set.
+        ended, error = self._ended, self._error
+        batches = []
+        taken = 0
+        while queued:
+            batch = queued.popleft()
+            batches.append(batch)
+            taken += len(batch)
+        if taken:
+            self._taken += taken
+            if self._worker_waiting:
+                self._wake_worker.set()
+        return batches, ended, error
 
 
 def _has_content(events: List[Event]) -> bool:
