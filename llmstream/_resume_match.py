@@ -74,6 +74,15 @@ class Matcher:
         """The part of the text repeated so far."""
         return self.text[: self.pos]
 
+    def common(self, piece: str) -> int:
+        """How many characters at the start of ``piece`` repeat the text from the offset on (not consumed)."""
+        text, pos = self.text, self.pos
+        n = min(len(piece), len(text) - pos)
+        i = 0
+        while i < n and piece[i] == text[pos + i]:
+            i += 1
+        return i
+
 
 class ReplayFilter:
     """Holds back a replayed answer until it goes past what was delivered."""
@@ -222,22 +231,21 @@ class ContinuationFilter:
         self._decided = True
         text = "".join(self._held) + piece
         self._held = []
-        repeated = self._restart.pos
+        # Where the network cut the text must not matter: count the repeated
+        # start of the diverging piece too.
+        repeated = self._restart.pos + self._restart.common(piece)
         if repeated and repeated >= restart_threshold(len(self._restart.text)):
             self._whitespace = None
             return [Reset(attempt=self._attempt, discarded_text=self._restart.text), *([TextDelta(text)] if text else [])]
         return self._drop_whitespace(text)
 
     def _drop_whitespace(self, text: str) -> List[Event]:
-        """Drop, from the continuation's start, the whitespace the prefill held back."""
+        """Drop, from the continuation's start, as much of the held-back whitespace as it repeats."""
         matcher = self._whitespace
         if matcher is not None and text:
-            rest = matcher.match(text)
-            if rest is None:
-                # The continuation did not repeat the whitespace: deliver it as it is.
-                self._whitespace = None
-            else:
-                if matcher.complete:
-                    self._whitespace = None
-                text = rest
+            repeated = matcher.common(text)
+            matcher.pos += repeated
+            if repeated < len(text) or matcher.complete:
+                self._whitespace = None  # the continuation went past it, or repeated all of it
+            text = text[repeated:]
         return [TextDelta(text)] if text else []
