@@ -161,7 +161,7 @@ class Resumer:
         self._spec = spec
         self._mode = mode
         self._max_line_length = max_line_length
-        # The provider says how far its continue can be trusted (see _continue_first).
+        # The provider says whether its continue is guaranteed (PREFILL_GUARANTEED) or may be ignored.
         support = getattr(provider, "supports_continue", False)
         self._continue_allowed = continue_allowed and bool(support)
         self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)

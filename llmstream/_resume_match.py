@@ -184,14 +184,25 @@ class ContinuationFilter:
     looks exactly like a restart, and is treated as one: the caller gets
     ``"ha!"``, not ``"haha!"``. Losing a verbatim repeat of the delivered text
     is the lesser harm: the other reading turns every ignored prefill into a
-    silent duplicate, and servers that ignore prefills are common. Where the two
-    cannot be told apart the resumer prefers replay (``auto`` for providers
-    whose continue is not guaranteed).
+    silent duplicate, and servers that ignore prefills are common. Likewise a
+    genuine continuation that repeats half of D's start (at most 64
+    characters) and then differs gets a ``Reset``: loud, never silent.
+
+    What no rule can see: an answer that started again but differed from D
+    within its first few characters (a sampled "The French capital..." after
+    "The capital of..."). It looks like any continuation and is delivered as
+    one. That is why the resumer prefers replay, where a different answer is
+    always detected, for providers whose continue is not guaranteed (``auto``),
+    and why ``resume="continue"`` is for servers known to honour the prefill.
 
     Held-back whitespace (Anthropic refuses a prefill ending in whitespace, so
     ``held_back`` was delivered but not sent): a genuine continuation usually
-    repeats it at its start, and that repeat is dropped. A restart is matched
-    against the whole D, whitespace included, so nothing is dropped twice.
+    repeats it at its start, and as much of it as it repeats is dropped. A
+    restart is matched against the whole D, whitespace included, so nothing is
+    dropped twice.
+
+    Where the network cut the text never matters: the repeated start is
+    counted in characters, across and within pieces.
     """
 
     def __init__(self, delivered: str, held_back: str, attempt: int) -> None:

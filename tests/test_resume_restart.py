@@ -204,3 +204,17 @@ def test_fake_server_reads_a_utf8_last_event_id(server: FakeLLMServer) -> None:
                          headers={"Last-Event-ID": f"{prefix}2".encode()}, timeout=5).content
     ids = [line[4:] for line in body.split(b"\n") if line.startswith(b"id: ")]
     assert ids and ids[0] == f"{prefix}3".encode()
+
+
+def test_after_a_reset_the_new_answer_is_what_a_later_resume_matches(server: FakeLLMServer) -> None:
+    # Break, replay that diverges (Reset), break again, replay: the third
+    # answer is matched against the text delivered since the Reset.
+    second = ["The", " answer", " is", " Paris", "."]
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=second, close_after_tokens=3),
+                  Reply(tokens=second))
+    s = client(server, "openai", "replay").stream("q", model="m")
+    events = [e for e in s.events() if isinstance(e, (TextDelta, Reset))]
+    after = events[events.index(Reset(attempt=2, discarded_text=DELIVERED)) + 1:]
+    assert "".join(e.text for e in after) == "The answer is Paris."
+    assert s.result.text == "The answer is Paris."
+    assert len(server.requests) == 3
