@@ -9,42 +9,98 @@ picks how the next attempt continues (design.md, "Resume: exactly once"):
   * ``last-event-id``: reconnect with ``Last-Event-ID`` (the Responses API:
     ``GET .../responses/{id}?starting_after=N``); the server sends only what
     follows, and the SAME provider decoder goes on decoding it, so a tool call
-    cut in half is completed, not restarted.
+    cut in half is completed, not restarted. The header carries the id's UTF-8
+    bytes, as browsers send it (an SSE id may be any text: ``id: résumé-€``).
+    An id that cannot be a header value (leading or trailing whitespace, which
+    servers strip; control characters) is not sent mangled: this way does not
+    apply, and ``auto`` goes on to the next.
   * ``continue``: ask again with the delivered text as the start of the
     assistant's answer (a prefill) and deliver the continuation only. Anthropic
     refuses a prefill ending in whitespace, so that whitespace is held back
-    and dropped from the continuation's start if it repeats it.
+    and dropped from the continuation's start if it repeats it. A server may
+    ignore the prefill and start its answer again (many OpenAI-compatible
+    servers drop ``continue_final_message`` without a word): the continuation
+    is held back while it repeats the delivered text's start, and an answer
+    that repeats all of it is treated as a replay ("ParParis" never reaches
+    the caller). The rule and its one ambiguity: ``_resume_match.ContinuationFilter``.
   * ``replay``: ask again from scratch and hold back the new answer until it
-    has gone past what was delivered. If it diverges, emit ``Reset`` and then
-    the new answer from its beginning (the consumer turns ``Reset`` into a
-    ``ResumeError`` for plain text iteration).
+    has gone past what was delivered. If it diverges (or ends before), emit
+    ``Reset`` and then the new answer from its beginning (the consumer turns
+    ``Reset`` into a ``ResumeError`` for plain text iteration).
   * ``auto``: the first of those the provider and the stream allow; a server
-    that refuses a resume request with a 4xx falls back to the next one.
+    that refuses a resume request with a 4xx falls back to the next one. The
+    order depends on whether the provider's continue is guaranteed
+    (``supports_continue == PREFILL_GUARANTEED``: Anthropic's API always
+    continues a prefill): then continue comes before replay. Otherwise (an
+    extension the server may silently ignore: OpenAI-compatible servers,
+    Ollama's chat templates) replay comes first, because a replay that does
+    not match is always detected (``Reset``), while a continuation cannot
+    always be told from an answer that started again.
   * ``never``: the attempt's error is raised.
 
 Invariants: every piece of text, thinking and tool-call argument reaches the
-caller once and in order; a replay is matched by offset (``startswith(x, pos)``),
-never by slicing, so a long answer is matched in linear time.
+caller once and in order, or the caller gets a ``Reset``/``ResumeError``;
+never a silent duplicate. Tool calls and thinking are never continued (a
+prefill cannot hold them): continue does not apply once they were delivered.
 
 Sans-IO: no sockets, threads or clocks; the worker drives it.
 """
 
 from __future__ import annotations
 
-
 import dataclasses
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._events import Event, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ._exceptions import APIStatusError, ProviderError, ResumeError, StreamError
 from ._providers._base import Provider, RequestSpec, StreamDecoder
+from ._resume_match import ContinuationFilter, ReplayFilter
 
-__all__ = ["Resumer", "TextLog"]
+__all__ = ["PREFILL_GUARANTEED", "Resumer", "TextLog", "last_event_id_header"]
 
 #: Statuses that mean "the server will not resume this way", as opposed to a
 #: passing failure worth retrying the same way.
 _REFUSALS = frozenset({400, 404, 405, 410, 422})
-_ORDER = ("last-event-id", "continue", "replay")
+#: The value of a provider's ``supports_continue`` when its API guarantees that a
+#: final assistant message is continued (a prefill); any other true value is a
+#: continuation the server may silently ignore.
+PREFILL_GUARANTEED = "prefill"
+_ORDER_PREFILL = ("last-event-id", "continue", "replay")
+_ORDER_BEST_EFFORT = ("last-event-id", "replay", "continue")
+#: RFC 9110 field-value: visible characters and obs-text (every UTF-8 byte of a
+#: non-ASCII character), with spaces and tabs inside only. Checked on the bytes
+#: sent, as requests does (``check_header_validity``), so nothing is refused later.
+_FIELD_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff](?:[\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?")
+#: Longer ids are not sent: servers refuse header lines past a few KiB (431).
+MAX_LAST_EVENT_ID_BYTES = 4096
+
+
+def _order(mode: str, *, prefill_guaranteed: bool) -> Tuple[str, ...]:
+    """The ways to resume, in the order tried."""
+    if mode != "auto":
+        return (mode,)
+    return _ORDER_PREFILL if prefill_guaranteed else _ORDER_BEST_EFFORT
+
+
+def last_event_id_header(event_id: str) -> Optional[bytes]:
+    """The ``Last-Event-ID`` header value for an SSE id, or None if it cannot be one.
+
+    Sent as the id's UTF-8 bytes, as browsers' ``EventSource`` does (WHATWG
+    HTML: "set `Last-Event-ID`, last event ID string, encoded as UTF-8"), so
+    ``id: résumé-€`` works. An id that is no valid header value (leading or
+    trailing whitespace the server would strip, control characters) or is
+    overlong cannot name the event: None, and the resumer goes another way.
+    """
+    if not event_id:
+        return None
+    try:
+        value = event_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not text any server could have sent
+        return None
+    if len(value) > MAX_LAST_EVENT_ID_BYTES or _FIELD_VALUE.fullmatch(value) is None:
+        return None
+    return value
 
 
 class TextLog:
@@ -96,99 +152,6 @@ class _Call:
         self.completed = False
 
 
-class _Matcher:
-    """Offset into delivered text that a replayed stream must repeat."""
-
-    __slots__ = ("text", "pos")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def match(self, piece: str) -> Optional[str]:
-        """Consume ``piece``; return what goes past the delivered text, or None if it diverges."""
-        text, pos = self.text, self.pos
-        if pos >= len(text):
-            return piece
-        if text.startswith(piece, pos):
-            self.pos = pos + len(piece)
-            return ""
-        rest = len(text) - pos
-        if piece.startswith(text[pos:]):
-            self.pos = len(text)
-            return piece[rest:]
-        return None
-
-    @property
-    def matched(self) -> str:
-        return self.text[: self.pos]
-
-
-class _Replay:
-    """Holds back a replayed answer until it goes past what was delivered."""
-
-    def __init__(self, text: str, thinking: str, calls: Dict[int, _Call], attempt: int) -> None:
-        self.text = _Matcher(text)
-        self.thinking = _Matcher(thinking)
-        self.calls = {i: (call, _Matcher(call.arguments.value())) for i, call in calls.items()}
-        self.attempt = attempt
-        self.diverged = False
-
-    def filter(self, events: List[Event]) -> List[Event]:
-        out: List[Event] = []
-        for event in events:
-            if self.diverged:
-                out.append(event)
-                continue
-            kept = self._one(event)
-            if kept is None:
-                out.extend(self._reset())
-                out.append(event)
-            elif kept is not _SKIP:
-                out.append(kept)
-        return out
-
-    def _one(self, event: Event) -> Any:
-        if isinstance(event, TextDelta):
-            rest = self.text.match(event.text)
-            return None if rest is None else (TextDelta(rest) if rest else _SKIP)
-        if isinstance(event, ThinkingDelta):
-            rest = self.thinking.match(event.text)
-            return None if rest is None else (ThinkingDelta(rest) if rest else _SKIP)
-        if isinstance(event, ToolCallDelta) and event.index in self.calls:
-            call, matcher = self.calls[event.index]
-            rest = matcher.match(event.arguments)
-            if rest is None:
-                return None
-            if not rest:
-                return _SKIP
-            # The caller saw this call's id and name already: do not announce it twice.
-            return ToolCallDelta(event.index, None, None, rest)
-        if isinstance(event, ToolCall) and event.index in self.calls:
-            call, _ = self.calls[event.index]
-            if call.completed:
-                return _SKIP
-            # Keep the id the caller saw with the first fragments (ids differ per attempt).
-            return dataclasses.replace(event, id=call.id or event.id)
-        return event
-
-    def _reset(self) -> List[Event]:
-        """The new answer diverged: tell the caller, then give what it matched so far."""
-        self.diverged = True
-        out: List[Event] = [Reset(attempt=self.attempt, discarded_text=self.text.text)]
-        if self.thinking.matched:
-            out.append(ThinkingDelta(self.thinking.matched))
-        if self.text.matched:
-            out.append(TextDelta(self.text.matched))
-        for index, (call, matcher) in sorted(self.calls.items()):
-            if matcher.matched:
-                out.append(ToolCallDelta(index, call.id, call.name, matcher.matched))
-        return out
-
-
-_SKIP: Any = object()
-
-
 class Resumer:
     """Bookkeeping of one stream's delivered content, and the choice of how to resume."""
 
@@ -198,7 +161,10 @@ class Resumer:
         self._spec = spec
         self._mode = mode
         self._max_line_length = max_line_length
-        self._continue_allowed = continue_allowed and bool(getattr(provider, "supports_continue", False))
+        # The provider says whether its continue is guaranteed (PREFILL_GUARANTEED) or may be ignored.
+        support = getattr(provider, "supports_continue", False)
+        self._continue_allowed = continue_allowed and bool(support)
+        self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)
         # Only replay and continue need the delivered text itself.
         self._keep_text = mode in ("auto", "continue", "replay")
         self._text = TextLog()
@@ -208,8 +174,7 @@ class Resumer:
         self._attempt = 0
         self._strategy: Optional[str] = None
         self._refused: List[str] = []
-        self._replay: Optional[_Replay] = None
-        self._skip_prefix: Optional[_Matcher] = None
+        self._filter: Optional[Union[ReplayFilter, ContinuationFilter]] = None
         self._next_decoder: Optional[StreamDecoder] = None
 
     @property
@@ -235,15 +200,13 @@ class Resumer:
 
     def next_request(self, error: StreamError, decoder: Optional[StreamDecoder]) -> RequestSpec:
         """The request for the next attempt; raises ``error`` or ``ResumeError`` when it cannot resume."""
-        self._replay = None
-        self._skip_prefix = None
+        self._filter = None
         if not self._delivered_content:
             self._strategy = None
             return self._spec
         if self._mode == "never":
             raise error
-        choices = _ORDER if self._mode == "auto" else (self._mode,)
-        for choice in choices:
+        for choice in self._order:
             if choice in self._refused:
                 continue
             spec = self._prepare(choice, decoder, error)
@@ -269,7 +232,7 @@ class Resumer:
             return None if isinstance(error, ProviderError) else self._prepare_cursor(decoder)
         if choice == "continue":
             return self._prepare_continue()
-        self._replay = _Replay(self._text.value(), self._thinking.value(), self._calls, self._attempt + 1)
+        self._filter = ReplayFilter(self._text.value(), self._thinking.value(), self._calls, self._attempt + 1)
         return self._spec
 
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
@@ -282,10 +245,11 @@ class Resumer:
             spec: RequestSpec = self._provider.resume_request(self._spec, response_id, sequence)
             self._next_decoder = StreamDecoder(inner.resumed(), framing="sse", max_line_length=self._max_line_length)
             return spec
-        if not decoder.last_event_id:
+        value = last_event_id_header(decoder.last_event_id)
+        if value is None:
             return None
-        headers = dict(self._spec.headers)
-        headers["Last-Event-ID"] = decoder.last_event_id
+        headers: Dict[str, Union[str, bytes]] = dict(self._spec.headers)
+        headers["Last-Event-ID"] = value
         self._next_decoder = decoder.resumed_with(inner)
         return dataclasses.replace(self._spec, headers=headers)
 
@@ -295,15 +259,18 @@ class Resumer:
             return None
         split = getattr(self._provider, "split_prefill", None)
         held_back = split(text)[1] if split is not None else ""
-        if held_back:
-            self._skip_prefix = _Matcher(held_back)
         spec: RequestSpec = self._provider.continue_request(self._spec, text)  # type: ignore[attr-defined]
+        if spec is self._spec:
+            return None  # nothing the provider can continue: asking again is a replay, not this
+        # A continuation may be the answer starting again: it is matched against the delivered text.
+        self._filter = ContinuationFilter(text, held_back, self._attempt + 1)
         return spec
 
     def _why_not(self) -> str:
         if self._mode == "last-event-id":
-            return ("the server sent no event ids (or Responses cursor) to resume from, or the provider "
-                    "reported an error inside the stream (reconnecting would replay it)")
+            return ("the server sent no event ids (or Responses cursor) to resume from, its last id cannot be "
+                    "sent as a header value, or the provider reported an error inside the stream "
+                    "(reconnecting would replay it)")
         if self._mode == "continue":
             return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
         return "no resume strategy applies"
@@ -312,22 +279,22 @@ class Resumer:
 
     def filter(self, events: List[Event]) -> List[Event]:
         """Drop what the caller already has; record what passes."""
-        if self._replay is not None:
-            events = self._replay.filter(events)
-        if self._skip_prefix is not None:
-            events = self._skip_held_back(events)
+        if self._filter is not None:
+            events = self._filter.filter(events)
         # The hot path: a batch of text deltas, recorded with one call.
         texts = [event.text for event in events if isinstance(event, TextDelta)]
-        if texts:
+        if texts and len(texts) == len(events):
             self._delivered_content = True
             if self._keep_text:
                 self._text.extend(texts)
-            if len(texts) == len(events):
-                return events
+            return events
+        # Otherwise in order: text after a Reset is the new answer's, kept after the clear.
         for event in events:
             cls = event.__class__
             if cls is TextDelta:
-                continue
+                self._delivered_content = True
+                if self._keep_text:
+                    self._text.append(event.text)  # type: ignore[union-attr]
             elif cls is ThinkingDelta:
                 self._thinking.append(event.text)  # type: ignore[union-attr]
                 self._delivered_content = True
@@ -350,25 +317,3 @@ class Resumer:
         call.id = call.id or event.id
         call.name = call.name or event.name
         call.arguments.append(event.arguments)
-
-    def _skip_held_back(self, events: List[Event]) -> List[Event]:
-        """Drop, from the continuation's start, the whitespace the prefill held back."""
-        matcher = self._skip_prefix
-        out: List[Event] = []
-        for index, event in enumerate(events):
-            if matcher is None or not isinstance(event, TextDelta):
-                out.append(event)
-                continue
-            rest = matcher.match(event.text)
-            if rest is None:
-                # The continuation did not repeat the whitespace: deliver it as it is.
-                matcher = None
-                out.append(event)
-            elif matcher.pos >= len(matcher.text):
-                matcher = None
-                if rest:
-                    out.append(TextDelta(rest))
-        self._skip_prefix = matcher
-        return out
-
-

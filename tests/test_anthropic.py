@@ -308,7 +308,7 @@ def test_provider_attributes() -> None:
     )
     assert PROVIDER.default_base_url == "https://api.anthropic.com"
     assert PROVIDER.requires_api_key is True
-    assert PROVIDER.supports_continue is True
+    assert PROVIDER.supports_continue == "prefill"  # guaranteed: auto continues before it replays
 
 
 def test_build_request_exact() -> None:

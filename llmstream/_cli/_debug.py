@@ -19,7 +19,7 @@ replaced, and the whole report is scrubbed of the environment's keys.
 from __future__ import annotations
 
 import argparse
-from typing import List, Mapping, Optional, TextIO
+from typing import List, Mapping, Optional, TextIO, Union
 
 from .._events import Distribution, StreamMetrics
 from .._providers._base import RequestSpec
@@ -46,11 +46,12 @@ def add_debug_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     add_stream_options(debug)
 
 
-def redact_headers(headers: Mapping[str, str]) -> List[str]:
+def redact_headers(headers: Mapping[str, Union[str, bytes]]) -> List[str]:
     """``Name: value`` lines, with the value of every secret-looking header replaced by ``<redacted>``."""
     lines = []
     for name, value in headers.items():
-        lines.append(f"{name}: {REDACTED if is_secret_header(name) else value}")
+        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        lines.append(f"{name}: {REDACTED if is_secret_header(name) else shown}")
     return lines
 
 

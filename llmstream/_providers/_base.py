@@ -42,12 +42,14 @@ class RequestSpec:
         method: ``"POST"`` (or ``"GET"`` for a cursor resume).
         url: the absolute URL.
         headers: request headers, secrets included: never log or repr them.
+            A ``bytes`` value is sent as is (a ``Last-Event-ID`` that is not
+            Latin-1 goes as its UTF-8 bytes, as browsers send it).
         json: the JSON body, or ``None`` for a request without one.
     """
 
     method: str
     url: str
-    headers: Mapping[str, str] = field(repr=False)
+    headers: Mapping[str, Union[str, bytes]] = field(repr=False)
     json: Optional[Mapping[str, Any]] = None
 
 

@@ -75,8 +75,9 @@ class AnthropicProvider:
     base_url_env: Optional[str] = "ANTHROPIC_BASE_URL"
     default_base_url = "https://api.anthropic.com"
     requires_api_key = True
-    #: The API continues a final assistant message (prefill), so resume="continue" works.
-    supports_continue = True
+    #: The API guarantees that a final assistant message (prefill) is continued,
+    #: so resume="auto" tries continue before replay (``_resume.PREFILL_GUARANTEED``).
+    supports_continue = "prefill"
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slashes."""

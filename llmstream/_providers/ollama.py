@@ -26,6 +26,7 @@ Never: import IO modules, log, or guess at text the server did not send.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -72,8 +73,10 @@ class OllamaProvider:
     base_url_env: Optional[str] = "OLLAMA_HOST"
     default_base_url = "http://localhost:11434"
     requires_api_key = False
-    #: Ollama has no assistant-prefill continuation in /api/chat that this library relies on.
-    supports_continue = False
+    #: /api/chat continues a final assistant message (the chat template leaves
+    #: it open), so resume="continue" works; but it depends on the model's
+    #: template, so it is not guaranteed and resume="auto" replays first.
+    supports_continue = True
 
     def normalize_base_url(self, base_url: str) -> str:
         """Turn an ``OLLAMA_HOST`` value into a base URL, the way the ``ollama`` client does.
@@ -125,6 +128,30 @@ class OllamaProvider:
             headers["Authorization"] = f"Bearer {api_key}"
         url = self.normalize_base_url(base_url) + "/api/chat"
         return RequestSpec(method="POST", url=url, headers=headers, json=drop_none(body))
+
+    def continue_request(self, spec: RequestSpec, delivered_text: str) -> RequestSpec:
+        """Return a copy of ``spec`` asking the model to continue ``delivered_text``.
+
+        The delivered text becomes the final assistant message, which Ollama's
+        chat endpoint continues (a prefill). If the messages already end with
+        an assistant message of text, the delivered text extends it, since the
+        model was continuing it. With nothing delivered there is nothing to
+        continue: ``spec`` itself is returned.
+
+        Raises:
+            ValueError: ``spec`` has no JSON body with ``messages``.
+        """
+        if not delivered_text:
+            return spec
+        if spec.json is None or not isinstance(spec.json.get("messages"), list):
+            raise ValueError("continue_request needs the original /api/chat request, with its messages")
+        messages = list(spec.json["messages"])
+        last = messages[-1] if messages else None
+        if isinstance(last, Mapping) and last.get("role") == "assistant" and isinstance(last.get("content"), str):
+            messages[-1] = {**last, "content": last["content"] + delivered_text}
+        else:
+            messages.append({"role": "assistant", "content": delivered_text})
+        return dataclasses.replace(spec, json={**spec.json, "messages": messages})
 
     def new_decoder(self) -> OllamaDecoder:
         """Return a fresh decoder for one stream."""

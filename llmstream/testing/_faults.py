@@ -77,7 +77,7 @@ class _Planner:
         self.reply = reply
         self.ctx = ctx
         self.skip_through = skip_through
-        self.encode = encoder(ctx.provider, le, reply.event_ids)
+        self.encode = encoder(ctx.provider, le, reply.event_ids, reply.event_id_prefix)
         self.keepalive = keepalive(ctx.provider, le) if reply.keepalive_every else b""
         self.oversized = (oversized(ctx.provider, reply.oversized_line, le, ctx.model)
                           if reply.oversized_line else b"")

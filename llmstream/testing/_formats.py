@@ -393,14 +393,19 @@ def oversized(provider: str, size: int, line_ending: bytes, model: str) -> bytes
     return head + b"x" * max(0, size - len(head) - 2) + b'"}' + line_ending
 
 
-def encoder(provider: str, line_ending: bytes, ids: bool) -> Callable[[Event, int], bytes]:
-    """Return ``encode(event, index) -> bytes``: an SSE block, or one JSON line for Ollama."""
+def encoder(provider: str, line_ending: bytes, ids: bool, id_prefix: str = "") -> Callable[[Event, int], bytes]:
+    """Return ``encode(event, index) -> bytes``: an SSE block, or one JSON line for Ollama.
+
+    With ``ids``, each SSE block has ``id: {id_prefix}{index}`` (UTF-8).
+    """
     le = line_ending
     if provider == "ollama":
         return lambda event, index: event.data + le
     if ids:
-        named = b"event: %s" + le + b"id: %d" + le + b"data: %s" + le + le
-        plain = b"id: %d" + le + b"data: %s" + le + le
+        # The prefix is data, not a format: its "%" must not act as one.
+        id_line = b"id: " + id_prefix.encode("utf-8").replace(b"%", b"%%") + b"%d" + le
+        named = b"event: %s" + le + id_line + b"data: %s" + le + le
+        plain = id_line + b"data: %s" + le + le
         return lambda event, index: (named % (event.name, index, event.data) if event.name
                                      else plain % (index, event.data))
     named_only = b"event: %s" + le + b"data: %s" + le + le

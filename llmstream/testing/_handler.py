@@ -12,11 +12,12 @@ Routes: ``POST /v1/chat/completions`` (openai), ``POST /v1/responses``
 ``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama).
 
 Natural resume behaviour (not faults):
-  * ``Last-Event-ID: N`` sends only the events after id N of the reply (SSE
-    providers; Ollama ignores it);
+  * ``Last-Event-ID: N`` (``{event_id_prefix}N``, read as UTF-8) sends only
+    the events after id N of the reply (SSE providers; Ollama ignores it);
   * a conversation ending with an assistant message P (Anthropic and Ollama
     always, OpenAI chat with ``continue_final_message: true``) streams only
-    what follows P when the reply's text starts with P, else the whole text.
+    what follows P when the reply's text starts with P, else the whole text
+    (and always the whole text with ``Reply(ignore_prefill=True)``).
 
 Must never: print to stderr (diagnostics go to the ``llmstream.testing``
 logger), or let a client that went away raise out of the handler.
@@ -90,6 +91,20 @@ def _continues(provider: str, body: Dict[str, Any]) -> bool:
     if provider == "openai":
         return body.get("continue_final_message") is True
     return provider in ("anthropic", "ollama")
+
+
+def _event_number(header: Optional[str], prefix: str) -> int:
+    """The event number a ``Last-Event-ID`` names (ids are ``{prefix}{n}``); 0 for none or a foreign id."""
+    if not header:
+        return 0
+    try:
+        # http.server decodes header bytes as Latin-1; clients send the id's
+        # UTF-8 bytes, as browsers' EventSource does.
+        value = header.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return 0
+    number = value[len(prefix):] if value.startswith(prefix) else ""
+    return int(number) if number.isascii() and number.isdigit() else 0
 
 
 def _int(value: Optional[str], default: int) -> Optional[int]:
@@ -200,14 +215,14 @@ class Handler(BaseHTTPRequestHandler):
             model=body["model"] if isinstance(body.get("model"), str) else DEFAULT_MODEL,
             number=number,
             include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
-            tokens=(reply.iter_tokens if final is None or not _continues(provider, body)
+            tokens=(reply.iter_tokens if final is None or reply.ignore_prefill or not _continues(provider, body)
                     else lambda: continuation(reply.iter_tokens, final)),
         )
         if provider == "openai-responses":
             self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
         # JSON lines carry no ids, so Ollama (like the real one) ignores the header.
-        last_id = _int(self.headers.get("Last-Event-ID"), 0) if provider != "ollama" else 0
-        self._stream(reply, ctx, skip_through=last_id or 0)
+        last_id = _event_number(self.headers.get("Last-Event-ID"), reply.event_id_prefix) if provider != "ollama" else 0
+        self._stream(reply, ctx, skip_through=last_id)
 
     def _replay(self, response_id: str, query: Dict[str, str]) -> None:
         stored = self.state.recall(response_id)
@@ -223,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         reply, ctx = stored
         # Event k (1-based) carries sequence_number k-1: skip through k = N+1.
-        last_id = _int(self.headers.get("Last-Event-ID"), 0) or 0
+        last_id = _event_number(self.headers.get("Last-Event-ID"), reply.event_id_prefix)
         self._stream(reply, ctx, skip_through=max(starting_after + 1, last_id))
 
     def _error(self, status: int, provider: str, message: Optional[str], error_type: Optional[str],

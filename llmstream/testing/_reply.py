@@ -116,6 +116,10 @@ class Reply:
             (Anthropic: an ``event: ping``; Ollama has none). 0: never.
         event_ids: give each SSE event an ``id:`` (its 1-based index) so a
             client can reconnect with ``Last-Event-ID``.
+        event_id_prefix: text put before each id's number (``"résumé-€-"``
+            sends ``id: résumé-€-1``...). ``Last-Event-ID`` is read as UTF-8,
+            as browsers send it; a value that is not the prefix and a number
+            streams the whole reply again.
         interval: seconds between socket writes (a paced stream).
         drip: write one byte at a time.
         split_seed: cut every write into random pieces of 1 to 32 bytes,
@@ -139,6 +143,9 @@ class Reply:
             this many bytes, right after the first token.
         refuse_prefill: answer 400 when the conversation ends with an
             assistant message.
+        ignore_prefill: ignore a final assistant message (and
+            ``continue_final_message``) and stream the whole reply from its
+            beginning, as many OpenAI-compatible servers silently do.
 
     Usage::
 
@@ -163,6 +170,7 @@ class Reply:
     line_ending: str = "\n"
     keepalive_every: int = 0
     event_ids: bool = True
+    event_id_prefix: str = ""
     interval: float = 0.0
     drip: bool = False
     split_seed: Optional[int] = None
@@ -176,6 +184,7 @@ class Reply:
     error_event_type: Optional[str] = None
     oversized_line: Optional[int] = None
     refuse_prefill: bool = False
+    ignore_prefill: bool = False
 
     def __post_init__(self) -> None:
         self._check_content()
@@ -229,8 +238,12 @@ class Reply:
             raise ValueError(f"Reply.raw_body must be bytes or None, got {type(self.raw_body).__name__}")
 
     def _check_framing(self) -> None:
-        for name in ("chunked", "event_ids", "drip", "omit_end_marker", "refuse_prefill"):
+        for name in ("chunked", "event_ids", "drip", "omit_end_marker", "refuse_prefill", "ignore_prefill"):
             _check_bool(name, getattr(self, name))
+        prefix = self.event_id_prefix
+        if not isinstance(prefix, str) or any(c in prefix for c in "\r\n\x00"):
+            # An SSE id is one line, and one with NUL is ignored (WHATWG).
+            raise ValueError(f"Reply.event_id_prefix must be a str without CR, LF or NUL, got {prefix!r}")
         _check_count("events_per_write", self.events_per_write, 1)
         _check_count("keepalive_every", self.keepalive_every, 0)
         _check_count("split_seed", self.split_seed, 0)
@@ -278,6 +291,7 @@ _FAULT_DEFAULTS: Dict[str, Any] = {
         "error_event_at",
         "oversized_line",
         "refuse_prefill",
+        "ignore_prefill",
     )
 }
 
