@@ -19,6 +19,9 @@ warm-up stream (imports, first connection):
               ``_transport`` with ``Transport(pool_size=streams)``.
   requests    hand-written: one shared ``requests.Session`` (pool = streams), one
               thread per stream, ``iter_lines()`` + ``json.loads`` of ``data:`` lines.
+  inline      (with --clients, not by default) llmstream's Transport + StreamDecoder
+              driven by the caller thread, no worker or queue: private names, the
+              lower bound of the "caller reads while it waits" change in SCALE_NOTES.md.
   httpx       ``httpx.AsyncClient`` + ``httpx_sse.aconnect_sse`` on one asyncio
               loop, one task per stream (bench-only deps, not the project's:
               ``pip install httpx httpx-sse`` into the venv).
@@ -56,7 +59,7 @@ sys.path.insert(0, HERE)
 from _scale_server import expected_text  # noqa: E402
 
 MODEL = "gpt-4o-mini"
-CLIENTS = ("llmstream", "requests", "httpx")
+CLIENTS = ("llmstream", "requests", "httpx", "inline")
 WARMUP_TOKENS = 5
 
 
@@ -192,6 +195,7 @@ def run_httpx(base_url: str, n: int, tokens: int, rate: float, timings: Optional
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         box.start[i] = time.perf_counter()
+        box.threads = max(box.threads, threading.active_count())
         try:
             parts = []
             async with aconnect_sse(client, "POST", url, json=_body(i, tokens, rate)) as source:
@@ -221,7 +225,44 @@ def run_httpx(base_url: str, n: int, tokens: int, rate: float, timings: Optional
         raise RuntimeError(f"warm-up failed: {box.errors[0]}")
 
 
-RUNNERS = {"llmstream": run_llmstream, "requests": run_requests, "httpx": run_httpx}
+def run_inline(base_url: str, n: int, tokens: int, rate: float, timings: Optional[Timings]) -> None:
+    """llmstream's own transport and decoder driven by the caller thread: no worker thread, no queue.
+
+    Not a supported API (private names): the lower bound of a design where the
+    caller reads the socket itself while it waits (SCALE_NOTES.md, change 1).
+    """
+    from llmstream._events import TextDelta
+    from llmstream._providers import get_provider
+    from llmstream._providers._base import StreamDecoder
+    from llmstream._transport import Transport
+
+    global _INLINE
+    if timings is None:
+        _INLINE = (get_provider("openai"), Transport(pool_size=max(n, 32)))
+    provider, transport = _INLINE
+    base = provider.normalize_base_url(base_url)
+
+    def stream(i: int) -> Any:
+        spec = provider.build_request(base_url=base, api_key="x", model=MODEL,
+                                      messages=[{"role": "user", "content": "bench"}],
+                                      params={"bench_seed": i, "bench_tokens": tokens, "bench_rate": rate})
+        decoder = StreamDecoder(provider.new_decoder(), framing=provider.framing)
+        response = transport.open(spec, provider, connect_timeout=10.0, response_timeout=60.0,
+                                  cancelled=lambda: False, on_response=lambda r: None)
+        with response:
+            while not decoder.finished:
+                data = response.read(60.0, "idle")
+                if not data:
+                    break
+                for event in decoder.feed(data):
+                    if event.__class__ is TextDelta:
+                        yield event.text
+            decoder.close()
+
+    _run_threads(n, lambda i: lambda: stream(i), timings)
+
+
+RUNNERS = {"llmstream": run_llmstream, "requests": run_requests, "httpx": run_httpx, "inline": run_inline}
 
 
 def _cpu() -> float:
@@ -310,7 +351,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS))
+    parser.add_argument("--clients", nargs="+", choices=CLIENTS, default=list(CLIENTS[:3]),
+                        help="inline: llmstream's transport+decoder in the caller thread (a prototype's bound)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--stack-size", type=int, default=0, metavar="KiB",
                         help="threading.stack_size in the client process (0: the default)")
