@@ -36,7 +36,9 @@ BUCKETS: List[Tuple[str, Tuple[str, ...]]] = [
     ("setup (connect, request, thread start, end)", (
         "Transport.open", "requests", "urllib3", "http/client", "Worker.__init__", "Thread.start", "Client.stream",
         "_report", "freeze", "monitor", "Monitor", "_drain", "join", "getaddrinfo", "connect", "Gate", "Slots",
-        "Resumer.__init__", "new_decoder", "TokenStream.__init__", "finalize", "close", "build_request")),
+        "Resumer.__init__", "new_decoder", "TokenStream.__init__", "finalize", "close", "build_request",
+        "http/", "email/", "idna", "encodings", "socket.py:socket", "_collections_abc", "_weakrefset", "weakref",
+        "genericpath", "posixpath", "netrc", "urllib/", "_client.py", "_flow.py", "_config.py")),
     ("hand-over (Condition/lock)", ("threading.py", "EventQueue", "_thread.", "lock", "RLock", "_next_batches")),
     ("settimeout syscall", ("settimeout",)),
     ("time.monotonic", ("monotonic",)),
@@ -79,7 +81,9 @@ def profile(base_url: str, n: int, tokens: int, rate: float, unprofiled_us: floa
         if kind is None:
             continue
         for stat in yappi.get_func_stats(ctx_id=ctx):
-            own[kind][f"{os.path.basename(stat.module)}:{stat.name}"] += stat.tsub
+            # Two path levels ("requests/sessions.py"), so the bucket rules see the package.
+            module = "/".join(stat.module.split(os.sep)[-2:])
+            own[kind][f"{module}:{stat.name}"] += stat.tsub
     per_token = 1e6 / (n * tokens)
     total = sum(sum(v.values()) for v in own.values()) * per_token
     scale = unprofiled_us / total if unprofiled_us else 1.0
