@@ -76,7 +76,9 @@ def expect(value: Any, kind: Type[T], name: str, where: str) -> T:
 
 def field(obj: Mapping[str, Any], key: str, kind: Type[T], where: str, prefix: str = "") -> T:
     """Return ``obj[key]``, which must be present and a ``kind``; ``prefix`` names ``obj`` in the message."""
-    return expect(obj.get(key), kind, prefix + key, where)
+    if key not in obj:
+        raise MalformedStreamError(f'{where}: expected "{prefix}{key}" to be {_EXPECTED.get(kind, kind.__name__)}, but it is missing')
+    return expect(obj[key], kind, prefix + key, where)
 
 
 def optional(obj: Mapping[str, Any], key: str, kind: Type[T], where: str, prefix: str = "") -> Optional[T]:
