@@ -172,13 +172,14 @@ def test_several_swaps(transcript: Tuple[str, str, bytes], swaps: List[Tuple[int
 
 
 @FUZZ
-@given(transcripts, st.integers(0, 10**6), st.integers(1, 100_000))
-def test_deep_nesting_spliced_into_a_line(transcript: Tuple[str, str, bytes], pick: int, depth: int) -> None:
+@given(transcripts, st.integers(0, 10**6), st.integers(0, 10**6), st.integers(1, 100_000))
+def test_deep_nesting_spliced_into_a_line(transcript: Tuple[str, str, bytes], line_pick: int, at_pick: int, depth: int) -> None:
     provider, _, data = transcript
+    candidates = list(json_lines(provider, data))
+    index, head, text, ending = candidates[line_pick % len(candidates)]
+    at = at_pick % (len(text) + 1)
     lines = data.splitlines(keepends=True)
-    i = pick % len(lines)
-    at = pick % (len(lines[i]) + 1)
-    lines[i] = lines[i][:at] + b"[" * depth + lines[i][at:]
+    lines[index] = head + text[:at] + b"[" * depth + text[at:] + ending
     run(provider, [b"".join(lines)])
 
 
