@@ -259,7 +259,10 @@ class AnthropicDecoder:
         if self._finished:
             return []  # nothing follows message_stop; a stray ping must not break a finished stream
         obj = self._parse(message)
-        kind = optional(obj, "type", str, f"Anthropic {message.event!r} event") or message.event
+        kind = obj.get("type")
+        if kind.__class__ is not str:  # the message is built only when needed: this runs per token
+            kind = optional(obj, "type", str, f"Anthropic {message.event!r} event")
+        kind = kind or message.event
         handler = self._handlers.get(kind)
         # Unknown types (ping included) are ignored: see the module contract.
         return handler(obj) if handler is not None else []
@@ -314,6 +317,11 @@ class AnthropicDecoder:
         return []
 
     def _block_delta(self, obj: Dict[str, Any]) -> List[Event]:
+        delta = obj.get("delta")
+        if obj.get("index").__class__ is int and delta.__class__ is dict and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if text.__class__ is str:  # the hot path, every field checked; anything else is reported below
+                return [TextDelta(text)] if text else []
         where = _where(obj)
         index = field(obj, "index", int, where)
         delta = field(obj, "delta", dict, where)

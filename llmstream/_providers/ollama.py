@@ -190,6 +190,19 @@ class OllamaDecoder:
         return []
 
     def _decode(self, obj: Any) -> List[Event]:
+        if obj.__class__ is dict and obj.get("done") is False and "error" not in obj:
+            message = obj.get("message")
+            if message.__class__ is dict and "tool_calls" not in message:
+                content, thinking = message.get("content"), message.get("thinking")
+                if content.__class__ is str and (thinking is None or thinking.__class__ is str):
+                    # The hot path (a token), every field it reads checked; anything else goes below.
+                    out: List[Event] = [ThinkingDelta(thinking)] if thinking else []
+                    if content:
+                        out.append(TextDelta(content))
+                    return out
+        return self._decode_checked(obj)
+
+    def _decode_checked(self, obj: Any) -> List[Event]:
         if not isinstance(obj, dict):
             raise MalformedStreamError(f"Ollama stream line is not a JSON object: {_excerpt(obj)}")
         if obj.get("error"):
