@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import threading
 import time
 from typing import Any, Deque, Mapping, Optional
@@ -198,7 +199,9 @@ class RateLimiter:
 
     def correct(self, tokens: float) -> None:
         """Charge (or refund, if negative) tokens once the real usage is known."""
-        if self._tokens is None or not tokens:
+        # The decoders refuse non-finite counts; this is the second line of
+        # defence: one inf or nan in the bucket would block the client forever.
+        if self._tokens is None or not tokens or not math.isfinite(tokens):
             return
         with self._lock:
             self._tokens.refill(time.monotonic())

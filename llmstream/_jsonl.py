@@ -7,9 +7,10 @@ as relaxed by NDJSON readers: blank and whitespace-only lines are skipped,
 and a line may end with CR, LF or CRLF.
 
 Strategy: :class:`~llmstream._linebuffer.LineBuffer` yields complete decoded
-lines; each non-blank line is parsed with ``json.loads``. A final line
-without its line ending is parsed by ``close()``: JSON lines has no block
-terminator, so a complete value on the last line is a complete message.
+lines; each non-blank line is parsed with ``_fastjson.loads`` (``json.loads``
+with bounded nesting). A final line without its line ending is parsed by
+``close()``: JSON lines has no block terminator, so a complete value on the
+last line is a complete message.
 
 Invariants: the same bytes give the same values however they are split;
 line numbers in errors are 1-based and count every line, blank ones
@@ -101,7 +102,7 @@ class JSONLinesDecoder:
                 continue
             try:
                 values.append(loads(line))
-            except (ValueError, RecursionError) as exc:  # JSONDecodeError; absurdly deep nesting
+            except ValueError as exc:  # JSONDecodeError, or JSONNestingError (too deep)
                 self._failure = f"invalid JSON on line {self._line_number}: {line[:_EXCERPT]!r} ({exc})"
                 if values:
                     return values  # received whole before the bad line; the error comes next call

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import weakref
 from typing import Any, Callable, Counter, Dict, List
@@ -120,7 +121,10 @@ class Monitor:
                 self._errors[report.error] += 1
             retried = m.errors[:-1] if report.error is not None else m.errors
             self._retried.update(retried)
-            self._tokens += m.tokens
+            if math.isfinite(m.tokens):
+                # The decoders refuse non-finite counts; this is the second line of
+                # defence: one inf would make the process-wide total inf for good.
+                self._tokens += m.tokens
             self._bytes += m.bytes_received
             if m.time_to_first_token is not None:
                 self._ttft.add(m.time_to_first_token)

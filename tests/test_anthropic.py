@@ -234,14 +234,13 @@ def test_events_after_message_stop_are_ignored() -> None:
         pytest.param(
             "content_block_delta",
             '{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}',
-            "Anthropic 'content_block_delta' event without a valid 'index': "
-            + repr('{"type": "content_block_delta", "delta": {"type": "text_delta", "text": "x"}}'),
+            'Anthropic \'content_block_delta\' event: expected "index" to be an integer, but it is missing',
             id="missing-index",
         ),
         pytest.param(
             "content_block_delta",
             '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":5}}',
-            "Anthropic 'content_block_delta' event without a valid 'text': " + repr('{"type": "text_delta", "text": 5}'),
+            'Anthropic \'content_block_delta\' event: expected "delta.text" to be a string, got integer',
             id="text-not-a-string",
         ),
         pytest.param(
@@ -259,35 +258,39 @@ def test_malformed_events(event: str, data: str, message: str) -> None:
     assert str(info.value) == message
 
 
+def sse_bytes(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
 def test_decoder_stays_failed_after_provider_error() -> None:
-    decoder = AnthropicDecoder()
+    decoder = make_decoder()
     error = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
     with pytest.raises(ProviderError, match="^Overloaded$"):
-        decoder.feed(sse("error", error))
+        decoder.feed(sse_bytes("error", error))
     # even a valid event, and even the end marker, cannot revive it
     with pytest.raises(ProviderError, match="^Overloaded$"):
-        decoder.feed(sse("message_stop", '{"type":"message_stop"}'))
+        decoder.feed(sse_bytes("message_stop", '{"type":"message_stop"}'))
     with pytest.raises(ProviderError, match="^Overloaded$"):
         decoder.close()
     assert not decoder.finished
 
 
 def test_decoder_stays_failed_after_incomplete() -> None:
-    decoder = AnthropicDecoder()
+    decoder = make_decoder()
     with pytest.raises(IncompleteStreamError):
         decoder.close()
     with pytest.raises(IncompleteStreamError):
-        decoder.feed(sse("message_stop", '{"type":"message_stop"}'))
+        decoder.feed(sse_bytes("message_stop", '{"type":"message_stop"}'))
     with pytest.raises(IncompleteStreamError):
         decoder.close()
 
 
 def test_decoder_stays_failed_after_malformed() -> None:
-    decoder = AnthropicDecoder()
+    decoder = make_decoder()
     with pytest.raises(MalformedStreamError):
-        decoder.feed(sse("ping", "{"))
+        decoder.feed(sse_bytes("ping", "{"))
     with pytest.raises(MalformedStreamError):
-        decoder.feed(sse("ping", '{"type":"ping"}'))
+        decoder.feed(sse_bytes("ping", '{"type":"ping"}'))
 
 
 # -- request building ---------------------------------------------------------

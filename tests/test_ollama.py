@@ -179,7 +179,7 @@ def test_tool_call_index_counts_across_objects() -> None:
     ("obj", "message"),
     [
         pytest.param([1], "Ollama stream line is not a JSON object: '[1]'", id="not-an-object"),
-        pytest.param({"message": "hi"}, "Ollama 'message' is not a JSON object: " + repr('{"message": "hi"}'), id="message-not-object"),
+        pytest.param({"message": "hi"}, 'Ollama stream line: expected "message" to be an object, got string', id="message-not-object"),
         pytest.param(
             {"message": {"tool_calls": [{"function": {"arguments": {}}}]}},
             "Ollama tool call without a function name: " + repr('{"function": {"arguments": {}}}'),
@@ -194,22 +194,22 @@ def test_malformed_objects(obj: Any, message: str) -> None:
 
 
 def test_decoder_stays_failed_after_error_line() -> None:
-    decoder = OllamaDecoder()
+    decoder = make_decoder()
     with pytest.raises(ProviderError, match="^out of memory$"):
-        decoder.feed({"error": "out of memory"})
+        decoder.feed(b'{"error": "out of memory"}\n')
     with pytest.raises(ProviderError, match="^out of memory$"):
-        decoder.feed({"done": True})
+        decoder.feed(b'{"done": true}\n')
     with pytest.raises(ProviderError, match="^out of memory$"):
         decoder.close()
     assert not decoder.finished
 
 
 def test_decoder_stays_failed_after_incomplete() -> None:
-    decoder = OllamaDecoder()
+    decoder = make_decoder()
     with pytest.raises(IncompleteStreamError):
         decoder.close()
     with pytest.raises(IncompleteStreamError):
-        decoder.feed({"done": True})
+        decoder.feed(b'{"done": true}\n')
 
 
 # -- OLLAMA_HOST forms --------------------------------------------------------

@@ -262,8 +262,12 @@ def test_plain_text_error_event() -> None:
 @pytest.mark.parametrize(
     "data, message",
     [
-        pytest.param("[1, 2]", "unexpected chunk shape: '[1, 2]'", id="array"),
-        pytest.param('{"choices": [{"delta": {"tool_calls": 3}}]}', "unexpected chunk shape: '{\"choices\": [{\"delta\": {\"tool_calls\": 3}}]}'", id="bad-tool-calls"),
+        pytest.param("[1, 2]", "OpenAI chat chunk: expected an object, got list", id="array"),
+        pytest.param(
+            '{"choices": [{"delta": {"tool_calls": 3}}]}',
+            'OpenAI chat chunk: expected "choices[0].delta.tool_calls" to be a list, got integer',
+            id="bad-tool-calls",
+        ),
         pytest.param("x" * 100, "invalid JSON in stream data: '" + "x" * 80 + "...'", id="long-garbage-excerpt"),
     ],
 )
@@ -271,6 +275,10 @@ def test_malformed_chunks(data: str, message: str) -> None:
     with pytest.raises(MalformedStreamError) as info:
         OpenAIChatDecoder().feed(ServerSentEvent(data=data))
     assert str(info.value) == message
+
+
+def sse_bytes(*data: str) -> bytes:
+    return b"".join(b"data: " + d.encode() + b"\n\n" for d in data)
 
 
 @pytest.mark.parametrize(
@@ -281,10 +289,11 @@ def test_malformed_chunks(data: str, message: str) -> None:
     ],
 )
 def test_decoder_stays_failed(data: str, error: type, message: str) -> None:
-    decoder = OpenAIChatDecoder()
+    decoder = make_decoder()
     with pytest.raises(error):
-        decoder.feed(ServerSentEvent(data=data))
-    for call in (lambda: decoder.feed(chunk({"content": "ok"})), lambda: decoder.feed(ServerSentEvent(data="[DONE]")), decoder.close):
+        decoder.feed(sse_bytes(data))
+    ok = json.dumps({"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]})
+    for call in (lambda: decoder.feed(sse_bytes(ok)), lambda: decoder.feed(sse_bytes("[DONE]")), decoder.close):
         with pytest.raises(error) as info:
             call()
         assert type(info.value) is error
@@ -293,12 +302,12 @@ def test_decoder_stays_failed(data: str, error: type, message: str) -> None:
 
 
 def test_incomplete_then_stays_failed() -> None:
-    decoder = OpenAIChatDecoder()
-    decoder.feed(chunk({"content": "a"}))
+    decoder = make_decoder()
+    decoder.feed(sse_bytes(json.dumps({"choices": [{"index": 0, "delta": {"content": "a"}}]})))
     with pytest.raises(IncompleteStreamError):
         decoder.close()
     with pytest.raises(IncompleteStreamError):
-        decoder.feed(ServerSentEvent(data="[DONE]"))
+        decoder.feed(sse_bytes("[DONE]"))
 
 
 def test_hot_path_shapes() -> None:

@@ -232,10 +232,10 @@ def test_sequence_numbers_are_not_deduplicated_outside_resume() -> None:
         pytest.param('"text"', "stream data is not a JSON object: '\"text\"'", id="not-an-object"),
         pytest.param(
             '{"type": "response.output_item.added", "item": 3}',
-            "unexpected response.output_item.added event: '{\"type\": \"response.output_item.added\", \"item\": 3}'",
+            "OpenAI Responses 'response.output_item.added' event: expected \"item\" to be an object, got integer",
             id="wrong-shape",
         ),
-        pytest.param('{"type": ["x"]}', "unexpected ['x'] event: '{\"type\": [\"x\"]}'", id="unhashable-type"),
+        pytest.param('{"type": ["x"]}', 'OpenAI Responses event: expected "type" to be a string, got list', id="unhashable-type"),
     ],
 )
 def test_malformed(data: str, message: str) -> None:
@@ -252,10 +252,11 @@ def test_malformed(data: str, message: str) -> None:
     ],
 )
 def test_decoder_stays_failed(data: str, error: type, message: str) -> None:
-    decoder = OpenAIResponsesDecoder()
+    decoder = make_decoder()
     with pytest.raises(error):
-        decoder.feed(ServerSentEvent(data=data))
-    for call in (lambda: decoder.feed(event("response.output_text.delta", 1, delta="ok")), decoder.close):
+        decoder.feed(b"data: " + data.encode() + b"\n\n")
+    ok = event("response.output_text.delta", 1, delta="ok")
+    for call in (lambda: decoder.feed(f"event: {ok.event}\ndata: {ok.data}\n\n".encode()), decoder.close):
         with pytest.raises(error) as info:
             call()
         assert type(info.value) is error

@@ -11,8 +11,15 @@ Invariants every decoder keeps (tests check each provider):
   * ``feed`` returns the events of exactly the input given, in order; events
     are never repeated or held back longer than the framing requires.
   * ``close()`` raises ``IncompleteStreamError`` when the end marker never came.
-  * after raising, a decoder stays failed: every later call raises the same
-    class of error again (h11's ERROR state).
+  * every value read from the wire is checked (``_shape``) before it is
+    used: a shape the decoder does not understand raises ``MalformedStreamError``.
+
+:class:`StreamDecoder` alone owns "stays failed" (h11's ERROR state): after
+it raised, every later call raises a copy of the same error, whatever the
+provider decoder would do. It is also the last line of defence: an
+unexpected ``TypeError``, ``KeyError``... from a provider decoder (a check
+that is missing) becomes ``MalformedStreamError``, after the events decoded
+before it are delivered.
 
 Sans-IO: nothing here, or in any provider module, touches a socket, thread,
 clock or logging configuration.
@@ -22,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Union
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Union
 
 from .._events import Event
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
@@ -32,6 +39,12 @@ from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
 __all__ = ["RequestSpec", "ProviderDecoder", "Provider", "StreamDecoder", "Message", "ServerSentEvent", "drop_none"]
 
 Message = Mapping[str, Any]
+
+#: What a provider decoder raises when a shape check is missing (``None["x"]``,
+#: ``5 + "a"``, ``[][0]``...), or when a value is too deep to copy. Each is a
+#: bug in the decoder, met on input it should have refused: the stream fails
+#: as malformed instead of escaping as a builtin error without partial text.
+_UNEXPECTED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,9 @@ class StreamDecoder:
         for chunk in chunks:
             events = decoder.feed(chunk)
         events = decoder.close()   # raises IncompleteStreamError if truncated
+
+    After it raised (or kept an error in :attr:`error`), every later
+    ``feed``/``close`` raises a copy of that error: it stays failed.
     """
 
     def __init__(
@@ -171,11 +187,19 @@ class StreamDecoder:
 
     def _deliver_then_fail(self, out: List[Event], exc: StreamError) -> List[Event]:
         # Events decoded before the failure in the same piece of input were
-        # received all the same: hand them over first, fail afterwards.
+        # received all the same: hand them over first, fail afterwards. The
+        # error is kept either way: from now on every call raises it again.
+        self._error = exc
         if not out:
             raise exc
-        self._error = exc
         return out
+
+    def _raise_again(self) -> NoReturn:
+        assert self._error is not None
+        # A copy, chained to the original, so that raising it again and again
+        # does not pile tracebacks onto one object.
+        again = copy.copy(self._error)
+        raise again from self._error
 
     def feed(self, data: bytes) -> List[Event]:
         """Feed bytes as they arrive; return the events they complete.
@@ -185,7 +209,7 @@ class StreamDecoder:
         in :attr:`error`; it is raised by the next ``feed``/``close``.
         """
         if self._error is not None:
-            raise self._error
+            self._raise_again()
         feed = self.decoder.feed
         out: List[Event] = []
         frames = self._frames
@@ -196,6 +220,8 @@ class StreamDecoder:
                 frames.feed(b"")  # the framing failed after the messages it returned: raise its error
         except StreamError as exc:
             return self._deliver_then_fail(out, exc)
+        except _UNEXPECTED as exc:
+            return self._deliver_then_fail(out, _unexpected(exc))
         return out
 
     def close(self) -> List[Event]:
@@ -205,12 +231,14 @@ class StreamDecoder:
         the failure kept in :attr:`error`.
         """
         if self._error is not None:
-            raise self._error
+            self._raise_again()
         out: List[Event] = []
         try:
             return self._close(out)
         except StreamError as exc:
             return self._deliver_then_fail(out, exc)
+        except _UNEXPECTED as exc:
+            return self._deliver_then_fail(out, _unexpected(exc))
 
     def _close(self, out: List[Event]) -> List[Event]:
         try:
@@ -224,8 +252,8 @@ class StreamDecoder:
         for message in messages:
             out.extend(self.decoder.feed(message))
         if not self.decoder.finished:
-            # close() will fail the provider decoder for good; keep its state as
-            # it was after the last complete event, for a resume that goes on.
+            # close() is about to fail; keep the provider decoder's state as it
+            # was after the last complete event, for a resume that goes on.
             self._resume_point = copy.deepcopy(self.decoder)
         out.extend(self.decoder.close())
         return out
@@ -242,6 +270,12 @@ class StreamDecoder:
         """
         return StreamDecoder(decoder, framing=self.framing, max_line_length=self._max_line_length,
                              last_event_id=self.last_event_id)
+
+
+def _unexpected(exc: BaseException) -> MalformedStreamError:
+    error = MalformedStreamError(f"the stream's data has a shape the decoder does not handle ({type(exc).__name__}: {exc})")
+    error.__cause__ = exc  # as ``raise error from exc`` would: the decoder's own traceback stays reachable
+    return error
 
 
 def drop_none(body: Dict[str, Any]) -> Dict[str, Any]:

@@ -24,7 +24,8 @@ Invariants:
   * Unknown event and delta types are ignored, never errors: "we may add new
     event types, and your code should handle unknown event types gracefully"
     (the streaming docs, per Anthropic's versioning policy).
-  * After raising, the decoder stays failed and raises the same error again.
+  * Every field read is checked (``_shape``): a wrong type is a
+    ``MalformedStreamError`` naming the field; token counts are bounded.
 
 Never: import IO modules, log, or guess at text the server did not send.
 """
@@ -32,13 +33,13 @@ Never: import IO modules, log, or guess at text the server did not send.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._shape import field, optional, token_count
 
 __all__ = ["AnthropicProvider", "AnthropicDecoder"]
 
@@ -130,8 +131,8 @@ class AnthropicProvider:
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"type": "error", "error": {"type", "message"}}``; None if the body is not that."""
         try:
-            obj = json.loads(body)
-        except ValueError:
+            obj = fast_loads(body)
+        except ValueError:  # not JSON, or nested too deeply to be an error object
             return None
         if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
             return None
@@ -219,17 +220,21 @@ class _ToolBlock:
     parts: List[str] = dataclasses.field(default_factory=list)
 
 
+def _where(event: Mapping[str, Any]) -> str:
+    return f"Anthropic {event.get('type')!r} event"
+
+
 class AnthropicDecoder:
     """Per-stream state machine: Anthropic ``ServerSentEvent`` in, unified events out.
 
-    Raises (from ``feed`` or ``close``, and again on every later call):
+    Raises (from ``feed`` or ``close``; staying failed is
+    :class:`~llmstream._providers._base.StreamDecoder`'s job):
         ProviderError: an ``error`` event (``.type`` is e.g. ``"overloaded_error"``).
         MalformedStreamError: an event whose data is not a JSON object of the expected shape.
         IncompleteStreamError: ``close()`` before ``message_stop``.
     """
 
     def __init__(self) -> None:
-        self._error: Optional[StreamError] = None
         self._finished = False
         self._start_usage: Dict[str, Any] = {}
         self._stop_reason: Optional[str] = None
@@ -252,33 +257,28 @@ class AnthropicDecoder:
 
     def feed(self, message: ServerSentEvent) -> List[Event]:
         """Decode one SSE event; return the unified events it produces (often none)."""
-        if self._error is not None:
-            raise self._error
         if self._finished:
             return []  # nothing follows message_stop; a stray ping must not break a finished stream
-        try:
-            obj = self._parse(message)
-            handler = self._handlers.get(str(obj.get("type") or message.event))
-            # Unknown types (ping included) are ignored: see the module contract.
-            return handler(obj) if handler is not None else []
-        except StreamError as exc:
-            self._error = exc
-            raise
+        obj = self._parse(message)
+        kind = obj.get("type")
+        if kind.__class__ is not str:  # the message is built only when needed: this runs per token
+            kind = optional(obj, "type", str, f"Anthropic {message.event!r} event")
+        kind = kind or message.event
+        handler = self._handlers.get(kind)
+        # Unknown types (ping included) are ignored: see the module contract.
+        return handler(obj) if handler is not None else []
 
     def close(self) -> List[Event]:
         """End of input: raise ``IncompleteStreamError`` unless ``message_stop`` was seen."""
-        if self._error is not None:
-            raise self._error
         if not self._finished:
-            self._error = IncompleteStreamError("the Anthropic stream ended before its message_stop event")
-            raise self._error
+            raise IncompleteStreamError("the Anthropic stream ended before its message_stop event")
         return []
 
     @staticmethod
     def _parse(message: ServerSentEvent) -> Dict[str, Any]:
         try:
             obj = fast_loads(message.data)
-        except ValueError:
+        except ValueError:  # not JSON, or nested too deeply
             raise MalformedStreamError(
                 f"invalid JSON in Anthropic {message.event!r} event: {_excerpt(message.data)}"
             ) from None
@@ -287,71 +287,84 @@ class AnthropicDecoder:
         return obj
 
     def _message_start(self, obj: Dict[str, Any]) -> List[Event]:
-        message = _expect(obj, "message", dict)
-        usage = message.get("usage")
-        if not isinstance(usage, dict):
+        where = _where(obj)
+        message = field(obj, "message", dict, where)
+        usage = optional(message, "usage", dict, where, "message.")
+        if usage is None:
             return []
+        event = _usage(usage, where, "message.usage.")
         self._start_usage = usage
-        return [Usage(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"), raw=usage)]
+        return [event]
 
     def _block_start(self, obj: Dict[str, Any]) -> List[Event]:
-        index = _expect(obj, "index", int)
-        block = _expect(obj, "content_block", dict)
-        kind = block.get("type")
+        where = _where(obj)
+        index = field(obj, "index", int, where)
+        block = field(obj, "content_block", dict, where)
+        kind = optional(block, "type", str, where, "content_block.")
         if kind == "tool_use":
-            tool = _ToolBlock(self._next_tool_index, str(block.get("id", "")), str(block.get("name", "")))
+            call_id = optional(block, "id", str, where, "content_block.") or ""
+            name = optional(block, "name", str, where, "content_block.") or ""
+            tool = _ToolBlock(self._next_tool_index, call_id, name)
             self._next_tool_index += 1
             self._tools[index] = tool
             return [ToolCallDelta(tool.index, tool.id, tool.name, "")]
         # A text or thinking block starts empty in practice; keep any text it does carry.
-        if kind == "text" and block.get("text"):
-            return [TextDelta(block["text"])]
-        if kind == "thinking" and block.get("thinking"):
-            return [ThinkingDelta(block["thinking"])]
+        if kind == "text":
+            text = optional(block, "text", str, where, "content_block.")
+            return [TextDelta(text)] if text else []
+        if kind == "thinking":
+            thinking = optional(block, "thinking", str, where, "content_block.")
+            return [ThinkingDelta(thinking)] if thinking else []
         return []
 
     def _block_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        index = _expect(obj, "index", int)
-        delta = _expect(obj, "delta", dict)
-        kind = delta.get("type")
+        delta = obj.get("delta")
+        if obj.get("index").__class__ is int and delta.__class__ is dict and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if text.__class__ is str:  # the hot path, every field checked; anything else is reported below
+                return [TextDelta(text)] if text else []
+        where = _where(obj)
+        index = field(obj, "index", int, where)
+        delta = field(obj, "delta", dict, where)
+        kind = optional(delta, "type", str, where, "delta.")
         if kind == "text_delta":
-            text = _expect(delta, "text", str, "content_block_delta")
+            text = field(delta, "text", str, where, "delta.")
             return [TextDelta(text)] if text else []
         if kind == "input_json_delta":
+            fragment = field(delta, "partial_json", str, where, "delta.")
             tool = self._tools.get(index)
-            fragment = _expect(delta, "partial_json", str, "content_block_delta")
             if tool is None or not fragment:
                 return []  # a server tool's input, or the empty fragment that often opens a call
             tool.parts.append(fragment)
             return [ToolCallDelta(tool.index, None, None, fragment)]
         if kind == "thinking_delta":
-            thinking = _expect(delta, "thinking", str, "content_block_delta")
+            thinking = field(delta, "thinking", str, where, "delta.")
             return [ThinkingDelta(thinking)] if thinking else []
         return []  # signature_delta, citations_delta and future delta types carry no text
 
     def _block_stop(self, obj: Dict[str, Any]) -> List[Event]:
-        tool = self._tools.pop(_expect(obj, "index", int), None)
+        tool = self._tools.pop(field(obj, "index", int, _where(obj)), None)
         if tool is None:
             return []
         raw = "".join(tool.parts)
         try:
             # A call without arguments streams no fragment at all: that means {}.
-            arguments = json.loads(raw) if raw else {}
+            arguments = fast_loads(raw) if raw else {}
         except ValueError:
-            arguments = None  # cut short (max_tokens) or invalid: the raw text is kept
+            arguments = None  # cut short (max_tokens), invalid or nested too deeply: the raw text is kept
         return [ToolCall(tool.index, tool.id, tool.name, arguments, raw)]
 
     def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
-        delta = obj.get("delta")
-        if isinstance(delta, dict) and delta.get("stop_reason"):
-            self._stop_reason = str(delta["stop_reason"])
-        usage = obj.get("usage")
-        if not isinstance(usage, dict):
-            return []
+        where = _where(obj)
+        delta = optional(obj, "delta", dict, where) or {}
+        stop_reason = optional(delta, "stop_reason", str, where, "delta.")
+        usage = optional(obj, "usage", dict, where)
         # The figures here are cumulative; input_tokens may be absent, then
         # message_start's count stands. raw merges both, so the last Usage is complete.
-        raw = {**self._start_usage, **usage}
-        return [Usage(input_tokens=raw.get("input_tokens"), output_tokens=raw.get("output_tokens"), raw=raw)]
+        event = None if usage is None else _usage({**self._start_usage, **usage}, where, "usage.")
+        if stop_reason:  # checked whole before any state changes
+            self._stop_reason = stop_reason
+        return [] if event is None else [event]
 
     def _message_stop(self, obj: Dict[str, Any]) -> List[Event]:
         self._finished = True
@@ -362,13 +375,9 @@ class AnthropicDecoder:
         raise _provider_error(obj)
 
 
-def _expect(obj: Mapping[str, Any], key: str, kind: type, event: str = "") -> Any:
-    """Return ``obj[key]``, or raise MalformedStreamError if it is missing or of the wrong type.
-
-    ``event`` names the event in the message when ``obj`` is a part of one (its ``delta``).
-    """
-    value = obj.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        name = event or obj.get("type")
-        raise MalformedStreamError(f"Anthropic {name!r} event without a valid {key!r}: {_excerpt(json.dumps(obj))}")
-    return value
+def _usage(raw: Dict[str, Any], where: str, prefix: str) -> Usage:
+    return Usage(
+        input_tokens=token_count(raw, "input_tokens", where, prefix),
+        output_tokens=token_count(raw, "output_tokens", where, prefix),
+        raw=raw,
+    )

@@ -19,7 +19,9 @@ Invariants:
   * Ollama sends each tool call whole (``arguments`` already an object), so a
     call gives one ``ToolCallDelta`` carrying all its arguments, then its
     ``ToolCall``: the same two-step shape as the providers that stream them.
-  * After raising, the decoder stays failed and raises the same error again.
+  * Every field read is checked (``_shape``): a wrong type is a
+    ``MalformedStreamError`` naming the field (``"content": 5`` is not
+    delivered as text); token counts are bounded.
 
 Never: import IO modules, log, or guess at text the server did not send.
 """
@@ -32,8 +34,10 @@ import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
+from .._fastjson import loads as fast_loads
 from ._base import Message, RequestSpec, drop_none
+from ._shape import malformed, optional, token_count
 
 __all__ = ["OllamaProvider", "OllamaDecoder"]
 
@@ -48,6 +52,7 @@ USAGE_FIELDS = (
     "eval_duration",
 )
 _EXCERPT = 80
+_WHERE = "Ollama stream line"
 
 
 class OllamaProvider:
@@ -160,8 +165,8 @@ class OllamaProvider:
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"error": "..."}``; None if the body is not that."""
         try:
-            obj = json.loads(body)
-        except ValueError:
+            obj = fast_loads(body)
+        except ValueError:  # not JSON, or nested too deeply to be an error object
             return None
         if not isinstance(obj, dict) or not obj.get("error"):
             return None
@@ -175,21 +180,22 @@ class OllamaProvider:
 
 def _provider_error(error: Any) -> ProviderError:
     if isinstance(error, dict):  # not what Ollama sends, but what some proxies in front of it do
-        return ProviderError(str(error.get("message") or error), type=error.get("type"))
+        kind = error.get("type")
+        return ProviderError(str(error.get("message") or error), type=kind if isinstance(kind, str) else None)
     return ProviderError(str(error))
 
 
 class OllamaDecoder:
     """Per-stream state machine: Ollama's parsed JSON objects in, unified events out.
 
-    Raises (from ``feed`` or ``close``, and again on every later call):
+    Raises (from ``feed`` or ``close``; staying failed is
+    :class:`~llmstream._providers._base.StreamDecoder`'s job):
         ProviderError: an ``{"error": ...}`` object.
         MalformedStreamError: a line that is not a JSON object of the expected shape.
         IncompleteStreamError: ``close()`` before ``done: true``.
     """
 
     def __init__(self) -> None:
-        self._error: Optional[StreamError] = None
         self._finished = False
         self._next_tool_index = 0
 
@@ -200,67 +206,87 @@ class OllamaDecoder:
 
     def feed(self, message: Any) -> List[Event]:
         """Decode one parsed JSON object; return the unified events it produces."""
-        if self._error is not None:
-            raise self._error
         if self._finished:
             return []  # nothing follows done: true
-        try:
-            return self._decode(message)
-        except StreamError as exc:
-            self._error = exc
-            raise
+        return self._decode(message)
 
     def close(self) -> List[Event]:
         """End of input: raise ``IncompleteStreamError`` unless ``done: true`` was seen."""
-        if self._error is not None:
-            raise self._error
         if not self._finished:
-            self._error = IncompleteStreamError('the Ollama stream ended before its "done": true object')
-            raise self._error
+            raise IncompleteStreamError('the Ollama stream ended before its "done": true object')
         return []
 
     def _decode(self, obj: Any) -> List[Event]:
+        if obj.__class__ is dict and obj.get("done") is False and "error" not in obj:
+            message = obj.get("message")
+            if message.__class__ is dict and "tool_calls" not in message:
+                content, thinking = message.get("content"), message.get("thinking")
+                if content.__class__ is str and (thinking is None or thinking.__class__ is str):
+                    # The hot path (a token), every field it reads checked; anything else goes below.
+                    out: List[Event] = [ThinkingDelta(thinking)] if thinking else []
+                    if content:
+                        out.append(TextDelta(content))
+                    return out
+        return self._decode_checked(obj)
+
+    def _decode_checked(self, obj: Any) -> List[Event]:
         if not isinstance(obj, dict):
             raise MalformedStreamError(f"Ollama stream line is not a JSON object: {_excerpt(obj)}")
         if obj.get("error"):
             raise _provider_error(obj["error"])
-        message = obj.get("message") or {}
-        if not isinstance(message, dict):
-            raise MalformedStreamError(f"Ollama 'message' is not a JSON object: {_excerpt(obj)}")
+        # Check the whole line before acting on it: a bad line changes no state.
+        message = optional(obj, "message", dict, _WHERE) or {}
+        thinking = optional(message, "thinking", str, _WHERE, "message.")
+        content = optional(message, "content", str, _WHERE, "message.")
+        calls = [_check_call(c, f"message.tool_calls[{i}]") for i, c in enumerate(optional(message, "tool_calls", list, _WHERE, "message.") or ())]
+        done = optional(obj, "done", bool, _WHERE)
+        end = self._end(obj) if done else []
         out: List[Event] = []
         # Thinking comes before the answer it leads to, so emit it first.
-        if message.get("thinking"):
-            out.append(ThinkingDelta(str(message["thinking"])))
-        if message.get("content"):
-            out.append(TextDelta(str(message["content"])))
-        for call in message.get("tool_calls") or ():
-            out.extend(self._tool_call(call))
-        if obj.get("done") is True:
+        if thinking:
+            out.append(ThinkingDelta(thinking))
+        if content:
+            out.append(TextDelta(content))
+        for call in calls:
+            out.extend(self._tool_call(*call))
+        if done:
             self._finished = True
-            raw = {k: obj[k] for k in USAGE_FIELDS if k in obj}
-            out.append(Usage(input_tokens=raw.get("prompt_eval_count"), output_tokens=raw.get("eval_count"), raw=raw))
-            out.append(Finish(str(obj.get("done_reason") or "stop")))
+            out.extend(end)
         return out
 
-    def _tool_call(self, call: Any) -> Tuple[ToolCallDelta, ToolCall]:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise MalformedStreamError(f"Ollama tool call without a function name: {_excerpt(call)}")
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            # Ollama sends an object; an OpenAI-style string (some proxies) is parsed here.
-            raw = arguments
-            try:
-                arguments = json.loads(raw) if raw else {}
-            except ValueError:
-                arguments = None
-        else:
-            raw = json.dumps(arguments, ensure_ascii=False)
-        # Recent servers give each call an id; older ones none ("" then, as ToolCall documents).
-        call_id = str(call.get("id") or "")
+    @staticmethod
+    def _end(obj: Dict[str, Any]) -> List[Event]:
+        """The Usage and Finish of the final object (``done: true``)."""
+        raw = {k: obj[k] for k in USAGE_FIELDS if k in obj}
+        usage = Usage(input_tokens=token_count(raw, "prompt_eval_count", _WHERE), output_tokens=token_count(raw, "eval_count", _WHERE), raw=raw)
+        return [usage, Finish(optional(obj, "done_reason", str, _WHERE) or "stop")]
+
+    def _tool_call(self, call_id: str, name: str, arguments: Any, raw: str) -> Tuple[ToolCallDelta, ToolCall]:
         index = self._next_tool_index
         self._next_tool_index += 1
-        return ToolCallDelta(index, call_id, function["name"], raw), ToolCall(index, call_id, function["name"], arguments, raw)
+        return ToolCallDelta(index, call_id, name, raw), ToolCall(index, call_id, name, arguments, raw)
+
+
+def _check_call(call: Any, name: str) -> Tuple[str, str, Any, str]:
+    """A tool call as (id, function name, parsed arguments or None, raw arguments), every field checked."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise MalformedStreamError(f"Ollama tool call without a function name: {_excerpt(call)}")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        # Ollama sends an object; an OpenAI-style string (some proxies) is parsed here.
+        raw = arguments
+        try:
+            arguments = fast_loads(raw) if raw else {}
+        except ValueError:  # not JSON, or nested too deeply: the raw text is kept
+            arguments = None
+    elif isinstance(arguments, dict):
+        raw = json.dumps(arguments, ensure_ascii=False)
+    else:
+        raise malformed(_WHERE, name + ".function.arguments", "an object", arguments)
+    # Recent servers give each call an id; older ones none ("" then, as ToolCall documents).
+    call_id = optional(call, "id", str, _WHERE, name + ".") or ""
+    return call_id, function["name"], arguments, raw
 
 
 def _excerpt(obj: Any) -> str:

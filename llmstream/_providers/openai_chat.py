@@ -11,7 +11,7 @@ Strategy: one SSE event carries one JSON chunk. ``feed`` tries the 99% shape
 first -- one choice, index 0, a delta holding only ``content``, no
 ``finish_reason`` and no ``usage`` -- and returns one :class:`TextDelta`
 without building anything else; every other chunk goes through the general
-path. ``[DONE]`` is not JSON, so it is recognised only after ``json.loads``
+path. ``[DONE]`` is not JSON, so it is recognised only after the parser
 has refused it: the end marker costs nothing on the hot path.
 
 Invariants:
@@ -23,8 +23,11 @@ Invariants:
     :class:`Finish` it completes.
   * ``Finish`` is emitted once, for the first ``finish_reason``.
   * After ``[DONE]`` every further message is ignored.
-  * After raising, the decoder stays failed: every later call raises a copy of
-    the same error.
+  * Every field is checked (``_shape``) before it is used, and a whole chunk
+    before it changes any state: a wrong type is a ``MalformedStreamError``
+    naming the field (``expected "choices" to be a list, got string``).
+    ``null`` is accepted wherever a field is optional (``content: null`` on
+    tool-call deltas, ``finish_reason: null``); token counts are bounded.
 
 Deliberate deviations, each tested:
   * A stream that ends cleanly after a ``finish_reason`` but without
@@ -43,19 +46,17 @@ Never: touch a socket, thread, clock or logger; deliver a piece twice.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
-from typing import Any, Dict, List, Mapping, NoReturn, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._shape import expect, json_type, malformed, optional, token_count
 
 __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
-
-_loads = json.loads
 
 #: In-stream error types worth another attempt. OpenAI reports rate limits with
 #: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
@@ -66,6 +67,7 @@ _RETRYABLE_TYPES = frozenset(
 )
 
 _EXCERPT = 80
+_WHERE = "OpenAI chat chunk"
 
 
 def excerpt(data: str) -> str:
@@ -78,7 +80,8 @@ def error_from_object(obj: Any) -> Optional[ProviderError]:
 
     Accepts ``{"error": {"message", "type", "code"}}`` (OpenAI), ``{"error":
     "text"}`` and vLLM's bare ``{"object": "error", "message", "type"}``.
-    ``type`` falls back to ``code`` when a server gives only a code.
+    ``type`` falls back to ``code`` when a server gives only a code. Fields of
+    other types are shown as they are: the stream fails either way.
     """
     if not isinstance(obj, dict):
         return None
@@ -103,18 +106,16 @@ def tool_call(index: int, call_id: str, name: str, raw: str) -> ToolCall:
 
     Empty arguments mean a function called without any (some servers send ""
     rather than "{}"), so they parse as ``{}``, as for the other providers.
+    Arguments nested too deeply to parse count as not valid JSON (the raw
+    text is kept), like arguments cut short.
     """
     if not raw:
         return ToolCall(index=index, id=call_id, name=name, arguments={}, raw_arguments=raw)
     try:
-        arguments = _loads(raw)
-    except ValueError:
+        arguments = fast_loads(raw)
+    except ValueError:  # JSONDecodeError or JSONNestingError
         arguments = None
     return ToolCall(index=index, id=call_id, name=name, arguments=arguments, raw_arguments=raw)
-
-
-def _string(value: Any) -> str:
-    return value if isinstance(value, str) else ""
 
 
 class _PendingCall:
@@ -128,6 +129,10 @@ class _PendingCall:
         self.parts: List[str] = []
 
 
+#: One checked tool-call fragment: index (None when the server omits it), id, name, arguments.
+_Fragment = Tuple[Optional[int], str, str, str]
+
+
 class OpenAIChatDecoder:
     """Decodes one Chat Completions stream: ``ServerSentEvent`` in, unified events out.
 
@@ -137,17 +142,16 @@ class OpenAIChatDecoder:
         events = decoder.feed(ServerSentEvent(data='{"choices": [...]}'))
         events = decoder.close()   # IncompleteStreamError if [DONE] never came
 
-    After an error is raised, every later ``feed``/``close`` raises a copy of it.
+    A chunk is checked whole before it changes any state, so a malformed one
+    leaves the decoder as it was. Staying failed after an error is
+    :class:`~llmstream._providers._base.StreamDecoder`'s job.
     """
 
     def __init__(self) -> None:
         self._done = False
-        # done or failed: one flag, so the hot path checks a single attribute
-        self._stopped = False
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
-        self._error: Optional[StreamError] = None
 
     @property
     def finished(self) -> bool:
@@ -164,17 +168,19 @@ class OpenAIChatDecoder:
 
         Raises:
             ProviderError: the chunk is an ``{"error": ...}`` object.
-            MalformedStreamError: the data is not JSON (nor ``[DONE]``) or not an object.
+            MalformedStreamError: the data is not JSON (nor ``[DONE]``) or not
+                a chunk of the documented shape.
         """
-        if self._stopped:
-            return self._after_end()
+        if self._done:
+            return []
         data = message.data
         try:
             chunk = fast_loads(data)
         except ValueError:
             return self._not_json(message)
         # The hot path: {"choices": [{"index": 0, "delta": {"content": "..."},
-        # "finish_reason": null}], ...} -- anything unexpected falls through.
+        # "finish_reason": null}], ...}. Each step either matches exactly or
+        # falls through to the general path, which checks every shape.
         try:
             choices = chunk["choices"]
             choice = choices[0]
@@ -185,13 +191,14 @@ class OpenAIChatDecoder:
                 and len(delta) == 1
                 and len(choices) == 1
                 and choice.get("finish_reason") is None
+                and choice.get("index", 0).__class__ is int
                 and choice.get("index", 0) == 0
                 and chunk.get("usage") is None
             ):
                 return [TextDelta(content)] if content else []
         except (KeyError, IndexError, TypeError, AttributeError):
-            pass
-        return self._general(chunk, data)
+            pass  # not the hot shape (or not a chunk at all): the general path says which
+        return self._chunk(chunk)
 
     def close(self) -> List[Event]:
         """Signal end of input.
@@ -202,112 +209,109 @@ class OpenAIChatDecoder:
         Raises:
             IncompleteStreamError: neither ``[DONE]`` nor a ``finish_reason`` came.
         """
-        if self._stopped:
-            return self._after_end()
+        if self._done:
+            return []
         if self._finish_reason is None:
-            self._fail(IncompleteStreamError("stream ended before [DONE]: the answer may be cut short"))
+            raise IncompleteStreamError("stream ended before [DONE]: the answer may be cut short")
         self._done = True
-        self._stopped = True
         return []
 
     # -- general path -----------------------------------------------------
-
-    def _after_end(self) -> List[Event]:
-        if self._error is not None:
-            # A copy, so repeated raises don't chain tracebacks onto one object.
-            raise copy.copy(self._error)
-        return []
-
-    def _fail(self, error: StreamError) -> NoReturn:
-        self._error = error
-        self._stopped = True
-        raise error
-
-    def _general(self, chunk: Any, data: str) -> List[Event]:
-        """Decode any chunk; one of the wrong shape becomes MalformedStreamError."""
-        try:
-            return self._chunk(chunk)
-        except StreamError as exc:
-            self._error = exc
-            self._stopped = True
-            raise
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            self._fail(MalformedStreamError(f"unexpected chunk shape: {excerpt(data)!r}"))
 
     def _not_json(self, message: ServerSentEvent) -> List[Event]:
         data = message.data.strip()
         if data == "[DONE]":
             out = self._complete_calls()
             self._done = True
-            self._stopped = True
             return out
         if message.event == "error":
             # An SSE error event whose data is plain text, not an error object.
-            self._fail(ProviderError(excerpt(data) or "the server reported an error in the stream"))
+            raise ProviderError(excerpt(data) or "the server reported an error in the stream")
         if not data or message.event != "message":
             return []
-        self._fail(MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}"))
+        raise MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}")
 
     def _chunk(self, chunk: Any) -> List[Event]:
         error = error_from_object(chunk)
         if error is not None:
             raise error
         if not isinstance(chunk, dict):
-            raise TypeError("chunk is not an object")
+            raise MalformedStreamError(f"{_WHERE}: expected an object, got {json_type(chunk)}")
+        # Check everything first, then act: a bad chunk changes no state.
+        choices = [self._check_choice(c, i) for i, c in enumerate(optional(chunk, "choices", list, _WHERE) or ())]
+        usage = self._usage(chunk)
         out: List[Event] = []
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
-                self._choice(choice, out)
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            out.append(Usage(input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"), raw=usage))
+        for choice in choices:
+            if choice is not None:
+                self._choice(*choice, out)
+        if usage is not None:
+            out.append(usage)
         return out
 
-    def _choice(self, choice: Mapping[str, Any], out: List[Event]) -> None:
-        delta = choice.get("delta") or {}
-        thinking = delta.get("reasoning_content") or delta.get("reasoning")
-        if thinking and isinstance(thinking, str):
+    @staticmethod
+    def _usage(chunk: Mapping[str, Any]) -> Optional[Usage]:
+        usage = optional(chunk, "usage", dict, _WHERE)
+        if usage is None:
+            return None
+        return Usage(
+            input_tokens=token_count(usage, "prompt_tokens", _WHERE, "usage."),
+            output_tokens=token_count(usage, "completion_tokens", _WHERE, "usage."),
+            raw=usage,
+        )
+
+    @staticmethod
+    def _check_choice(value: Any, i: int) -> Optional[Tuple[str, str, List[_Fragment], Optional[str]]]:
+        """A choice as (thinking, content, tool fragments, finish reason), or None for n > 1's other choices."""
+        name = f"choices[{i}]"
+        choice = expect(value, dict, name, _WHERE)
+        if (optional(choice, "index", int, _WHERE, name + ".") or 0) != 0:
+            return None
+        reason = optional(choice, "finish_reason", str, _WHERE, name + ".")
+        delta = optional(choice, "delta", dict, _WHERE, name + ".") or {}
+        prefix = name + ".delta."
+        # delta.content is null on tool-call deltas; refusal (not read) is not answer text.
+        thinking = optional(delta, "reasoning_content", str, _WHERE, prefix) or optional(delta, "reasoning", str, _WHERE, prefix)
+        content = optional(delta, "content", str, _WHERE, prefix)
+        fragments = optional(delta, "tool_calls", list, _WHERE, prefix) or ()
+        calls = [_check_fragment(f, f"{prefix}tool_calls[{j}]") for j, f in enumerate(fragments)]
+        return thinking or "", content or "", calls, reason
+
+    def _choice(self, thinking: str, content: str, calls: List[_Fragment], reason: Optional[str], out: List[Event]) -> None:
+        if thinking:
             out.append(ThinkingDelta(thinking))
-        content = delta.get("content")
-        if content and isinstance(content, str):
+        if content:
             out.append(TextDelta(content))
-        for fragment in delta.get("tool_calls") or ():
+        for fragment in calls:
             self._tool_fragment(fragment, out)
-        reason = choice.get("finish_reason")
         if reason is not None and self._finish_reason is None:
             out.extend(self._complete_calls())
-            self._finish_reason = str(reason)
-            out.append(Finish(self._finish_reason))
+            self._finish_reason = reason
+            out.append(Finish(reason))
 
-    def _tool_fragment(self, fragment: Mapping[str, Any], out: List[Event]) -> None:
-        index = self._tool_index(fragment)
-        function = fragment.get("function") or {}
+    def _tool_fragment(self, fragment: _Fragment, out: List[Event]) -> None:
+        given_index, fragment_id, fragment_name, arguments = fragment
+        index = self._tool_index(given_index, fragment_id)
         call = self._calls.get(index)
         first = call is None
         if call is None:
             call = self._calls[index] = _PendingCall()
         # id and name are reported where they first appear; servers that repeat
         # them on every fragment must not get them concatenated or re-announced.
-        new_id = _string(fragment.get("id")) if not call.id else ""
-        new_name = _string(function.get("name")) if not call.name else ""
+        new_id = fragment_id if not call.id else ""
+        new_name = fragment_name if not call.name else ""
         call.id = call.id or new_id
         call.name = call.name or new_name
-        arguments = function.get("arguments") or ""
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments)  # a server that sends an object, not its JSON text
         if arguments:
             call.parts.append(arguments)
         if first or new_id or new_name or arguments:
             out.append(ToolCallDelta(index=index, id=new_id or None, name=new_name or None, arguments=arguments))
         self._last_index = index
 
-    def _tool_index(self, fragment: Mapping[str, Any]) -> int:
-        index = fragment.get("index")
-        if isinstance(index, int):
+    def _tool_index(self, index: Optional[int], new_id: str) -> int:
+        if index is not None:
             return index
         # Some compatible servers omit ``index`` and send each call whole: a
         # fragment with a new id starts the next call, any other continues the last.
-        new_id = fragment.get("id")
         last = self._calls.get(self._last_index)
         if last is None or (new_id and new_id != last.id):
             return max(self._calls, default=-1) + 1
@@ -316,6 +320,27 @@ class OpenAIChatDecoder:
     def _complete_calls(self) -> List[Event]:
         calls, self._calls = self._calls, {}
         return [tool_call(i, calls[i].id, calls[i].name, "".join(calls[i].parts)) for i in sorted(calls)]
+
+
+def _check_fragment(value: Any, name: str) -> _Fragment:
+    """A tool-call fragment as (index, id, name, arguments text), every field checked."""
+    fragment = expect(value, dict, name, _WHERE)
+    index = optional(fragment, "index", int, _WHERE, name + ".")
+    if index is not None and index < 0:
+        raise MalformedStreamError(f'{_WHERE}: expected "{name}.index" to be a non-negative integer, got {index}')
+    function = optional(fragment, "function", dict, _WHERE, name + ".") or {}
+    prefix = name + ".function."
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):
+        arguments = json.dumps(arguments)  # a server that sends an object, not its JSON text
+    elif arguments is not None and not isinstance(arguments, str):
+        raise malformed(_WHERE, prefix + "arguments", "a string", arguments)
+    return (
+        index,
+        optional(fragment, "id", str, _WHERE, name + ".") or "",
+        optional(function, "name", str, _WHERE, prefix) or "",
+        arguments or "",
+    )
 
 
 class OpenAIChatProvider:
@@ -399,8 +424,8 @@ class OpenAIChatProvider:
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"error": {"message", "type", "code"}}`` from a non-2xx body, or return None."""
         try:
-            obj = _loads(body)
-        except ValueError:
+            obj = fast_loads(body)
+        except ValueError:  # not JSON, or nested too deeply to be an error object
             return None
         return error_from_object(obj)
 

@@ -38,28 +38,25 @@ Invariants:
   * Tool call ``index`` is the order of the function calls in the answer.
   * After ``response.completed``/``response.incomplete`` everything is ignored
     (including the ``[DONE]`` some compatible servers append).
-  * After raising, the decoder stays failed: every later call raises a copy of
-    the same error.
+  * Every field read is checked (``_shape``): a wrong type is a
+    ``MalformedStreamError`` naming the field; token counts are bounded.
 
 Never: touch a socket, thread, clock or logger; deliver a piece twice.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
+from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from ._base import Message, RequestSpec, ServerSentEvent, drop_none
 from .._fastjson import loads as fast_loads
+from ._shape import field, optional, token_count
 from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_call
 
 __all__ = ["OpenAIResponsesProvider", "OpenAIResponsesDecoder"]
-
-_loads = json.loads
 
 
 class _FunctionCall:
@@ -82,6 +79,11 @@ class _FunctionCall:
         return new
 
 
+def _where(event: Mapping[str, Any]) -> str:
+    # Called only on the way to an error: the event's type is already checked.
+    return f"OpenAI Responses {event.get('type')!r} event"
+
+
 class OpenAIResponsesDecoder:
     """Decodes one Responses API stream: ``ServerSentEvent`` in, unified events out.
 
@@ -91,14 +93,12 @@ class OpenAIResponsesDecoder:
         events = decoder.feed(ServerSentEvent(event="response.output_text.delta", data='{...}'))
         events = decoder.close()   # IncompleteStreamError if response.completed never came
 
-    After an error is raised, every later ``feed``/``close`` raises a copy of it.
+    Staying failed after an error is
+    :class:`~llmstream._providers._base.StreamDecoder`'s job.
     """
 
     def __init__(self) -> None:
         self._done = False
-        # done or failed: one flag, so the hot path checks a single attribute
-        self._stopped = False
-        self._error: Optional[StreamError] = None
         self._response_id: Optional[str] = None
         self._last_seq: Optional[int] = None
         # Events numbered at or below this were delivered before a resume;
@@ -107,6 +107,7 @@ class OpenAIResponsesDecoder:
         self._calls: Dict[str, _FunctionCall] = {}
         self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
             "response.created": self._created,
+            "response.output_text.delta": self._text,
             "response.reasoning_summary_text.delta": self._thinking,
             "response.reasoning_text.delta": self._thinking,
             "response.output_item.added": self._item_added,
@@ -139,7 +140,6 @@ class OpenAIResponsesDecoder:
 
         It keeps the response id and the function calls seen so far, and drops
         replayed events whose ``sequence_number`` is at or before the cursor.
-        This decoder may be failed (a broken stream); the new one is not.
         """
         new = OpenAIResponsesDecoder()
         new._response_id = self._response_id
@@ -153,34 +153,32 @@ class OpenAIResponsesDecoder:
 
         Raises:
             ProviderError: an ``error`` or ``response.failed`` event.
-            MalformedStreamError: the data is not a JSON object.
+            MalformedStreamError: the data is not a JSON object, or a field
+                this decoder reads has another type than documented.
         """
-        if self._stopped:
-            return self._after_end()
+        if self._done:
+            return []
         data = message.data
         try:
             event = fast_loads(data)
-            kind = event.get("type") or message.event
-            seq = event.get("sequence_number")
-        except (ValueError, AttributeError):
-            return self._not_object(message)
-        if seq.__class__ is int:
+        except ValueError:
+            return self._not_json(message)
+        if event.__class__ is not dict:
+            raise MalformedStreamError(f"stream data is not a JSON object: {excerpt(data)!r}")
+        kind = event.get("type") or message.event
+        seq = event.get("sequence_number")
+        if kind.__class__ is not str or (seq is not None and seq.__class__ is not int):
+            self._check_header(event)
+        if seq is not None:
             if seq <= self._resume_after:
                 return []  # replayed by the server on resume: delivered already
             self._last_seq = seq
-        if kind == "response.output_text.delta":
+        if kind == "response.output_text.delta":  # the hot path
             delta = event.get("delta")
             if delta.__class__ is str:
                 return [TextDelta(delta)] if delta else []
-        try:
-            handler = self._handlers.get(kind)
-            return [] if handler is None else handler(event)
-        except StreamError as exc:
-            self._error = exc
-            self._stopped = True
-            raise
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            self._fail(MalformedStreamError(f"unexpected {kind} event: {excerpt(data)!r}"))
+        handler = self._handlers.get(kind)
+        return [] if handler is None else handler(event)
 
     def close(self) -> List[Event]:
         """Signal end of input.
@@ -189,50 +187,52 @@ class OpenAIResponsesDecoder:
             IncompleteStreamError: neither ``response.completed`` nor
                 ``response.incomplete`` came.
         """
-        if self._stopped:
-            return self._after_end()
-        self._fail(IncompleteStreamError("stream ended before response.completed: the answer may be cut short"))
+        if self._done:
+            return []
+        raise IncompleteStreamError("stream ended before response.completed: the answer may be cut short")
 
     # -- helpers ------------------------------------------------------------
 
-    def _after_end(self) -> List[Event]:
-        if self._error is not None:
-            # A copy, so repeated raises don't chain tracebacks onto one object.
-            raise copy.copy(self._error)
-        return []
+    @staticmethod
+    def _check_header(event: Dict[str, Any]) -> None:
+        where = "OpenAI Responses event"
+        optional(event, "type", str, where)
+        optional(event, "sequence_number", int, where)
 
-    def _fail(self, error: StreamError) -> NoReturn:
-        self._error = error
-        self._stopped = True
-        raise error
-
-    def _not_object(self, message: ServerSentEvent) -> List[Event]:
+    @staticmethod
+    def _not_json(message: ServerSentEvent) -> List[Event]:
         data = message.data.strip()
         # Compatible servers may append [DONE] or send blank keep-alives.
         if not data or data == "[DONE]":
             return []
-        try:
-            _loads(data)
-        except ValueError:
-            self._fail(MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}"))
-        self._fail(MalformedStreamError(f"stream data is not a JSON object: {excerpt(message.data)!r}"))
+        raise MalformedStreamError(f"invalid JSON in stream data: {excerpt(message.data)!r}")
 
     def _created(self, event: Dict[str, Any]) -> List[Event]:
-        response_id = event["response"].get("id")
-        if isinstance(response_id, str):
+        where = _where(event)
+        response = field(event, "response", dict, where)
+        response_id = optional(response, "id", str, where, "response.")
+        if response_id is not None:
             self._response_id = response_id
         return []
 
-    def _thinking(self, event: Dict[str, Any]) -> List[Event]:
-        delta = event.get("delta")
-        return [ThinkingDelta(delta)] if delta and isinstance(delta, str) else []
+    @staticmethod
+    def _text(event: Dict[str, Any]) -> List[Event]:
+        # Reached only when the hot path in feed() did not find a string delta.
+        delta = optional(event, "delta", str, _where(event))
+        return [TextDelta(delta)] if delta else []
+
+    @staticmethod
+    def _thinking(event: Dict[str, Any]) -> List[Event]:
+        delta = optional(event, "delta", str, _where(event))
+        return [ThinkingDelta(delta)] if delta else []
 
     def _item_added(self, event: Dict[str, Any]) -> List[Event]:
-        item = event["item"]
-        if item.get("type") != "function_call":
+        item = _function_call_item(event)
+        if item is None:
             return []
-        call = self._register(event, item.get("call_id") or item.get("id") or "", item.get("name") or "")
-        arguments = item.get("arguments") or ""
+        call_id, name, arguments = item
+        call = self._register(event, call_id, name)
+        arguments = arguments or ""
         if arguments:
             call.parts.append(arguments)
         return [ToolCallDelta(index=call.index, id=call.call_id or None, name=call.name or None, arguments=arguments)]
@@ -246,9 +246,10 @@ class OpenAIResponsesDecoder:
     def _key(event: Dict[str, Any]) -> str:
         # Argument events name their item by item_id; output_index is the
         # fallback for servers that omit ids.
-        item = event.get("item")
-        item_id = item.get("id") if isinstance(item, dict) else event.get("item_id")
-        return str(item_id) if item_id else f"#{event.get('output_index')}"
+        where = _where(event)
+        item = optional(event, "item", dict, where)
+        item_id = optional(item, "id", str, where, "item.") if item is not None else optional(event, "item_id", str, where)
+        return item_id if item_id else f"#{optional(event, 'output_index', int, where)}"
 
     def _call_for(self, event: Dict[str, Any]) -> _FunctionCall:
         call = self._calls.get(self._key(event))
@@ -258,61 +259,78 @@ class OpenAIResponsesDecoder:
         return call
 
     def _arguments_delta(self, event: Dict[str, Any]) -> List[Event]:
+        delta = optional(event, "delta", str, _where(event))
         call = self._call_for(event)
-        delta = event.get("delta") or ""
         if not delta or call.done:
             return []
         call.parts.append(delta)
         return [ToolCallDelta(index=call.index, id=None, name=None, arguments=delta)]
 
     def _arguments_done(self, event: Dict[str, Any]) -> List[Event]:
-        return self._finish_call(self._call_for(event), event.get("arguments"))
+        arguments = optional(event, "arguments", str, _where(event))
+        return self._finish_call(self._call_for(event), arguments)
 
     def _item_done(self, event: Dict[str, Any]) -> List[Event]:
-        item = event["item"]
-        if item.get("type") != "function_call":
+        item = _function_call_item(event)
+        if item is None:
             return []
+        call_id, name, arguments = item
         call = self._call_for(event)
-        call.call_id = call.call_id or item.get("call_id") or ""
-        call.name = call.name or item.get("name") or ""
-        return self._finish_call(call, item.get("arguments"))
+        call.call_id = call.call_id or call_id
+        call.name = call.name or name
+        return self._finish_call(call, arguments)
 
-    def _finish_call(self, call: _FunctionCall, arguments: Any) -> List[Event]:
+    def _finish_call(self, call: _FunctionCall, arguments: Optional[str]) -> List[Event]:
         if call.done:
             return []
         call.done = True
         # The server's final string is authoritative; the streamed parts serve
         # when it is missing.
-        raw = arguments if isinstance(arguments, str) else "".join(call.parts)
+        raw = arguments if arguments is not None else "".join(call.parts)
         return [tool_call(call.index, call.call_id, call.name, raw)]
 
     def _completed(self, event: Dict[str, Any]) -> List[Event]:
         return self._end(event, "tool_calls" if self._calls else "stop")
 
     def _incomplete(self, event: Dict[str, Any]) -> List[Event]:
-        details = (event.get("response") or {}).get("incomplete_details") or {}
-        return self._end(event, str(details.get("reason") or "incomplete"))
+        where = _where(event)
+        response = optional(event, "response", dict, where) or {}
+        details = optional(response, "incomplete_details", dict, where, "response.") or {}
+        return self._end(event, optional(details, "reason", str, where, "response.incomplete_details.") or "incomplete")
 
     def _end(self, event: Dict[str, Any], reason: str) -> List[Event]:
         """The terminal event: any call left open, then Usage and Finish."""
+        where = _where(event)
+        response = optional(event, "response", dict, where) or {}
+        usage = optional(response, "usage", dict, where, "response.")
+        counted: Optional[Usage] = None
+        if usage is not None:  # checked before any state changes
+            counted = Usage(
+                input_tokens=token_count(usage, "input_tokens", where, "response.usage."),
+                output_tokens=token_count(usage, "output_tokens", where, "response.usage."),
+                raw=usage,
+            )
         out: List[Event] = []
         for call in sorted(self._calls.values(), key=lambda c: c.index):
             out.extend(self._finish_call(call, None))
-        usage = (event.get("response") or {}).get("usage")
-        if isinstance(usage, dict):
-            out.append(Usage(input_tokens=usage.get("input_tokens"), output_tokens=usage.get("output_tokens"), raw=usage))
+        if counted is not None:
+            out.append(counted)
         out.append(Finish(reason))
         self._done = True
-        self._stopped = True
         return out
 
-    def _failed(self, event: Dict[str, Any]) -> List[Event]:
-        error = (event.get("response") or {}).get("error") or {}
-        message = error.get("message") or "the response failed"
+    @staticmethod
+    def _failed(event: Dict[str, Any]) -> List[Event]:
+        where = _where(event)
+        response = optional(event, "response", dict, where) or {}
+        error = optional(response, "error", dict, where, "response.") or {}
+        message = error.get("message")
         code = error.get("code")
-        raise ProviderError(str(message), type=None if code is None else str(code))
+        # The stream fails either way: odd types in the error are shown, not refused.
+        raise ProviderError(str(message or "the response failed"), type=None if code is None else str(code))
 
-    def _error_event(self, event: Dict[str, Any]) -> List[Event]:
+    @staticmethod
+    def _error_event(event: Dict[str, Any]) -> List[Event]:
         if isinstance(event.get("error"), dict):
             # Some servers nest it as in Chat Completions.
             nested = error_from_object(event)
@@ -321,6 +339,19 @@ class OpenAIResponsesDecoder:
         message = event.get("message") or "the server reported an error in the stream"
         code = event.get("code")
         raise ProviderError(str(message), type=None if code is None else str(code))
+
+
+def _function_call_item(event: Dict[str, Any]) -> Optional[Tuple[str, str, Optional[str]]]:
+    """The ``item`` of an output_item event as (call_id, name, arguments or None), if it is a function call."""
+    where = _where(event)
+    item = field(event, "item", dict, where)
+    if optional(item, "type", str, where, "item.") != "function_call":
+        return None
+    return (
+        optional(item, "call_id", str, where, "item.") or optional(item, "id", str, where, "item.") or "",
+        optional(item, "name", str, where, "item.") or "",
+        optional(item, "arguments", str, where, "item."),
+    )
 
 
 class OpenAIResponsesProvider:
