@@ -77,7 +77,8 @@ class AttemptSockets:
     __slots__ = ("_lock", "_sock", "_shut")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a finalizer (a dropped stream) may shut it down in the thread holding it.
+        self._lock = threading.RLock()
         self._sock: Optional[socket.socket] = None
         self._shut = False
 

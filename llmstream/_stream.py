@@ -178,6 +178,14 @@ class TokenStream:
             batches, ended, error = queue.get(min(POLL_INTERVAL, left) if _SLICED_WAITS else left)
             if batches:
                 return batches
+            lent = queue.lent
+            if lent is not None:
+                # The worker lent us the body: read it in this thread (one
+                # wake-up per token instead of two); the read's own deadlines apply.
+                events = lent.step()
+                if events:
+                    return [events]
+                continue
             if ended:
                 if error is not None:
                     self._fail(error)

@@ -48,7 +48,8 @@ import time
 from typing import Any, Deque, List, Optional, Tuple
 
 from ._config import Retry, Timeout
-from ._events import CONTENT_EVENTS, Event, Retrying, StreamReport, TextDelta, Usage
+from ._body import BodyReader, time_left
+from ._events import Event, Retrying, StreamReport
 from ._exceptions import RateLimitError, StreamError, StreamTimeoutError
 from ._flow import Flow, Gate, estimate_tokens
 from ._monitor import monitor
@@ -119,7 +120,7 @@ class EventQueue:
     """
 
     __slots__ = ("_max", "_batches", "_put", "_taken", "_caller_waiting", "_worker_waiting",
-                 "_wake_caller", "_wake_worker", "_ended", "_error", "_closed")
+                 "_wake_caller", "_wake_worker", "_ended", "_error", "_closed", "_lent", "consuming")
 
     def __init__(self, max_events: int) -> None:
         self._max = max_events
@@ -133,6 +134,20 @@ class EventQueue:
         self._ended = False
         self._error: Optional[BaseException] = None
         self._closed = False
+        self._lent: Optional[_Lent] = None
+        #: Set by the caller's first ``get``: from then on the worker lends it the body.
+        self.consuming = False
+
+    def lend(self, lent: Optional["_Lent"]) -> None:
+        """Offer the caller a body to read in its own thread (None: take the offer back)."""
+        self._lent = lent
+        self._wake_caller.set()  # once per attempt: a stale wake-up costs one turn of the caller's loop
+
+    @property
+    def lent(self) -> Optional["_Lent"]:
+        """The body the worker lent the caller, while it is still the caller's to read."""
+        lent = self._lent
+        return lent if lent is not None and not lent.returned else None
 
     def put(self, batch: List[Event]) -> None:
         """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed."""
@@ -165,11 +180,13 @@ class EventQueue:
 
         Returns ``(batches, ended, error)``: ``ended`` is True once the worker
         is done and everything it queued is in ``batches`` or was taken before.
+        Returns at once, with no batch, while a body is :attr:`lent`.
         """
+        self.consuming = True
         queued = self._batches
-        if not queued and not self._ended and not self._closed:
+        if not queued and not self._ended and not self._closed and self.lent is None:
             self._caller_waiting = True
-            if not queued and not self._ended and not self._closed:
+            if not queued and not self._ended and not self._closed and self.lent is None:
                 self._wake_caller.wait(timeout)
             self._caller_waiting = False
         # Read "ended" before taking: every batch was appended before it was set.
@@ -187,11 +204,56 @@ class EventQueue:
         return batches, ended, error
 
 
-def _has_content(events: List[Event]) -> bool:
-    for event in events:
-        if isinstance(event, CONTENT_EVENTS):
-            return True
-    return False
+class _Lent:
+    """A body lent to the caller, whose thread runs its read steps until the body ends.
+
+    The worker waits (:meth:`wait_returned`) while the caller reads; the body
+    comes back when it ends, when a step fails (the failure is the outcome,
+    raised in the worker, which decides on a retry), or when ``cancel()``
+    recalls it. A step in progress finishes before the worker goes on (the
+    ``busy`` lock), so the two threads never touch the response at once; a
+    recalled step ends promptly because ``cancel()`` shut the socket first.
+    """
+
+    __slots__ = ("reader", "returned", "_busy", "_back", "outcome")
+
+    def __init__(self, reader: BodyReader) -> None:
+        self.reader = reader
+        self.returned = False
+        self._busy = threading.Lock()
+        self._back = _Signal()
+        self.outcome: Optional[BaseException] = None
+
+    def step(self) -> Optional[List[Event]]:
+        """Run one read step in the caller's thread; None once the body went back to the worker."""
+        with self._busy:
+            if self.returned:
+                return None
+            try:
+                events = self.reader.step()
+            except (StreamError, Cancelled) as exc:
+                self._give_back(exc)
+                return []
+            if self.reader.done:
+                self._give_back(None)
+            return events
+
+    def _give_back(self, outcome: Optional[BaseException]) -> None:
+        self.outcome = outcome
+        self.returned = True
+        self._back.set()
+
+    def recall(self) -> None:
+        """``cancel()``: wake the worker waiting for the body (any thread, idempotent)."""
+        self._back.set()
+
+    def wait_returned(self) -> Optional[BaseException]:
+        """The worker's side: wait for the body; return the failure the caller met, if any."""
+        self._back.wait(None)
+        with self._busy:  # a step in progress ends first
+            self.returned = True
+        outcome, self.outcome = self.outcome, None
+        return outcome
 
 
 class Worker:
@@ -226,8 +288,10 @@ class Worker:
         self._retry = retry
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
         self._cancel = threading.Event()
-        self._sockets_lock = threading.Lock()
+        # Reentrant: a finalizer (a dropped stream) may call cancel() in this very thread.
+        self._sockets_lock = threading.RLock()
         self._sockets: Optional[AttemptSockets] = None
+        self._lent: Optional[_Lent] = None
         self._redact = Redactor(secrets_in_headers(spec.headers))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
@@ -251,9 +315,11 @@ class Worker:
         if self._flow.slots is not None:
             self._flow.slots.wake_all()
         with self._sockets_lock:
-            sockets = self._sockets
+            sockets, lent = self._sockets, self._lent
         if sockets is not None:
-            sockets.shutdown()
+            sockets.shutdown()  # first: it ends a read the caller may be blocked in
+        if lent is not None:
+            lent.recall()
 
     def fail(self, error: BaseException) -> None:
         """Stop the stream because the caller's side failed it (so it is reported as failed, not closed)."""
@@ -370,16 +436,6 @@ class Worker:
         if sockets is not None and self._cancel.is_set():
             sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
-    def _time_left(self, deadline: float, kind: str, now: Optional[float] = None) -> Tuple[Optional[float], str]:
-        if self._total_deadline <= deadline:
-            deadline, kind = self._total_deadline, "total"
-        if deadline == math.inf:
-            return None, kind
-        left = deadline - (time.monotonic() if now is None else now)
-        if left <= 0:
-            raise StreamTimeoutError(f"{kind} timeout: no content within the limit", kind=kind)
-        return left, kind
-
     def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
         """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
         gate = Gate(self._flow, self._cancel, self._total_deadline)
@@ -412,8 +468,9 @@ class Worker:
         started = time.monotonic()
         timeout = self._timeout
         first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
-        connect, _ = self._time_left(started + timeout.connect if timeout.connect is not None else math.inf, "connect")
-        wait, _ = self._time_left(first_deadline, "first_token")
+        connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf
+        connect, _ = time_left(connect_deadline, "connect", self._total_deadline, started)
+        wait, _ = time_left(first_deadline, "first_token", self._total_deadline, started)
         sockets = AttemptSockets()
         self._set_sockets(sockets)
         try:
@@ -423,45 +480,45 @@ class Worker:
             )
             gate.answered()
             with response:
-                self._read_body(response, decoder, first_deadline)
+                reader = BodyReader(
+                    response, decoder, stats=self.stats, resumer=self._resumer, guard=self._guard,
+                    idle=timeout.idle, first_deadline=first_deadline, total_deadline=self._total_deadline,
+                )
+                self._serve_body(reader)
+                if not reader.limited:  # max_output_chars: the socket is closed unread
+                    self._drain(response)
         finally:
             self._set_sockets(None)
 
-    def _read_body(self, response: OpenResponse, decoder: StreamDecoder, first_deadline: float) -> None:
-        idle = self._timeout.idle
-        stats = self.stats
-        deadline, kind = first_deadline, "first_token"
-        while not decoder.finished:
-            before = time.monotonic()
-            left, why = self._time_left(deadline, kind, before)
-            data = response.read(left, why)
-            if not data:
-                break
-            arrived = time.monotonic()
-            stats.bytes_received += len(data)
-            stats.chunks += 1
-            stats.chunk_sizes.add(len(data))
-            stats.read_times.add(arrived - before)
-            events = decoder.feed(data)
+    def _serve_body(self, reader: BodyReader) -> None:
+        """Read ahead into the queue until the caller consumes, then lend it the body."""
+        queue = self.queue
+        while not reader.done:
+            if queue.consuming:
+                self._lend(reader)
+                return
+            events = reader.step()
             if events:
-                content = _has_content(events)
-                if content:
-                    if stats.first_content_at is None:
-                        stats.first_content_at = arrived
-                    else:
-                        stats.gaps.add(arrived - stats.ready_at)
-                if self._emit(events):
-                    return  # max_output_chars: stop here, the socket is closed unread
-                if decoder.error is not None:
-                    raise decoder.error  # after the events that came before it were delivered
-                if content:
-                    # Restarted after put() returns: time blocked on a slow caller is not idleness.
-                    stats.ready_at = time.monotonic()
-                    deadline, kind = (stats.ready_at + idle if idle is not None else math.inf), "idle"
-        self._emit(decoder.close())
-        if decoder.error is not None:
-            raise decoder.error
-        self._drain(response)
+                queue.put(events)
+
+    def _lend(self, reader: BodyReader) -> None:
+        """Let the caller's thread read the body; wait until it gives it back, and raise what it met."""
+        lent = _Lent(reader)
+        with self._sockets_lock:
+            self._lent = lent
+        if self._cancel.is_set():
+            lent.recall()
+        self.queue.lend(lent)
+        try:
+            outcome = lent.wait_returned()
+        finally:
+            self.queue.lend(None)
+            with self._sockets_lock:
+                self._lent = None
+        if self._cancel.is_set():
+            raise Cancelled()
+        if outcome is not None:
+            raise outcome
 
     def _drain(self, response: OpenResponse) -> None:
         """Read to the body's end after the end marker so the connection is reused."""
@@ -474,26 +531,3 @@ class Worker:
             # The answer is complete; a server that keeps the body open after its
             # end marker only costs us the connection, which close() discards.
             return
-
-    def _emit(self, events: List[Any]) -> bool:
-        """Hand events to the caller; True when ``max_output_chars`` ended the stream."""
-        events = self._resumer.filter(events)
-        if not events:
-            return False
-        limited = False
-        if self._guard is not None:
-            events, limited = self._guard.filter(events)
-            if limited:
-                logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
-        stats = self.stats
-        for event in events:
-            cls = event.__class__
-            if cls is TextDelta:
-                stats.text_deltas += 1
-            elif isinstance(event, Usage):
-                stats.usage = event
-        if logger.isEnabledFor(logging.DEBUG):
-            for event in events:
-                logger.debug("event %r", event)
-        self.queue.put(events)
-        return limited

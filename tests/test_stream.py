@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import pickle
+import signal
 import socket
 import threading
 import time
@@ -387,19 +389,22 @@ def test_iterating_a_finished_stream_says_what_to_do(server: FakeLLMServer) -> N
 
 
 def test_keyboard_interrupt_while_waiting_closes_the_stream(server: FakeLLMServer) -> None:
-    import _thread
-
+    # A real SIGINT, as Ctrl+C sends: it interrupts the main thread's blocked
+    # read (``_thread.interrupt_main`` only sets a flag, which a blocked
+    # system call never sees).
     server.script(Reply(tokens=["a", "b"], stall_after_tokens=(1, 30.0)))
     stream = client_for(server, "openai").stream("hi", model="m")
     it = iter(stream)
     assert next(it) == "a"
-    timer = threading.Timer(0.2, _thread.interrupt_main)
+    started = time.monotonic()
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             next(it)
     finally:
         timer.cancel()
+    assert time.monotonic() - started < 5
     assert stream.status == "closed"
     assert wait_no_worker_threads(0.5) == []
 

@@ -1,0 +1,177 @@
+"""Reading one attempt's body: one socket read at a time, from whichever thread waits for it.
+
+Strategy: :class:`BodyReader` owns what one read involves — the deadline of
+the next byte, the read itself, the decoder, the metrics, and the filters that
+decide what the caller is handed (exactly-once resume, ``max_output_chars``).
+It is driven one :meth:`~BodyReader.step` at a time and does not know which
+thread drives it: the worker reads ahead while the caller has not started
+consuming, then lends the body to the caller, whose ``next()`` runs the steps
+itself (see ``_worker.py``). One socket wake-up per token instead of two is
+what lets hundreds of slow streams share one process (issue 17).
+
+Deadlines (design.md, Timeout):
+  * until the first content, the next read waits at most until ``first_token``;
+  * after content, the idle clock restarts at the *start of the step that
+    follows* the step that delivered it — when the worker's ``put`` returned,
+    or when the caller asked for more — so time the caller spends in its own
+    loop body never counts as server idleness, and steps that deliver nothing
+    (keep-alive comments, pings) never restart it;
+  * ``total`` caps every wait.
+A deadline that has passed while nobody read still lets bytes already
+received through: the read is then a non-blocking poll, and only an empty
+socket is a timeout.
+
+IO shell: the socket is behind ``_transport.OpenResponse``; this module does
+no thread coordination (that is ``_worker.py``'s).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, List, Optional, Tuple
+
+from ._events import CONTENT_EVENTS, Event, TextDelta, Usage
+from ._exceptions import StreamTimeoutError
+from ._output_guard import OutputGuard
+from ._providers._base import StreamDecoder
+from ._resume import Resumer
+from ._stats import WorkerStats
+from ._transport import OpenResponse
+
+__all__ = ["BodyReader", "time_left"]
+
+#: How long the last read waits once a deadline has passed: bytes already
+#: received are taken, nothing more is waited for.
+LAST_POLL = 0.001
+
+logger = logging.getLogger("llmstream")
+
+
+def time_left(deadline: float, kind: str, total_deadline: float, now: float) -> Tuple[Optional[float], str]:
+    """Seconds until the nearer of ``deadline`` and ``total_deadline`` (None: no limit), and its kind.
+
+    Raises:
+        StreamTimeoutError: the nearer deadline has passed.
+    """
+    if total_deadline <= deadline:
+        deadline, kind = total_deadline, "total"
+    if deadline == math.inf:
+        return None, kind
+    left = deadline - now
+    if left <= 0:
+        raise StreamTimeoutError(f"{kind} timeout: no content within the limit", kind=kind)
+    return left, kind
+
+
+def _has_content(events: List[Event]) -> bool:
+    for event in events:
+        if isinstance(event, CONTENT_EVENTS):
+            return True
+    return False
+
+
+class BodyReader:
+    """One attempt's body, read one step at a time by one thread at a time."""
+
+    def __init__(
+        self,
+        response: OpenResponse,
+        decoder: StreamDecoder,
+        *,
+        stats: WorkerStats,
+        resumer: Resumer,
+        guard: Optional[OutputGuard],
+        idle: Optional[float],
+        first_deadline: float,
+        total_deadline: float,
+    ) -> None:
+        self.response = response
+        self.decoder = decoder
+        self._stats = stats
+        self._resumer = resumer
+        self._guard = guard
+        self._idle = idle
+        self._total_deadline = total_deadline
+        self._deadline, self._kind = first_deadline, "first_token"
+        self._content_handed = False  # the last step handed content over: restart the idle clock
+        #: True once the body needs no more reads (end marker, end of input, or the output limit).
+        self.done = False
+        #: True when ``max_output_chars`` ended the answer: the rest of the body is not read.
+        self.limited = False
+
+    def step(self) -> List[Event]:
+        """Read once (blocking until bytes, the end, or a deadline) and return the events to hand over.
+
+        An error the decoder met after some events is raised by the next step,
+        once those events were handed over.
+
+        Raises:
+            StreamError: timeouts, broken or malformed streams, provider errors.
+            Cancelled: the stream was closed.
+        """
+        decoder = self.decoder
+        if decoder.error is not None:
+            raise decoder.error
+        stats = self._stats
+        before = time.monotonic()
+        if self._content_handed:
+            self._content_handed = False
+            stats.ready_at = before
+            self._deadline, self._kind = (before + self._idle if self._idle is not None else math.inf), "idle"
+        left, why = self._wait_for(before)
+        data = self.response.read(left, why)
+        if not data:
+            events = self._deliverable(decoder.close())  # raises if the end marker is missing
+            # A failure after the last events is raised by the next step.
+            self.done = decoder.error is None
+            return events
+        arrived = time.monotonic()
+        stats.bytes_received += len(data)
+        stats.chunks += 1
+        stats.chunk_sizes.add(len(data))
+        stats.read_times.add(arrived - before)
+        events = decoder.feed(data)
+        if not events:
+            return events
+        if _has_content(events):
+            if stats.first_content_at is None:
+                stats.first_content_at = arrived
+            else:
+                stats.gaps.add(arrived - stats.ready_at)
+            self._content_handed = True
+        if decoder.finished and decoder.error is None:
+            self.done = True
+        return self._deliverable(events)
+
+    def _wait_for(self, now: float) -> Tuple[Optional[float], str]:
+        try:
+            return time_left(self._deadline, self._kind, self._total_deadline, now)
+        except StreamTimeoutError as exc:
+            # Nobody read while the deadline passed (a caller that started
+            # iterating late): what already arrived still counts, so poll once;
+            # an empty socket then raises the timeout from the read.
+            return LAST_POLL, exc.kind
+
+    def _deliverable(self, events: List[Any]) -> List[Event]:
+        """What the caller is handed of ``events``: nothing twice, nothing past ``max_output_chars``."""
+        events = self._resumer.filter(events)
+        if not events:
+            return events
+        if self._guard is not None:
+            events, limited = self._guard.filter(events)
+            if limited:
+                logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
+                self.done = self.limited = True
+        stats = self._stats
+        for event in events:
+            cls = event.__class__
+            if cls is TextDelta:
+                stats.text_deltas += 1
+            elif isinstance(event, Usage):
+                stats.usage = event
+        if logger.isEnabledFor(logging.DEBUG):
+            for event in events:
+                logger.debug("event %r", event)
+        return events
