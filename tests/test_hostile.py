@@ -270,6 +270,7 @@ def _grammar(size_line: bytes, rest: bytes = _THERE + b"\r\n", *, same_read: boo
 
 GRAMMAR_CASES = [
     pytest.param(_grammar(b"-6\r\n"), id="negative-size"),
+    pytest.param(_grammar(b"-6\r\n", same_read=True), id="negative-size-in-the-same-read"),
     pytest.param(_grammar(b"-" + _H + b"\r\n"), id="negative-size-of-the-data"),
     pytest.param(_grammar(b"+" + _H + b"\r\n"), id="plus-sign"),
     pytest.param(_grammar(b"0x" + _H + b"\r\n"), id="0x-prefix"),
@@ -322,8 +323,8 @@ def test_chunked_grammar_attack_is_malformed_promptly(serve, script) -> None:
 
 # -- stalls ---------------------------------------------------------------------------
 
-FT = Timeout(connect=1, first_token=0.3, idle=5, total=5)
-IDLE = Timeout(connect=1, first_token=5, idle=0.3, total=5)
+FT = Timeout(connect=1, first_token=0.3, idle=5, total=1.5)
+IDLE = Timeout(connect=1, first_token=5, idle=0.3, total=1.5)
 TOTAL = Timeout(connect=1, first_token=5, idle=5, total=0.5)
 _HI = openai_event("Hi")
 _STALL_FULL = _HI + _THERE + openai_done()
