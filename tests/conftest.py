@@ -35,3 +35,25 @@ def server() -> Iterator[FakeLLMServer]:
 def no_leaked_worker_threads() -> Iterator[None]:
     yield
     assert wait_no_worker_threads() == [], "an llmstream worker thread outlived its test"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_outlives_the_session() -> Iterator[None]:
+    """After the whole suite: no worker thread alive and no TokenStream reachable.
+
+    A stream whose failure is stored where a global (the ``weakref.finalize``
+    registry, a monitor) can reach it stays alive for ever; so does its text.
+    The scan is of ``gc.get_objects()`` after a collection: it needs nothing
+    from the library.
+    """
+    yield
+    import gc
+
+    from llmstream._stream import TokenStream
+
+    alive_threads = wait_no_worker_threads()
+    gc.collect()
+    streams = [obj for obj in gc.get_objects() if isinstance(obj, TokenStream)]
+    assert alive_threads == [] and streams == [], (
+        f"{len(alive_threads)} llmstream worker thread(s) and {len(streams)} TokenStream(s) outlived the test session"
+    )
