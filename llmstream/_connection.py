@@ -34,6 +34,7 @@ resolver's own timeout. IO shell: only ``_transport.py`` uses this module.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import sys
 import threading
@@ -162,8 +163,50 @@ def _create_tracked_connection(conn: Any) -> socket.socket:
     raise OSError(f"getaddrinfo returned no address for {host!r}")
 
 
+class _LastLine:
+    """A reader's stand-in that remembers the last line read (only while a response head is parsed)."""
+
+    __slots__ = ("_fp", "last")
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp
+        self.last = b"\n"
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._fp.readline(limit)
+        self.last = line
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fp, name)
+
+
+class _HeadCheckedResponse(http.client.HTTPResponse):
+    """http.client's response, refusing a head cut off before its blank line.
+
+    http.client ends the header section at end of input as if it were the
+    blank line, so a connection closed inside the head looks like a complete
+    response with an empty body. It is a connection that broke before any
+    response (design.md: ``APIConnectionError``), not a stream cut short.
+    """
+
+    def begin(self) -> None:
+        fp = self.fp
+        spy = _LastLine(fp)
+        self.fp = spy  # type: ignore[assignment]
+        try:
+            super().begin()
+        finally:
+            if self.fp is spy:  # http.client sets it to None when it closes the connection
+                self.fp = fp
+        if spy.last == b"":
+            raise http.client.RemoteDisconnected("connection closed inside the response head")
+
+
 class TrackedHTTPConnection(_Tracking, HTTPConnection):
     """An urllib3 HTTP connection whose socket the current attempt can shut down."""
+
+    response_class = _HeadCheckedResponse
 
     def _new_conn(self) -> socket.socket:
         # The same errors urllib3's own _new_conn raises, so requests maps them as usual.

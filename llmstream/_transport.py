@@ -273,6 +273,7 @@ class Transport:
         *,
         connect_timeout: Optional[float],
         response_timeout: Optional[float],
+        response_timeout_kind: str = "first_token",
         cancelled: Callable[[], bool],
         sockets: AttemptSockets,
         redact: Redactor,
@@ -297,7 +298,7 @@ class Transport:
             headers.setdefault("Content-Type", "application/json")
         current_attempt(sockets)
         try:
-            with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind="first_token"):
+            with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind=response_timeout_kind):
                 response = self.session.request(
                     spec.method, spec.url, data=body, headers=headers, stream=True,
                     timeout=(connect_timeout, response_timeout), allow_redirects=False,
@@ -307,7 +308,7 @@ class Transport:
         opened = OpenResponse(response, spec.url, cancelled, sockets)
         try:
             if not 200 <= response.status_code < 300:
-                raise self._status_error(opened, response, provider, response_timeout, redact)
+                raise self._status_error(opened, response, provider, response_timeout, response_timeout_kind, redact)
             _check_content_type(response, provider.framing, spec.url)
         except BaseException:
             opened.close()
@@ -317,7 +318,7 @@ class Transport:
     @staticmethod
     def _status_error(
         opened: OpenResponse, response: requests.Response, provider: Provider, timeout: Optional[float],
-        redact: Redactor,
+        timeout_kind: str, redact: Redactor,
     ) -> Exception:
         chunks = []
         size = 0
@@ -325,7 +326,7 @@ class Transport:
         # makes the message shorter, so read failures here are not reported.
         with contextlib.suppress(StreamError, Cancelled):
             while size < MAX_ERROR_BODY:
-                data = opened.read(timeout, "first_token")
+                data = opened.read(timeout, timeout_kind)
                 if not data:
                     break
                 chunks.append(data)

@@ -470,12 +470,12 @@ class Worker:
         first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
         connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf
         connect, _ = time_left(connect_deadline, "connect", self._total_deadline, started)
-        wait, _ = time_left(first_deadline, "first_token", self._total_deadline, started)
+        wait, wait_kind = time_left(first_deadline, "first_token", self._total_deadline, started)
         sockets = AttemptSockets()
         self._set_sockets(sockets)
         try:
             response = self._transport.open(
-                spec, self._provider, connect_timeout=connect, response_timeout=wait,
+                spec, self._provider, connect_timeout=connect, response_timeout=wait, response_timeout_kind=wait_kind,
                 cancelled=self._cancel.is_set, sockets=sockets, redact=self._redact,
             )
             gate.answered()

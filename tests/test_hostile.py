@@ -472,7 +472,6 @@ BAD_CHUNKS = [
     pytest.param(b'{"choices":"x"}', id="choices-is-a-string"),
     pytest.param(b'{"choices":{"0":{}}}', id="choices-is-an-object"),
     pytest.param(b'{"choices":[5]}', id="choice-is-a-number"),
-    pytest.param(b'{"choices":[{"index":0,"delta":null}]}', id="delta-null"),
     pytest.param(b'{"choices":[{"index":0,"delta":"x"}]}', id="delta-string"),
     pytest.param(b'{"choices":[{"index":0,"delta":{"content":5}}]}', id="content-number"),
     pytest.param(b'{"choices":[{"index":0,"delta":{"content":["a"]}}]}', id="content-list"),
@@ -494,6 +493,18 @@ def test_wrong_typed_json_is_malformed_after_the_text_before_it(serve, bad: byte
     client = client_for(server)
     out, ref = consume(client)
     check(out, MalformedStreamError, "Hi")
+    assert_clean(ref, client, [server], before)
+
+
+def test_a_null_delta_is_read_as_an_empty_one(serve) -> None:
+    # Understood, not malformed: some OpenAI-compatible servers send "delta": null
+    # on a chunk that carries nothing (the decoder treats absent and null alike).
+    null_delta = _data(b'{"choices":[{"index":0,"delta":null}]}')
+    server = serve([whole([_HI, null_delta, _THERE, openai_done()], "chunked")])
+    before = socket_fds()
+    client = client_for(server)
+    out, ref = consume(client)
+    check(out, None, text="Hi there")
     assert_clean(ref, client, [server], before)
 
 
