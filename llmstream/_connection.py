@@ -197,7 +197,8 @@ class _HeadCheckedResponse(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            if self.fp is spy:  # http.client sets it to None when it closes the connection
+            current: Any = self.fp
+            if current is spy:  # http.client sets it to None when it closes the connection
                 self.fp = fp
         if spy.last == b"":
             raise http.client.RemoteDisconnected("connection closed inside the response head")

@@ -26,7 +26,7 @@ Strategy:
     :class:`~llmstream._redact.Redactor` before it is shortened.
 
 This module is the ONLY place that catches ``requests`` and ``urllib3``
-exceptions: :func:`translate_errors` maps them to llmstream's tree, the most
+exceptions: :func:`translate` maps them to llmstream's tree, the most
 specific class first, and checks the cancelled flag *before* mapping, because a
 ``shutdown()`` surfaces as ``ProtocolError("Connection broken")``.
 """
@@ -37,9 +37,10 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -129,33 +130,39 @@ def _root_reason(exc: BaseException) -> str:
     return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
 
 
-@contextlib.contextmanager
-def translate_errors(url: str, *, cancelled: Callable[[], bool], phase: str, timeout_kind: str) -> Iterator[None]:
-    """Map requests/urllib3 exceptions to llmstream's (the one place that does).
+#: What :func:`translate` maps: everything requests, urllib3 and the socket raise.
+FOREIGN_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+def translate(exc: BaseException, url: str, *, cancelled: Callable[[], bool], phase: str,
+              timeout_kind: str) -> Exception:
+    """The llmstream error for a requests/urllib3/socket exception (the one place that maps them).
+
+    The caller raises it ``from exc``. A plain ``try/except FOREIGN_ERRORS``
+    around the call, not a context manager: the body read is the hot path.
 
     Args:
+        exc: the foreign exception.
         url: for messages; redacted before use.
-        cancelled: the worker's cancelled flag, checked first.
+        cancelled: the worker's cancelled flag, checked first (a shut socket
+            looks like a broken connection).
         phase: ``"connect"`` (no response yet) or ``"body"`` (reading the stream).
         timeout_kind: the ``StreamTimeoutError.kind`` a read timeout means here.
     """
-    try:
-        yield
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        if cancelled():
-            raise Cancelled() from exc
-        where = redact_url(url)
-        if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
-            raise StreamTimeoutError(f"timed out connecting to {where}", kind="connect") from exc
-        if isinstance(exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
-            raise StreamTimeoutError(f"{timeout_kind} timeout waiting for {where}", kind=timeout_kind) from exc
-        if isinstance(exc, (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError)):
-            raise MalformedStreamError(f"could not decode the body from {where}: {_root_reason(exc)}") from exc
-        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
-            raise ValueError(f"invalid URL {where!r}: {_root_reason(exc)}") from exc
-        if phase == "body":
-            raise IncompleteStreamError(f"connection to {where} broke mid-stream: {_root_reason(exc)}") from exc
-        raise APIConnectionError(f"could not connect to {where}: {_root_reason(exc)}") from exc
+    if cancelled():
+        return Cancelled()
+    where = redact_url(url)
+    if isinstance(exc, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+        return StreamTimeoutError(f"timed out connecting to {where}", kind="connect")
+    if isinstance(exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return StreamTimeoutError(f"{timeout_kind} timeout waiting for {where}", kind=timeout_kind)
+    if isinstance(exc, (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError)):
+        return MalformedStreamError(f"could not decode the body from {where}: {_root_reason(exc)}")
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+        return ValueError(f"invalid URL {where!r}: {_root_reason(exc)}")
+    if phase == "body":
+        return IncompleteStreamError(f"connection to {where} broke mid-stream: {_root_reason(exc)}")
+    return APIConnectionError(f"could not connect to {where}: {_root_reason(exc)}")
 
 
 #: How far a socket timeout may differ from the exact time left (seconds).
@@ -213,11 +220,13 @@ class OpenResponse:
         if sock is not None and not _close_enough(timeout, self._timeout_set):
             sock.settimeout(timeout)
             self._timeout_set = timeout
-        with translate_errors(self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind):
+        try:
             if self._dechunk is not None:
                 data = self._read_dechunked(self._dechunk)
             else:
                 data = self._raw.read1(READ_SIZE, decode_content=True)
+        except FOREIGN_ERRORS as exc:
+            raise translate(exc, self._url, cancelled=self._cancelled, phase="body", timeout_kind=kind) from exc
         if not data and self._cancelled():
             raise Cancelled()
         return data
@@ -265,6 +274,29 @@ class Transport:
         adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # requests re-reads the proxy variables (scanning the whole environment)
+        # and ~/.netrc on every request when trust_env is on: a third of the cost
+        # of starting a short stream. The environment's proxies and CA bundle are
+        # looked up here instead, once per origin (_environment); ~/.netrc is not
+        # read at all: llmstream sends the provider's own credentials, which a
+        # netrc entry would silently replace.
+        self.session.trust_env = False
+        self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str]]] = {}
+
+    def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str]]:
+        """The proxies and the CA bundle the environment sets for ``url``, as requests reads them.
+
+        Looked up once per origin: a change to ``HTTPS_PROXY``, ``NO_PROXY`` or
+        ``REQUESTS_CA_BUNDLE`` after a client's first request there is not seen.
+        """
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        found = self._environments.get(origin)
+        if found is None:
+            proxies = requests.utils.get_environ_proxies(url, no_proxy=None)
+            verify: Union[bool, str] = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            found = self._environments[origin] = (proxies, verify)
+        return found
 
     def open(
         self,
@@ -287,7 +319,7 @@ class Transport:
         Raises:
             APIStatusError: a non-2xx status (the subclass for the status).
             MalformedStreamError: a 2xx answer that is not a stream (wrong content type).
-            APIConnectionError / StreamTimeoutError: as mapped by :func:`translate_errors`.
+            APIConnectionError / StreamTimeoutError: as mapped by :func:`translate`.
         """
         headers = dict(spec.headers)
         headers.setdefault("Accept", _ACCEPT_HEADER[provider.framing])
@@ -298,11 +330,16 @@ class Transport:
             headers.setdefault("Content-Type", "application/json")
         current_attempt(sockets)
         try:
-            with translate_errors(spec.url, cancelled=cancelled, phase="connect", timeout_kind=response_timeout_kind):
+            proxies, verify = self._environment(spec.url)
+            try:
                 response = self.session.request(
                     spec.method, spec.url, data=body, headers=headers, stream=True,
                     timeout=(connect_timeout, response_timeout), allow_redirects=False,
+                    proxies=proxies, verify=verify,
                 )
+            except FOREIGN_ERRORS as exc:
+                raise translate(exc, spec.url, cancelled=cancelled, phase="connect",
+                                timeout_kind=response_timeout_kind) from exc
         finally:
             current_attempt(None)
         opened = OpenResponse(response, spec.url, cancelled, sockets)
