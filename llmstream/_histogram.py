@@ -12,9 +12,16 @@ Invariants:
   * Zero and negative values (two reads in the same clock tick) count in a
     bucket of their own that reports 0.0.
 
+Cost: ``add`` is on the per-read hot path of every stream, so it only appends
+to a short list (and keeps count, total, min and max exact); the logarithms
+and the bucket updates are done for :data:`FOLD_EVERY` values at once, or
+when a summary is asked for.
+
 Never: a clock, a lock or a thread. The caller owns concurrency; reading a
 snapshot while one thread adds is safe in CPython because ``summary()``
-copies the dict in one C call.
+copies the dict and the pending list in one C call each (a snapshot taken
+while values are being folded may miss those values; the owner's own
+summaries are exact).
 """
 
 from __future__ import annotations
@@ -31,15 +38,18 @@ GROWTH = 1.02
 _LOG_GROWTH = math.log(GROWTH)
 #: The bucket of values <= 0.
 _ZERO = -(1 << 30)
+#: Values kept unbucketed before they are folded in at once.
+FOLD_EVERY = 256
 
 
 class Histogram:
     """Counts of values in 2%-wide buckets, with exact count, total, min and max."""
 
-    __slots__ = ("_buckets", "count", "total", "min", "max")
+    __slots__ = ("_buckets", "_pending", "count", "total", "min", "max")
 
     def __init__(self) -> None:
         self._buckets: Dict[int, int] = {}
+        self._pending: List[float] = []
         self.count = 0
         self.total = 0.0
         self.min: Optional[float] = None
@@ -47,9 +57,10 @@ class Histogram:
 
     def add(self, value: float) -> None:
         """Record one value."""
-        key = math.floor(math.log(value) / _LOG_GROWTH) if value > 0 else _ZERO
-        buckets = self._buckets
-        buckets[key] = buckets.get(key, 0) + 1
+        pending = self._pending
+        pending.append(value)
+        if len(pending) >= FOLD_EVERY:
+            self._fold()
         self.count += 1
         self.total += value
         if self.min is None or value < self.min:
@@ -57,9 +68,18 @@ class Histogram:
         if self.max is None or value > self.max:
             self.max = value
 
+    def _fold(self) -> None:
+        pending, self._pending = self._pending, []
+        _bucket_into(self._buckets, pending)
+
+    def _snapshot(self) -> Dict[int, int]:
+        buckets = self._buckets.copy()
+        _bucket_into(buckets, self._pending.copy())
+        return buckets
+
     def merge(self, other: "Histogram") -> None:
         """Add every value of ``other`` to this histogram."""
-        for key, n in other._buckets.copy().items():
+        for key, n in other._snapshot().items():
             self._buckets[key] = self._buckets.get(key, 0) + n
         self.count += other.count
         self.total += other.total
@@ -70,12 +90,12 @@ class Histogram:
 
     def quantile(self, q: float) -> Optional[float]:
         """The ``q`` quantile (0..1, nearest rank), or ``None`` when empty."""
-        value: Optional[float] = self._quantiles(self._buckets.copy(), (q,))[0]
+        value: Optional[float] = self._quantiles(self._snapshot(), (q,))[0]
         return value
 
     def summary(self) -> Distribution:
         """A frozen :class:`~llmstream.Distribution` of what was recorded so far."""
-        buckets = self._buckets.copy()
+        buckets = self._snapshot()
         p50, p90, p99 = self._quantiles(buckets, (0.50, 0.90, 0.99))
         return Distribution(count=self.count, total=self.total, min=self.min,
                             p50=p50, p90=p90, p99=p99, max=self.max)
@@ -98,3 +118,10 @@ class Histogram:
             value = 0.0 if key == _ZERO else GROWTH ** (key + 0.5)
             results.append(min(hi, max(lo, value)))
         return results
+
+
+def _bucket_into(buckets: Dict[int, int], values: List[float]) -> None:
+    log, floor, get = math.log, math.floor, buckets.get
+    for value in values:
+        key = floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO
+        buckets[key] = get(key, 0) + 1
