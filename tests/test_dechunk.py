@@ -124,6 +124,7 @@ def test_valid(body: bytes, payload: bytes) -> None:
         pytest.param(b"2\r\nhiXX", id="no-crlf-after-data"),
         pytest.param(b"2\r\nhi\n0\r\n\r\n", id="bare-lf-after-data"),
         pytest.param(b"2\r\nhi\rX", id="cr-then-junk-after-data"),
+        pytest.param(b"2\r\nhiX", id="junk-after-data-at-end-of-input"),
         pytest.param(b"2\r\nhi0\r\n\r\n", id="data-runs-into-next-size"),
         pytest.param(b"2\r\nhi\r\n0\r\nX-Trailer\r\n\r\n", id="trailer-no-colon"),
         pytest.param(b"2\r\nhi\r\n0\r\nX-Trailer : 1\r\n\r\n", id="trailer-space-before-colon"),

@@ -206,7 +206,7 @@ def mutated_bodies(draw: Any) -> bytes:
     body = draw(valid_bodies())
     data = bytearray(body.data)
     for _ in range(draw(st.integers(1, 3))):
-        how = draw(st.sampled_from(["flip", "size", "insert", "delete", "truncate"]))
+        how = draw(st.sampled_from(["flip", "size", "insert", "delete", "truncate", "flip-and-cut"]))
         at = draw(st.integers(0, max(0, len(data) - 1)))
         if how == "flip" and data:
             data[at] = draw(st.integers(0, 255))
@@ -217,6 +217,9 @@ def mutated_bodies(draw: Any) -> bytes:
             data[at:at] = draw(st.sampled_from(_INSERTS))
         elif how == "delete" and data:
             del data[at]
+        elif how == "flip-and-cut" and data:  # a wrong byte as the last one received
+            data[at] = draw(st.integers(0, 255))
+            del data[at + 1:]
         else:
             del data[at:]
     return bytes(data)
@@ -255,6 +258,7 @@ def test_same_as_h11_with_its_size_grammar(body: bytes) -> None:
 @_settings
 @given(st.one_of(mutated_bodies(), valid_bodies().map(lambda b: b.data)))
 @example(b"-6\r\nx")
+@example(b"2\r\nhiX")
 @example(b"5 ;a\r\nhello\r\n0\r\n\r\n")
 @example(b"00000000000000000005\r\nhello\r\n0\r\n\r\n")
 def test_same_as_h11(body: bytes) -> None:
