@@ -136,7 +136,16 @@ class Dechunker:
             elif state == _CRLF:
                 new = self._crlf(buf, pos, end)
             elif state == _SIZE:
-                new = self._size_line(buf, pos, end)
+                # The usual case inline (a whole, valid line of a non-last chunk):
+                # it runs once per chunk; _size_line handles every other case.
+                eol = buf.find(b"\r\n", pos)
+                match = _SIZE_LINE.fullmatch(buf, pos, eol) if 0 <= eol - pos <= self.MAX_LINE else None
+                left = int(match.group(1), 16) if match is not None else 0
+                if left:
+                    self._left, self._state = left, _DATA
+                    new = eol + 2
+                else:
+                    new = self._size_line(buf, pos, end)
             else:
                 new = self._trailer_line(buf, pos, end)
             if new == pos:  # the line or CRLF is not whole yet: wait for more bytes
