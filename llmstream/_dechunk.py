@@ -108,14 +108,34 @@ class Dechunker:
         Bytes after the body's end are not payload and are dropped; a feed once
         ``done`` returns ``b""``.
 
+        If the bytes turn malformed after some payload, that payload is
+        returned and the decoder is :attr:`failed`: the next call raises.
+
         Raises:
-            MalformedStreamError: the bytes are not chunked coding; raised again
-                by every later call (the payload of this call is not returned).
+            MalformedStreamError: the bytes are not chunked coding (and no
+                payload came before the fault in this call); raised again by
+                every later call.
         """
         if self._error is not None:
             raise MalformedStreamError(self._error)
         buf = self._buf + data if self._buf else data
         out: List[bytes] = []
+        try:
+            self._buf = self._decode(buf, out)
+        except MalformedStreamError:
+            if not any(out):
+                raise
+            # Payload decoded before the fault was received all the same: hand
+            # it over; the fault is raised by the next call.
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def failed(self) -> bool:
+        """True once the bytes were found malformed: every later ``feed`` raises."""
+        return self._error is not None
+
+    def _decode(self, buf: bytes, out: List[bytes]) -> bytes:
+        """Append the payload ``buf`` completes to ``out``; return the bytes of a line not yet whole."""
         pos, end = 0, len(buf)
         while pos < end and not self.done:
             state = self._state
@@ -151,8 +171,7 @@ class Dechunker:
             if new == pos:  # the line or CRLF is not whole yet: wait for more bytes
                 break
             pos = new
-        self._buf = b"" if self.done else buf[pos:]
-        return out[0] if len(out) == 1 else b"".join(out)
+        return b"" if self.done else buf[pos:]
 
     def _crlf(self, buf: bytes, pos: int, end: int) -> int:
         """The CRLF after a chunk's data: return ``pos + 2``, or ``pos`` if only a CR has come."""

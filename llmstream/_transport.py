@@ -234,6 +234,8 @@ class OpenResponse:
     def _read_dechunked(self, dechunk: Dechunker) -> bytes:
         """The payload of everything received so far (at least one byte), b"" after the last chunk."""
         while not dechunk.done:
+            if dechunk.failed:
+                dechunk.feed(b"")  # raises the fault met after the payload last returned
             raw: bytes = self._reader.read1(READ_SIZE)
             if not raw:
                 raise IncompleteStreamError(

@@ -30,6 +30,10 @@ class _Feeder:
 
     def feed(self, data: bytes) -> List[bytes]:
         payload = self.dechunker.feed(data)
+        if self.dechunker.failed:
+            # The payload before a fault is returned, the fault kept: raise it
+            # now, so every way of feeding fails at the same point.
+            self.dechunker.feed(b"")
         return [payload[i:i + 1] for i in range(len(payload))]
 
 
@@ -48,6 +52,15 @@ def dechunk_all_ways(body: bytes) -> bytes:
 
 def test_whole_bytewise_and_every_split() -> None:
     assert dechunk_all_ways(BODY) == PAYLOAD
+
+
+def test_payload_before_a_fault_is_returned_then_the_fault_raised() -> None:
+    dechunker = Dechunker()
+    assert dechunker.feed(b"2\r\nHi\r\nzz\r\n") == b"Hi"
+    assert dechunker.failed
+    for _ in range(2):
+        with pytest.raises(MalformedStreamError, match=r"^invalid chunk size line b'zz'$"):
+            dechunker.feed(b"2\r\nok\r\n")
 
 
 def test_not_done_before_the_last_chunk() -> None:

@@ -81,6 +81,8 @@ def our_outcome(body: bytes, splits: bool = True) -> Outcome:
         try:
             for part in parts:
                 payload += dechunker.feed(part)
+                if dechunker.failed:
+                    dechunker.feed(b"")  # raise the fault kept after the payload before it
                 assert len(dechunker._buf) <= Dechunker.MAX_LINE + 1, "buffered more than one line"
         except MalformedStreamError as exc:
             got = Outcome("error", b"", str(exc))  # the payload of the failing feed is dropped
