@@ -95,6 +95,29 @@ def test_slow_caller_is_not_an_idle_server_while_the_server_is_still_writing(ser
     client.close()
 
 
+def test_the_idle_clock_starts_when_the_caller_asks_for_more(serve) -> None:
+    # The server's gap (0.4 s) is longer than idle (0.2 s), but the caller
+    # spends 0.3 s on each token: it asks for the next one 0.1 s before the
+    # server sends it. From the caller's side the wait is 0.1 s, so no timeout.
+    # Measured from the previous token's arrival instead, the clock would run
+    # out while the caller was busy (a clock that counts a slow caller).
+    gap, idle, caller = 0.4, 0.2, 0.3
+    steps: List[Step] = [Send(head(framing="chunked"))]
+    for word in WORDS[:4]:
+        steps += [Send(_chunk(openai_event(word))), Wait(gap)]
+    steps += [Send(_chunk(openai_done()) + b"0\r\n\r\n")]
+    server = serve([steps])
+    client = client_for(server, timeout=Timeout(connect=1, first_token=2, idle=idle, total=10))
+    got: List[str] = []
+    with client.stream("hi", model="m") as stream:
+        for piece in stream:
+            got.append(piece)
+            time.sleep(caller)
+        status = stream.status
+    assert (status, "".join(got)) == ("finished", "".join(WORDS[:4]))
+    client.close()
+
+
 # -- keep-alives are not progress ---------------------------------------------------
 
 _PING_SCRIPTS = {
