@@ -24,7 +24,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,22 +1,32 @@
 """The worker thread and the bounded queue it fills: one of each per stream.
 
 Strategy:
-  * The worker owns the HTTP side of one stream: it sends the request, reads
-    the body with ``read1``, feeds the bytes to the sans-IO decoder and puts
-    the events of each read onto the queue as ONE batch, so a fast stream costs
-    one hand-over per socket read, not per token.
+  * The worker owns one stream's attempts: flow control, the request, the
+    retry and resume decisions. The body of each attempt is read one step at
+    a time by ``_body.BodyReader`` (one socket read, decoded, filtered).
+  * Who reads the body: until the caller starts consuming, the worker reads
+    ahead and puts each read's events onto the queue as ONE batch. Once the
+    caller consumes (its first ``get``), the worker *lends* it the body
+    (:class:`_Lent`) and parks: the caller's ``next()`` runs the read steps in
+    its own thread. A slow stream then costs one thread wake-up per token, not
+    two (the worker's, then the caller's) — what lets hundreds of streams
+    share one process (issue 17). The body comes back at its end, on a
+    failure (raised in the worker, which decides on a retry) or on ``cancel()``.
   * Backpressure: ``put`` blocks while the queue holds ``max_buffered`` events
-    or more. A blocked worker does not read the socket, so TCP flow control
-    slows the server and memory stays bounded however slow the caller is.
-  * Timeouts: before each read the worker computes its deadline (first token,
+    or more; a lent body is read only when the caller asks. Either way an
+    unread socket lets TCP flow control slow the server, and memory stays
+    bounded however slow the caller is.
+  * Timeouts: before each read the step computes its deadline (first token,
     idle or total) and hands the time left to the socket. Only content events
-    move the idle clock; keep-alive comments and pings do not. The clock is
-    restarted after a ``put`` returns, so time blocked on a slow caller never
-    counts as server idleness.
+    move the idle clock; keep-alive comments and pings do not. The clock
+    restarts when the next step starts (after ``put`` returned, or when the
+    caller asked for more), so time spent on a slow caller never counts as
+    server idleness.
   * Cancellation: ``cancel()`` (any thread) sets an Event, shuts down the
     attempt's socket (``_connection.AttemptSockets``: connecting, waiting for
-    headers or reading, all are woken) and wakes a blocked ``put`` or backoff
-    wait. The worker then ends without reporting an error.
+    headers or reading, all are woken), recalls a lent body and wakes a
+    blocked ``put`` or backoff wait. The worker then ends without reporting
+    an error.
   * Redaction: every error leaves this thread (raised, or as a ``Retrying``
     event's cause, or in a log line) through the stream's ``Redactor``, which
     knows the request's credentials: servers echo keys back.
@@ -29,12 +39,14 @@ Strategy:
     A 429 pauses the whole client. ``max_output_chars`` cuts the answer at
     that many characters, ends it with ``Finish("max_output_chars")`` and
     closes the socket without reading further.
-  * Metrics: counters and histograms (``_stats.WorkerStats``) are updated by this
-    thread only; the caller reads a snapshot. At its end the worker reports
-    the stream to the process-wide monitor.
+  * Metrics: counters and histograms (``_stats.WorkerStats``) are updated by
+    the thread that holds the body (never two at once); the caller reads a
+    snapshot. At its end the worker reports the stream to the process-wide
+    monitor.
 
-The worker never references the ``TokenStream`` that owns it, so a stream the
-caller drops is collected, and its finalizer cancels the worker.
+The worker never references the ``TokenStream`` that owns it, and the
+stream's finalizer holds the worker only weakly, so a stream the caller drops
+(or that failed) is collected, and its finalizer cancels the worker.
 """
 
 from __future__ import annotations
@@ -45,12 +57,12 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Deque, List, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
 from ._config import Retry, Timeout
 from ._body import BodyReader, time_left
 from ._events import Event, Retrying, StreamReport
-from ._exceptions import RateLimitError, StreamError, StreamTimeoutError
+from ._exceptions import RateLimitError, StreamError
 from ._flow import Flow, Gate, estimate_tokens
 from ._monitor import monitor
 from ._output_guard import OutputGuard

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator, List, Sequence
 
 import pytest
 
+from hostile_server import HostileServer, Step
 from llmstream.testing import FakeLLMServer
 
 
@@ -23,6 +24,21 @@ def wait_no_worker_threads(timeout: float = 3.0) -> list:
         alive[0].join(max(0.0, deadline - time.monotonic()))
         alive = worker_threads()
     return alive
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Sequence[Sequence[Step]]], HostileServer]]:
+    """Start raw-socket servers (``tests/hostile_server.py``), each playing its scripts; all stopped after the test."""
+    servers: List[HostileServer] = []
+
+    def start(scripts: Sequence[Sequence[Step]]) -> HostileServer:
+        server = HostileServer(scripts).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import pytest
 
@@ -78,20 +78,6 @@ _rng = random.Random(20240611)
 KEY = "sk-test-" + "".join(_rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789") for _ in range(160))
 FAST = Timeout(connect=1, first_token=2, idle=2, total=5)
 ONCE = Retry(max_attempts=1)
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Sequence[Sequence[Step]]], HostileServer]]:
-    servers: List[HostileServer] = []
-
-    def start(scripts: Sequence[Sequence[Step]]) -> HostileServer:
-        server = HostileServer(scripts).__enter__()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def client_for(server: HostileServer, provider: str = "openai", **kwargs: object) -> llmstream.Client:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator, List, Sequence
+from typing import List, Sequence
 
 import pytest
 
@@ -37,20 +37,6 @@ from hostile_server import (
 )
 
 KEY = "sk-test-timing"
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Sequence[Sequence[Step]]], HostileServer]]:
-    servers: List[HostileServer] = []
-
-    def start(scripts: Sequence[Sequence[Step]]) -> HostileServer:
-        server = HostileServer(scripts).__enter__()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def client_for(server: HostileServer, provider: str = "openai", **kwargs: object) -> llmstream.Client:
