@@ -57,7 +57,7 @@ import logging
 import math
 import threading
 import time
-from typing import Deque, List, Optional, Tuple
+from typing import Callable, Deque, Generator, List, Optional, Set, Tuple
 
 from ._config import Retry, Timeout
 from ._body import BodyReader, time_left
@@ -219,22 +219,28 @@ class EventQueue:
 class _Lent:
     """A body lent to the caller, whose thread runs its read steps until the body ends.
 
-    The worker waits (:meth:`wait_returned`) while the caller reads; the body
-    comes back when it ends, when a step fails (the failure is the outcome,
-    raised in the worker, which decides on a retry), or when ``cancel()``
-    recalls it. A step in progress finishes before the worker goes on (the
-    ``busy`` lock), so the two threads never touch the response at once; a
-    recalled step ends promptly because ``cancel()`` shut the socket first.
+    No thread waits while the caller reads: the worker's run is a generator
+    that *yields* the lent body, and its thread ends. The body comes back when
+    it ends, when a step fails (the failure is the outcome, raised in the
+    worker, which decides on a retry), or when ``cancel()`` recalls it; then
+    ``on_return`` starts the run's next segment in a new thread, exactly once,
+    and only after the segment that lent the body has left the generator.
+    A step in progress finishes before the worker goes on (the ``busy``
+    lock), so two threads never touch the response at once; a recalled step
+    ends promptly because ``cancel()`` shut the socket first.
     """
 
-    __slots__ = ("reader", "returned", "_busy", "_back", "outcome")
+    __slots__ = ("reader", "returned", "outcome", "_busy", "_lock", "_back", "_detached", "_on_return")
 
-    def __init__(self, reader: BodyReader) -> None:
+    def __init__(self, reader: BodyReader, on_return: Callable[[], None]) -> None:
         self.reader = reader
         self.returned = False
-        self._busy = threading.Lock()
-        self._back = _Signal()
         self.outcome: Optional[BaseException] = None
+        self._busy = threading.Lock()
+        self._lock = threading.Lock()
+        self._back = False
+        self._detached = False
+        self._on_return = on_return
 
     def step(self) -> Optional[List[Event]]:
         """Run one read step in the caller's thread; None once the body went back to the worker."""
@@ -253,19 +259,38 @@ class _Lent:
     def _give_back(self, outcome: Optional[BaseException]) -> None:
         self.outcome = outcome
         self.returned = True
-        self._back.set()
+        self.recall()
 
     def recall(self) -> None:
-        """``cancel()``: wake the worker waiting for the body (any thread, idempotent)."""
-        self._back.set()
+        """The body goes back to the worker (its end, a failure, or ``cancel()``): any thread, idempotent."""
+        with self._lock:
+            if self._back:
+                return
+            self._back = True
+            ready = self._detached
+        if ready:
+            self._on_return()
 
-    def wait_returned(self) -> Optional[BaseException]:
-        """The worker's side: wait for the body; return the failure the caller met, if any."""
-        self._back.wait(None)
+    def detached(self) -> None:
+        """The segment that lent the body has left the generator: the next one may run."""
+        with self._lock:
+            self._detached = True
+            ready = self._back
+        if ready:
+            self._on_return()
+
+    def take_back(self) -> Optional[BaseException]:
+        """The worker's side, once resumed: end the lending; return the failure the caller met, if any."""
         with self._busy:  # a step in progress ends first
             self.returned = True
         outcome, self.outcome = self.outcome, None
         return outcome
+
+
+#: Workers whose body is lent, so no thread of theirs is running: kept alive
+#: here (a dropped stream's finalizer must still find its worker to cancel it).
+_LENDING: Set["Worker"] = set()
+_LENDING_LOCK = threading.Lock()
 
 
 class Worker:
@@ -309,7 +334,9 @@ class Worker:
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
                                 continue_allowed=continue_allowed)
-        self._thread = threading.Thread(target=self._run, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
+        self._run = self._main()
+        self._done = threading.Event()
+        self._thread = self._new_thread()
 
     @property
     def total_deadline(self) -> float:
@@ -319,6 +346,33 @@ class Worker:
     def start(self) -> None:
         """Start the thread."""
         self._thread.start()
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._segment, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
+
+    def _segment(self) -> None:
+        """Run the stream until it lends its body to the caller, or to its end."""
+        try:
+            lent = next(self._run)
+        except StopIteration:
+            self._done.set()
+            return
+        with _LENDING_LOCK:
+            _LENDING.add(self)
+        lent.detached()
+
+    def _resume(self) -> None:
+        """The lent body came back: run the next segment in a thread of its own."""
+        with _LENDING_LOCK:
+            _LENDING.discard(self)
+        thread = self._new_thread()
+        try:
+            thread.start()
+        except RuntimeError:
+            # No new thread at interpreter shutdown: the process is ending, and
+            # with it the socket; there is nothing left to report to.
+            return
+        self._thread = thread
 
     def cancel(self) -> None:
         """Stop the stream from any thread: idempotent, returns at once."""
@@ -340,18 +394,20 @@ class Worker:
         self.cancel()
 
     def join(self, timeout: Optional[float]) -> bool:
-        """Wait for the thread to end; return True if it has."""
-        if threading.current_thread() is not self._thread and self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the stream's run to end; return True if it has."""
+        thread = self._thread
+        if threading.current_thread() is thread or thread.ident is None:
+            return self._done.is_set()
+        return self._done.wait(timeout)
 
     # -- the thread ----------------------------------------------------------
 
-    def _run(self) -> None:
+    def _main(self) -> Generator[_Lent, None, None]:
+        """The whole stream, as a generator that yields when it lends the body (see :class:`_Lent`)."""
         error: Optional[BaseException] = None
         monitor.stream_started()
         try:
-            self._run_in_slot()
+            yield from self._run_in_slot()
         except Cancelled:
             error = self._failure
         except StreamError as exc:
@@ -382,10 +438,10 @@ class Worker:
             error=None if error is None else type(error).__name__, metrics=metrics,
         ))
 
-    def _run_in_slot(self) -> None:
+    def _run_in_slot(self) -> Generator[_Lent, None, None]:
         slots = self._flow.slots
         if slots is None:
-            self._run_attempts()
+            yield from self._run_attempts()
             return
         monitor.waiting(1)
         try:
@@ -394,17 +450,17 @@ class Worker:
             monitor.waiting(-1)
             self.stats.queued = time.monotonic() - self.stats.started_at
         try:
-            self._run_attempts()
+            yield from self._run_attempts()
         finally:
             slots.release()
 
-    def _run_attempts(self) -> None:
+    def _run_attempts(self) -> Generator[_Lent, None, None]:
         schedule = RetrySchedule(self._retry)
         spec = self._spec
         while True:
             decoder = self._resumer.new_decoder()
             try:
-                self._attempt(spec, decoder)
+                yield from self._attempt(spec, decoder)
                 return
             except StreamError as exc:
                 if isinstance(exc, RateLimitError):
@@ -448,7 +504,7 @@ class Worker:
         if sockets is not None and self._cancel.is_set():
             sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
-    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> None:
+    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> Generator[_Lent, None, None]:
         """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
         gate = Gate(self._flow, self._cancel, self._total_deadline)
         error: Optional[BaseException] = None
@@ -458,7 +514,7 @@ class Worker:
             self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
             if self.stats.attempts == 0:
                 self.stats.queued += waited
-            self._send_and_read(spec, decoder, gate)
+            yield from self._send_and_read(spec, decoder, gate)
         except StreamError as exc:
             if self._cancel.is_set():
                 # A shut socket looks like a broken stream: it was our doing (close(),
@@ -475,7 +531,7 @@ class Worker:
             # Also after a failed enter(): a probe that never went out is freed.
             gate.leave(error)
 
-    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> None:
+    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> Generator[_Lent, None, None]:
         self.stats.attempts += 1
         started = time.monotonic()
         timeout = self._timeout
@@ -496,33 +552,34 @@ class Worker:
                     response, decoder, stats=self.stats, resumer=self._resumer, guard=self._guard,
                     idle=timeout.idle, first_deadline=first_deadline, total_deadline=self._total_deadline,
                 )
-                self._serve_body(reader)
+                yield from self._serve_body(reader)
                 if not reader.limited:  # max_output_chars: the socket is closed unread
                     self._drain(response)
         finally:
             self._set_sockets(None)
 
-    def _serve_body(self, reader: BodyReader) -> None:
+    def _serve_body(self, reader: BodyReader) -> Generator[_Lent, None, None]:
         """Read ahead into the queue until the caller consumes, then lend it the body."""
         queue = self.queue
         while not reader.done:
             if queue.consuming:
-                self._lend(reader)
+                yield from self._lend(reader)
                 return
             events = reader.step()
             if events:
                 queue.put(events)
 
-    def _lend(self, reader: BodyReader) -> None:
-        """Let the caller's thread read the body; wait until it gives it back, and raise what it met."""
-        lent = _Lent(reader)
+    def _lend(self, reader: BodyReader) -> Generator[_Lent, None, None]:
+        """Let the caller's thread read the body; go on when it comes back, and raise what it met."""
+        lent = _Lent(reader, self._resume)
         with self._sockets_lock:
             self._lent = lent
         if self._cancel.is_set():
             lent.recall()
         self.queue.lend(lent)
         try:
-            outcome = lent.wait_returned()
+            yield lent  # this thread ends here; the body's return starts the next segment
+            outcome = lent.take_back()
         finally:
             self.queue.lend(None)
             with self._sockets_lock:
