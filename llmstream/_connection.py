@@ -25,8 +25,14 @@ attempt running in the current thread (a thread-local the transport sets around
 
 Invariant: a socket is tracked only while its attempt owns the connection.
 When urllib3 puts a connection back in its pool, the pool first forgets the
-socket (under the same lock ``shutdown`` takes), so closing a finished stream
-can never shut a socket that another stream is now using.
+socket (under the same lock ``shutdown`` holds while it shuts the socket), so
+closing a finished stream can never shut a socket that another stream is now
+using.
+
+Not tracked: connections through a SOCKS proxy (urllib3.contrib.socks has its
+own connection classes); for those, ``close()`` ends a read but not a connect
+or a wait for headers, and timeouts use urllib3's own socket reference.
+TLS inside TLS (HTTPS through an HTTPS proxy) is tracked by its outer socket.
 
 Name resolution (``getaddrinfo``) cannot be interrupted; it is bounded by the
 resolver's own timeout. IO shell: only ``_transport.py`` uses this module.
@@ -44,7 +50,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
@@ -88,8 +94,13 @@ class AttemptSockets:
         """The socket in use now (for its timeout), or None."""
         return self._sock
 
-    def track(self, sock: socket.socket) -> None:
+    def track(self, sock: Any) -> None:
         """Record ``sock`` as this attempt's; refuse it if the attempt was shut down."""
+        # TLS inside TLS (HTTPS through an HTTPS proxy) is urllib3's
+        # SSLTransport, which cannot be shut down: its socket can.
+        inner = getattr(sock, "socket", None)
+        if not isinstance(sock, socket.socket) and isinstance(inner, socket.socket):
+            sock = inner
         with self._lock:
             if self._shut:
                 raise Cancelled()
@@ -103,16 +114,19 @@ class AttemptSockets:
 
     def shutdown(self) -> None:
         """End the attempt: wake whatever blocks on its socket, refuse new ones (idempotent)."""
+        # Under the lock: a connection given back to the pool (forget()) in
+        # the meantime must not have its socket shut under its next user.
+        # shutdown() does not block, and the lock is reentrant.
         with self._lock:
             self._shut = True
             sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                # Not connected yet on a platform that does not abort a connect
-                # this way, or already closed: nothing else is blocked on it.
-                pass
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    # Not connected yet on a platform that does not abort a
+                    # connect this way, or already closed: nothing is blocked on it.
+                    pass
 
 
 class _Tracking:
@@ -139,6 +153,10 @@ def _create_tracked_connection(conn: Any) -> socket.socket:
     host, port = conn._dns_host, conn.port
     if host.startswith("["):
         host = host.strip("[]")
+    try:
+        host.encode("idna")  # as urllib3 checks: a label too long is a bad URL, not a codec error
+    except UnicodeError:
+        raise LocationParseError(f"'{host}', label empty or too long") from None
     err: Optional[OSError] = None
     for family, socktype, proto, _, address in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
         sock = socket.socket(family, socktype, proto)
@@ -263,5 +281,8 @@ class TrackingAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
         manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOLS
+        if not proxy.lower().startswith("socks"):
+            # SOCKS proxies have connection classes of their own (urllib3.contrib.socks);
+            # theirs are not tracked: close() then ends a read, not a connect or header wait.
+            manager.pool_classes_by_scheme = _POOLS
         return manager

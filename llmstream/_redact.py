@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, List, Mapping, Optional, Tuple
 
-from ._exceptions import APIStatusError, StreamError
+from ._exceptions import APIStatusError, ProviderError, StreamError
 
 __all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "secrets_in_headers"]
 
@@ -109,10 +109,21 @@ class Redactor:
 
 
 def redact_error(error: StreamError, redact: Redactor) -> None:
-    """Redact, in place, the server text an error carries: its message and, for a status error, its body."""
+    """Redact, in place, the server text an error carries: message, body, type, and its chain.
+
+    The chained exceptions (requests', urllib3's, http.client's) quote the
+    server's bytes as they came, and every traceback prints them: with
+    secrets to protect, the chain is dropped; the message already names the
+    root cause, redacted.
+    """
     if not redact:
         return
     error.message = redact(error.message)
     error.args = (error.message,)
     if isinstance(error, APIStatusError):
         error.body = redact(error.body)
+    if isinstance(error, ProviderError) and error.type is not None:
+        error.type = redact(error.type)
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True

@@ -1,7 +1,7 @@
 """Exactly-once delivery across retries: what was delivered, and how to go on.
 
-Strategy: the worker passes every batch of events through :meth:`Resumer.filter`
-before queueing it, so the resumer knows exactly what the caller has been
+Strategy: every batch of events passes :meth:`Resumer.filter` before the
+caller is handed it (``_body.BodyReader``, in whichever thread reads the body), so the resumer knows exactly what the caller has been
 handed: text, thinking, and each tool call's id, name and argument fragments.
 When an attempt fails after content was delivered, :meth:`Resumer.next_request`
 picks how the next attempt continues (design.md, "Resume: exactly once"):

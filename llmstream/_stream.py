@@ -175,10 +175,9 @@ class TokenStream:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(StreamTimeoutError("total timeout: the stream took longer than Timeout.total", kind="total"))
-            batches, ended, error = queue.get(min(POLL_INTERVAL, left) if _SLICED_WAITS else left)
+            batches, ended, error, lent = queue.get(min(POLL_INTERVAL, left) if _SLICED_WAITS else left)
             if batches:
                 return batches
-            lent = queue.lent
             if lent is not None:
                 # The worker lent us the body: read it in this thread (one
                 # wake-up per token instead of two); the read's own deadlines apply.

@@ -127,7 +127,8 @@ def _root_reason(exc: BaseException) -> str:
     reason = getattr(seen, "reason", None)
     text = str(reason if isinstance(reason, BaseException) else seen)
     # urllib3 prefixes reasons with the connection object's repr.
-    return text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
+    text = text.split(": ", 1)[1] if text.startswith("<") and ": " in text else text
+    return text.strip()  # http.client's BadStatusLine keeps the line's CR LF
 
 
 #: What :func:`translate` maps: everything requests, urllib3 and the socket raise.
@@ -214,15 +215,10 @@ class OpenResponse:
 
         Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
         """
-        sock = self._sockets.sock
-        # Setting the timeout is a system call's worth of work per read; a
-        # difference under TIMEOUT_SLACK changes nothing a caller could notice.
-        if sock is not None and not _close_enough(timeout, self._timeout_set):
-            sock.settimeout(timeout)
-            self._timeout_set = timeout
+        self._set_timeout(timeout)
         try:
             if self._dechunk is not None:
-                data = self._read_dechunked(self._dechunk)
+                data = self._read_dechunked(self._dechunk, timeout, kind)
             else:
                 data = self._raw.read1(READ_SIZE, decode_content=True)
         except FOREIGN_ERRORS as exc:
@@ -231,11 +227,39 @@ class OpenResponse:
             raise Cancelled()
         return data
 
-    def _read_dechunked(self, dechunk: Dechunker) -> bytes:
-        """The payload of everything received so far (at least one byte), b"" after the last chunk."""
+    def _set_timeout(self, timeout: Optional[float]) -> None:
+        # Setting the timeout is a system call's worth of work per read; a
+        # difference under TIMEOUT_SLACK changes nothing a caller could notice.
+        if _close_enough(timeout, self._timeout_set):
+            return
+        sock = self._sockets.sock
+        if sock is None:
+            # A connection llmstream does not track (through a SOCKS proxy):
+            # urllib3's own reference, which http.client keeps for a
+            # chunked or sized body.
+            connection = self._raw.connection
+            sock = getattr(connection, "sock", None) if connection is not None else None
+        if sock is not None:
+            sock.settimeout(timeout)
+            self._timeout_set = timeout
+
+    def _read_dechunked(self, dechunk: Dechunker, timeout: Optional[float], kind: str) -> bytes:
+        """The payload of everything received so far (at least one byte), b"" after the last chunk.
+
+        Reads that bring only framing (size lines, trailers) share the one
+        ``timeout``: a server dripping framing bytes cannot stretch the wait.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while not dechunk.done:
             if dechunk.failed:
                 dechunk.feed(b"")  # raises the fault met after the payload last returned
+            if not first and deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StreamTimeoutError(f"{kind} timeout waiting for {redact_url(self._url)}", kind=kind)
+                self._set_timeout(left)
+            first = False
             raw: bytes = self._reader.read1(READ_SIZE)
             if not raw:
                 raise IncompleteStreamError(

@@ -126,7 +126,9 @@ class EventQueue:
     takes no lock: ``deque.append``/``popleft`` are atomic, each counter is
     written by one thread only, and a thread is woken only when the other side
     has said it is waiting (a flag set *before* it re-checks the queue, so
-    either the producer sees the flag or the consumer sees the batch). A
+    either the producer sees the flag or the consumer sees the batch). This
+    relies on the GIL's sequential consistency: a free-threaded Python would
+    need a lock here. A
     stream whose caller keeps up costs one wake-up per batch, not a
     lock/notify/allocation round.
     """
@@ -187,12 +189,14 @@ class EventQueue:
         self._wake_caller.set()
         self._wake_worker.set()
 
-    def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException]]:
+    def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException], Optional["_Lent"]]:
         """Take every queued batch, waiting at most ``timeout`` seconds (None: no limit) for one.
 
-        Returns ``(batches, ended, error)``: ``ended`` is True once the worker
-        is done and everything it queued is in ``batches`` or was taken before.
-        Returns at once, with no batch, while a body is :attr:`lent`.
+        Returns ``(batches, ended, error, lent)``: ``ended`` is True once the
+        worker is done and everything it queued is in ``batches`` or was taken
+        before; ``lent`` is a body lent to the caller, given only with no
+        batch, so the caller reads it only after every batch queued before it.
+        Returns at once while a body is lent.
         """
         self.consuming = True
         queued = self._batches
@@ -201,7 +205,9 @@ class EventQueue:
             if not queued and not self._ended and not self._closed and self.lent is None:
                 self._wake_caller.wait(timeout)
             self._caller_waiting = False
-        # Read "ended" before taking: every batch was appended before it was set.
+        # Read "lent" and "ended" before taking: every batch the worker queued
+        # was appended before it lent a body or marked the end.
+        lent = self.lent
         ended, error = self._ended, self._error
         batches = []
         taken = 0
@@ -213,7 +219,8 @@ class EventQueue:
             self._taken += taken
             if self._worker_waiting:
                 self._wake_worker.set()
-        return batches, ended, error
+            return batches, ended, error, None
+        return batches, ended, error, lent
 
 
 class _Lent:
@@ -249,7 +256,9 @@ class _Lent:
                 return None
             try:
                 events = self.reader.step()
-            except (StreamError, Cancelled) as exc:
+            except Exception as exc:  # not swallowed: the worker raises it, or retries a StreamError
+                # A StreamError is the worker's to retry; anything else (a bug)
+                # ends the stream as failed, raised to the caller by the worker.
                 self._give_back(exc)
                 return []
             if self.reader.done:
@@ -382,10 +391,12 @@ class Worker:
             self._flow.slots.wake_all()
         with self._sockets_lock:
             sockets, lent = self._sockets, self._lent
-        if sockets is not None:
-            sockets.shutdown()  # first: it ends a read the caller may be blocked in
-        if lent is not None:
-            lent.recall()
+        try:
+            if sockets is not None:
+                sockets.shutdown()  # first: it ends a read the caller may be blocked in
+        finally:
+            if lent is not None:
+                lent.recall()
 
     def fail(self, error: BaseException) -> None:
         """Stop the stream because the caller's side failed it (so it is reported as failed, not closed)."""

@@ -27,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -407,6 +408,8 @@ class Outcome:
     event_reprs: List[str] = field(default_factory=list)
     pieces: List[str] = field(default_factory=list)
     elapsed: float = 0.0
+    #: The printed tracebacks, chained causes included, of the error and of every Retrying cause.
+    traces: List[str] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.error is None:
@@ -436,12 +439,14 @@ def consume(client: object, *, use_events: bool = False, **kwargs: object) -> "t
                 if cause is not None:
                     out.event_reprs.append(str(cause))
                     out.event_reprs.append(repr(getattr(cause, "body", "")))
+                    out.traces.append("".join(traceback.format_exception(cause)))
         else:
             for piece in stream:
                 out.pieces.append(piece)
         out.text = stream.text
     except llmstream.StreamError as exc:
         out.error, out.partial, out.message, out.rep = type(exc), exc.partial_text, str(exc), repr(exc)
+        out.traces.append("".join(traceback.format_exception(exc)))
         for name in ("status_code", "body", "kind", "attempts", "type"):
             if hasattr(exc, name):
                 out.attrs[name] = getattr(exc, name)

@@ -369,6 +369,24 @@ def test_stall_times_out_with_the_right_kind(serve, framing, phase, timeout, kin
     assert_clean(ref, client, [server], before)
 
 
+@pytest.mark.parametrize("first,drip", [
+    pytest.param(b"0\r\n", b"x-a: b\r\n", id="trailer-lines-after-the-last-chunk"),
+    pytest.param(b"5;a", b"a", id="a-chunk-extension-byte-by-byte"),
+])
+def test_chunk_framing_alone_is_not_progress(serve, first: bytes, drip: bytes) -> None:
+    # Bytes that carry no payload (trailer lines, a size line's extension)
+    # must not restart the wait: every read they take shares the one deadline.
+    steps: List[Step] = [Send(head(framing="chunked") + body_of(_HI, "chunked", complete=False) + first)]
+    steps += [s for _ in range(40) for s in (Wait(0.1), Send(drip))] + [Wait()]
+    server = serve([steps])
+    before = socket_fds()
+    client = client_for(server, timeout=IDLE)
+    out, ref = consume(client)
+    check(out, StreamTimeoutError, "Hi", kind="idle")
+    assert out.elapsed < IDLE.idle + 0.4, out.elapsed
+    assert_clean(ref, client, [server], before)
+
+
 # -- close() from another thread, in every phase -------------------------------------
 
 
@@ -586,6 +604,8 @@ ECHO_CASES = [
     pytest.param("openai", [Send(head(200, framing="length", length=len(KEY) + 13,
                                       content_type=b"text/html; key=" + KEY.encode()) + b"<html>" + KEY.encode()
                                  + b"</html>")], MalformedStreamError, True, id="200-wrong-content-type"),
+    pytest.param("openai", [Send(b"GARBAGE Bearer " + KEY.encode() + b"\r\n\r\n")],
+                 APIConnectionError, True, id="garbage-status-line"),
     pytest.param("anthropic", _status(401, json.dumps({"type": "error", "error": {
         "type": "authentication_error", "message": f"invalid x-api-key {KEY}"}}).encode()),
                  AuthenticationError, True, id="anthropic-401"),
@@ -606,7 +626,8 @@ def test_an_echoed_key_leaks_nowhere(serve, caplog, provider, script, error, sho
     assert out.error is error, out.describe()
     places = {"str(exc)": out.message, "repr(exc)": out.rep, "exc.body": str(out.attrs.get("body", "")),
               "events": "\n".join(out.event_reprs),
-              "logs": "\n".join(caplog.text.splitlines())}
+              "logs": "\n".join(caplog.text.splitlines()),
+              "tracebacks (chained causes included)": "\n".join(out.traces)}
     leaked = {where: _fragments(text) for where, text in places.items() if _fragments(text)}
     assert leaked == {}, f"key fragments leaked in {sorted(leaked)}"
     if shown:
