@@ -39,7 +39,7 @@ _LOG_GROWTH = math.log(GROWTH)
 #: The bucket of values <= 0.
 _ZERO = -(1 << 30)
 #: Values kept unbucketed before they are folded in at once.
-FOLD_EVERY = 256
+FOLD_EVERY = 32
 
 
 class Histogram:
