@@ -137,6 +137,7 @@ class Dechunker:
     def _decode(self, buf: bytes, out: List[bytes]) -> bytes:
         """Append the payload ``buf`` completes to ``out``; return the bytes of a line not yet whole."""
         pos, end = 0, len(buf)
+        # Each pass moves pos forward (every ``new`` below is > pos) or leaves the loop.
         while pos < end and not self.done:
             state = self._state
             if state == _DATA:
