@@ -167,11 +167,16 @@ class TokenStream:
 
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
-        queue = self._worker.queue
-        deadline = self._worker.total_deadline + TOTAL_GRACE
+        worker = self._worker
+        queue = worker.queue
+        deadline = worker.total_deadline + TOTAL_GRACE
         while True:
             if self._status == "closed":
                 return None
+            # A segment of the stream that is due (the request, a retry, the
+            # end of an attempt) runs here, in the consumer's thread, unless a
+            # thread of the worker's already has it.
+            worker.run_here()
             left = deadline - time.monotonic()
             if left <= 0:
                 self._fail(StreamTimeoutError("total timeout: the stream took longer than Timeout.total", kind="total"))

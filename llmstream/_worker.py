@@ -57,6 +57,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from typing import Callable, Deque, Generator, List, Optional, Set, Tuple
 
 from ._config import Retry, Timeout
@@ -296,6 +297,52 @@ class _Lent:
         return outcome
 
 
+#: How long a new stream waits for its caller to iterate (and run the request
+#: in its own thread) before the starter gives it a thread of its own.
+START_GRACE = 0.005
+
+
+class _Starter:
+    """One daemon thread that gives a thread to streams whose caller did not iterate in time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Weak: a stream dropped before its start is simply collected (nothing was
+        # sent), and one whose caller ran it is not held here for the grace period.
+        self._due: Deque[Tuple[float, "weakref.ref[Worker]"]] = collections.deque()
+        self._wake = _Signal()
+        self._thread: Optional[threading.Thread] = None
+
+    def schedule(self, worker: "Worker") -> None:
+        with self._lock:
+            self._due.append((time.monotonic() + START_GRACE, weakref.ref(worker)))  # in order: one grace for all
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="llmstream-starter", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                if not self._due:
+                    self._thread = None
+                    return  # a new one starts with the next stream
+                when, worker_ref = self._due[0]
+                wait = when - time.monotonic()
+                if wait <= 0:
+                    self._due.popleft()
+            if wait > 0:
+                self._wake.wait(wait)
+                continue
+            worker = worker_ref()
+            if worker is not None:
+                worker.due()
+            del worker
+
+
+_starter = _Starter()
+
+
 #: Workers whose body is lent, so no thread of theirs is running: kept alive
 #: here (a dropped stream's finalizer must still find its worker to cancel it).
 _LENDING: Set["Worker"] = set()
@@ -345,7 +392,13 @@ class Worker:
                                 continue_allowed=continue_allowed)
         self._run = self._main()
         self._done = threading.Event()
-        self._thread = self._new_thread()
+        self._thread: Optional[threading.Thread] = None
+        # Who runs the next segment of the stream: "runnable" means a segment
+        # is due and nobody has claimed it (see _claim).
+        self._owner_lock = threading.Lock()
+        self._runnable = True
+        self._began = False
+        self._consumer: Optional[int] = None
 
     @property
     def total_deadline(self) -> float:
@@ -353,28 +406,28 @@ class Worker:
         return self._total_deadline
 
     def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
+        """Start the stream: in the caller's thread if it iterates at once, else in a thread of its own.
 
-    def _new_thread(self) -> threading.Thread:
-        return threading.Thread(target=self._segment, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
+        A caller that iterates within :data:`START_GRACE` runs the request
+        itself (no thread is made for it); otherwise the shared starter gives
+        the stream a thread, so streams started together run together.
+        """
+        _starter.schedule(self)
 
-    def _segment(self) -> None:
-        """Run the stream until it lends its body to the caller, or to its end."""
-        try:
-            lent = next(self._run)
-        except StopIteration:
-            self._done.set()
-            return
-        with _LENDING_LOCK:
-            _LENDING.add(self)
-        lent.detached()
+    def _claim(self) -> bool:
+        with self._owner_lock:
+            claimed, self._runnable = self._runnable, False
+        return claimed
 
-    def _resume(self) -> None:
-        """The lent body came back: run the next segment in a thread of its own."""
-        with _LENDING_LOCK:
-            _LENDING.discard(self)
-        thread = self._new_thread()
+    def run_here(self) -> None:
+        """The consumer's turn: run the stream's due segment in this thread, if nobody has claimed it."""
+        self._consumer = threading.get_ident()
+        self.queue.consuming = True  # the segment must lend the body, not read ahead in this thread
+        if self._runnable and self._claim():  # the flag first: no lock per token
+            self._segment()
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._segment, name=f"llmstream-worker-{next(_thread_ids)}", daemon=True)
         try:
             thread.start()
         except RuntimeError:
@@ -383,9 +436,50 @@ class Worker:
             return
         self._thread = thread
 
+    def _start_claimed(self) -> None:
+        """Run the claimed segment in a new thread; a stream that never began just ends."""
+        if not self._began and self._cancel.is_set():
+            self._run.close()  # never started: nothing was sent, nothing to report
+            self._done.set()
+            return
+        self._start_thread()
+
+    def _segment(self) -> None:
+        """Run the stream until it lends its body to the caller, or to its end."""
+        self._began = True
+        try:
+            lent = next(self._run)
+        except StopIteration:
+            self._done.set()
+            return
+        except BaseException:
+            self._done.set()  # an interrupt ended the run (its finally reported it)
+            raise
+        with _LENDING_LOCK:
+            _LENDING.add(self)
+        lent.detached()
+
+    def _resume(self) -> None:
+        """The lent body came back: the consumer runs the next segment, or a thread of its own does."""
+        with _LENDING_LOCK:
+            _LENDING.discard(self)
+        with self._owner_lock:
+            self._runnable = True
+        if threading.get_ident() == self._consumer and not self._cancel.is_set():
+            return  # the consumer's loop runs it next (run_here)
+        if self._claim():
+            self._start_claimed()
+
+    def due(self) -> None:
+        """The starter's turn (the caller did not iterate in time): give the stream a thread."""
+        if self._claim():
+            self._start_claimed()
+
     def cancel(self) -> None:
         """Stop the stream from any thread: idempotent, returns at once."""
         self._cancel.set()
+        if self._claim():
+            self._start_claimed()  # a segment was due and nobody ran it: end the stream properly
         self.queue.close()
         if self._flow.slots is not None:
             self._flow.slots.wake_all()
@@ -406,8 +500,7 @@ class Worker:
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the stream's run to end; return True if it has."""
-        thread = self._thread
-        if threading.current_thread() is thread or thread.ident is None:
+        if threading.current_thread() is self._thread:
             return self._done.is_set()
         return self._done.wait(timeout)
 
@@ -426,9 +519,14 @@ class Worker:
             redact_error(exc, self._redact)
             logger.info("stream failed after %d attempt(s): %s: %s", exc.attempts, type(exc).__name__, exc.message)
             error = exc
-        except BaseException as exc:  # a bug, or a KeyboardInterrupt in this thread: hand it to the caller
+        except Exception as exc:  # a bug: hand it to the caller
             logger.debug("llmstream worker crashed", exc_info=True)
             error = exc
+        except BaseException:
+            # Ctrl+C (or SystemExit) in the caller's thread, which was running
+            # this segment itself: the stream is closed, and the interrupt goes on.
+            self._cancel.set()
+            raise
         finally:
             try:
                 self._report(error)
