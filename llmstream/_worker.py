@@ -4,14 +4,18 @@ Strategy:
   * The worker owns one stream's attempts: flow control, the request, the
     retry and resume decisions. The body of each attempt is read one step at
     a time by ``_body.BodyReader`` (one socket read, decoded, filtered).
-  * Who reads the body: until the caller starts consuming, the worker reads
-    ahead and puts each read's events onto the queue as ONE batch. Once the
-    caller consumes (its first ``get``), the worker *lends* it the body
-    (:class:`_Lent`) and parks: the caller's ``next()`` runs the read steps in
-    its own thread. A slow stream then costs one thread wake-up per token, not
-    two (the worker's, then the caller's) — what lets hundreds of streams
-    share one process (issue 17). The body comes back at its end, on a
-    failure (raised in the worker, which decides on a retry) or on ``cancel()``.
+  * Who runs it: the stream's run is a generator (:meth:`Worker._main`) driven
+    one *segment* at a time by whoever claims it — the caller's thread if it
+    iterates within ``START_GRACE`` (then no thread is made at all), else a
+    thread the shared starter gives it. Until the caller consumes, the run
+    reads ahead and puts each read's events onto the queue as ONE batch. Once
+    the caller consumes, the run *lends* it the body (:class:`_Lent`) and its
+    segment ends: the caller's ``next()`` runs the read steps itself. A slow
+    stream then costs one thread wake-up per token, not two — what lets
+    hundreds of streams share one process (issue 17). The body comes back at
+    its end, on a failure (the next segment decides on a retry) or on
+    ``cancel()``; the next segment runs in the caller's loop, or in a thread
+    when the caller is not there to run it.
   * Backpressure: ``put`` blocks while the queue holds ``max_buffered`` events
     or more; a lent body is read only when the caller asks. Either way an
     unread socket lets TCP flow control slow the server, and memory stays
