@@ -168,9 +168,13 @@ class EventQueue:
         lent = self._lent
         return lent if lent is not None and not lent.returned else None
 
-    def put(self, batch: List[Event]) -> None:
-        """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed."""
-        while self._put - self._taken >= self._max and not self._closed:
+    def put(self, batch: List[Event], *, block: bool = True) -> None:
+        """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed.
+
+        ``block=False`` is for the consumer's own thread (a segment it runs
+        itself): it would wait for itself; it drains the queue right after.
+        """
+        while block and self._put - self._taken >= self._max and not self._closed:
             self._worker_waiting = True
             if self._put - self._taken >= self._max and not self._closed:
                 self._wake_worker.wait(None)  # close() and every get() that takes wake it
@@ -435,8 +439,11 @@ class Worker:
         try:
             thread.start()
         except RuntimeError:
-            # No new thread at interpreter shutdown: the process is ending, and
-            # with it the socket; there is nothing left to report to.
+            # No thread to be had (the process is out of them, or shutting
+            # down): the segment is due again, for the caller's loop to run.
+            logger.warning("llmstream could not start a worker thread; the stream goes on when it is iterated")
+            with self._owner_lock:
+                self._runnable = True
             return
         self._thread = thread
 
@@ -453,6 +460,11 @@ class Worker:
         self._began = True
         try:
             lent = next(self._run)
+            if lent is None:  # a pause in the consumer's own thread: it runs on when it asks for more
+                with self._owner_lock:
+                    self._runnable = True
+                _starter.schedule(self)  # or in a thread, if it does not ask soon
+                return
         except StopIteration:
             self._done.set()
             return
@@ -470,7 +482,11 @@ class Worker:
         with self._owner_lock:
             self._runnable = True
         if threading.get_ident() == self._consumer and not self._cancel.is_set():
-            return  # the consumer's loop runs it next (run_here)
+            # The consumer's loop runs it next (run_here); if it does not come
+            # back within the grace, the starter gives it a thread, so a caller
+            # that stops pulling cannot hold the connection and its slot.
+            _starter.schedule(self)
+            return
         if self._claim():
             self._start_claimed()
 
@@ -510,7 +526,7 @@ class Worker:
 
     # -- the thread ----------------------------------------------------------
 
-    def _main(self) -> Generator[_Lent, None, None]:
+    def _main(self) -> Generator[Optional[_Lent], None, None]:
         """The whole stream, as a generator that yields when it lends the body (see :class:`_Lent`)."""
         error: Optional[BaseException] = None
         monitor.stream_started()
@@ -551,7 +567,7 @@ class Worker:
             error=None if error is None else type(error).__name__, metrics=metrics,
         ))
 
-    def _run_in_slot(self) -> Generator[_Lent, None, None]:
+    def _run_in_slot(self) -> Generator[Optional[_Lent], None, None]:
         slots = self._flow.slots
         if slots is None:
             yield from self._run_attempts()
@@ -567,7 +583,7 @@ class Worker:
         finally:
             slots.release()
 
-    def _run_attempts(self) -> Generator[_Lent, None, None]:
+    def _run_attempts(self) -> Generator[Optional[_Lent], None, None]:
         schedule = RetrySchedule(self._retry)
         spec = self._spec
         while True:
@@ -580,9 +596,10 @@ class Worker:
                     # One stream's 429 slows every stream of the client.
                     pause = exc.retry_after if exc.retry_after is not None else self._retry.initial_delay
                     self._flow.limiter.pause(min(pause, self._retry.max_retry_after))
-                spec = self._prepare_retry(exc, schedule, decoder)
+                spec = yield from self._prepare_retry(exc, schedule, decoder)
 
-    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule, decoder: StreamDecoder) -> RequestSpec:
+    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule,
+                       decoder: StreamDecoder) -> Generator[Optional[_Lent], None, RequestSpec]:
         """Wait before the next attempt and return its request, or raise ``exc``."""
         if self.stats.attempts >= self._retry.max_attempts:
             raise exc
@@ -606,7 +623,13 @@ class Worker:
             "retrying (attempt %d of %d) in %.2fs after %s: %s",
             attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,
         )
-        self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc)])
+        inline = threading.get_ident() == self._consumer
+        self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc)], block=not inline)
+        if inline:
+            # The caller runs this segment itself: let it have the Retrying event
+            # before the wait, as a worker thread's caller would (yield a pause);
+            # the wait runs when it asks for more.
+            yield None
         if self._cancel.wait(delay):
             raise Cancelled()
         return next_spec
@@ -617,7 +640,7 @@ class Worker:
         if sockets is not None and self._cancel.is_set():
             sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
-    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> Generator[_Lent, None, None]:
+    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> Generator[Optional[_Lent], None, None]:
         """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
         gate = Gate(self._flow, self._cancel, self._total_deadline)
         error: Optional[BaseException] = None
@@ -644,7 +667,7 @@ class Worker:
             # Also after a failed enter(): a probe that never went out is freed.
             gate.leave(error)
 
-    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> Generator[_Lent, None, None]:
+    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> Generator[Optional[_Lent], None, None]:
         self.stats.attempts += 1
         started = time.monotonic()
         timeout = self._timeout
@@ -671,7 +694,7 @@ class Worker:
         finally:
             self._set_sockets(None)
 
-    def _serve_body(self, reader: BodyReader) -> Generator[_Lent, None, None]:
+    def _serve_body(self, reader: BodyReader) -> Generator[Optional[_Lent], None, None]:
         """Read ahead into the queue until the caller consumes, then lend it the body."""
         queue = self.queue
         while not reader.done:
@@ -682,7 +705,7 @@ class Worker:
             if events:
                 queue.put(events)
 
-    def _lend(self, reader: BodyReader) -> Generator[_Lent, None, None]:
+    def _lend(self, reader: BodyReader) -> Generator[Optional[_Lent], None, None]:
         """Let the caller's thread read the body; go on when it comes back, and raise what it met."""
         lent = _Lent(reader, self._resume)
         with self._sockets_lock:

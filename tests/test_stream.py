@@ -514,3 +514,28 @@ def test_ollama_text_before_invalid_json_in_the_same_read_is_delivered(server: F
         with pytest.raises(MalformedStreamError) as info:
             s.result
     assert info.value.partial_text == "Hello from"
+
+
+# -- a stream iterated at once runs in the caller's thread --------------------------------
+
+
+def test_retries_in_the_callers_own_thread_never_wait_for_themselves(server: FakeLLMServer) -> None:
+    # The caller runs the retries itself: with a one-event queue, a second
+    # Retrying event must not wait for a caller that is the same thread.
+    server.script(Reply(status=503), Reply(status=503), Reply(text="ok"))
+    client = client_for(server, "openai", max_buffered=1,
+                        retry=Retry(max_attempts=3, initial_delay=0.01, max_delay=0.01))
+    events = list(client.stream("hi", model="m").events())
+    assert [type(e).__name__ for e in events][:3] == ["Retrying", "Retrying", "TextDelta"]
+
+
+def test_a_retrying_event_comes_before_its_wait(server: FakeLLMServer) -> None:
+    server.script(Reply(status=429, headers={"Retry-After": "1"}), Reply(text="ok"))
+    client = client_for(server, "openai", retry=Retry(max_attempts=2, max_retry_after=5))
+    started = time.monotonic()
+    seen = []
+    for event in client.stream("hi", model="m").events():
+        seen.append((type(event).__name__, time.monotonic() - started))
+    assert seen[0][0] == "Retrying" and seen[0][1] < 0.5, seen
+    assert seen[1][0] == "TextDelta" and seen[1][1] >= 0.95, seen
+
