@@ -180,7 +180,11 @@ def _close_enough(wanted: Optional[float], current: Optional[float]) -> bool:
 
 
 class OpenResponse:
-    """A streaming response being read; ``shutdown()`` may come from any thread."""
+    """A streaming response, read and closed by one thread at a time.
+
+    Another thread ends a blocked read through the attempt's
+    :class:`~llmstream._connection.AttemptSockets`, never through this object.
+    """
 
     def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool],
                  sockets: AttemptSockets) -> None:

@@ -133,9 +133,8 @@ class EventQueue:
     has said it is waiting (a flag set *before* it re-checks the queue, so
     either the producer sees the flag or the consumer sees the batch). This
     relies on the GIL's sequential consistency: a free-threaded Python would
-    need a lock here. A
-    stream whose caller keeps up costs one wake-up per batch, not a
-    lock/notify/allocation round.
+    need a lock here. A stream whose caller keeps up costs one wake-up per
+    batch, not a lock/notify/allocation round.
     """
 
     __slots__ = ("_max", "_batches", "_put", "_taken", "_caller_waiting", "_worker_waiting",
@@ -236,11 +235,12 @@ class _Lent:
     """A body lent to the caller, whose thread runs its read steps until the body ends.
 
     No thread waits while the caller reads: the worker's run is a generator
-    that *yields* the lent body, and its thread ends. The body comes back when
-    it ends, when a step fails (the failure is the outcome, raised in the
+    that *yields* the lent body, and its segment ends. The body comes back
+    when it ends, when a step fails (the failure is the outcome, raised in the
     worker, which decides on a retry), or when ``cancel()`` recalls it; then
-    ``on_return`` starts the run's next segment in a new thread, exactly once,
-    and only after the segment that lent the body has left the generator.
+    ``on_return`` makes the run's next segment due (for the caller's loop or a
+    thread), exactly once, and only after the segment that lent the body has
+    left the generator.
     A step in progress finishes before the worker goes on (the ``busy``
     lock), so two threads never touch the response at once; a recalled step
     ends promptly because ``cancel()`` shut the socket first.
@@ -442,8 +442,7 @@ class Worker:
             # No thread to be had (the process is out of them, or shutting
             # down): the segment is due again, for the caller's loop to run.
             logger.warning("llmstream could not start a worker thread; the stream goes on when it is iterated")
-            with self._owner_lock:
-                self._runnable = True
+            self._make_due()
             return
         self._thread = thread
 
@@ -461,9 +460,7 @@ class Worker:
         try:
             lent = next(self._run)
             if lent is None:  # a pause in the consumer's own thread: it runs on when it asks for more
-                with self._owner_lock:
-                    self._runnable = True
-                _starter.schedule(self)  # or in a thread, if it does not ask soon
+                self._due_for_consumer()
                 return
         except StopIteration:
             self._done.set()
@@ -475,31 +472,39 @@ class Worker:
             _LENDING.add(self)
         lent.detached()
 
+    def _make_due(self) -> None:
+        with self._owner_lock:
+            self._runnable = True
+
+    def _due_for_consumer(self) -> None:
+        """The next segment is the consumer's loop's to run (run_here).
+
+        If the consumer does not come back within the grace, the starter gives
+        it a thread, so a caller that stops pulling cannot hold the
+        connection and its concurrency slot.
+        """
+        self._make_due()
+        _starter.schedule(self)
+
     def _resume(self) -> None:
         """The lent body came back: the consumer runs the next segment, or a thread of its own does."""
         with _LENDING_LOCK:
             _LENDING.discard(self)
-        with self._owner_lock:
-            self._runnable = True
         if threading.get_ident() == self._consumer and not self._cancel.is_set():
-            # The consumer's loop runs it next (run_here); if it does not come
-            # back within the grace, the starter gives it a thread, so a caller
-            # that stops pulling cannot hold the connection and its slot.
-            _starter.schedule(self)
+            self._due_for_consumer()
             return
-        if self._claim():
-            self._start_claimed()
+        self._make_due()
+        self.due()
 
     def due(self) -> None:
-        """The starter's turn (the caller did not iterate in time): give the stream a thread."""
+        """Give the due segment a thread of its own, unless someone has claimed it (the starter, cancel())."""
         if self._claim():
             self._start_claimed()
 
     def cancel(self) -> None:
         """Stop the stream from any thread: idempotent, returns at once."""
         self._cancel.set()
-        if self._claim():
-            self._start_claimed()  # a segment was due and nobody ran it: end the stream properly
+        self.due()  # a segment was due and nobody ran it: end the stream properly
         self.queue.close()
         if self._flow.slots is not None:
             self._flow.slots.wake_all()
