@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._events import StreamResult
-from ._flow import Flow
+from ._flow import Flow, FlowControl, SharedState
 from ._providers import get_provider
 from ._providers._base import Message, Provider
 from ._stream import TokenStream
@@ -82,6 +82,10 @@ class Client:
         max_output_chars: cut every answer at this many characters (text,
             thinking and tool-call arguments): the stream ends with
             ``finish_reason == "max_output_chars"`` and its socket is closed.
+        shared: a :class:`RedisState` to share ``max_concurrent``,
+            ``rate_limit``, the 429 pause (and, if it says so, the circuit
+            breaker) with every client of every process that uses the same
+            Redis and prefix (``None``: this client's limits are its own).
 
     Usage::
 
@@ -107,6 +111,7 @@ class Client:
         rate_limit: Optional[RateLimit] = None,
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
+        shared: Optional[SharedState] = None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
@@ -134,8 +139,15 @@ class Client:
             raise TypeError("circuit_breaker must be a llmstream.CircuitBreaker, True, False or None, "
                             f"not {type(circuit_breaker).__name__}")
         self.max_output_chars = _check_max_output_chars(max_output_chars)
-        self._flow = Flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
-                          rate_limit=rate_limit, circuit_breaker=circuit_breaker)
+        if shared is not None and not isinstance(shared, SharedState):
+            raise TypeError(f"shared must be a llmstream.RedisState or None, not {type(shared).__name__}")
+        self._flow: FlowControl
+        if shared is None:
+            self._flow = Flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
+                              rate_limit=rate_limit, circuit_breaker=circuit_breaker)
+        else:
+            self._flow = shared.flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
+                                     rate_limit=rate_limit, circuit_breaker=circuit_breaker)
         self._transport = Transport()
 
     @property
@@ -146,7 +158,7 @@ class Client:
     @property
     def circuit_state(self) -> Optional[str]:
         """The circuit breaker's state (``"closed"``, ``"open"``, ``"half-open"``), or ``None`` without one."""
-        return self._flow.breaker.state if self._flow.breaker is not None else None
+        return self._flow.circuit_state
 
     def stream(
         self,

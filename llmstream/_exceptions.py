@@ -21,7 +21,8 @@ made (``attempts``). Misuse of the API is not a stream failure: it raises a
     ├── MalformedStreamError         bytes that are not the provider's protocol
     ├── ProviderError                an error reported inside the stream; .type
     ├── ResumeError                  a broken stream could not be resumed exactly once
-    └── CircuitOpenError             the client's circuit breaker is open; .retry_after, .base_url
+    ├── CircuitOpenError             the client's circuit breaker is open; .retry_after, .base_url
+    └── SharedStateError             the shared flow-control state (Redis) could not be reached, fail-closed
 
     StreamClosedError (RuntimeError) iterating a stream after close()
     StreamBusyError (RuntimeError)   iterating one stream from two threads at once
@@ -50,6 +51,7 @@ __all__ = [
     "ProviderError",
     "ResumeError",
     "CircuitOpenError",
+    "SharedStateError",
     "StreamClosedError",
     "StreamBusyError",
     "status_error_class",
@@ -238,6 +240,15 @@ class CircuitOpenError(StreamError):
 
     def _extra(self) -> Dict[str, Any]:
         return {"retry_after": self.retry_after, "base_url": self.base_url}
+
+
+class SharedStateError(StreamError):
+    """Raised when the fleet's shared state (``RedisState``) cannot be reached and the client fails closed.
+
+    Only with ``RedisState(on_error="closed")``: the stream fails without a
+    request rather than going past the fleet's limits. (``on_error="open"``,
+    the default, falls back to the client's own limits instead.) Never retried.
+    """
 
 
 class StreamClosedError(RuntimeError):

@@ -28,7 +28,7 @@ import json
 import math
 import threading
 import time
-from typing import Any, Deque, Mapping, Optional
+from typing import Any, Deque, Mapping, Optional, Tuple
 
 from ._config import CircuitBreaker, RateLimit
 from ._exceptions import (
@@ -45,7 +45,7 @@ from ._exceptions import (
 from ._monitor import monitor
 from ._transport import Cancelled
 
-__all__ = ["Flow", "Gate", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
+__all__ = ["FlowControl", "SharedState", "Flow", "Gate", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
 
 #: Request body keys that set the output limit, per provider.
 _OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -294,8 +294,63 @@ class Breaker:
                 self._state = "closed"
 
 
-class Flow:
-    """The flow control of one client: shared by all its streams' workers.
+class FlowControl:
+    """What the workers of one client need from its flow control: the seam between them and a backend.
+
+    :class:`Flow` is the in-process backend (one client's limits, in memory);
+    ``llmstream._redis_state`` provides one that shares them with every
+    process of a fleet through Redis. Every method is thread-safe and every
+    wait is bounded by the stream's ``deadline`` and ended by its ``cancel``.
+    """
+
+    base_url: str
+    #: True when there is a tokens-per-minute budget (requests must be estimated).
+    counts_tokens: bool = False
+    #: True when there is a concurrency limit (the worker takes a slot per stream).
+    has_slots: bool = False
+
+    def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
+        """Wait in line for a concurrency slot and return the lease to give back to :meth:`release_slot`."""
+        raise NotImplementedError
+
+    def release_slot(self, lease: object) -> None:
+        """Give a slot back (never raises: a lease that cannot be returned expires)."""
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Wake every waiter so that a cancelled one notices at once."""
+
+    def enter(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
+        """Admit one attempt: breaker, pause, rate budgets. Return (seconds waited, whether it is the breaker's probe)."""
+        raise NotImplementedError
+
+    def record(self, probe: bool, error: Optional[BaseException]) -> None:
+        """An attempt's outcome, for the circuit breaker (``error`` None = the server answered 2xx)."""
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request for ``seconds`` (a 429's ``Retry-After``)."""
+        raise NotImplementedError
+
+    def correct(self, tokens: float) -> None:
+        """Charge (or refund, if negative) tokens once a stream's real usage is known."""
+
+    @property
+    def circuit_state(self) -> Optional[str]:
+        """The circuit breaker's state, or ``None`` without one."""
+        return None
+
+
+class SharedState:
+    """Something that builds a client's :class:`FlowControl` shared beyond the process (``RedisState``)."""
+
+    def flow(self, *, base_url: str, max_concurrent: Optional[int], rate_limit: Optional[RateLimit],
+             circuit_breaker: Optional[CircuitBreaker]) -> FlowControl:
+        """The flow control of one client with these limits."""
+        raise NotImplementedError
+
+
+class Flow(FlowControl):
+    """The in-process flow control of one client: shared by all its streams' workers.
 
     Attributes:
         base_url: the client's base URL, credentials removed (for messages and metrics).
@@ -310,8 +365,60 @@ class Flow:
         self.slots = Slots(max_concurrent) if max_concurrent is not None else None
         self.limiter = RateLimiter(rate_limit)
         self.breaker = Breaker(circuit_breaker, base_url) if circuit_breaker is not None else None
+        self.has_slots = self.slots is not None
+        self.counts_tokens = self.limiter.counts_tokens
         if self.breaker is not None:
             monitor.register_breaker(self.breaker)
+
+    def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
+        """Take a local slot (FIFO); the lease is ``None``."""
+        if self.slots is not None:
+            self.slots.acquire(cancel, deadline)
+        return None
+
+    def release_slot(self, lease: object) -> None:
+        """Give the local slot back."""
+        if self.slots is not None:
+            self.slots.release()
+
+    def wake(self) -> None:
+        """Wake the slot waiters (a cancelled one leaves the line at once)."""
+        if self.slots is not None:
+            self.slots.wake_all()
+
+    def enter(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
+        """The breaker admits the attempt (or raises ``CircuitOpenError``), then the rate limiter lets it go."""
+        probe = self.breaker.admit() if self.breaker is not None else False
+        limiter = self.limiter
+        if limiter.unlimited:
+            return 0.0, probe
+        monitor.waiting(1)
+        try:
+            return limiter.acquire(tokens, cancel, deadline), probe
+        except BaseException:
+            if probe and self.breaker is not None:
+                self.breaker.record(True, Cancelled())  # a probe that never went out is freed
+            raise
+        finally:
+            monitor.waiting(-1)
+
+    def record(self, probe: bool, error: Optional[BaseException]) -> None:
+        """Tell the breaker the attempt's outcome."""
+        if self.breaker is not None:
+            self.breaker.record(probe, error)
+
+    def pause(self, seconds: float) -> None:
+        """Pause every stream of the client."""
+        self.limiter.pause(seconds)
+
+    def correct(self, tokens: float) -> None:
+        """Correct the token budget."""
+        self.limiter.correct(tokens)
+
+    @property
+    def circuit_state(self) -> Optional[str]:
+        """The local breaker's state, or ``None`` without one."""
+        return self.breaker.state if self.breaker is not None else None
 
 
 class Gate:
@@ -327,7 +434,7 @@ class Gate:
 
     __slots__ = ("_flow", "_cancel", "_deadline", "_probe")
 
-    def __init__(self, flow: Flow, cancel: threading.Event, deadline: float) -> None:
+    def __init__(self, flow: FlowControl, cancel: threading.Event, deadline: float) -> None:
         self._flow = flow
         self._cancel = cancel
         self._deadline = deadline
@@ -335,28 +442,16 @@ class Gate:
 
     def enter(self, tokens: float) -> float:
         """Pass the breaker (or raise ``CircuitOpenError``) and the rate limiter; return the seconds waited."""
-        breaker = self._flow.breaker
-        if breaker is not None:
-            self._probe = breaker.admit()
-        limiter = self._flow.limiter
-        if limiter.unlimited:
-            return 0.0
-        monitor.waiting(1)
-        try:
-            return limiter.acquire(tokens, self._cancel, self._deadline)
-        finally:
-            monitor.waiting(-1)
+        waited, self._probe = self._flow.enter(tokens, self._cancel, self._deadline)
+        return waited
 
     def answered(self) -> None:
         """The server answered 2xx: a probe closes the circuit now, not when its answer ends."""
-        if self._probe and self._flow.breaker is not None:
+        if self._probe:
             self._probe = False
-            self._flow.breaker.record(True, None)
+            self._flow.record(True, None)
 
     def leave(self, error: Optional[BaseException]) -> None:
         """Record the attempt's outcome (``Cancelled`` when the caller stopped it: that proves nothing)."""
-        breaker = self._flow.breaker
-        if breaker is None:
-            return
-        breaker.record(self._probe, error)
+        self._flow.record(self._probe, error)
         self._probe = False

@@ -68,7 +68,7 @@ from ._config import Retry, Timeout
 from ._body import BodyReader, time_left
 from ._events import Event, Retrying, StreamReport
 from ._exceptions import RateLimitError, StreamError
-from ._flow import Flow, Gate, estimate_tokens
+from ._flow import FlowControl, Gate, estimate_tokens
 from ._monitor import monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
@@ -370,7 +370,7 @@ class Worker:
         retry: Retry,
         max_buffered: int,
         max_line_length: int,
-        flow: Flow,
+        flow: FlowControl,
         model: str = "",
         max_output_chars: Optional[int] = None,
         continue_allowed: bool = True,
@@ -506,8 +506,7 @@ class Worker:
         self._cancel.set()
         self.due()  # a segment was due and nobody ran it: end the stream properly
         self.queue.close()
-        if self._flow.slots is not None:
-            self._flow.slots.wake_all()
+        self._flow.wake()
         with self._sockets_lock:
             sockets, lent = self._sockets, self._lent
         try:
@@ -565,7 +564,7 @@ class Worker:
         metrics = stats.freeze(time.monotonic())  # built once: the report and every later .metrics share it
         usage = stats.usage
         if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
-            self._flow.limiter.correct(usage.input_tokens + usage.output_tokens - self._charged)
+            self._flow.correct(usage.input_tokens + usage.output_tokens - self._charged)
         outcome = "failed" if error is not None else ("closed" if self._cancel.is_set() else "finished")
         monitor.stream_ended(StreamReport(
             provider=self._provider.name, base_url=self._flow.base_url, model=self._model, outcome=outcome,
@@ -573,20 +572,20 @@ class Worker:
         ))
 
     def _run_in_slot(self) -> Generator[Optional[_Lent], None, None]:
-        slots = self._flow.slots
-        if slots is None:
+        flow = self._flow
+        if not flow.has_slots:
             yield from self._run_attempts()
             return
         monitor.waiting(1)
         try:
-            slots.acquire(self._cancel, self._total_deadline)
+            lease = flow.acquire_slot(self._cancel, self._total_deadline)
         finally:
             monitor.waiting(-1)
             self.stats.queued = time.monotonic() - self.stats.started_at
         try:
             yield from self._run_attempts()
         finally:
-            slots.release()
+            flow.release_slot(lease)
 
     def _run_attempts(self) -> Generator[Optional[_Lent], None, None]:
         schedule = RetrySchedule(self._retry)
@@ -600,7 +599,7 @@ class Worker:
                 if isinstance(exc, RateLimitError):
                     # One stream's 429 slows every stream of the client.
                     pause = exc.retry_after if exc.retry_after is not None else self._retry.initial_delay
-                    self._flow.limiter.pause(min(pause, self._retry.max_retry_after))
+                    self._flow.pause(min(pause, self._retry.max_retry_after))
                 spec = yield from self._prepare_retry(exc, schedule, decoder)
 
     def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule,
@@ -650,7 +649,7 @@ class Worker:
         gate = Gate(self._flow, self._cancel, self._total_deadline)
         error: Optional[BaseException] = None
         try:
-            tokens = estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
+            tokens = estimate_tokens(spec.json) if self._flow.counts_tokens else 0.0
             waited = gate.enter(tokens)
             self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
             if self.stats.attempts == 0:
