@@ -10,12 +10,15 @@ This file only re-exports. The layers, each importing only the ones below it:
                _output_guard, _render, _providers/*
   IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
   consumer API _stream, _client
-  tools        _cli (the command line), notebook and prometheus (optional extras)
+  tools        _cli (the command line), notebook and prometheus (optional extras),
+               _redis_state (RedisState: the optional extra redis, imported when made)
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
 server) are public modules of their own; ``llmstream.notebook`` and
 ``llmstream.prometheus`` need optional extras.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._client import Client, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
@@ -48,6 +51,7 @@ from ._exceptions import (
     RateLimitError,
     ResumeError,
     ServerError,
+    SharedStateError,
     StreamBusyError,
     StreamClosedError,
     StreamError,
@@ -56,6 +60,19 @@ from ._exceptions import (
 from ._monitor import Monitor, monitor
 from ._stream import TokenStream
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._redis_state import RedisState
+
+
+def __getattr__(name: str) -> Any:
+    # RedisState is loaded on first use, so that `import llmstream` loads
+    # nothing of the redis extra (the class itself imports redis only when made).
+    if name == "RedisState":
+        from ._redis_state import RedisState
+
+        return RedisState
+    raise AttributeError(f"module 'llmstream' has no attribute {name!r}")
 
 __all__ = [
     "__version__",
@@ -69,6 +86,7 @@ __all__ = [
     "Retry",
     "RateLimit",
     "CircuitBreaker",
+    "RedisState",
     # events and results
     "TextDelta",
     "ThinkingDelta",
@@ -102,6 +120,7 @@ __all__ = [
     "ProviderError",
     "ResumeError",
     "CircuitOpenError",
+    "SharedStateError",
     "StreamClosedError",
     "StreamBusyError",
 ]

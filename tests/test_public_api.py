@@ -20,10 +20,12 @@ DESIGN_NAMES = {
 #: Beyond design.md: issue 5 (metrics, monitor) and issue 7 (flow control).
 OBSERVABILITY_NAMES = {"Distribution", "monitor", "Monitor", "MonitorSnapshot", "StreamReport"}
 FLOW_CONTROL_NAMES = {"RateLimit", "CircuitBreaker", "CircuitOpenError"}
+#: Issue 16: flow control shared by a fleet through Redis.
+FLEET_NAMES = {"RedisState", "SharedStateError"}
 
 
 def test_all_is_exactly_the_public_surface() -> None:
-    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES
+    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES | FLEET_NAMES
     assert len(llmstream.__all__) == len(set(llmstream.__all__))
     public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing"}
     # Submodules appear as attributes once imported; everything else public is in __all__.
@@ -45,7 +47,8 @@ def test_every_public_name_has_a_docstring() -> None:
 
 def test_errors_form_the_documented_tree() -> None:
     for name in ("APIStatusError", "APIConnectionError", "StreamTimeoutError", "IncompleteStreamError",
-                 "MalformedStreamError", "ProviderError", "ResumeError", "CircuitOpenError"):
+                 "MalformedStreamError", "ProviderError", "ResumeError", "CircuitOpenError",
+                 "SharedStateError"):
         assert issubclass(getattr(llmstream, name), llmstream.StreamError)
     for name in ("BadRequestError", "AuthenticationError", "PermissionDeniedError", "NotFoundError",
                  "RateLimitError", "ServerError"):
