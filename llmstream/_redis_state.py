@@ -424,8 +424,9 @@ class RedisState(SharedState):
         if first:
             policy = ("this process's own limits apply until it is back (fail-open)" if self.on_error == "open"
                       else "streams fail with SharedStateError until it is back (fail-closed)")
+            # Strings only: a record holding the exception would keep its frames (and streams) alive.
             logger.warning("llmstream: Redis at %s is unreachable (%s: %s); %s",
-                           self._where, type(exc).__name__, exc, policy)
+                           self._where, type(exc).__name__, str(exc), policy)
 
     def unavailable(self, cause: _Unavailable) -> None:
         """Apply ``on_error``: count a fallback (open) or raise ``SharedStateError`` (closed)."""
@@ -469,6 +470,9 @@ class RedisState(SharedState):
             try:
                 lost = self.call("renew", [self.keys["leases"]], [int(self.lease * 1000), *held])
             except _Unavailable:
+                continue
+            except Exception:  # closed under it, or a bug: this thread must go on renewing
+                logger.debug("llmstream: renewing Redis leases failed", exc_info=True)
                 continue
             with self._lock:
                 lost = [_text(x) for x in lost if _text(x) in self._held]

@@ -229,16 +229,15 @@ def test_a_killed_process_frees_its_slots_within_the_lease(redis_server: RedisSe
     server.default_reply = Reply()
     with RedisState(redis_server.url, prefix="kill", lease=lease, timeout=0.2) as state:
         client = shared_client(server, state, max_concurrent=2)
-        waiting = client.stream("waiter", model="m")
-        # The holder renews its leases: after twice the lease time the waiter still waits.
-        time.sleep(2 * lease)
-        assert len(server.requests) == 2 and redis_server.client.zcard("{kill}:leases") == 2
-        holder.send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        assert waiting.result.text == DEFAULT_TEXT
+        with client.stream("waiter", model="m") as waiting:
+            # The holder renews its leases: after twice the lease time the waiter still waits.
+            time.sleep(2 * lease)
+            assert len(server.requests) == 2 and redis_server.client.zcard("{kill}:leases") == 2
+            holder.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            assert waiting.result.text == DEFAULT_TEXT
         freed_after = server.requests[-1].received_at - killed_at
         assert freed_after <= lease + 0.3, freed_after
-        waiting.close()
 
 
 def test_redis_stopped_mid_run_fails_open_or_closed_without_hanging(redis_server: RedisServer,
@@ -264,7 +263,12 @@ def test_redis_stopped_mid_run_fails_open_or_closed_without_hanging(redis_server
         started = time.monotonic()
         assert open_client.complete("slow redis", model="m").text == DEFAULT_TEXT
         assert time.monotonic() - started < 1.0
-        assert opened.fallbacks >= 1 and opened.failures >= 1
+        assert opened.fallbacks >= 1 and opened.failures == 1
+        # Redis is left alone for retry_interval: the next stream does not wait for it again.
+        started = time.monotonic()
+        assert open_client.complete("slow redis, again", model="m").text == DEFAULT_TEXT
+        assert time.monotonic() - started < 0.15
+        assert opened.failures == 1
         assert "Redis at redis://127.0.0.1:" in caplog.text and "fail-open" in caplog.text
         started = time.monotonic()
         with pytest.raises(SharedStateError) as info:
@@ -313,6 +317,24 @@ def test_waiters_are_served_in_fifo_order_across_states(redis_server: RedisServe
     finally:
         for s in states:
             s.close()
+
+
+def test_a_newcomer_never_jumps_the_line(redis_server: RedisServer) -> None:
+    # The LEASE script itself, step by step: a slot freed while the head of the
+    # line has not polled yet is not taken by a stream that arrives after it.
+    with RedisState(redis_server.url, prefix="line") as state:
+        keys = [state.keys[k] for k in ("leases", "queue", "alive", "seq")]
+
+        def ask(lease_id: str) -> List[int]:
+            return [int(x) for x in state.call("lease", keys, [lease_id, 1, 5000, 5000])]
+
+        assert ask("holder") == [1, 0, 0]  # granted at once: a free slot and nobody in line
+        assert ask("first")[0] == 0  # in line, rank 0
+        redis_server.client.zrem("{line}:leases", "holder")  # the holder gives its slot back
+        assert ask("newcomer") == [0, 1, 1]  # a free slot, but it is first's: rank 1 waits
+        assert ask("first") == [1, 0, 0]
+        assert ask("newcomer") == [0, 0, 0]  # now at the head, waiting for a slot
+        assert redis_server.client.zrange("{line}:queue", 0, -1) == [b"newcomer"]
 
 
 def test_a_cancelled_waiter_leaves_the_line(redis_server: RedisServer, server: FakeLLMServer) -> None:
