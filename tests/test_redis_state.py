@@ -38,6 +38,7 @@ from llmstream import (  # noqa: E402
     StreamTimeoutError,
     Timeout,
 )
+from llmstream._transport import Cancelled  # noqa: E402
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply  # noqa: E402
 
 from conftest import wait_no_worker_threads  # noqa: E402
@@ -392,6 +393,73 @@ def test_a_shared_breaker_opens_for_every_client_of_the_fleet(redis_server: Redi
     finally:
         for s in states:
             s.close()
+
+
+def test_after_the_cooldown_one_probe_goes_out_for_the_whole_fleet(redis_server: RedisServer,
+                                                                 server: FakeLLMServer) -> None:
+    states = [RedisState(redis_server.url, prefix="probe", share_breaker=True) for _ in range(2)]
+    try:
+        breaker = CircuitBreaker(failure_threshold=1, cooldown=0.3)
+        a, b = (shared_client(server, s, circuit_breaker=breaker) for s in states)
+        server.script(Reply(status=503))
+        with pytest.raises(ServerError):
+            a.complete("fails", model="m")
+        wait_until(lambda: b.circuit_state == "half-open", what="the cooldown")
+        # The attempts themselves, as the workers run them (a probe answered 2xx closes the
+        # circuit at its headers, so no fake-server reply could keep one in flight).
+        never = threading.Event()
+        deadline = time.monotonic() + 5
+        assert a._flow.enter(1.0, never, deadline) == (pytest.approx(0, abs=0.5), True)  # a's is the probe
+        with pytest.raises(CircuitOpenError) as info:
+            b._flow.enter(1.0, never, deadline)
+        assert "a probe request is in flight" in str(info.value) and info.value.retry_after == 0
+        a._flow.record(True, Cancelled())  # closed by its caller: proves nothing
+        assert b._flow.enter(1.0, never, deadline)[1] is True  # so b's attempt is the next probe
+        b._flow.record(True, None)
+        assert a.circuit_state == "closed" and b.circuit_state == "closed"
+    finally:
+        for s in states:
+            s.close()
+
+
+def test_every_key_is_in_one_cluster_slot_per_prefix(redis_server: RedisServer, server: FakeLLMServer) -> None:
+    from redis.crc import key_slot
+
+    with RedisState(redis_server.url, prefix="tenant-7", share_breaker=True) as state:
+        client = shared_client(server, state, max_concurrent=2, circuit_breaker=True,
+                               rate_limit=RateLimit(requests_per_minute=600, tokens_per_minute=100_000))
+        server.script(Reply(status=503))
+        with pytest.raises(ServerError):
+            client.complete("fails", model="m")
+        with client.stream("holds a slot", model="m") as s:
+            assert s.result.text == DEFAULT_TEXT
+        keys = sorted(k.decode() for k in redis_server.client.keys("*"))
+        assert keys == ["{tenant-7}:breaker:" + client._flow.base_url, "{tenant-7}:rate"]
+        assert {key_slot(k.encode()) for k in keys} == {key_slot(b"tenant-7")}
+        # Nothing of the request: no prompt, no key.
+        dump = repr([redis_server.client.hgetall(k) for k in keys if "seq" not in k])
+        assert "holds a slot" not in dump and "sk-test-key" not in dump
+
+
+def test_without_the_extra_redis_state_names_it() -> None:
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "redis" or name.startswith("redis."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import llmstream
+try:
+    llmstream.RedisState("redis://127.0.0.1:1/0")
+except ImportError as exc:
+    print(exc)
+print(llmstream.complete("hi", model="m", base_url="http://127.0.0.1:1/v1", api_key="k", retry=1)
+      if False else "core works")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout == 'llmstream.RedisState needs redis: pip install "llmstream[redis]"\ncore works\n', done.stderr
 
 
 def test_redis_state_is_validated_and_its_repr_hides_the_password() -> None:
