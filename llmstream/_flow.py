@@ -19,6 +19,12 @@ Strategy:
 
 Every wait is on the stream's cancel ``Event`` or a condition that
 ``wake_all()`` notifies, so ``close()`` ends a waiting stream at once.
+
+The seam: the worker sees only :class:`FlowControl` (take and give back a
+slot per stream; ``enter``/``record`` around each attempt; ``pause`` on a 429;
+``correct`` with the usage). :class:`Flow` is the in-process backend built from
+the three parts above; ``Client(shared=...)`` takes a :class:`SharedState`
+(``llmstream.RedisState``, in ``_redis_state.py``) that builds a fleet-wide one.
 """
 
 from __future__ import annotations
