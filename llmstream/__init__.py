@@ -18,7 +18,7 @@ server) are public modules of their own; ``llmstream.notebook`` and
 ``llmstream.prometheus`` need optional extras.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._client import Client, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
@@ -61,11 +61,11 @@ from ._monitor import Monitor, monitor
 from ._stream import TokenStream
 from ._version import __version__
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._redis_state import RedisState
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # RedisState is loaded on first use, so that `import llmstream` loads
     # nothing of the redis extra (the class itself imports redis only when made).
     if name == "RedisState":
