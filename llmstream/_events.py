@@ -296,6 +296,8 @@ class MonitorSnapshot:
         duration: over ended streams.
         circuits: each circuit breaker's state by base URL:
             ``"closed"``, ``"open"`` or ``"half-open"``.
+        shared_state_fallbacks: flow-control decisions taken with a client's
+            own limits because its ``RedisState`` could not reach Redis (fail-open).
     """
 
     started: int = 0
@@ -312,6 +314,7 @@ class MonitorSnapshot:
     time_to_first_token: Distribution = field(default_factory=Distribution)
     duration: Distribution = field(default_factory=Distribution)
     circuits: Mapping[str, str] = field(default_factory=dict)
+    shared_state_fallbacks: int = 0
 
     @property
     def success_rate(self) -> Optional[float]:

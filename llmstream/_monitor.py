@@ -48,12 +48,14 @@ class Monitor:
         self._breakers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._active = 0
         self._waiting = 0
+        self._fallbacks = 0
         self.reset()
 
     def reset(self) -> None:
         """Set every count back to zero (streams running now are still counted as active)."""
         with self._lock:
             self._started = self._active
+            self._fallbacks = 0
             self._outcomes: Counter[str] = collections.Counter()
             self._attempts = 0
             self._errors: Counter[str] = collections.Counter()
@@ -90,6 +92,7 @@ class Monitor:
                 attempts=self._attempts, errors=dict(self._errors), retried_errors=dict(self._retried),
                 output_tokens=self._tokens, bytes_received=self._bytes,
                 time_to_first_token=self._ttft.summary(), duration=self._duration.summary(), circuits=circuits,
+                shared_state_fallbacks=self._fallbacks,
             )
 
     # -- reports from the IO shell ------------------------------------------------
@@ -109,6 +112,11 @@ class Monitor:
         """A worker began (+1) or stopped (-1) waiting for a slot or the rate limiter."""
         with self._lock:
             self._waiting += delta
+
+    def shared_state_fallback(self) -> None:
+        """A client decided with its own limits because Redis was unreachable (``RedisState(on_error="open")``)."""
+        with self._lock:
+            self._fallbacks += 1
 
     def stream_ended(self, report: StreamReport) -> None:
         """A worker ended: count it and tell the listeners."""

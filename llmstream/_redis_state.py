@@ -434,6 +434,7 @@ class RedisState(SharedState):
             raise SharedStateError(f"{cause}; RedisState(on_error='closed') does not go past the fleet's limits")
         with self._lock:
             self._fallbacks += 1
+        monitor.shared_state_fallback()
 
     # -- leases -----------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ llmstream_waiting_streams                  gauge                                
 llmstream_circuit_breaker_state            gauge      base_url, state           1 for each breaker's current state
                                                                                 (closed, half-open, open), 0 for
                                                                                 the two others (state-set)
+llmstream_shared_state_fallbacks_total     counter                              flow-control decisions taken with
+                                                                                the client's own limits because
+                                                                                Redis was unreachable (fail-open)
 =========================================  =========  ========================  ==================================
 
 Choices, and why:
@@ -85,7 +88,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 except ImportError as exc:  # the optional extra is not installed
     raise ImportError('llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"') from exc
@@ -139,13 +142,17 @@ class _MonitorCollector:
         circuits = GaugeMetricFamily(f"{ns}_circuit_breaker_state",
                                      "Circuit breaker state by base URL: 1 for the current state, 0 for the others.",
                                      labels=["base_url", "state"])
+        fallbacks = CounterMetricFamily(f"{ns}_shared_state_fallbacks",
+                                        "Flow-control decisions taken with the client's own limits because Redis "
+                                        "was unreachable (RedisState fail-open).")
         if snap is not None:
+            fallbacks.add_metric([], snap.shared_state_fallbacks)
             active.add_metric([], snap.active)
             waiting.add_metric([], snap.waiting)
             for base_url, current in sorted(snap.circuits.items()):
                 for state in CIRCUIT_STATES:
                     circuits.add_metric([base_url, state], 1.0 if state == current else 0.0)
-        return [active, waiting, circuits]
+        return [active, waiting, circuits, fallbacks]
 
 
 class Exporter:

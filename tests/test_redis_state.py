@@ -244,6 +244,12 @@ def test_a_killed_process_frees_its_slots_within_the_lease(redis_server: RedisSe
 def test_redis_stopped_mid_run_fails_open_or_closed_without_hanging(redis_server: RedisServer,
                                                                     server: FakeLLMServer,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry
+
+    import llmstream.prometheus
+
+    exporter = llmstream.prometheus.install(CollectorRegistry())
+    monitored_before = llmstream.monitor.snapshot().shared_state_fallbacks
     opened = RedisState(redis_server.url, prefix="down", timeout=0.2, retry_interval=0.5, lease=1.0)
     closed = RedisState(redis_server.url, prefix="down", timeout=0.2, retry_interval=0.5, lease=1.0, on_error="closed")
     rate = RateLimit(requests_per_minute=6000)
@@ -289,11 +295,16 @@ def test_redis_stopped_mid_run_fails_open_or_closed_without_hanging(redis_server
             closed_client.complete("redis down", model="m")
         assert time.monotonic() - started < 1.0
         assert closed.fallbacks == 0
+        # The metric: in the monitor's snapshot and in Prometheus.
+        assert llmstream.monitor.snapshot().shared_state_fallbacks - monitored_before == opened.fallbacks
+        assert exporter.registry.get_sample_value("llmstream_shared_state_fallbacks_total") == \
+            llmstream.monitor.snapshot().shared_state_fallbacks
         # Fail-open used this process's own limits: 2 slots, the local pause and buckets.
         assert open_client._flow._local.slots.in_use == 0  # type: ignore[attr-defined]
     finally:
         opened.close()
         closed.close()
+        exporter.uninstall()
     assert wait_no_worker_threads() == []
 
 
