@@ -9,7 +9,9 @@ Measures, interleaved in blocks so that the machine's other load hits both sides
      HTTP attempt) with a rate limit that never makes it wait, for the local ``Flow`` and
      for ``RedisState``'s flow; p50/p99 in microseconds, and the Redis round-trips each
      made (counted at redis-py's ``execute_command``);
-  2. per stream: the lease (``acquire_slot`` + ``release_slot``) the same way;
+  2. per one-attempt stream: ``acquire_slot`` + ``enter`` + ``record`` + ``release_slot``
+     (with a usage correction), the same way: the lease rides with the first attempt's
+     admission, and goes back with the correction;
   3. end to end: ``client.complete()`` against ``FakeLLMServer`` with ``max_concurrent``,
      ``requests_per_minute`` and ``tokens_per_minute`` set, local vs shared; p50/p99 in ms
      and round-trips per stream.
@@ -97,13 +99,16 @@ def time_attempts(flow: FlowControl, n: int) -> List[float]:
     return out
 
 
-def time_leases(flow: FlowControl, n: int) -> List[float]:
+def time_streams(flow: FlowControl, n: int) -> List[float]:
+    """A one-attempt stream's flow control: slot, admission, outcome, slot back with the usage correction."""
     cancel = threading.Event()
     out = []
     for _ in range(n):
         t = time.perf_counter()
         lease = flow.acquire_slot(cancel, time.monotonic() + 60)
-        flow.release_slot(lease)
+        _, probe = flow.enter(100.0, cancel, time.monotonic() + 60, lease)
+        flow.record(probe, None)
+        flow.release_slot(lease, -40.0)
         out.append(time.perf_counter() - t)
     return out
 
@@ -150,7 +155,7 @@ def main() -> None:
                      circuit_breaker=llmstream.CircuitBreaker())
         shared = state.flow(base_url="http://bench", max_concurrent=10_000, rate_limit=RATE,
                             circuit_breaker=llmstream.CircuitBreaker())
-        time_attempts(local, 200), time_attempts(shared, 200), time_leases(shared, 200)  # warm-up, scripts loaded
+        time_attempts(local, 200), time_attempts(shared, 200), time_streams(shared, 200)  # warm-up, scripts loaded
         print(f"redis-server {redis.Redis.from_url(url).info()['redis_version']}, python {sys.version.split()[0]}, "
               f"llmstream {llmstream.__version__}\n")
         print("| what | p50 µs | p99 µs | n | Redis round-trips each |\n|---|---|---|---|---|")
@@ -165,11 +170,13 @@ def main() -> None:
         print(f"| attempt, added by Redis (quantile differences) | {statistics.median(added) * 1e6:.1f} | "
               f"{(pct(r['redis'], 0.99) - pct(r['local'], 0.99)) * 1e6:.1f} | | |")
         before = counter.n
-        leases = interleave(args.attempts, 100, {"local": lambda k: time_leases(local, k),
-                                                 "redis": lambda k: time_leases(shared, k)})
+        leases = interleave(args.attempts, 100, {"local": lambda k: time_streams(local, k),
+                                                 "redis": lambda k: time_streams(shared, k)})
         trips = (counter.n - before) / args.attempts
-        print(row("stream's slot, in-process Slots (acquire + release)", leases["local"], 1e6, str(args.attempts), 0))
-        print(row("stream's slot, Redis lease (acquire + release)", leases["redis"], 1e6, str(args.attempts), trips))
+        print(row("one-attempt stream, in-process (slot + attempt + slot back, usage)", leases["local"], 1e6,
+                  str(args.attempts), 0))
+        print(row("one-attempt stream, RedisState (lease + attempt + lease back, usage)", leases["redis"], 1e6,
+                  str(args.attempts), trips))
         if args.threads > 1:
             per = max(1, args.attempts // args.threads)
             lt = threaded(local, args.threads, per)
@@ -203,7 +210,7 @@ def main() -> None:
             print("| whole stream (complete(), fake server) | p50 ms | p99 ms | n | Redis round-trips each |")
             print("|---|---|---|---|---|")
             print(row("in-process flow control", s["local"], 1e3, str(args.streams), 0))
-            print(row("RedisState (lease + admit + usage correction + release)", s["redis"], 1e3, str(args.streams),
+            print(row("RedisState (lease + admission, then lease back + usage)", s["redis"], 1e3, str(args.streams),
                       trips))
             local_client.close()
             shared_client.close()

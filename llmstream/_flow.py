@@ -319,15 +319,20 @@ class FlowControl:
         """Wait in line for a concurrency slot and return the lease to give back to :meth:`release_slot`."""
         raise NotImplementedError
 
-    def release_slot(self, lease: object) -> None:
-        """Give a slot back (never raises: a lease that cannot be returned expires)."""
+    def release_slot(self, lease: object, correction: Optional[float] = None) -> None:
+        """Give a slot back (never raises: a lease that cannot be returned expires), and :meth:`correct` the usage."""
         raise NotImplementedError
 
     def wake(self) -> None:
         """Wake every waiter so that a cancelled one notices at once."""
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
-        """Admit one attempt: breaker, pause, rate budgets. Return (seconds waited, whether it is the breaker's probe)."""
+    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+              lease: object = None) -> Tuple[float, bool]:
+        """Admit one attempt: breaker, pause, rate budgets. Return (seconds waited, whether it is the breaker's probe).
+
+        ``lease`` is the stream's slot from :meth:`acquire_slot` (``None`` without
+        a concurrency limit): a backend may finish taking it here.
+        """
         raise NotImplementedError
 
     def record(self, probe: bool, error: Optional[BaseException]) -> None:
@@ -382,17 +387,20 @@ class Flow(FlowControl):
             self.slots.acquire(cancel, deadline)
         return None
 
-    def release_slot(self, lease: object) -> None:
-        """Give the local slot back."""
+    def release_slot(self, lease: object, correction: Optional[float] = None) -> None:
+        """Give the local slot back, and correct the token budget."""
         if self.slots is not None:
             self.slots.release()
+        if correction is not None:
+            self.limiter.correct(correction)
 
     def wake(self) -> None:
         """Wake the slot waiters (a cancelled one leaves the line at once)."""
         if self.slots is not None:
             self.slots.wake_all()
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
+    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+              lease: object = None) -> Tuple[float, bool]:
         """The breaker admits the attempt (or raises ``CircuitOpenError``), then the rate limiter lets it go."""
         probe = self.breaker.admit() if self.breaker is not None else False
         limiter = self.limiter
@@ -438,17 +446,18 @@ class Gate:
         gate.leave(error)              # the attempt's outcome, for the breaker
     """
 
-    __slots__ = ("_flow", "_cancel", "_deadline", "_probe")
+    __slots__ = ("_flow", "_cancel", "_deadline", "_lease", "_probe")
 
-    def __init__(self, flow: FlowControl, cancel: threading.Event, deadline: float) -> None:
+    def __init__(self, flow: FlowControl, cancel: threading.Event, deadline: float, lease: object = None) -> None:
         self._flow = flow
         self._cancel = cancel
         self._deadline = deadline
+        self._lease = lease
         self._probe = False
 
     def enter(self, tokens: float) -> float:
         """Pass the breaker (or raise ``CircuitOpenError``) and the rate limiter; return the seconds waited."""
-        waited, self._probe = self._flow.enter(tokens, self._cancel, self._deadline)
+        waited, self._probe = self._flow.enter(tokens, self._cancel, self._deadline, self._lease)
         return waited
 
     def answered(self) -> None:

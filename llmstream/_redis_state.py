@@ -11,10 +11,10 @@ Strategy:
     prefix carries the hash tag ``{prefix}``, so a script's keys sit in one
     Cluster slot.
   * Round-trips: one per attempt on the fast path (the ADMIT script: fleet
-    pause, shared breaker, request and token buckets at once). With
-    ``max_concurrent`` a stream also takes a lease (one script) and gives it
-    back (one command); with ``tokens_per_minute`` its usage correction is one
-    more. The breaker's success on a closed circuit costs nothing.
+    pause, shared breaker, request and token buckets at once; on a stream's
+    first attempt LEASE_ADMIT also takes its concurrency lease). One more at
+    the stream's end (RELEASE: the lease back and the usage correction). The
+    breaker's success on a closed circuit costs nothing.
   * Concurrency as leases: a holder is a member of a sorted set scored by its
     expiry; a thread of the process renews its leases every third of the
     lease time, so a crashed process's slots come free when their lease runs
@@ -71,60 +71,139 @@ local function refill(level, updated, rate, cap)
 end
 """
 
-# KEYS: rate hash, breaker hash.
-# ARGV: req rate/ms, req cap, tok rate/ms, tok cap, tokens, breaker on (0/1), cooldown ms.
-# Returns {0, probe, failures} go | {1, wait ms} wait | {2, left ms, failures} circuit open.
-ADMIT = _NOW + _REFILL + """
-local probe = 0
-local failures = '0'
-if ARGV[6] == '1' then
-  local b = redis.call('HMGET', KEYS[2], 'state', 'failures', 'opened', 'probe_until')
-  failures = b[2] or '0'
-  local state = b[1] or 'closed'
-  if state ~= 'closed' then
-    local left = tonumber(b[3] or '0') + tonumber(ARGV[7]) - now
-    if state == 'open' and left <= 0 then state = 'half-open' end
-    if state == 'half-open' and tonumber(b[4] or '0') <= now then
-      probe = 1
-    else
-      return {2, tostring(math.max(0, left)), failures}
+#: admit(rate key, breaker key, a = ARGV offset): ARGV[a..a+6] = req rate/ms, req cap,
+#: tok rate/ms, tok cap, tokens, breaker on (0/1), cooldown ms.
+#: Returns {0, probe, failures} go | {1, wait ms} wait | {2, left ms, failures} circuit open.
+_ADMIT_FN = _REFILL + """
+local function admit(kr, kb, a)
+  local probe = 0
+  local failures = '0'
+  local cooldown = tonumber(ARGV[a + 6])
+  if ARGV[a + 5] == '1' then
+    local b = redis.call('HMGET', kb, 'state', 'failures', 'opened', 'probe_until')
+    failures = b[2] or '0'
+    local state = b[1] or 'closed'
+    if state ~= 'closed' then
+      local left = tonumber(b[3] or '0') + cooldown - now
+      if state == 'open' and left <= 0 then state = 'half-open' end
+      if state == 'half-open' and tonumber(b[4] or '0') <= now then
+        probe = 1
+      else
+        return {2, tostring(math.max(0, left)), failures}
+      end
     end
   end
+  local r = redis.call('HMGET', kr, 'req', 'req_t', 'tok', 'tok_t', 'pause')
+  local wait = tonumber(r[5] or '0') - now
+  local rr, rc, tr, tc = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local tokens = tonumber(ARGV[a + 4])
+  local req, tok
+  if rr > 0 then
+    req = refill(tonumber(r[1]), tonumber(r[2]), rr, rc)
+    local missing = math.min(1, rc) - req
+    if missing > 0 then wait = math.max(wait, missing / rr) end
+  end
+  if tr > 0 then
+    tok = refill(tonumber(r[3]), tonumber(r[4]), tr, tc)
+    local missing = math.min(tokens, tc) - tok
+    if missing > 0 then wait = math.max(wait, missing / tr) end
+  end
+  if wait > 0 then return {1, tostring(wait)} end
+  local ttl = 1000
+  if rr > 0 then
+    req = req - 1
+    redis.call('HSET', kr, 'req', tostring(req), 'req_t', tostring(now))
+    ttl = math.max(ttl, (rc - req) / rr + 1000)
+  end
+  if tr > 0 then
+    -- A request bigger than the bucket waits for a full one, then leaves a debt.
+    tok = tok - tokens
+    redis.call('HSET', kr, 'tok', tostring(tok), 'tok_t', tostring(now))
+    ttl = math.max(ttl, (tc - tok) / tr + 1000)
+  end
+  if rr > 0 or tr > 0 then
+    redis.call('PEXPIRE', kr, math.ceil(ttl + math.max(0, tonumber(r[5] or '0') - now)))
+  end
+  if probe == 1 then
+    redis.call('HSET', kb, 'state', 'half-open', 'probe_until', tostring(now + cooldown))
+  end
+  return {0, probe, failures}
 end
-local r = redis.call('HMGET', KEYS[1], 'req', 'req_t', 'tok', 'tok_t', 'pause')
-local wait = tonumber(r[5] or '0') - now
-local rr, rc, tr, tc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tokens = tonumber(ARGV[5])
-local req, tok
-if rr > 0 then
-  req = refill(tonumber(r[1]), tonumber(r[2]), rr, rc)
-  local missing = math.min(1, rc) - req
-  if missing > 0 then wait = math.max(wait, missing / rr) end
+"""
+
+#: lease(leases, queue, alive, seq keys, a = ARGV offset): ARGV[a..a+3] = id, limit, lease ms, alive ms.
+#: Returns {granted 0/1, rank in the line, free slots}.
+_LEASE_FN = """
+local function lease(kl, kq, ka, ks, a)
+  local id, limit = ARGV[a], tonumber(ARGV[a + 1])
+  local lease_ms, alive_ms = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  redis.call('ZREMRANGEBYSCORE', kl, '-inf', now)
+  local dead = redis.call('ZRANGEBYSCORE', ka, '-inf', now)
+  for _, d in ipairs(dead) do redis.call('ZREM', kq, d) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', ka, '-inf', now) end
+  if redis.call('ZSCORE', kl, id) then return {1, 0, 0} end
+  local free = limit - redis.call('ZCARD', kl)
+  local rank = redis.call('ZRANK', kq, id)
+  if not rank then
+    if free > 0 and redis.call('ZCARD', kq) == 0 then
+      redis.call('ZADD', kl, now + lease_ms, id)
+      redis.call('PEXPIRE', kl, lease_ms * 2)
+      return {1, 0, free - 1}
+    end
+    redis.call('ZADD', kq, redis.call('INCR', ks), id)
+    rank = redis.call('ZRANK', kq, id)
+  end
+  if rank < free then
+    redis.call('ZREM', kq, id)
+    redis.call('ZREM', ka, id)
+    redis.call('ZADD', kl, now + lease_ms, id)
+    redis.call('PEXPIRE', kl, lease_ms * 2)
+    return {1, rank, free - 1}
+  end
+  redis.call('ZADD', ka, now + alive_ms, id)
+  for _, k in ipairs({kq, ka, ks}) do redis.call('PEXPIRE', k, alive_ms * 4) end
+  return {0, rank, free}
 end
-if tr > 0 then
-  tok = refill(tonumber(r[3]), tonumber(r[4]), tr, tc)
-  local missing = math.min(tokens, tc) - tok
-  if missing > 0 then wait = math.max(wait, missing / tr) end
+"""
+
+#: correct(rate key, a = ARGV offset): ARGV[a..a+2] = tokens to charge (negative: refund), tok rate/ms, tok cap.
+_CORRECT_FN = """
+local function correct(kr, a)
+  local r = redis.call('HMGET', kr, 'tok', 'tok_t')
+  local tr, tc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local tok = math.min(tc, refill(tonumber(r[1]), tonumber(r[2]), tr, tc) - tonumber(ARGV[a]))
+  redis.call('HSET', kr, 'tok', tostring(tok), 'tok_t', tostring(now))
+  local left = redis.call('PTTL', kr)
+  redis.call('PEXPIRE', kr, math.ceil(math.max(left, (tc - tok) / tr + 1000)))
+  return tostring(tok)
 end
-if wait > 0 then return {1, tostring(wait)} end
-local ttl = 1000
-if rr > 0 then
-  req = req - 1
-  redis.call('HSET', KEYS[1], 'req', tostring(req), 'req_t', tostring(now))
-  ttl = math.max(ttl, (rc - req) / rr + 1000)
-end
-if tr > 0 then
-  tok = tok - tokens
-  redis.call('HSET', KEYS[1], 'tok', tostring(tok), 'tok_t', tostring(now))
-  ttl = math.max(ttl, (tc - tok) / tr + 1000)
-end
-if rr > 0 or tr > 0 then
-  redis.call('PEXPIRE', KEYS[1], math.ceil(ttl + math.max(0, tonumber(r[5] or '0') - now)))
-end
-if probe == 1 then
-  redis.call('HSET', KEYS[2], 'state', 'half-open', 'probe_until', tostring(now + tonumber(ARGV[7])))
-end
-return {0, probe, failures}
+"""
+
+# KEYS: rate hash, breaker hash. ARGV: the admit arguments.
+ADMIT = _NOW + _ADMIT_FN + "return admit(KEYS[1], KEYS[2], 1)"
+
+# KEYS: leases, queue, queue alive, ticket counter. ARGV: the lease arguments.
+LEASE = _NOW + _LEASE_FN + "return lease(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 1)"
+
+# A stream's first attempt: its lease and its admission in one round-trip.
+# KEYS: leases, queue, queue alive, ticket counter, rate hash, breaker hash.
+# ARGV: the lease arguments (4), then the admit arguments (7).
+# Returns {3, rank, free} when the lease is not granted (nothing admitted), else admit's reply.
+LEASE_ADMIT = _NOW + _LEASE_FN + _ADMIT_FN + """
+local l = lease(KEYS[1], KEYS[2], KEYS[3], KEYS[4], 1)
+if l[1] == 0 then return {3, l[2], l[3]} end
+return admit(KEYS[5], KEYS[6], 5)
+"""
+
+# KEYS: rate hash. ARGV: the correct arguments.
+CORRECT = _NOW + _REFILL + _CORRECT_FN + "return correct(KEYS[1], 1)"
+
+# A stream's end: its lease back and its usage correction in one round-trip.
+# KEYS: leases, rate hash. ARGV: id, then the correct arguments (or nothing: no correction).
+RELEASE = _NOW + _REFILL + _CORRECT_FN + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if #ARGV > 1 then correct(KEYS[2], 2) end
+return 1
 """
 
 # KEYS: rate hash. ARGV: seconds ms, req rate/ms, req cap.
@@ -142,17 +221,6 @@ end
 local left = redis.call('PTTL', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(ttl, left)))
 return tostring(pause - now)
-"""
-
-# KEYS: rate hash. ARGV: tokens to charge (negative: refund), tok rate/ms, tok cap.
-CORRECT = _NOW + _REFILL + """
-local r = redis.call('HMGET', KEYS[1], 'tok', 'tok_t')
-local tr, tc = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tok = math.min(tc, refill(tonumber(r[1]), tonumber(r[2]), tr, tc) - tonumber(ARGV[1]))
-redis.call('HSET', KEYS[1], 'tok', tostring(tok), 'tok_t', tostring(now))
-local left = redis.call('PTTL', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(left, (tc - tok) / tr + 1000)))
-return tostring(tok)
 """
 
 # KEYS: breaker hash. ARGV: probe (0/1), outcome ('fail' | 'ok' | 'none'), threshold.
@@ -182,38 +250,6 @@ local b = redis.call('HMGET', KEYS[1], 'state', 'failures', 'opened')
 local state = b[1] or 'closed'
 if state == 'open' and tonumber(b[3] or '0') + tonumber(ARGV[1]) <= now then state = 'half-open' end
 return {state, b[2] or '0'}
-"""
-
-# KEYS: leases, queue, queue alive, ticket counter. ARGV: id, limit, lease ms, alive ms.
-# Returns {granted 0/1, rank in the line, free slots}.
-LEASE = _NOW + """
-local id, limit = ARGV[1], tonumber(ARGV[2])
-local lease_ms, alive_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
-for _, d in ipairs(dead) do redis.call('ZREM', KEYS[2], d) end
-if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now) end
-local free = limit - redis.call('ZCARD', KEYS[1])
-local rank = redis.call('ZRANK', KEYS[2], id)
-if not rank then
-  if free > 0 and redis.call('ZCARD', KEYS[2]) == 0 then
-    redis.call('ZADD', KEYS[1], now + lease_ms, id)
-    redis.call('PEXPIRE', KEYS[1], lease_ms * 2)
-    return {1, 0, free - 1}
-  end
-  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[4]), id)
-  rank = redis.call('ZRANK', KEYS[2], id)
-end
-if rank < free then
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('ZADD', KEYS[1], now + lease_ms, id)
-  redis.call('PEXPIRE', KEYS[1], lease_ms * 2)
-  return {1, rank, free - 1}
-end
-redis.call('ZADD', KEYS[3], now + alive_ms, id)
-for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], alive_ms * 4) end
-return {0, rank, free}
 """
 
 # KEYS: queue, queue alive. ARGV: id. A waiter leaves the line.
@@ -247,13 +283,20 @@ class _Unavailable(Exception):
     """Redis could not be reached (or answered with an error) within the bounded wait."""
 
 
-class _LocalLease:
-    """A slot taken from the process's own limit while Redis was unreachable (fail-open)."""
+class _Lease:
+    """One stream's concurrency slot: taken with its first attempt's admission, in one round-trip.
 
-    __slots__ = ()
+    ``state``: ``"pending"`` (not asked for yet, or waiting in the line),
+    ``"held"`` (a Redis lease, renewed by the process) or ``"local"`` (a slot
+    of the process's own limit, taken while Redis was unreachable: fail-open).
+    """
 
+    __slots__ = ("id", "args", "state")
 
-_LOCAL_LEASE = _LocalLease()
+    def __init__(self, lease_id: str, args: List[Any]) -> None:
+        self.id = lease_id
+        self.args = args
+        self.state = "pending"
 
 
 def _outcome(error: Optional[BaseException]) -> str:
@@ -341,8 +384,9 @@ class RedisState(SharedState):
             self._owns_client = False
         self._errors: Tuple[Type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         self._scripts = {name: self._redis.register_script(source) for name, source in (
-            ("admit", ADMIT), ("pause", PAUSE), ("correct", CORRECT), ("record", RECORD),
-            ("breaker_state", BREAKER_STATE), ("lease", LEASE), ("leave", LEAVE), ("renew", RENEW))}
+            ("admit", ADMIT), ("lease_admit", LEASE_ADMIT), ("pause", PAUSE), ("correct", CORRECT),
+            ("release", RELEASE), ("record", RECORD), ("breaker_state", BREAKER_STATE), ("lease", LEASE),
+            ("leave", LEAVE), ("renew", RENEW))}
         tag = "{" + prefix + "}"
         self.keys = {"rate": f"{tag}:rate", "leases": f"{tag}:leases", "queue": f"{tag}:queue",
                      "alive": f"{tag}:queue:alive", "seq": f"{tag}:queue:seq"}
@@ -443,22 +487,17 @@ class RedisState(SharedState):
         return f"{self._owner}:{uuid.uuid4().hex[:12]}"
 
     def hold(self, lease_id: str) -> None:
-        """Remember a lease to renew it until :meth:`drop`."""
+        """Remember a lease to renew it until :meth:`forget`."""
         with self._lock:
             self._held[lease_id] = time.monotonic()
             if self._renewer is None or not self._renewer.is_alive():
                 self._renewer = threading.Thread(target=self._renew_loop, name="llmstream-redis-leases", daemon=True)
                 self._renewer.start()
 
-    def drop(self, lease_id: str) -> None:
-        """Give a lease back to the fleet (best effort: a lease that cannot be removed expires)."""
+    def forget(self, lease_id: str) -> None:
+        """Stop renewing a lease (given back, or given up)."""
         with self._lock:
             self._held.pop(lease_id, None)
-        try:
-            if not (self._down and time.monotonic() < self._down_until):
-                self._redis.zrem(self.keys["leases"], lease_id)
-        except self._errors as exc:
-            self._failed(exc)
 
     def _renew_loop(self) -> None:
         period = self.lease / 3
@@ -543,55 +582,30 @@ class RedisFlow(FlowControl):
     # -- concurrency ------------------------------------------------------------------
 
     def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
-        """Take a fleet-wide lease, waiting in the fleet's FIFO line; fall back or fail when Redis is down."""
+        """A lease to take with the stream's first attempt (:meth:`enter`): no round-trip of its own."""
         state = self._state
         lease_id = state.new_lease_id()
-        keys = [state.keys["leases"], state.keys["queue"], state.keys["alive"], state.keys["seq"]]
-        args = [lease_id, self.limit, int(state.lease * 1000), int(WAITER_ALIVE * 1000)]
-        woken = threading.Event()
-        try:
-            while True:
-                try:
-                    granted, rank, free = (int(x) for x in state.call("lease", keys, args))
-                except _Unavailable as exc:
-                    state.unavailable(exc)  # raises when failing closed
-                    assert self._local.slots is not None
-                    self._local.slots.acquire(cancel, deadline)
-                    return _LOCAL_LEASE
-                if granted:
-                    state.hold(lease_id)
-                    return lease_id
-                with self._waiters_lock:
-                    self._waiters[lease_id] = (rank, woken)
-                left = deadline - time.monotonic()
-                if cancel.is_set() or left <= 0:
-                    self._leave_line(keys, lease_id)
-                    if cancel.is_set():
-                        raise Cancelled()
-                    raise StreamTimeoutError(
-                        "total timeout: the stream's Timeout.total passed while waiting for a free slot "
-                        f"(Client(max_concurrent={self.limit}), shared through Redis)", kind="total")
-                # The head of the line polls often, the back less; a local release wakes the head at once.
-                poll = min(POLL_MAX, POLL_MIN + POLL_STEP * max(0, rank - free)) * random.uniform(0.8, 1.2)
-                woken.wait(min(poll, left))
-                woken.clear()
-        finally:
-            with self._waiters_lock:
-                self._waiters.pop(lease_id, None)
+        return _Lease(lease_id, [lease_id, self.limit, int(state.lease * 1000), int(WAITER_ALIVE * 1000)])
 
-    def _leave_line(self, keys: List[str], lease_id: str) -> None:
-        try:
-            self._state.call("leave", keys[1:3], [lease_id])
-        except _Unavailable:
-            pass  # the line drops a waiter that stopped polling
-
-    def release_slot(self, lease: object) -> None:
-        """Give the lease back, and let this process's first waiter ask for it at once."""
-        if lease is _LOCAL_LEASE:
-            assert self._local.slots is not None
-            self._local.slots.release()
-        elif isinstance(lease, str):
-            self._state.drop(lease)
+    def release_slot(self, lease: object, correction: Optional[float] = None) -> None:
+        """Give the lease back with the usage correction (one round-trip); wake this process's first waiter."""
+        if isinstance(lease, _Lease) and lease.state == "held":
+            self._state.forget(lease.id)
+            args: List[Any] = [lease.id]
+            if self.counts_tokens and correction and math.isfinite(correction):
+                args += [repr(float(correction)), repr(self._tok[0]), repr(self._tok[1])]
+            try:
+                self._state.call("release", [self._state.keys["leases"], self._keys[0]], args)
+            except _Unavailable:
+                # The lease expires on its own; the correction is this process's to keep.
+                if correction is not None:
+                    self._local.correct(correction)
+        else:
+            if isinstance(lease, _Lease) and lease.state == "local":
+                assert self._local.slots is not None
+                self._local.slots.release()
+            if correction is not None:
+                self.correct(correction)
         with self._waiters_lock:
             head = min(self._waiters.values(), key=lambda w: w[0], default=None)
         if head is not None:
@@ -605,34 +619,59 @@ class RedisFlow(FlowControl):
         for event in events:
             event.set()
 
+    def _leave_line(self, lease: _Lease) -> None:
+        try:
+            self._state.call("leave", [self._state.keys["queue"], self._state.keys["alive"]], [lease.id])
+        except _Unavailable:
+            pass  # the line drops a waiter that stopped polling
+
     # -- attempts ---------------------------------------------------------------------
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
-        """One ADMIT script per try: the fleet pause, the shared breaker and the shared budgets at once."""
+    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+              lease: object = None) -> Tuple[float, bool]:
+        """One script per try: (the lease,) the fleet pause, the shared breaker and the shared budgets at once."""
         local_breaker = self._local.breaker
         probe = local_breaker.admit() if local_breaker is not None else False
         try:
-            waited, shared_probe = self._enter_shared(tokens, cancel, deadline)
+            waited, shared_probe = self._enter_shared(tokens, cancel, deadline, lease)
         except BaseException:
             if probe and local_breaker is not None:
                 local_breaker.record(True, Cancelled())  # a probe that never went out is freed
             raise
         return waited, probe or shared_probe
 
-    def _enter_shared(self, tokens: float, cancel: threading.Event, deadline: float) -> Tuple[float, bool]:
+    def _enter_shared(self, tokens: float, cancel: threading.Event, deadline: float,
+                      lease: object) -> Tuple[float, bool]:
         started = time.monotonic()
+        state = self._state
         config = self._breaker_config
-        args = [repr(self._req[0]), repr(self._req[1]), repr(self._tok[0]), repr(self._tok[1]), repr(float(tokens)),
-                "1" if config is not None else "0", int(config.cooldown * 1000) if config is not None else 0]
+        args: List[Any] = [repr(self._req[0]), repr(self._req[1]), repr(self._tok[0]), repr(self._tok[1]),
+                           repr(float(tokens)), "1" if config is not None else "0",
+                           int(config.cooldown * 1000) if config is not None else 0]
+        pending = lease if isinstance(lease, _Lease) and lease.state == "pending" else None
+        lease_keys = [state.keys["leases"], state.keys["queue"], state.keys["alive"], state.keys["seq"]]
+        woken = threading.Event()
         waiting = False
         try:
             while True:
                 try:
-                    reply = self._state.call("admit", self._keys, args)
+                    if pending is not None:
+                        reply = state.call("lease_admit", lease_keys + self._keys, pending.args + args)
+                    else:
+                        reply = state.call("admit", self._keys, args)
                 except _Unavailable as exc:
-                    return self._enter_locally(exc, tokens, cancel, deadline, started)
+                    state.unavailable(exc)  # raises when failing closed
+                    if pending is not None:
+                        assert self._local.slots is not None
+                        self._local.slots.acquire(cancel, deadline)
+                        pending.state = "local"
+                    return self._enter_locally(tokens, cancel, deadline, started)
                 code = int(reply[0])
                 now = time.monotonic()
+                if pending is not None and code != 3:
+                    pending.state = "held"
+                    state.hold(pending.id)
+                    pending = None
                 if code == 0:
                     self._seen_failures = int(reply[2])
                     probe = int(reply[1]) == 1
@@ -647,13 +686,17 @@ class RedisFlow(FlowControl):
                     raise CircuitOpenError(
                         f"circuit open for {self.base_url} after {int(reply[2])} consecutive failures "
                         f"({what}; shared through Redis)", retry_after=max(0.0, left), base_url=self.base_url)
+                if not waiting:
+                    waiting = True
+                    monitor.waiting(1)
+                if code == 3:
+                    assert pending is not None
+                    self._wait_in_line(pending, int(reply[1]), int(reply[2]), woken, cancel, deadline)
+                    continue
                 wait = float(_text(reply[1])) / 1000
                 if now + wait >= deadline:
                     raise StreamTimeoutError("total timeout: the stream's Timeout.total passed while waiting for "
                                              "the client's rate limiter (shared through Redis)", kind="total")
-                if not waiting:
-                    waiting = True
-                    monitor.waiting(1)
                 # A little jitter: waiters of several processes that computed the
                 # same wait do not all ask again in the same millisecond.
                 if cancel.wait(wait * random.uniform(1.0, 1.05)):
@@ -661,10 +704,30 @@ class RedisFlow(FlowControl):
         finally:
             if waiting:
                 monitor.waiting(-1)
+            if pending is not None:
+                with self._waiters_lock:
+                    self._waiters.pop(pending.id, None)
 
-    def _enter_locally(self, cause: _Unavailable, tokens: float, cancel: threading.Event, deadline: float,
+    def _wait_in_line(self, lease: _Lease, rank: int, free: int, woken: threading.Event,
+                      cancel: threading.Event, deadline: float) -> None:
+        """Wait before asking for the lease again; leave the line when cancelled or out of time."""
+        with self._waiters_lock:
+            self._waiters[lease.id] = (rank, woken)
+        left = deadline - time.monotonic()
+        if cancel.is_set() or left <= 0:
+            self._leave_line(lease)
+            if cancel.is_set():
+                raise Cancelled()
+            raise StreamTimeoutError(
+                "total timeout: the stream's Timeout.total passed while waiting for a free slot "
+                f"(Client(max_concurrent={self.limit}), shared through Redis)", kind="total")
+        # The head of the line asks often, the back less; a local release wakes the head at once.
+        poll = min(POLL_MAX, POLL_MIN + POLL_STEP * max(0, rank - free)) * random.uniform(0.8, 1.2)
+        woken.wait(min(poll, left))
+        woken.clear()
+
+    def _enter_locally(self, tokens: float, cancel: threading.Event, deadline: float,
                        started: float) -> Tuple[float, bool]:
-        self._state.unavailable(cause)  # raises when failing closed
         probe = self._fallback_breaker.admit() if self._fallback_breaker is not None else False
         limiter = self._local.limiter
         if limiter.unlimited:

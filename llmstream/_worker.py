@@ -381,6 +381,8 @@ class Worker:
         self._model = model
         self._guard = OutputGuard(max_output_chars) if max_output_chars is not None else None
         self._charged = 0.0
+        self._lease: object = None  # the flow's concurrency lease, while the stream holds one
+        self._corrected = False
         self._failure: Optional[BaseException] = None
         self._transport = transport
         self._provider = provider
@@ -562,14 +564,21 @@ class Worker:
         if error is not None:
             stats.errors.append(type(error).__name__)
         metrics = stats.freeze(time.monotonic())  # built once: the report and every later .metrics share it
-        usage = stats.usage
-        if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
-            self._flow.correct(usage.input_tokens + usage.output_tokens - self._charged)
+        correction = self._usage_correction()
+        if correction is not None and not self._corrected:
+            self._flow.correct(correction)
         outcome = "failed" if error is not None else ("closed" if self._cancel.is_set() else "finished")
         monitor.stream_ended(StreamReport(
             provider=self._provider.name, base_url=self._flow.base_url, model=self._model, outcome=outcome,
             error=None if error is None else type(error).__name__, metrics=metrics,
         ))
+
+    def _usage_correction(self) -> Optional[float]:
+        """Tokens to charge (or refund) once the usage is known: reported minus estimated."""
+        usage = self.stats.usage
+        if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+            return None
+        return usage.input_tokens + usage.output_tokens - self._charged
 
     def _run_in_slot(self) -> Generator[Optional[_Lent], None, None]:
         flow = self._flow
@@ -582,10 +591,15 @@ class Worker:
         finally:
             monitor.waiting(-1)
             self.stats.queued = time.monotonic() - self.stats.started_at
+        self._lease = lease
         try:
             yield from self._run_attempts()
         finally:
-            flow.release_slot(lease)
+            self._lease = None
+            # The usage correction goes with the slot (one round-trip to a shared backend).
+            correction = self._usage_correction()
+            self._corrected = correction is not None
+            flow.release_slot(lease, correction)
 
     def _run_attempts(self) -> Generator[Optional[_Lent], None, None]:
         schedule = RetrySchedule(self._retry)
@@ -646,7 +660,7 @@ class Worker:
 
     def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> Generator[Optional[_Lent], None, None]:
         """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
-        gate = Gate(self._flow, self._cancel, self._total_deadline)
+        gate = Gate(self._flow, self._cancel, self._total_deadline, self._lease)
         error: Optional[BaseException] = None
         try:
             tokens = estimate_tokens(spec.json) if self._flow.counts_tokens else 0.0

@@ -367,13 +367,17 @@ def test_a_cancelled_waiter_leaves_the_line(redis_server: RedisServer, server: F
         assert redis_server.client.zcard("{cancel}:leases") == 0
 
 
-def test_token_budget_is_charged_then_corrected_by_the_usage(redis_server: RedisServer, server: FakeLLMServer) -> None:
+@pytest.mark.parametrize("max_concurrent", [None, 2], ids=["alone", "with-the-lease-back"])
+def test_token_budget_is_charged_then_corrected_by_the_usage(redis_server: RedisServer, server: FakeLLMServer,
+                                                             max_concurrent: Any) -> None:
     server.default_reply = Reply(usage=(10, 20))
     with RedisState(redis_server.url, prefix="tok") as state:
-        client = shared_client(server, state, rate_limit=RateLimit(tokens_per_minute=60_000, burst_seconds=10))
+        client = shared_client(server, state, max_concurrent=max_concurrent,
+                               rate_limit=RateLimit(tokens_per_minute=60_000, burst_seconds=10))
         client.complete("q", model="m", max_tokens=500)  # charged ~500 first, then corrected to 30
         level = float(redis_server.client.hget("{tok}:rate", "tok"))
         assert 10_000 - 31 <= level <= 10_000  # a bucket of 10 000, minus the 30 used (it refills meanwhile)
+        assert redis_server.client.zcard("{tok}:leases") == 0
 
 
 def test_a_shared_breaker_opens_for_every_client_of_the_fleet(redis_server: RedisServer, server: FakeLLMServer) -> None:
