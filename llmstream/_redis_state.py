@@ -34,7 +34,6 @@ without the extra), holds a lock across a Redis call, or waits without a bound.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -577,7 +576,6 @@ class RedisFlow(FlowControl):
         self._seen_failures = 0
         self._waiters: Dict[str, Tuple[int, threading.Event]] = {}
         self._waiters_lock = threading.Lock()
-        self._tickets = itertools.count()
 
     # -- concurrency ------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
-import llmstream  # noqa: E402
 from llmstream import (  # noqa: E402
     CircuitBreaker,
     CircuitOpenError,
