@@ -16,6 +16,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
+from ._cost import Pricing
 from ._events import StreamResult
 from ._flow import Flow
 from ._providers import get_provider
@@ -82,6 +83,8 @@ class Client:
         max_output_chars: cut every answer at this many characters (text,
             thinking and tool-call arguments): the stream ends with
             ``finish_reason == "max_output_chars"`` and its socket is closed.
+        pricing: a :class:`Pricing` table: each stream's ``cost`` (and
+            ``result.cost``) is then computed over all its attempts.
 
     Usage::
 
@@ -107,7 +110,11 @@ class Client:
         rate_limit: Optional[RateLimit] = None,
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
+        pricing: Optional[Pricing] = None,
     ) -> None:
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
+        self.pricing = pricing
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -193,6 +200,7 @@ class Client:
             else _check_max_output_chars(max_output_chars),
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            pricing=self.pricing,
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 
