@@ -323,7 +323,7 @@ def monitor_lines(snap: MonitorSnapshot) -> list[tuple[str, str]]:
         ("retried errors", _counts(snap.retried_errors)),
         ("circuits", ", ".join(f"{url} {state}" for url, state in sorted(snap.circuits.items())) or "none"),
         ("output tokens", f"{snap.output_tokens} ({snap.wasted_output_tokens} wasted)"),
-        ("cost", f"${snap.cost:.4f}"),
+        ("cost", f"${snap.cost:,.6f}"),
     ]
     return rows
 
@@ -413,7 +413,10 @@ def monitor(*, interval: float = 1.0, source: Optional[Monitor] = None) -> Monit
     if live:
         update = _open_display(first)
     else:
-        _display(first, raw=True)
+        if _get_ipython() is None:
+            print(first["text/plain"])  # plain Python: IPython's display would print the bundle's repr
+        else:
+            _display(first, raw=True)
 
         def update(bundle: Bundle) -> None:
             return None

@@ -35,7 +35,7 @@ def test_the_view_shows_the_snapshot_escaped() -> None:
     assert "<tr><th>time to first token</th><td>p50 120 ms · p90 200 ms · p99 300 ms</td></tr>" in page
     assert "<tr><th>active</th><td>2 (1 waiting)</td></tr>" in page
     assert "<tr><th>errors</th><td>NotFoundError 1</td></tr>" in page
-    assert "<tr><th>cost</th><td>$0.0123</td></tr>" in page
+    assert "<tr><th>cost</th><td>$0.012340</td></tr>" in page
     assert "output tokens: 40 (3 wasted)" in view["text/plain"]
     # the only tags are the table's own
     import re
@@ -45,7 +45,7 @@ def test_the_view_shows_the_snapshot_escaped() -> None:
 def test_outside_a_kernel_it_displays_once_and_runs_no_thread(capsys: pytest.CaptureFixture[str]) -> None:
     view = llmstream.notebook.monitor()
     assert isinstance(view, MonitorView) and not view.running and view.interval == 1.0
-    assert "llmstream monitor" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("llmstream monitor\nactive: ")
     view.stop()
     with pytest.raises(ValueError, match="interval must be"):
         llmstream.notebook.monitor(interval=0.0)
