@@ -192,9 +192,8 @@ class Monitor:
                 continue
             if observer is not None:
                 observers.append(observer)
-        if not observers:
-            return None
-        return observers[0] if len(observers) == 1 else _Observers(observers)
+        # Wrapped even when alone: an observer that raises is logged, never the stream's failure.
+        return _Observers(observers) if observers else None
 
     def snapshot(self) -> MonitorSnapshot:
         """The counts now, as a frozen :class:`~llmstream.MonitorSnapshot`."""

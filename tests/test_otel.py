@@ -341,3 +341,23 @@ def test_install_again_replaces(server: FakeLLMServer) -> None:
     finally:
         b.uninstall()
     assert first.finished() == [] and len(second.finished()) == 2
+
+
+def test_a_broken_observer_never_breaks_a_stream(server: FakeLLMServer, caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        wants_text = False
+
+        def attempt_started(self, number: int, resume: Any) -> Dict[str, str]:
+            raise RuntimeError("observer bug")
+
+        def stream_ended(self, report: Any, gaps: Any, text: Any) -> None:
+            raise RuntimeError("observer bug")
+
+    remove = llmstream.monitor.observe(lambda start: Broken())
+    try:
+        server.script(Reply())
+        assert client(server).complete("Hi", model="m").text == DEFAULT_TEXT
+    finally:
+        remove()
+    logged = [r for r in caplog.records if r.getMessage().startswith("llmstream observer")]
+    assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["observer bug", "observer bug"]
