@@ -69,7 +69,11 @@ Metrics (histograms with the conventions' units and bucket advice), with
 
 Choices: a "chunk" is a socket read that brought content, as in
 ``StreamMetrics.inter_token_gap``; each gap is recorded at its 2%-wide
-bucket's middle, and time spent blocked on a slow caller is left out.
+bucket's middle, and time spent blocked on a slow caller is left out. The
+gaps are recorded at the stream's end, before the caller sees it: a stream of
+more than :data:`MAX_CHUNK_OBSERVATIONS` chunks records that many, spread as
+its gaps were (a record costs about 10 us, so the end is never held back more
+than about 0.1 s).
 ``duration`` runs from the stream's start (queueing for a slot included) to its
 end. The ``traceparent`` header is W3C Trace Context whatever the global
 propagator is; ``install(propagate=False)`` sends none, and a request that
@@ -112,6 +116,9 @@ LATEST = "gen_ai_latest_experimental"
 #: The conventions' bucket advice.
 SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+
+#: At most this many ``time_per_output_chunk`` observations per stream (see :meth:`Instrumentation.record`).
+MAX_CHUNK_OBSERVATIONS = 10_000
 
 #: ``gen_ai.provider.name`` by the server's host (the conventions' well-known values).
 _HOSTS = (
@@ -425,8 +432,13 @@ class Instrumentation:
         self._duration.record(m.duration, duration_labels)
         if m.time_to_first_token is not None:
             self._ttfc.record(m.time_to_first_token, labels)
+        total = sum(count for _, count in gaps)
+        # One observation per chunk after the first; past the cap (a record costs
+        # ~10 us, and this runs before the caller sees the end) the counts are
+        # scaled down so the distribution keeps its shape.
+        scale = min(1.0, MAX_CHUNK_OBSERVATIONS / total) if total else 1.0
         for value, count in gaps:
-            for _ in range(count):
+            for _ in range(count if scale == 1.0 else max(1, round(count * scale))):
                 self._tpoc.record(value, labels)
         paid = tokens.paid
         has_input = _input_reported(report.attempts)

@@ -361,3 +361,16 @@ def test_a_broken_observer_never_breaks_a_stream(server: FakeLLMServer, caplog: 
         remove()
     logged = [r for r in caplog.records if r.getMessage().startswith("llmstream observer")]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["observer bug", "observer bug"]
+
+
+def test_chunk_observations_are_capped_keeping_the_distribution(otel: Telemetry, monkeypatch: pytest.MonkeyPatch,
+                                                                 server: FakeLLMServer) -> None:
+    monkeypatch.setattr(llmstream.otel, "MAX_CHUNK_OBSERVATIONS", 10)
+    server.script(Reply(token_count=300, interval=0.001))
+    result = client(server).complete("Hi", model="m")
+    gaps = result.metrics.inter_token_gap.count
+    assert gaps > 100
+    unit, [(attrs, point)] = otel.metrics()["gen_ai.client.operation.time_per_output_chunk"]
+    # scaled down (each distinct 2% bucket keeps at least one observation)
+    assert 10 <= point.count < gaps
+    assert point.min >= result.metrics.inter_token_gap.min * 0.97
