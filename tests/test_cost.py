@@ -134,11 +134,15 @@ def test_close_reports_at_least(server: FakeLLMServer) -> None:
     assert cost.output >= 5 * 2.0 / M
 
 
-def test_max_output_chars_reports_at_least(server: FakeLLMServer) -> None:
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_max_output_chars_reports_at_least(server: FakeLLMServer, provider: str) -> None:
+    # Anthropic reports usage at message_start (output_tokens 1): a cut answer still counts what it saw.
     server.script(Reply(token_count=1000, interval=0.002))
-    result = client(server, max_output_chars=20).complete("q", model="m")
+    result = client(server, provider, max_output_chars=20).complete("q", model="m")
     assert result.finish_reason == "max_output_chars"
-    assert result.cost is not None and result.cost.at_least and result.cost.output > 0
+    cost = result.cost
+    assert cost is not None and cost.at_least
+    assert cost.output >= result.metrics.text_deltas * 2.0 / M > 2.0 / M
 
 
 def test_monitor_and_prometheus_totals(server: FakeLLMServer) -> None:
@@ -200,3 +204,21 @@ def test_pricing_lookup() -> None:
     assert Price(1, 2) == Price(1, 2, cached_input=1, reasoning=2, cache_write=1)
     with pytest.raises(TypeError):
         llmstream.Client(pricing={"m": Price(1, 2)})  # type: ignore[arg-type]
+
+
+def test_each_attempt_has_only_its_own_usage(server: FakeLLMServer) -> None:
+    # Anthropic reports input tokens at message_start: the broken attempt has usage, the refused one none.
+    reports: List[llmstream.StreamReport] = []
+    unsubscribe = llmstream.monitor.subscribe(reports.append)
+    try:
+        server.script(Reply(tokens=TOKENS, close_after_tokens=3, event_ids=False),
+                      Reply(status=503, headers={"retry-after-ms": "0"}), Reply(tokens=TOKENS))
+        result = client(server, "anthropic", resume="replay").complete("q", model="m")
+    finally:
+        unsubscribe()
+    assert result.text == TEXT
+    first, refused, last = reports[0].attempts
+    assert first.usage is not None and first.usage.input_tokens == 12 and first.text_deltas == 3
+    assert refused.usage is None and refused.error == "ServerError" and refused.resume == "replay"
+    assert last.usage is not None and last.resume == "replay"
+    assert result.metrics.wasted_output_tokens == 3
