@@ -74,8 +74,8 @@ gaps are recorded at the stream's end, before the caller sees it: a stream of
 more than :data:`MAX_CHUNK_OBSERVATIONS` chunks records that many, spread as
 its gaps were (a record costs about 10 us, so the end is never held back more
 than about 0.1 s).
-``duration`` runs from the stream's start (queueing for a slot included) to its
-end. The ``traceparent`` header is W3C Trace Context whatever the global
+``duration`` and the time to first chunk run from the stream's start
+(queueing for a concurrency slot included), as ``StreamMetrics`` measures them. The ``traceparent`` header is W3C Trace Context whatever the global
 propagator is; ``install(propagate=False)`` sends none, and a request that
 already carries one keeps its own.
 

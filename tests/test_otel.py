@@ -374,3 +374,14 @@ def test_chunk_observations_are_capped_keeping_the_distribution(otel: Telemetry,
     # scaled down (each distinct 2% bucket keeps at least one observation)
     assert 10 <= point.count < gaps
     assert point.min >= result.metrics.inter_token_gap.min * 0.97
+
+
+def test_without_an_sdk_nothing_is_sent_and_streams_work(server: FakeLLMServer) -> None:
+    # The global providers are OpenTelemetry's no-op ones until an application sets an SDK.
+    inst = llmstream.otel.install()
+    try:
+        server.script(Reply())
+        assert client(server).complete("Hi", model="m").text == DEFAULT_TEXT
+    finally:
+        inst.uninstall()
+    assert server.requests[0].header("traceparent") is None
