@@ -94,6 +94,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -206,15 +207,26 @@ class _StreamSpan:
         # monotonic -> epoch nanoseconds, for the times the worker measured.
         self._epoch = time.time_ns() - int(time.monotonic() * 1e9)
         self._base = _base_attributes(start)
-        attributes: Dict[str, Any] = {**self._base, "gen_ai.request.stream": True}
-        attributes.update(_request_parameters(start.body))
-        if inst.capture_content:
-            attributes.update(_input_content(start.body))
-        self._span = inst.tracer.start_span(
-            f"chat {start.model}", kind=trace.SpanKind.CLIENT, attributes=attributes,
-            start_time=self._ns(start.started_at),
-        )
+        # The caller's context now; the span itself opens (back-dated to the
+        # stream's start) when the stream runs, so a stream dropped before it
+        # ever ran leaves no span open.
+        self._parent = otel_context.get_current()
+        self._opened: Optional[trace.Span] = None
         self._attempts: List[trace.Span] = []
+
+    @property
+    def _span(self) -> trace.Span:
+        if self._opened is None:
+            start = self._start
+            attributes: Dict[str, Any] = {**self._base, "gen_ai.request.stream": True}
+            attributes.update(_request_parameters(start.body))
+            if self._inst.capture_content:
+                attributes.update(_input_content(start.body))
+            self._opened = self._inst.tracer.start_span(
+                f"chat {start.model}", context=self._parent, kind=trace.SpanKind.CLIENT, attributes=attributes,
+                start_time=self._ns(start.started_at),
+            )
+        return self._opened
 
     def _ns(self, monotonic: float) -> int:
         return self._epoch + int(monotonic * 1e9)

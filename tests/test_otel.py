@@ -385,3 +385,17 @@ def test_without_an_sdk_nothing_is_sent_and_streams_work(server: FakeLLMServer) 
     finally:
         inst.uninstall()
     assert server.requests[0].header("traceparent") is None
+
+
+def test_a_circuit_open_stream_has_a_span_and_no_attempt(otel: Telemetry, server: FakeLLMServer) -> None:
+    # Refused before any request: the span still ends, as failed, with no attempt span and no request.
+    c = client(server, circuit_breaker=llmstream.CircuitBreaker(failure_threshold=1, cooldown=60.0))
+    server.script(Reply(status=500))
+    with pytest.raises(llmstream.ServerError):
+        c.complete("Hi", model="m", retry=1)
+    otel.spans.clear()
+    with pytest.raises(llmstream.CircuitOpenError):
+        c.complete("Hi", model="m", retry=1)
+    span = otel.stream_span()
+    assert span.attributes["error.type"] == "CircuitOpenError" and otel.attempt_spans() == []
+    assert len(server.requests) == 1
