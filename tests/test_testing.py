@@ -213,7 +213,10 @@ def test_openai_chat_include_usage_adds_usage_chunk(server: FakeLLMServer, sessi
     events = frames("openai", data)
     assert [obj["usage"] for _, _, obj in events[:-2]] == [None] * 4
     assert events[-2][2] == json.loads(
-        f'{CHAT}],"usage":{{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}}}')
+        f'{CHAT}],"usage":{{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14,'
+        '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+        '"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+        '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}')
     assert events[-1][2] == "[DONE]"
 
 
@@ -224,7 +227,9 @@ def test_anthropic_exact_bytes(server: FakeLLMServer, session: requests.Session)
     assert data.decode() == (
         'event: message_start\nid: 1\ndata: {"type":"message_start","message":{"id":"msg_fake_1","type":"message",'
         '"role":"assistant","model":"gpt-test","content":[],"stop_reason":null,"stop_sequence":null,'
-        '"usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
+        '"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
+        '"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":1,'
+        '"service_tier":"standard"}}}\n\n'
         'event: ping\nid: 2\ndata: {"type":"ping"}\n\n'
         'event: content_block_start\nid: 3\ndata: {"type":"content_block_start","index":0,'
         '"content_block":{"type":"text","text":""}}\n\n'
@@ -258,7 +263,12 @@ def test_responses_exact_frames(server: FakeLLMServer, session: requests.Session
         b'event: response.output_text.delta\nid: 6\ndata: {"type":"response.output_text.delta","sequence_number":5,'
         b'"item_id":"msg_fake_1","output_index":0,"content_index":0,"delta":" there","logprobs":[]}\n\n')
     response = {"id": "resp_fake_1", "object": "response", "created_at": 1735689600, "status": "in_progress",
-                "error": None, "incomplete_details": None, "model": "gpt-test", "output": [], "usage": None}
+                "background": False, "error": None, "incomplete_details": None, "model": "gpt-test", "output": [],
+                "instructions": None, "max_output_tokens": None, "max_tool_calls": None, "metadata": {},
+                "parallel_tool_calls": True, "previous_response_id": None,
+                "reasoning": {"effort": None, "summary": None}, "service_tier": "default", "store": True,
+                "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+                "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "user": None, "usage": None}
     item = {"id": "msg_fake_1", "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi there"}
     where = {"item_id": "msg_fake_1", "output_index": 0, "content_index": 0}
@@ -361,7 +371,11 @@ def test_thinking(server: FakeLLMServer, session: requests.Session, provider: st
 
 
 @pytest.mark.parametrize(("provider", "found"), [
-    pytest.param("openai", {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}, id="openai"),
+    pytest.param("openai", {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+                            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                          "accepted_prediction_tokens": 0,
+                                                          "rejected_prediction_tokens": 0}}, id="openai"),
     pytest.param("anthropic", {"output_tokens": 7}, id="anthropic"),
     pytest.param("openai-responses", {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
                                       "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
@@ -373,7 +387,9 @@ def test_usage(server: FakeLLMServer, session: requests.Session, provider: str, 
     usages = [u for _, _, obj in frames(provider, data) for u in _values(obj, "usage") if u]
     assert usages[-1] == found
     if provider == "anthropic":
-        assert usages[0] == {"input_tokens": 5, "output_tokens": 1}
+        assert usages[0] == {"input_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                             "output_tokens": 1, "service_tier": "standard"}
 
 
 def test_ollama_usage_counts(server: FakeLLMServer, session: requests.Session) -> None:
