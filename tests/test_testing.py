@@ -195,7 +195,7 @@ def handler_threads() -> List[threading.Thread]:
 
 
 def test_openai_chat_exact_bytes(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     resp, data, error = fetch(server, session, "openai")
     assert (resp.status_code, resp.headers["Content-Type"], error) == (200, "text/event-stream; charset=utf-8", None)
     assert data.decode() == (
@@ -221,7 +221,7 @@ def test_openai_chat_include_usage_adds_usage_chunk(server: FakeLLMServer, sessi
 
 
 def test_anthropic_exact_bytes(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     resp, data, _ = fetch(server, session, "anthropic")
     assert resp.headers["request-id"] == "req_fake"
     assert data.decode() == (
@@ -257,7 +257,7 @@ def test_ollama_exact_bytes(server: FakeLLMServer, session: requests.Session) ->
 
 
 def test_responses_exact_frames(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     _, data, _ = fetch(server, session, "openai-responses")
     assert blocks(data)[5] == (
         b'event: response.output_text.delta\nid: 6\ndata: {"type":"response.output_text.delta","sequence_number":5,'
@@ -273,7 +273,7 @@ def test_responses_exact_frames(server: FakeLLMServer, session: requests.Session
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi there"}
     where = {"item_id": "msg_fake_1", "output_index": 0, "content_index": 0}
     done_item = {**item, "status": "completed", "content": [part]}
-    usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 2,
+    usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 2,
              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 14}
     expected = [
         ("response.created", {"response": response}),
@@ -377,7 +377,7 @@ def test_thinking(server: FakeLLMServer, session: requests.Session, provider: st
                                                           "accepted_prediction_tokens": 0,
                                                           "rejected_prediction_tokens": 0}}, id="openai"),
     pytest.param("anthropic", {"output_tokens": 7}, id="anthropic"),
-    pytest.param("openai-responses", {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+    pytest.param("openai-responses", {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                                       "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
                                       "total_tokens": 12}, id="openai-responses"),
 ])
@@ -442,7 +442,7 @@ def test_close_after_bytes_zero_sends_headers_only(server: FakeLLMServer) -> Non
 
 
 def test_stall_before_first_byte(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi", stall_before_first_byte=0.3))
+    server.script(Reply(text="Hi", stall_before_first_byte=0.3, event_ids=True))
     with session.post(server.url + PATHS["openai"], json=_body("openai"), stream=True, timeout=10) as resp:
         headers_at = time.monotonic()
         first = resp.raw.read1(65536)
@@ -521,13 +521,14 @@ def test_omit_end_marker(server: FakeLLMServer, session: requests.Session, provi
     pytest.param("ollama", [("", "", {"error": "Boom"})], id="ollama"),
 ])
 def test_error_event(server: FakeLLMServer, session: requests.Session, provider: str, expected: List[Any]) -> None:
-    server.script(Reply(text="A B C", error_event_at=1, error="Boom"))
+    server.script(Reply(text="A B C", error_event_at=1, error="Boom", event_ids=True))
     _, data, error = fetch(server, session, provider)
     assert (frames(provider, data)[-1:], text_of(provider, data), error) == (expected, "A", None)
 
 
 def test_responses_error_event_then_failed(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="A B C", error_event_at=1, error_event_type="rate_limit_exceeded", error="Slow down"))
+    server.script(Reply(text="A B C", error_event_at=1, error_event_type="rate_limit_exceeded", error="Slow down",
+                          event_ids=True))
     _, data, _ = fetch(server, session, "openai-responses")
     (_, error_id, error_event), (_, failed_id, failed) = frames("openai-responses", data)[-2:]
     assert error_event == {"type": "error", "sequence_number": 5, "code": "rate_limit_exceeded",
@@ -800,13 +801,13 @@ def test_unknown_path_is_404(server: FakeLLMServer, session: requests.Session, p
         assert (resp.status_code, resp.json()) == (404, body)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_stream_false_is_refused_without_consuming_the_script(server: FakeLLMServer, session: requests.Session,
-                                                              provider: str) -> None:
-    server.script(Reply(text="kept"))
-    resp, data, _ = fetch(server, session, provider, stream=False)
-    assert resp.status_code == 400 and b"this fake server only streams" in data
-    assert text_of(provider, fetch(server, session, provider)[1]) == "kept"
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "openai-responses"])
+def test_sse_ids_only_when_asked(server: FakeLLMServer, session: requests.Session, provider: str) -> None:
+    # As the real APIs: no id lines by default.
+    server.script(Reply(text="Hi there"), Reply(text="Hi there", event_ids=True))
+    plain, with_ids = fetch(server, session, provider)[1], fetch(server, session, provider)[1]
+    assert b"id: " not in plain and {i for _, i, _ in frames(provider, plain)} == {""}
+    assert [i for _, i, _ in frames(provider, with_ids)] == [str(n + 1) for n in range(len(frames(provider, plain)))]
 
 
 def test_wrong_method_is_405(server: FakeLLMServer, session: requests.Session) -> None:

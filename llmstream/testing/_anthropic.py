@@ -102,7 +102,7 @@ def error_body(status: int, message: str, error_type: Optional[str]) -> Dict[str
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def count_tokens(body: Mapping[str, Any]) -> Dict[str, Any]:
+def count_tokens(body: Any, headers: Mapping[str, str]) -> Dict[str, Any]:
     """``POST /v1/messages/count_tokens``: a deterministic estimate of the request's input."""
     return {"input_tokens": estimate_tokens([body.get("system"), body.get("messages"), body.get("tools")])}
 

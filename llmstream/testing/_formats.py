@@ -24,7 +24,7 @@ string (except the Responses closing events, whose format repeats the full text)
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 from . import _anthropic, _ollama, _openai_chat, _openai_responses
 from ._reply import Reply
@@ -45,6 +45,8 @@ class ProviderFormat(NamedTuple):
     error_events: Callable[[StreamContext, Optional[str], Optional[str], int], List[Event]]
     error_body: Callable[[int, str, Optional[str]], Dict[str, Any]]
     catalog: Callable[[Mapping[str, str]], Dict[str, Any]]  #: the model list
+    #: other endpoints its SDK calls: ``(method, path) -> answer(json body or None, headers)``
+    endpoints: Mapping[Tuple[str, str], Callable[[Any, Mapping[str, str]], Dict[str, Any]]] = {}
     content_type: str = "text/event-stream; charset=utf-8"
     streams_by_default: bool = False  #: whether a request without ``"stream"`` streams (Ollama's does)
 
@@ -56,9 +58,11 @@ FORMATS: Dict[str, ProviderFormat] = {
                                        _openai_responses.error_events, _openai_responses.error_body,
                                        _openai_responses.catalog),
     "anthropic": ProviderFormat("/v1/messages", _anthropic.stream, _anthropic.complete, _anthropic.error_events,
-                                _anthropic.error_body, _anthropic.catalog),
+                                _anthropic.error_body, _anthropic.catalog,
+                                {("POST", "/v1/messages/count_tokens"): _anthropic.count_tokens}),
     "ollama": ProviderFormat("/api/chat", _ollama.stream, _ollama.complete, _ollama.error_events,
-                             _ollama.error_body, _ollama.catalog, "application/x-ndjson", streams_by_default=True),
+                             _ollama.error_body, _ollama.catalog, {("GET", "/api/tags"): _ollama.tags},
+                             "application/x-ndjson", streams_by_default=True),
 }
 PROVIDERS = tuple(FORMATS)
 CONTENT_TYPES = {name: fmt.content_type for name, fmt in FORMATS.items()}

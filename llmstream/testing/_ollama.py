@@ -73,3 +73,8 @@ def catalog(headers: Mapping[str, str]) -> Dict[str, Any]:
         "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                     "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
     } for name in MODELS["ollama"]]}
+
+
+def tags(body: Any, headers: Mapping[str, str]) -> Dict[str, Any]:
+    """``GET /api/tags``."""
+    return catalog(headers)

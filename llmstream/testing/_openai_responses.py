@@ -36,8 +36,9 @@ def _response(ctx: StreamContext, status: str, output: List[Any], usage: Optiona
 
 
 def _usage(inp: int, out: int) -> Dict[str, Any]:
-    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": inp + out}
+    # cache_write_tokens: required by the openai SDK's ResponseUsage model (openai 3.x).
+    return {"input_tokens": inp, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": out, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": inp + out}
 
 
 class _Seq:

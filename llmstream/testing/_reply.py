@@ -115,7 +115,8 @@ class Reply:
         keepalive_every: after every N events, an SSE ``: keep-alive`` comment
             (Anthropic: an ``event: ping``; Ollama has none). 0: never.
         event_ids: give each SSE event an ``id:`` (its 1-based index) so a
-            client can reconnect with ``Last-Event-ID``.
+            client can reconnect with ``Last-Event-ID``. Off by default, as
+            the real OpenAI and Anthropic APIs send no ids.
         event_id_prefix: text put before each id's number (``"résumé-€-"``
             sends ``id: résumé-€-1``...). ``Last-Event-ID`` is read as UTF-8,
             as browsers send it; a value that is not the prefix and a number
@@ -169,7 +170,7 @@ class Reply:
     events_per_write: int = 1
     line_ending: str = "\n"
     keepalive_every: int = 0
-    event_ids: bool = True
+    event_ids: bool = False
     event_id_prefix: str = ""
     interval: float = 0.0
     drip: bool = False
