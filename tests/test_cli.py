@@ -254,7 +254,8 @@ def test_serve_fake_serves_until_ctrl_c(fake_server_process: Tuple[subprocess.Po
     with llmstream.Client(base_url=url + "/v1", api_key="test") as client:
         assert client.complete("hi", model="m").text == DEFAULT_TEXT
     status, _, err = interrupt(proc)
-    assert (status, err) == (0, b"")
+    # The request log: one line per request on stderr.
+    assert (status, re.sub(rb"\d\d:\d\d:\d\d ", b"", err)) == (0, b"POST /v1/chat/completions model=m stream=true\n")
 
 
 @pytest.mark.parametrize("fake_server_process", [pytest.param(["--fault", "close_after_tokens=2"], id="fault")],

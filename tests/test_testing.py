@@ -10,6 +10,7 @@ synchronise (threads are joined, requests are awaited with
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ import pytest
 import requests
 
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, RecordedRequest, Reply, serve
-from llmstream.testing._cli import parse_args
+from llmstream.testing._cli import DEFAULT_INTERVAL, parse_args
 from llmstream.testing._faults import plan
 from llmstream.testing._formats import FORMATTERS, StreamContext
 
@@ -1028,12 +1029,69 @@ def test_cli_parse_concurrency_limit() -> None:
 
 
 def test_cli_parse_args() -> None:
-    host, port, reply, max_concurrent, _ = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
-                                    "--fault", "stall_before_first_byte=inf", "--fault", "stall_after_tokens=2,1.5",
-                                    "--fault", "chunked=false", "--text", "Hi there"])
-    assert (host, port, max_concurrent) == ("127.0.0.1", 8765, None)
-    assert reply == Reply(text="Hi there", close_after_tokens=5, stall_before_first_byte=float("inf"),
-                          stall_after_tokens=(2, 1.5), chunked=False)
+    options = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
+                          "--fault", "stall_before_first_byte=inf", "--fault", "stall_after_tokens=2,1.5",
+                          "--fault", "chunked=false", "--text", "Hi there"])
+    assert (options.host, options.port, options.max_concurrent, options.script) == ("127.0.0.1", 8765, None, ())
+    assert options.reply == Reply(text="Hi there", close_after_tokens=5, stall_before_first_byte=float("inf"),
+                                  stall_after_tokens=(2, 1.5), chunked=False, interval=DEFAULT_INTERVAL)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param('text=Hello, world', {"text": "Hello, world"}, id="text-with-commas"),
+    pytest.param('text="a, b"', {"text": "a, b"}, id="json-string"),
+    pytest.param('text=42', {"text": "42"}, id="text-field-keeps-digits"),
+    pytest.param('stall_after_tokens=[2, 1.5]', {"stall_after_tokens": (2, 1.5)}, id="json-list"),
+    pytest.param('tool_calls=[["get_weather", {"city": "Paris"}]]',
+                 {"tool_calls": [("get_weather", {"city": "Paris"})]}, id="tool-calls-list"),
+    pytest.param('tool_calls={"get_weather": {"city": "Paris, France"}}',
+                 {"tool_calls": [("get_weather", {"city": "Paris, France"})]}, id="tool-calls-object"),
+    pytest.param('headers={"Retry-After": "1"}', {"headers": {"Retry-After": "1"}}, id="headers-object"),
+    pytest.param('usage=[5, 7]', {"usage": (5, 7)}, id="usage"),
+    pytest.param('omit_end_marker=True', {"omit_end_marker": True}, id="python-bool"),
+    pytest.param('raw_body="data: x"', {"raw_body": b"data: x"}, id="raw-body-bytes"),
+])
+def test_cli_fault_values_are_json(value: str, expected: Dict[str, Any]) -> None:
+    assert parse_args(["--interval", "0", "--fault", value]).reply == Reply(interval=0, **expected)
+
+
+def test_cli_unknown_field_suggests_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--fault", "close_after_token=5"])
+    err = capsys.readouterr().err
+    assert "unknown Reply field 'close_after_token' (did you mean close_after_tokens?)" in err
+    assert "valid fields: text, tokens, token_count," in err and "ignore_prefill" in err
+
+
+def test_cli_fault_times_break_once_then_recover(session: requests.Session) -> None:
+    argv = ["--port", "0", "--fault", "status=503", "--fault-times", "1", "--interval", "0"]
+    options = parse_args(argv)
+    assert options.script == (Reply(status=503, interval=0),) and options.reply == Reply(interval=0)
+    until = threading.Event()
+    out, err = io.StringIO(), io.StringIO()
+    thread = threading.Thread(target=serve, args=(argv,), kwargs={"out": out, "err": err, "until": until})
+    thread.start()
+    try:
+        url = _wait_for_url(out)
+        statuses = [session.post(url + "/v1/chat/completions", json=_body("openai"), timeout=10).status_code
+                    for _ in range(3)]
+        assert statuses == [503, 200, 200]
+    finally:
+        until.set()
+        thread.join(10)
+    log = err.getvalue().splitlines()
+    pattern = r"\d\d:\d\d:\d\d POST /v1/chat/completions model=gpt-test stream=true"
+    assert len(log) == 3 and all(re.fullmatch(pattern, line) for line in log), log
+
+
+def _wait_for_url(out: io.StringIO) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://\S+)", out.getvalue())
+        if match and "Press Ctrl+C" in out.getvalue():
+            return match[1]
+        time.sleep(0.01)  # the server thread prints into a StringIO: there is no event to wait on
+    raise AssertionError(out.getvalue())
 
 
 @pytest.mark.parametrize("argv", [
@@ -1042,6 +1100,8 @@ def test_cli_parse_args() -> None:
     pytest.param(["--fault", "events_per_write=0"], id="invalid-value"),
     pytest.param(["--port", "99999"], id="port-out-of-range"),
     pytest.param(["--max-concurrent", "0"], id="max-concurrent-zero"),
+    pytest.param(["--fault-times", "-1"], id="fault-times-negative"),
+    pytest.param(["--interval", "-1"], id="interval-negative"),
 ])
 def test_cli_rejects_bad_faults(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc_info:
@@ -1082,4 +1142,4 @@ def test_python_m_runs_until_ctrl_c(session: requests.Session) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    assert (proc.returncode, err) == (0, "")
+    assert (proc.returncode, re.sub(r"\d\d:\d\d:\d\d ", "", err)) == (0, "POST /api/chat model=llama-test stream=true\n")
