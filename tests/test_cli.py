@@ -9,6 +9,8 @@ SIGINT), the fake server's startup line, and what reaches the terminal under
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import signal
@@ -77,6 +79,13 @@ def interrupt(proc: subprocess.Popen) -> Tuple[int, bytes, bytes]:
     return proc.returncode, out, err
 
 
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def lines_of(text: str) -> List[str]:
     return text.splitlines()
 
@@ -142,7 +151,8 @@ def test_events_show_the_retry_and_a_metrics_line(server: FakeLLMServer,
     assert main(["chat", "hi", "--base-url", server.base_url(), "--events"]) == 0
     out, err = capsys.readouterr()
     assert out == DEFAULT_TEXT + "\n"
-    retry, metrics = lines_of(err)
+    model, retry, metrics = lines_of(err)
+    assert model == f"[model gpt-4o-mini · openai · {server.base_url()}]"
     assert retry == "[retry: attempt 2 in 0.00 s after ServerError: HTTP 503 Service Unavailable: Service Unavailable]"
     assert re.fullmatch(rf"\[finished \(stop\): 18 tokens, \d+\.\d tokens/s, first token {MS}, "
                         rf"inter-token gap (p50 {MS} p99 {MS}|-), 2 attempt\(s\)\]", metrics), metrics
@@ -152,7 +162,7 @@ def test_events_print_the_metrics_line_before_the_error(server: FakeLLMServer,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     server.script(Reply(status=401))
     assert main(["chat", "hi", "--base-url", server.base_url(), "--events"]) == 1
-    metrics, error = lines_of(capsys.readouterr().err)
+    _, metrics, error = lines_of(capsys.readouterr().err)
     assert re.fullmatch(r"\[failed: 0 tokens, - tokens/s, first token -, inter-token gap -, 1 attempt\(s\)\]", metrics)
     assert error == "llmstream: error: AuthenticationError: HTTP 401 Unauthorized: Unauthorized"
 
@@ -197,9 +207,15 @@ def test_a_busy_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("argv, message", [
     pytest.param(["chat", "hi", "--max-tokens", "0"], "argument --max-tokens: must be at least 1, got 0", id="max-tokens"),
     pytest.param(["chat", "hi", "--provider", "nope"], "argument --provider: invalid choice: 'nope'", id="provider"),
-    pytest.param(["debug"], "the following arguments are required: prompt", id="no-prompt"),
+    pytest.param(["debug"], "no prompt: give one as an argument, or pipe it in", id="no-prompt"),
+    pytest.param(["chat", "-"], "the prompt read from stdin is empty", id="empty-stdin"),
+    pytest.param(["chat", "hi", "--temperature", "3"], "argument --temperature: must be between 0 and 2", id="temperature"),
+    pytest.param(["chat", "hi", "--timeout", "0"], "argument --timeout: must be more than 0 seconds", id="timeout"),
+    pytest.param(["chat", "hi", "--retries", "-1"], "argument --retries: must be at least 0", id="retries"),
 ])
-def test_bad_usage_exits_2(argv: List[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_usage_exits_2(argv: List[str], message: str, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal(""))  # a terminal with nothing typed
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
@@ -279,8 +295,10 @@ def test_debug_report(server: FakeLLMServer, capsys: pytest.CaptureFixture[str],
     out, err = capsys.readouterr()
     assert out == DEFAULT_TEXT + "\n"
     lines = lines_of(err)
-    assert lines[:3] == ["", "llmstream debug report", "timeline (ms since the start):"]
-    timeline = lines[3:lines.index("metrics:")]
+    assert lines[:4] == ["", "llmstream debug report",
+                         f"model: gpt-4o-mini (provider openai, base URL {server.base_url()})",
+                         "timeline (ms since the start):"]
+    timeline = lines[4:lines.index("metrics:")]
     events = [re.fullmatch(rf" +{MS}  (.*)", line).group(1) for line in timeline]  # type: ignore[union-attr]
     assert events[:2] == ["TextDelta 'Hello'", "TextDelta ' from'"]
     assert events[-3:] == ["Finish reason='stop'", "Usage input_tokens=12 output_tokens=18", "end"]
@@ -292,10 +310,17 @@ def test_debug_report(server: FakeLLMServer, capsys: pytest.CaptureFixture[str],
     assert re.fullmatch(rf"p50 {MS}, p99 {MS}, max {MS} \(n={chunks}\)", report_value(err, "read time"))
     assert (report_value(err, "tokens"), report_value(err, "attempts"), report_value(err, "errors")) == (
         "18 (reported by the provider)", "1", "none")
-    request = lines[lines.index("request (first attempt):") + 1:-1]
-    assert request == [f"  POST {server.base_url()}/chat/completions", "  Content-Type: application/json",
-                       "  Accept: text/event-stream", "  Authorization: <redacted>",
-                       "  body: JSON with model, messages, stream, stream_options, max_tokens"]
+    requests_at = lines.index("requests (1 answered; an attempt without an answer is in the timeline):")
+    request = lines[requests_at + 1:lines.index("  body:")]
+    assert request[:2] == ["attempt 1:", f"  POST {server.base_url()}/chat/completions"]
+    assert {"  Content-Type: application/json", "  Accept: text/event-stream",
+            "  Authorization: <redacted>"} <= set(request)
+    body = lines[lines.index("  body:") + 1:lines.index("  response: 200 OK")]
+    assert json.loads("\n".join(body)) == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                                           "stream": True, "stream_options": {"include_usage": True},
+                                           "max_tokens": 9}
+    response = lines[lines.index("  response: 200 OK") + 1:-1]
+    assert {"    x-request-id: req_fake", "    Content-Type: text/event-stream; charset=utf-8"} <= set(response)
     assert lines[-1] == "outcome: finished (finish_reason 'stop')"
     assert SECRET not in err
 
@@ -324,8 +349,12 @@ def test_debug_report_on_failure_then_exit_1(server: FakeLLMServer, capsys: pyte
     assert out == ""
     assert re.fullmatch(rf" +{MS}  end: AuthenticationError", lines[lines.index("metrics:") - 1])
     assert report_value(err, "errors") == "ServerError, AuthenticationError"
-    assert lines[-2:] == ["outcome: failed: AuthenticationError: HTTP 401 Unauthorized: Unauthorized",
+    # The error is said once: the outcome names it, the error line says it.
+    assert lines[-2:] == ["outcome: failed with AuthenticationError (the error line below)",
                           "llmstream: error: AuthenticationError: HTTP 401 Unauthorized: Unauthorized"]
+    assert err.count("HTTP 401 Unauthorized") == 1
+    assert [line for line in lines if line.startswith("  response: ")] == [
+        "  response: 503 Service Unavailable", "  response: 401 Unauthorized"]
 
 
 def test_debug_collapses_long_runs_of_text_deltas(server: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
