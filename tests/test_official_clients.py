@@ -9,7 +9,7 @@ SDK itself skips when it parses a response.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import pytest
 import requests
@@ -195,3 +195,52 @@ def test_non_streaming_cut_body_is_an_sdk_connection_error(server: FakeLLMServer
     server.script(Reply(close_after_bytes=20))
     with pytest.raises(openai.APIConnectionError):
         openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+# -- the raw wire, validated strictly against the SDKs' own models --------------------------------
+
+
+def _sse_payloads(body: bytes) -> List[Any]:
+    return [json.loads(line[6:]) for line in body.decode().splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(Reply(), id="text"),
+    pytest.param(Reply(text="Sure.", thinking="Hmm.", tool_calls=[WEATHER]), id="thinking-and-tool-call"),
+    pytest.param(Reply(text="Par", finish_reason="max_output_tokens"), id="incomplete"),
+])
+def test_every_stream_event_passes_strict_validation(server: FakeLLMServer, reply: Reply) -> None:
+    from anthropic.types import RawMessageStreamEvent
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    checks = [("openai", "/chat/completions", TypeAdapter(ChatCompletionChunk), {"stream_options": {"include_usage": True}}),
+              ("openai-responses", "/responses", TypeAdapter(ResponseStreamEvent), {}),
+              ("anthropic", "/v1/messages", TypeAdapter(RawMessageStreamEvent), {"max_tokens": 100})]
+    for provider, path, adapter, extra in checks:
+        if reply.finish_reason == "max_output_tokens" and provider != "openai-responses":
+            continue  # the Responses API's own reason; chat and Messages have theirs
+        server.script(reply)
+        body = {"model": "m", "stream": True, "messages": MESSAGES, "input": "Hi", **extra}
+        raw = requests.post(server.base_url(provider) + path, json=body, timeout=10).content
+        events = _sse_payloads(raw)
+        assert events, provider
+        for event in events:
+            if event.get("type") != "ping":  # the SDK skips pings before validating: not in its union
+                adapter.validate_python(event)  # raises on a missing or mistyped field
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(Reply(), id="text"),
+    pytest.param(Reply(text="", thinking="Hmm.", tool_calls=[WEATHER]), id="tool-call-only"),
+])
+def test_every_non_streaming_answer_passes_strict_validation(server: FakeLLMServer, reply: Reply) -> None:
+    from anthropic.types import Message
+
+    checks = [("openai", "/chat/completions", ChatCompletion, {}), ("openai-responses", "/responses", Response, {}),
+              ("anthropic", "/v1/messages", Message, {"max_tokens": 100})]
+    for provider, path, model, extra in checks:
+        server.script(reply)
+        body = {"model": "m", "messages": MESSAGES, "input": "Hi", **extra}
+        model.model_validate(requests.post(server.base_url(provider) + path, json=body, timeout=10).json())
