@@ -498,6 +498,13 @@ def test_ollama_not_running_gives_a_hint(capsys: pytest.CaptureFixture[str]) -> 
                          "--base-url at it")
 
 
+def test_ollama_model_not_pulled_gives_a_hint(server: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.script(Reply(status=404, error="model 'qwen3' not found, try pulling it first"))
+    assert main(["chat", "hi", "--provider", "ollama", "--model", "qwen3", "--base-url", server.base_url("ollama")]) == 1
+    assert lines_of(capsys.readouterr().err)[-1] == (
+        "llmstream: hint: pull the model first: `ollama pull qwen3` (`ollama list` shows the ones you have)")
+
+
 def test_no_hint_for_other_providers(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

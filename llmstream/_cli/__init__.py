@@ -41,7 +41,7 @@ import sys
 import traceback
 from typing import Callable, Dict, Iterator, List, Optional, TextIO
 
-from .._exceptions import APIConnectionError, StreamError, StreamTimeoutError
+from .._exceptions import APIConnectionError, NotFoundError, StreamError, StreamTimeoutError
 from .._version import __version__
 from ._chat import add_chat_command, run_chat
 from ._debug import add_debug_command, run_debug
@@ -135,6 +135,9 @@ def hint(exc: BaseException, args: argparse.Namespace) -> Optional[str]:
         where = getattr(args, "base_url", None) or os.environ.get("OLLAMA_HOST") or "localhost:11434"
         return (f"is Ollama running at {where}? Start it (`ollama serve`, or the Ollama app) and pull the model "
                 "(`ollama pull llama3.2`), or point OLLAMA_HOST or --base-url at it")
+    if isinstance(exc, NotFoundError) and getattr(args, "provider", None) == "ollama":
+        model = getattr(args, "model", None) or "llama3.2"
+        return f"pull the model first: `ollama pull {model}` (`ollama list` shows the ones you have)"
     return None
 
 
