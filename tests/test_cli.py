@@ -604,3 +604,14 @@ def test_debug_shows_every_attempts_request(server: FakeLLMServer, capsys: pytes
     # The resumed attempt sends the delivered text as a prefill (Anthropic continues it).
     assert '"role": "assistant",\n          "content": "Hello from"' in second
     assert second.count("    request-id: req_fake") == 1 and first.count("    request-id: req_fake") == 1
+
+
+def test_debug_without_any_answer_shows_the_request_as_built(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert main(["debug", "hi", "--base-url", f"http://127.0.0.1:{port}/v1", "--retries", "0"]) == 1
+    lines = lines_of(capsys.readouterr().err)
+    at = lines.index("request (first attempt, as built; no answer came):")
+    assert lines[at + 1] == f"  POST http://127.0.0.1:{port}/v1/chat/completions"
+    assert "  body:" in lines[at:] and lines[-2] == "outcome: failed with APIConnectionError (the error line below)"

@@ -153,8 +153,10 @@ def render_report(timeline: Timeline, metrics: StreamMetrics, spec: RequestSpec,
     lines.extend(timeline.lines() or ["  (no events)"])
     lines.append("metrics:")
     lines.extend(_summary(metrics))
-    if exchanges is None:
-        lines.append("request (first attempt):")
+    if exchanges is None or not exchanges.items:
+        # Nothing recorded (no answer came, or the session was out of reach): the first request, rebuilt.
+        lines.append("request (first attempt):" if exchanges is None else
+                     "request (first attempt, as built; no answer came):")
         lines.extend(_request(spec))
     else:
         lines.append(f"requests ({len(exchanges.items)} answered; an attempt without an answer is in the timeline):")

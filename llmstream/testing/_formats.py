@@ -49,6 +49,8 @@ class ProviderFormat(NamedTuple):
     endpoints: Mapping[Tuple[str, str], Callable[[Any, Mapping[str, str]], Dict[str, Any]]] = {}
     content_type: str = "text/event-stream; charset=utf-8"
     streams_by_default: bool = False  #: whether a request without ``"stream"`` streams (Ollama's does)
+    json_lines: bool = False  #: one JSON object per line instead of SSE (Ollama)
+    keepalive_event: Optional[Event] = None  #: sent while idle instead of an SSE comment (Anthropic's ping)
 
 
 FORMATS: Dict[str, ProviderFormat] = {
@@ -59,10 +61,11 @@ FORMATS: Dict[str, ProviderFormat] = {
                                        _openai_responses.catalog),
     "anthropic": ProviderFormat("/v1/messages", _anthropic.stream, _anthropic.complete, _anthropic.error_events,
                                 _anthropic.error_body, _anthropic.catalog,
-                                {("POST", "/v1/messages/count_tokens"): _anthropic.count_tokens}),
+                                {("POST", "/v1/messages/count_tokens"): _anthropic.count_tokens},
+                                keepalive_event=Event(b'{"type": "ping"}', b"ping")),
     "ollama": ProviderFormat("/api/chat", _ollama.stream, _ollama.complete, _ollama.error_events,
                              _ollama.error_body, _ollama.catalog, {("GET", "/api/tags"): _ollama.tags},
-                             "application/x-ndjson", streams_by_default=True),
+                             "application/x-ndjson", streams_by_default=True, json_lines=True),
 }
 PROVIDERS = tuple(FORMATS)
 CONTENT_TYPES = {name: fmt.content_type for name, fmt in FORMATS.items()}
@@ -89,17 +92,18 @@ def reason(status: int) -> str:
 
 
 def keepalive(provider: str, line_ending: bytes) -> bytes:
-    """What the provider sends while idle: an SSE comment, Anthropic's ping, nothing for Ollama."""
-    if provider == "ollama":
+    """What the provider sends while idle: an SSE comment, or its own event (Anthropic's ping); JSON lines: nothing."""
+    fmt = FORMATS[provider]
+    if fmt.json_lines:
         return b""
-    if provider == "anthropic":
-        return b"event: ping" + line_ending + b'data: {"type": "ping"}' + line_ending * 2
+    if fmt.keepalive_event is not None:
+        return encoder(provider, line_ending, ids=False)(fmt.keepalive_event, 0)
     return b": keep-alive" + line_ending * 2
 
 
 def oversized(provider: str, size: int, line_ending: bytes, model: str) -> bytes:
     """One line of exactly ``size`` bytes (before its line ending) that a decoder must skip or refuse."""
-    if provider != "ollama":
+    if not FORMATS[provider].json_lines:
         return b":" + b"x" * (size - 1) + line_ending * 2
     head = b'{"model":%s,"created_at":"%s","message":{"role":"assistant","content":""},"done":false,"padding":"' % (
         q(model), CREATED_AT.encode())
@@ -107,12 +111,12 @@ def oversized(provider: str, size: int, line_ending: bytes, model: str) -> bytes
 
 
 def encoder(provider: str, line_ending: bytes, ids: bool, id_prefix: str = "") -> Callable[[Event, int], bytes]:
-    """Return ``encode(event, index) -> bytes``: an SSE block, or one JSON line for Ollama.
+    """Return ``encode(event, index) -> bytes``: an SSE block, or one JSON line (Ollama).
 
     With ``ids``, each SSE block has ``id: {id_prefix}{index}`` (UTF-8).
     """
     le = line_ending
-    if provider == "ollama":
+    if FORMATS[provider].json_lines:
         return lambda event, index: event.data + le
     if ids:
         # The prefix is data, not a format: its "%" must not act as one.
