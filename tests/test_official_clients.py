@@ -116,6 +116,13 @@ def test_responses_streaming_every_response_passes_strict_validation(server: Fak
             Response.model_validate(event.response.model_dump())
 
 
+def test_responses_retrieve(server: FakeLLMServer, openai_client: Any) -> None:
+    server.script(Reply(text="Paris."))
+    created = openai_client.responses.create(model="gpt-4o-mini", input="Hi")
+    retrieved = openai_client.responses.retrieve(created.id)
+    assert (retrieved.id, retrieved.output_text, retrieved.status) == (created.id, "Paris.", "completed")
+
+
 def test_responses_incomplete(server: FakeLLMServer, openai_client: Any) -> None:
     server.script(Reply(text="Par", finish_reason="max_output_tokens"))
     response = openai_client.responses.create(model="gpt-4o-mini", input="Hi")

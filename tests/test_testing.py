@@ -778,13 +778,20 @@ def test_responses_get_resume(server: FakeLLMServer, session: requests.Session) 
 
 @pytest.mark.parametrize(("path", "status"), [
     pytest.param("/v1/responses/resp_nope?stream=true", 404, id="unknown-id"),
-    pytest.param("/v1/responses/resp_fake_1", 400, id="not-streaming"),
     pytest.param("/v1/responses/resp_fake_1?stream=true&starting_after=x", 400, id="bad-cursor"),
 ])
 def test_responses_get_errors(server: FakeLLMServer, session: requests.Session, path: str, status: int) -> None:
     fetch(server, session, "openai-responses")
     with session.get(server.url + path, timeout=10) as resp:
         assert (resp.status_code, sorted(resp.json()["error"])) == (status, ["code", "message", "param", "type"])
+
+
+def test_responses_get_without_stream_is_the_stored_response(server: FakeLLMServer, session: requests.Session) -> None:
+    fetch(server, session, "openai-responses")
+    with session.get(server.url + "/v1/responses/resp_fake_1", timeout=10) as resp:
+        stored = resp.json()
+    assert (resp.status_code, stored["id"], stored["status"]) == (200, "resp_fake_1", "completed")
+    assert stored["output"][0]["content"][0]["text"] == DEFAULT_TEXT
 
 
 # --- routing -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ keep the connection alive, as real APIs do.
 
 Routes: ``POST /v1/chat/completions`` (openai), ``POST /v1/responses``
 (openai-responses), ``GET /v1/responses/{id}?stream=true&starting_after=N``
-(replay of a Responses stream, fault-free, without consuming the script),
+(replay of a Responses stream, fault-free, without consuming the script; without
+``stream=true``: the stored response object),
 ``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama). Each answers
 a stream when the body says ``"stream": true`` (Ollama: unless it says
 ``false``, as the real server defaults to streaming), else one JSON object in
@@ -60,7 +61,6 @@ RESPONSES_PREFIX = "/v1/responses/"
 MODELS_PATH = "/v1/models"
 #: The providers' other endpoints: (method, path) -> (provider, answer(body, headers)).
 EXTRA_ENDPOINTS = {key: (name, answer) for name, fmt in FORMATS.items() for key, answer in fmt.endpoints.items()}
-ONLY_STREAMS = "a stored response can only be replayed as a stream: send stream=true"
 NO_PREFILL = ("This model does not support assistant message prefill. "
               "The conversation must end with a user message.")
 DEFAULT_MODEL = "fake-model"
@@ -231,11 +231,11 @@ class Handler(BaseHTTPRequestHandler):
                     else lambda: continuation(reply.iter_tokens, final)),
             body=body,
         )
+        if provider == "openai-responses":  # stored, as the API does by default
+            self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
         if not streams:
             self._complete(reply, ctx)
             return
-        if provider == "openai-responses":
-            self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
         # JSON lines carry no ids, so Ollama (like the real one) ignores the header.
         last_id = _event_number(self.headers.get("Last-Event-ID"), reply.event_id_prefix) if provider != "ollama" else 0
         self._stream(reply, ctx, skip_through=last_id)
@@ -306,8 +306,9 @@ class Handler(BaseHTTPRequestHandler):
         if stored is None:
             self._error(404, "openai", f"Response with id '{response_id}' not found.", None)
             return
-        if query.get("stream") != "true":
-            self._error(400, "openai", ONLY_STREAMS.replace('"stream": true', "stream=true"), None)
+        if query.get("stream") != "true":  # a retrieve: the stored response object
+            reply, ctx = stored
+            self._json("openai", FORMATS["openai-responses"].complete(reply, ctx))
             return
         starting_after = _int(query.get("starting_after"), -1)
         if starting_after is None:
