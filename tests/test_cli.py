@@ -615,3 +615,10 @@ def test_debug_without_any_answer_shows_the_request_as_built(capsys: pytest.Capt
     at = lines.index("request (first attempt, as built; no answer came):")
     assert lines[at + 1] == f"  POST http://127.0.0.1:{port}/v1/chat/completions"
     assert "  body:" in lines[at:] and lines[-2] == "outcome: failed with APIConnectionError (the error line below)"
+
+
+def test_debug_shows_the_resume_header(server: FakeLLMServer, capsys: pytest.CaptureFixture[str]) -> None:
+    server.script(Reply(close_after_tokens=2, event_ids=True), Reply(event_ids=True))
+    assert main(["debug", "hi", "--base-url", server.base_url()]) == 0
+    first, second = capsys.readouterr().err.split("attempt 2:\n")
+    assert "Last-Event-ID" not in first and "  Last-Event-ID: 3\n" in second
