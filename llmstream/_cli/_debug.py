@@ -37,7 +37,7 @@ from .._transport import redact_url
 from ._chat import format_ms
 from .._redact import MARKER as REDACTED
 from .._redact import SECRET_HEADER_WORDS, is_secret_header
-from ._session import Exchanges, Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
+from ._session import Exchange, Exchanges, Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
 from ._timeline import Timeline
 
 __all__ = ["add_debug_command", "run_debug", "render_report", "redact_headers", "SECRET_HEADER_WORDS"]
@@ -134,12 +134,12 @@ def _request(spec: RequestSpec) -> List[str]:
     return lines
 
 
-def _exchange(number: int, request: Any, response: Any) -> List[str]:
-    lines = [f"attempt {number}:", f"  {request.method} {redact_url(request.url)}"]
-    lines.extend(f"  {line}" for line in redact_headers(request.headers))
-    lines.extend(_body(request.body))
-    lines.append(f"  response: {response.status_code} {response.reason or ''}".rstrip())
-    lines.extend(f"    {line}" for line in redact_headers(response.headers))
+def _exchange(number: int, exchange: Exchange) -> List[str]:
+    lines = [f"attempt {number}:", f"  {exchange.method} {redact_url(exchange.url)}"]
+    lines.extend(f"  {line}" for line in redact_headers(exchange.headers))
+    lines.extend(_body(exchange.body))
+    lines.append(f"  response: {exchange.status} {exchange.reason}".rstrip())
+    lines.extend(f"    {line}" for line in redact_headers(exchange.response_headers))
     return lines
 
 
@@ -160,8 +160,8 @@ def render_report(timeline: Timeline, metrics: StreamMetrics, spec: RequestSpec,
         lines.extend(_request(spec))
     else:
         lines.append(f"requests ({len(exchanges.items)} answered; an attempt without an answer is in the timeline):")
-        for number, (request, response) in enumerate(list(exchanges.items), 1):
-            lines.extend(_exchange(number, request, response))
+        for number, exchange in enumerate(list(exchanges.items), 1):
+            lines.extend(_exchange(number, exchange))
     lines.append(f"outcome: {outcome}")
     return "\n".join(lines) + "\n"
 

@@ -34,7 +34,7 @@ from .._redact import MARKER as REDACTED
 from .._redact import Redactor
 from .._stream import TokenStream
 
-__all__ = ["Exchanges", "Secrets", "StreamRequest", "Session", "WaitingIndicator", "add_stream_options", "open_stream",
+__all__ = ["Exchange", "Exchanges", "Secrets", "StreamRequest", "Session", "WaitingIndicator", "add_stream_options", "open_stream",
            "read_prompt", "relay", "one_line", "stdout_for_text"]
 
 DEFAULT_MODELS = {
@@ -358,6 +358,19 @@ def relay(stream: TokenStream, out: TextIO, observe: Callable[[Event], None], *,
             out.flush()
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One request as sent and the head of its answer."""
+
+    method: str
+    url: str
+    headers: Dict[str, Any]
+    body: Any  # bytes, str or None, as requests sent it
+    status: int
+    reason: str
+    response_headers: Dict[str, str]
+
+
 class Exchanges:
     """Every HTTP request a client sends and the status and headers of its answer, in order.
 
@@ -368,7 +381,7 @@ class Exchanges:
     """
 
     def __init__(self) -> None:
-        self.items: List[Tuple[Any, Any]] = []  # (requests.PreparedRequest, requests.Response)
+        self.items: List[Exchange] = []
 
     def attach(self, client: Client) -> bool:
         """Start recording ``client``'s requests; False when its session cannot be reached."""
@@ -380,7 +393,10 @@ class Exchanges:
         return True
 
     def _record(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        self.items.append((response.request, response))
+        # A copy of what the report shows, not the objects: a response holds its connection.
+        request = response.request
+        self.items.append(Exchange(request.method or "", request.url or "", dict(request.headers), request.body,
+                                   response.status_code, response.reason or "", dict(response.headers)))
         return response
 
 

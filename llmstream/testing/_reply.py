@@ -75,7 +75,11 @@ class Reply:
 
     Every field has a default, so ``Reply()`` streams :data:`DEFAULT_TEXT`
     cleanly. The same reply renders in each provider's wire format; the route
-    of the request picks the format.
+    of the request picks the format. A request that does not ask for a stream
+    gets the same reply as one JSON object in the provider's non-streaming
+    shape; of the faults, only those about bytes apply to it
+    (``stall_before_first_byte``, ``close_after_bytes``), and the framing
+    options only pace or split its writes.
 
     Content:
         text: the answer text (``None``: :data:`DEFAULT_TEXT`; ``""``: no text,
