@@ -27,7 +27,7 @@ def add_chat_command(commands: "argparse._SubParsersAction[argparse.ArgumentPars
     chat = commands.add_parser("chat", help="stream an answer to a prompt",
                                description="Stream an answer to the terminal as its tokens arrive.")
     add_stream_options(chat)
-    chat.add_argument("--events", action="store_true", help="show retries and timings on stderr")
+    chat.add_argument("--events", action="store_true", help="show the model, retries and timings on stderr")
 
 
 def format_ms(seconds: Optional[float]) -> str:

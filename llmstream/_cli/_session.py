@@ -104,7 +104,7 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="the provider's base URL (default: from the environment)")
     parser.add_argument("--system", help="a system prompt")
     parser.add_argument("--max-tokens", type=_positive_int, help="limit the answer's length")
-    parser.add_argument("--temperature", type=_temperature, help="sampling temperature (0 to 2)")
+    parser.add_argument("--temperature", type=_temperature, metavar="T", help="sampling temperature (0 to 2)")
     parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="the longest wait to connect, for the first token and between tokens")
     parser.add_argument("--retries", type=_non_negative_int, metavar="N",
