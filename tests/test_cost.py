@@ -113,7 +113,8 @@ def test_a_continuation_wastes_nothing(server: FakeLLMServer) -> None:
 
 
 def test_last_event_id_is_one_answer_counted_once(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=3, usage=(12, 7)), Reply(tokens=TOKENS, usage=(12, 7)))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=3, usage=(12, 7), event_ids=True),
+                  Reply(tokens=TOKENS, usage=(12, 7), event_ids=True))
     result = client(server, resume="last-event-id").complete("q", model="m")
     assert result.text == TEXT and result.attempts == 2
     assert result.metrics.wasted_output_tokens == 0
