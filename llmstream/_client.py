@@ -16,6 +16,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
+from ._cost import Pricing
 from ._events import StreamResult
 from ._flow import Flow, FlowControl, SharedState
 from ._providers import get_provider
@@ -56,6 +57,11 @@ def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
     return value
 
 
+#: Connections a client keeps for reuse per host when neither ``pool_size``
+#: nor ``max_concurrent`` says otherwise (httpx keeps up to 100 connections).
+DEFAULT_POOL_SIZE = 100
+
+
 class Client:
     """A configured connection to one provider; make streams with :meth:`stream`.
 
@@ -82,6 +88,13 @@ class Client:
         max_output_chars: cut every answer at this many characters (text,
             thinking and tool-call arguments): the stream ends with
             ``finish_reason == "max_output_chars"`` and its socket is closed.
+        pool_size: connections kept open for reuse, per host (default:
+            ``max_concurrent``, or 100 without it). More streams than this may
+            still run at once; the connections beyond it are closed when their
+            stream ends instead of being reused, so a web app running hundreds
+            of streams should set it to about as many.
+        pricing: a :class:`Pricing` table: each stream's ``cost`` (and
+            ``result.cost``) is then computed over all its attempts.
         shared: a :class:`RedisState` to share ``max_concurrent``,
             ``rate_limit``, the 429 pause (and, if it says so, the circuit
             breaker) with every client of every process that uses the same
@@ -111,8 +124,13 @@ class Client:
         rate_limit: Optional[RateLimit] = None,
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
+        pool_size: Optional[int] = None,
+        pricing: Optional[Pricing] = None,
         shared: Optional[SharedState] = None,
     ) -> None:
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
+        self.pricing = pricing
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -148,7 +166,12 @@ class Client:
         else:
             self._flow = shared.flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
                                      rate_limit=rate_limit, circuit_breaker=circuit_breaker)
-        self._transport = Transport()
+        if pool_size is None:
+            pool_size = max_concurrent if max_concurrent is not None else DEFAULT_POOL_SIZE
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size must be a whole number >= 1, got {pool_size!r}")
+        self.pool_size = pool_size
+        self._transport = Transport(pool_size=pool_size)
 
     @property
     def provider(self) -> str:
@@ -205,6 +228,7 @@ class Client:
             else _check_max_output_chars(max_output_chars),
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            pricing=self.pricing,
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 
