@@ -25,7 +25,8 @@ Strategy:
   * Redis down or slow: every call has a bounded wait (socket connect and
     read timeouts, no client-side retries); after a failure Redis is left
     alone for ``retry_interval`` seconds. ``on_error="open"`` then uses this
-    process's own limits (a warning log line, ``RedisState.fallbacks``);
+    process's own limits (a warning log line; ``RedisState.fallbacks`` and
+    ``monitor.snapshot().shared_state_fallbacks`` count the decisions);
     ``on_error="closed"`` fails the stream with ``SharedStateError``.
 
 Never: imports ``redis`` before a :class:`RedisState` is made (the core runs
