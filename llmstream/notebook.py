@@ -34,11 +34,14 @@ import time
 from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol, TextIO
 
+from ._version import DISTRIBUTION
+
 try:
     from IPython.core.getipython import get_ipython
     from IPython.display import display
 except ImportError as exc:  # the optional extra is not installed
-    raise ImportError('llmstream.notebook needs IPython: pip install "llmstream[notebook]"') from exc
+    raise ImportError(f'llmstream.notebook needs IPython: pip install "{DISTRIBUTION}[notebook]" '
+                      '(or pip install ".[notebook]" from a clone)') from exc
 
 from ._events import Event, Reset, Retrying, TextDelta, Usage
 from ._exceptions import StreamError

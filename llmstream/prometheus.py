@@ -83,12 +83,15 @@ import re
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from ._version import DISTRIBUTION
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 except ImportError as exc:  # the optional extra is not installed
-    raise ImportError('llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"') from exc
+    raise ImportError(f'llmstream.prometheus needs prometheus-client: pip install "{DISTRIBUTION}[prometheus]" '
+                      '(or pip install ".[prometheus]" from a clone)') from exc
 
 from ._events import MonitorSnapshot, StreamReport
 from ._monitor import monitor
