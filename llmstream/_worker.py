@@ -72,7 +72,7 @@ from ._flow import Flow, Gate, estimate_tokens
 from ._monitor import monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
-from ._redact import Redactor, redact_error, secrets_in_headers
+from ._redact import Redactor, redact_error, secrets_in_request
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
@@ -393,7 +393,7 @@ class Worker:
         self._sockets_lock = threading.RLock()
         self._sockets: Optional[AttemptSockets] = None
         self._lent: Optional[_Lent] = None
-        self._redact = Redactor(secrets_in_headers(spec.headers))
+        self._redact = Redactor(secrets_in_request(spec.headers, spec.url))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
