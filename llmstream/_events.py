@@ -179,6 +179,14 @@ class Distribution:
         """``total / count``, or ``None`` when empty."""
         return self.total / self.count if self.count else None
 
+    def __bool__(self) -> bool:
+        """True when something was measured: ``if metrics.chunk_gap:`` before reading its percentiles."""
+        return self.count > 0
+
+
+#: The shortest generation window (seconds) over which ``tokens_per_second`` is reported.
+MIN_RATE_WINDOW = 0.05
+
 
 @dataclass(frozen=True)
 class StreamMetrics:
@@ -194,10 +202,12 @@ class StreamMetrics:
         attempts: HTTP attempts made.
         errors: the type name of each error met, in order: those that were
             retried, then the final one if the stream failed.
-        inter_token_gap: the waits between arrivals of content, measured in
-            the worker as the bytes arrive. Content that arrives in one read
-            counts once, and time the worker spent blocked on a slow caller
-            is left out, so this describes the server, not the consumer.
+        chunk_gap: the waits between socket reads that brought content
+            (per chunk, not per token: pieces that arrive in one read count
+            once), measured in the worker as the bytes arrive; time the worker
+            spent blocked on a slow caller is left out, so this describes the
+            server, not the consumer. Empty (``count == 0``, percentiles
+            ``None``, falsy) when all the content came in one read.
         chunk_size: bytes per socket read.
         read_time: seconds each socket read that returned data waited.
         queued: seconds spent waiting for a slot or the rate limiter before
@@ -212,10 +222,15 @@ class StreamMetrics:
     bytes_received: int = 0
     attempts: int = 0
     errors: Tuple[str, ...] = ()
-    inter_token_gap: Distribution = field(default_factory=Distribution)
+    chunk_gap: Distribution = field(default_factory=Distribution)
     chunk_size: Distribution = field(default_factory=Distribution)
     read_time: Distribution = field(default_factory=Distribution)
     queued: float = 0.0
+
+    @property
+    def inter_token_gap(self) -> Distribution:
+        """The former name of :attr:`chunk_gap` (kept for compatibility): the gaps are per read, not per token."""
+        return self.chunk_gap
 
     @property
     def tokens(self) -> int:
@@ -223,12 +238,28 @@ class StreamMetrics:
         return self.output_tokens if self.output_tokens is not None else self.text_deltas
 
     @property
+    def generation_time(self) -> Optional[float]:
+        """Seconds the server took to send the content after its first read, or ``None`` if it came in one read.
+
+        The sum of :attr:`chunk_gap`: from the first read that brought
+        content to the last, without the time the worker waited on a slow caller.
+        """
+        return self.chunk_gap.total if self.chunk_gap.count else None
+
+    @property
     def tokens_per_second(self) -> Optional[float]:
-        """``tokens`` over the time from the first token to the end (generation speed), or ``None``."""
-        if self.time_to_first_token is None:
+        """Generation speed: ``tokens`` over the time the server took to send them, or ``None``.
+
+        The first read stands for one average gap, so an evenly paced stream
+        of N tokens in N reads at interval t gives exactly 1/t. ``None`` unless
+        the content came in several reads over at least
+        :data:`MIN_RATE_WINDOW` seconds: a rate over an answer that arrived at
+        once, or within a millisecond, measures the network, not the model.
+        """
+        window = self.generation_time
+        if window is None or window < MIN_RATE_WINDOW or not self.tokens:
             return None
-        generating = self.duration - self.time_to_first_token
-        return self.tokens / generating if generating > 0 and self.tokens else None
+        return self.tokens / (window + window / self.chunk_gap.count)
 
     @property
     def retries(self) -> int:
