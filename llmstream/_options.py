@@ -21,7 +21,6 @@ Sans-IO: pure functions over values.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping as MappingABC
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
@@ -104,6 +103,8 @@ def check_params(params: Mapping[str, Any], *, where: str) -> None:
         sdk = _SDK_NAMES.get(name)
         if sdk is not None:
             raise TypeError(f"{where} got an unexpected option {name}= (did you mean {sdk}?)")
+        import difflib  # lazily: only a call with provider parameters pays for it
+
         close = difflib.get_close_matches(name, _TYPO_TARGETS, n=1, cutoff=NEAR_MISS)
         if close:
             raise TypeError(
