@@ -15,8 +15,6 @@ import os
 import threading
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-import requests
-
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._events import StreamResult
 from ._flow import Flow
@@ -24,7 +22,7 @@ from ._providers import get_provider
 from ._providers._base import Message, Provider
 from ._stream import TokenStream
 from ._options import CALL_OPTIONS, HeaderValues, apply_extras, build_messages, check_headers, check_params
-from ._transport import Transport, TransportOptions, redact_url
+from ._transport import Session, Transport, TransportOptions, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
@@ -113,7 +111,7 @@ class Client:
         proxies: Union[Mapping[str, str], str, None] = None,
         verify: Union[bool, str, None] = None,
         cert: Union[str, Tuple[str, str], None] = None,
-        session: Optional[requests.Session] = None,
+        session: Optional[Session] = None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None

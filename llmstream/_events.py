@@ -1,9 +1,10 @@
 """Typed events a stream produces, and the result it ends with.
 
 These are the unified vocabulary every provider decoder emits and every
-consumer sees in ``TokenStream.events()``. They are frozen, slotted dataclasses:
-immutable (safe to hand across threads) and cheap to build, because one is
-built per token on the hot path.
+consumer sees in ``TokenStream.events()``. They are immutable, slotted value
+classes (:class:`~llmstream._record.Record`: what frozen dataclasses give,
+without their import cost): safe to hand across threads and cheap to build,
+because one is built per token on the hot path.
 
 Content events (they count as progress for the ``idle`` and ``first_token``
 timeouts): :class:`TextDelta`, :class:`ThinkingDelta`, :class:`ToolCallDelta`,
@@ -13,8 +14,9 @@ Events of the IO shell: :class:`Retrying`, :class:`Reset`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
+
+from ._record import Record, set_field
 
 __all__ = [
     "TextDelta",
@@ -35,22 +37,27 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TextDelta:
+class TextDelta(Record):
     """A piece of the answer's text, in order; concatenating them gives the answer."""
 
+    __slots__ = __match_args__ = ("text",)
     text: str
 
+    def __init__(self, text: str) -> None:
+        set_field(self, "text", text)
 
-@dataclass(frozen=True, slots=True)
-class ThinkingDelta:
+
+class ThinkingDelta(Record):
     """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text."""
 
+    __slots__ = __match_args__ = ("text",)
     text: str
 
+    def __init__(self, text: str) -> None:
+        set_field(self, "text", text)
 
-@dataclass(frozen=True, slots=True)
-class ToolCallDelta:
+
+class ToolCallDelta(Record):
     """A fragment of a tool call as it streams.
 
     Attributes:
@@ -60,14 +67,20 @@ class ToolCallDelta:
         arguments: the next fragment of the JSON-encoded arguments (may be "").
     """
 
+    __slots__ = __match_args__ = ("index", "id", "name", "arguments")
     index: int
     id: Optional[str]
     name: Optional[str]
     arguments: str
 
+    def __init__(self, index: int, id: Optional[str], name: Optional[str], arguments: str) -> None:  # noqa: A002
+        set_field(self, "index", index)
+        set_field(self, "id", id)
+        set_field(self, "name", name)
+        set_field(self, "arguments", arguments)
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+
+class ToolCall(Record):
     """A complete tool call, emitted once all its fragments have arrived.
 
     Attributes:
@@ -79,15 +92,22 @@ class ToolCall:
         raw_arguments: the arguments exactly as the model wrote them.
     """
 
+    __slots__ = __match_args__ = ("index", "id", "name", "arguments", "raw_arguments")
     index: int
     id: str
     name: str
     arguments: Any
     raw_arguments: str
 
+    def __init__(self, index: int, id: str, name: str, arguments: Any, raw_arguments: str) -> None:  # noqa: A002
+        set_field(self, "index", index)
+        set_field(self, "id", id)
+        set_field(self, "name", name)
+        set_field(self, "arguments", arguments)
+        set_field(self, "raw_arguments", raw_arguments)
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+
+class Usage(Record):
     """Token counts reported by the provider (the latest, cumulative figures).
 
     Attributes:
@@ -96,9 +116,16 @@ class Usage:
         raw: the provider's own usage object, unchanged.
     """
 
-    input_tokens: Optional[int] = None
-    output_tokens: Optional[int] = None
-    raw: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = __match_args__ = ("input_tokens", "output_tokens", "raw")
+    input_tokens: Optional[int]
+    output_tokens: Optional[int]
+    raw: Mapping[str, Any]
+
+    def __init__(self, input_tokens: Optional[int] = None, output_tokens: Optional[int] = None,
+                 raw: Optional[Mapping[str, Any]] = None) -> None:
+        set_field(self, "input_tokens", input_tokens)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "raw", {} if raw is None else raw)
 
     @property
     def total_tokens(self) -> Optional[int]:
@@ -108,19 +135,21 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(Record):
     """The model finished; ``reason`` is the provider's own word for why.
 
     ``"stop"``/``"end_turn"`` (natural end), ``"length"``/``"max_tokens"``
     (limit reached), ``"tool_calls"``/``"tool_use"``, ``"content_filter"``...
     """
 
+    __slots__ = __match_args__ = ("reason",)
     reason: str
 
+    def __init__(self, reason: str) -> None:
+        set_field(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True)
-class Retrying:
+
+class Retrying(Record):
     """The stream broke or was refused and will be tried again.
 
     Attributes:
@@ -129,13 +158,18 @@ class Retrying:
         cause: the error that caused the retry.
     """
 
+    __slots__ = __match_args__ = ("attempt", "delay", "cause")
     attempt: int
     delay: float
     cause: BaseException
 
+    def __init__(self, attempt: int, delay: float, cause: BaseException) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "delay", delay)
+        set_field(self, "cause", cause)
 
-@dataclass(frozen=True, slots=True)
-class Reset:
+
+class Reset(Record):
     """A replayed answer did not start with the text already delivered.
 
     Only ``TokenStream.events()`` emits it (plain iteration raises
@@ -143,8 +177,13 @@ class Reset:
     one are the new answer from its beginning.
     """
 
+    __slots__ = __match_args__ = ("attempt", "discarded_text")
     attempt: int
     discarded_text: str
+
+    def __init__(self, attempt: int, discarded_text: str) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "discarded_text", discarded_text)
 
 
 Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset]
@@ -153,8 +192,7 @@ Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, 
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)
 
 
-@dataclass(frozen=True)
-class Distribution:
+class Distribution(Record):
     """Summary of a series of measurements (seconds or bytes); ``None`` when empty.
 
     Percentiles come from a histogram with 2% wide buckets (exact within 2%,
@@ -166,13 +204,25 @@ class Distribution:
         min, p50, p90, p99, max: the smallest value, the percentiles, the largest.
     """
 
-    count: int = 0
-    total: float = 0.0
-    min: Optional[float] = None
-    p50: Optional[float] = None
-    p90: Optional[float] = None
-    p99: Optional[float] = None
-    max: Optional[float] = None
+    __slots__ = __match_args__ = ("count", "total", "min", "p50", "p90", "p99", "max")
+    count: int
+    total: float
+    min: Optional[float]
+    p50: Optional[float]
+    p90: Optional[float]
+    p99: Optional[float]
+    max: Optional[float]
+
+    def __init__(self, count: int = 0, total: float = 0.0, min: Optional[float] = None,  # noqa: A002
+                 p50: Optional[float] = None, p90: Optional[float] = None, p99: Optional[float] = None,
+                 max: Optional[float] = None) -> None:  # noqa: A002
+        set_field(self, "count", count)
+        set_field(self, "total", total)
+        set_field(self, "min", min)
+        set_field(self, "p50", p50)
+        set_field(self, "p90", p90)
+        set_field(self, "p99", p99)
+        set_field(self, "max", max)
 
     @property
     def mean(self) -> Optional[float]:
@@ -188,8 +238,11 @@ class Distribution:
 MIN_RATE_WINDOW = 0.05
 
 
-@dataclass(frozen=True)
-class StreamMetrics:
+#: The empty distribution (immutable, so one serves every default).
+_EMPTY = Distribution()
+
+
+class StreamMetrics(Record):
     """Measurements of one stream (times in seconds, from ``time.monotonic``).
 
     Attributes:
@@ -214,18 +267,50 @@ class StreamMetrics:
             the first request (``Client(max_concurrent=..., rate_limit=...)``).
     """
 
-    time_to_first_token: Optional[float] = None
-    duration: float = 0.0
-    text_deltas: int = 0
-    output_tokens: Optional[int] = None
-    chunks: int = 0
-    bytes_received: int = 0
-    attempts: int = 0
-    errors: Tuple[str, ...] = ()
-    chunk_gap: Distribution = field(default_factory=Distribution)
-    chunk_size: Distribution = field(default_factory=Distribution)
-    read_time: Distribution = field(default_factory=Distribution)
-    queued: float = 0.0
+    __slots__ = __match_args__ = (
+        "time_to_first_token", "duration", "text_deltas", "output_tokens", "chunks", "bytes_received",
+        "attempts", "errors", "chunk_gap", "chunk_size", "read_time", "queued",
+    )
+    time_to_first_token: Optional[float]
+    duration: float
+    text_deltas: int
+    output_tokens: Optional[int]
+    chunks: int
+    bytes_received: int
+    attempts: int
+    errors: Tuple[str, ...]
+    chunk_gap: Distribution
+    chunk_size: Distribution
+    read_time: Distribution
+    queued: float
+
+    def __init__(
+        self,
+        time_to_first_token: Optional[float] = None,
+        duration: float = 0.0,
+        text_deltas: int = 0,
+        output_tokens: Optional[int] = None,
+        chunks: int = 0,
+        bytes_received: int = 0,
+        attempts: int = 0,
+        errors: Tuple[str, ...] = (),
+        chunk_gap: Distribution = _EMPTY,
+        chunk_size: Distribution = _EMPTY,
+        read_time: Distribution = _EMPTY,
+        queued: float = 0.0,
+    ) -> None:
+        set_field(self, "time_to_first_token", time_to_first_token)
+        set_field(self, "duration", duration)
+        set_field(self, "text_deltas", text_deltas)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "chunks", chunks)
+        set_field(self, "bytes_received", bytes_received)
+        set_field(self, "attempts", attempts)
+        set_field(self, "errors", errors)
+        set_field(self, "chunk_gap", chunk_gap)
+        set_field(self, "chunk_size", chunk_size)
+        set_field(self, "read_time", read_time)
+        set_field(self, "queued", queued)
 
     @property
     def inter_token_gap(self) -> Distribution:
@@ -267,8 +352,7 @@ class StreamMetrics:
         return max(0, self.attempts - 1)
 
 
-@dataclass(frozen=True)
-class StreamResult:
+class StreamResult(Record):
     """What a finished stream produced.
 
     Attributes:
@@ -280,16 +364,26 @@ class StreamResult:
         metrics: timings and counts for the stream.
     """
 
+    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics")
     text: str
-    finish_reason: Optional[str] = None
-    usage: Optional[Usage] = None
-    tool_calls: Tuple[ToolCall, ...] = ()
-    attempts: int = 1
-    metrics: StreamMetrics = field(default_factory=StreamMetrics)
+    finish_reason: Optional[str]
+    usage: Optional[Usage]
+    tool_calls: Tuple[ToolCall, ...]
+    attempts: int
+    metrics: StreamMetrics
+
+    def __init__(self, text: str, finish_reason: Optional[str] = None, usage: Optional[Usage] = None,
+                 tool_calls: Tuple[ToolCall, ...] = (), attempts: int = 1,
+                 metrics: Optional[StreamMetrics] = None) -> None:
+        set_field(self, "text", text)
+        set_field(self, "finish_reason", finish_reason)
+        set_field(self, "usage", usage)
+        set_field(self, "tool_calls", tool_calls)
+        set_field(self, "attempts", attempts)
+        set_field(self, "metrics", StreamMetrics() if metrics is None else metrics)
 
 
-@dataclass(frozen=True)
-class StreamReport:
+class StreamReport(Record):
     """One ended stream, as the process-wide monitor and its listeners see it.
 
     Attributes:
@@ -301,6 +395,7 @@ class StreamReport:
         metrics: the stream's final :class:`StreamMetrics`.
     """
 
+    __slots__ = __match_args__ = ("provider", "base_url", "model", "outcome", "error", "metrics")
     provider: str
     base_url: str
     model: str
@@ -308,9 +403,17 @@ class StreamReport:
     error: Optional[str]
     metrics: StreamMetrics
 
+    def __init__(self, provider: str, base_url: str, model: str, outcome: str, error: Optional[str],
+                 metrics: StreamMetrics) -> None:
+        set_field(self, "provider", provider)
+        set_field(self, "base_url", base_url)
+        set_field(self, "model", model)
+        set_field(self, "outcome", outcome)
+        set_field(self, "error", error)
+        set_field(self, "metrics", metrics)
 
-@dataclass(frozen=True)
-class MonitorSnapshot:
+
+class MonitorSnapshot(Record):
     """Process-wide counts since the start (or the last ``monitor.reset()``).
 
     Attributes:
@@ -329,20 +432,56 @@ class MonitorSnapshot:
             ``"closed"``, ``"open"`` or ``"half-open"``.
     """
 
-    started: int = 0
-    finished: int = 0
-    failed: int = 0
-    closed: int = 0
-    active: int = 0
-    waiting: int = 0
-    attempts: int = 0
-    errors: Mapping[str, int] = field(default_factory=dict)
-    retried_errors: Mapping[str, int] = field(default_factory=dict)
-    output_tokens: int = 0
-    bytes_received: int = 0
-    time_to_first_token: Distribution = field(default_factory=Distribution)
-    duration: Distribution = field(default_factory=Distribution)
-    circuits: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = __match_args__ = (
+        "started", "finished", "failed", "closed", "active", "waiting", "attempts", "errors", "retried_errors",
+        "output_tokens", "bytes_received", "time_to_first_token", "duration", "circuits",
+    )
+    started: int
+    finished: int
+    failed: int
+    closed: int
+    active: int
+    waiting: int
+    attempts: int
+    errors: Mapping[str, int]
+    retried_errors: Mapping[str, int]
+    output_tokens: int
+    bytes_received: int
+    time_to_first_token: Distribution
+    duration: Distribution
+    circuits: Mapping[str, str]
+
+    def __init__(
+        self,
+        started: int = 0,
+        finished: int = 0,
+        failed: int = 0,
+        closed: int = 0,
+        active: int = 0,
+        waiting: int = 0,
+        attempts: int = 0,
+        errors: Optional[Mapping[str, int]] = None,
+        retried_errors: Optional[Mapping[str, int]] = None,
+        output_tokens: int = 0,
+        bytes_received: int = 0,
+        time_to_first_token: Distribution = _EMPTY,
+        duration: Distribution = _EMPTY,
+        circuits: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        set_field(self, "started", started)
+        set_field(self, "finished", finished)
+        set_field(self, "failed", failed)
+        set_field(self, "closed", closed)
+        set_field(self, "active", active)
+        set_field(self, "waiting", waiting)
+        set_field(self, "attempts", attempts)
+        set_field(self, "errors", {} if errors is None else errors)
+        set_field(self, "retried_errors", {} if retried_errors is None else retried_errors)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "bytes_received", bytes_received)
+        set_field(self, "time_to_first_token", time_to_first_token)
+        set_field(self, "duration", duration)
+        set_field(self, "circuits", {} if circuits is None else circuits)
 
     @property
     def success_rate(self) -> Optional[float]:

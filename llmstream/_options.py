@@ -20,7 +20,6 @@ Sans-IO: pure functions over values.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping as MappingABC
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
@@ -164,7 +163,7 @@ def apply_extras(
         if json is None:
             raise ValueError("extra_body needs a request with a JSON body")
         json = {**json, **body}
-    return dataclasses.replace(spec, url=url, headers=merge_headers(spec.headers, *headers), json=json)
+    return spec.replace(url=url, headers=merge_headers(spec.headers, *headers), json=json)
 
 
 def build_messages(prompt: Optional[str], messages: Optional[Sequence[Message]], system: Optional[str]) -> List[Message]:

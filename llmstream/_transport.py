@@ -34,7 +34,6 @@ specific class first, and checks the cancelled flag *before* mapping, because a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import email.utils
 import json
 import logging
@@ -61,7 +60,7 @@ from ._dechunk import Dechunker
 from ._redact import Redactor
 from ._providers._base import Provider, RequestSpec
 
-__all__ = ["Transport", "TransportOptions", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
+__all__ = ["Transport", "TransportOptions", "Session", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
 
 logger = logging.getLogger("llmstream")
 
@@ -295,14 +294,21 @@ class OpenResponse:
         self.close()
 
 
-@dataclasses.dataclass(frozen=True)
+#: The session type a caller may give (``Client(session=...)``): requests' own.
+Session = requests.Session
+
+
 class TransportOptions:
     """The caller's transport settings (``Client(proxies=, verify=, cert=, session=)``)."""
 
-    proxies: Optional[Mapping[str, str]] = None
-    verify: Union[bool, str, None] = None
-    cert: Union[str, Tuple[str, str], None] = None
-    session: Optional[requests.Session] = None
+    __slots__ = ("proxies", "verify", "cert", "session")
+
+    def __init__(self, proxies: Optional[Mapping[str, str]] = None, verify: Union[bool, str, None] = None,
+                 cert: Union[str, Tuple[str, str], None] = None, session: Optional[requests.Session] = None) -> None:
+        self.proxies = proxies
+        self.verify = verify
+        self.cert = cert
+        self.session = session
 
     @classmethod
     def coerce(cls, *, proxies: Union[Mapping[str, str], str, None], verify: Union[bool, str, None],
