@@ -466,10 +466,23 @@ def test_a_callers_session_is_used_and_close_still_ends_a_stream_at_once(server:
     server.script(Reply(tokens=["a", "b"], stall_after_tokens=(1, 30.0)), Reply(text="done"))
     client = Client(base_url=server.base_url("openai"), api_key="k", session=session)
     stream = client.stream("Hi", model="m")
-    assert next(iter(stream)) == "a"
+    got: List[str] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        for text in stream:  # blocks in a read after "a": the server stalls
+            got.append(text)
+            first.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    assert first.wait(5)
+    time.sleep(0.05)  # into the blocked read
     started = time.monotonic()
-    stream.close()
-    assert time.monotonic() - started < 0.1
+    stream.close()  # from another thread: only a tracked socket can be shut under the read
+    consumer.join(5)
+    assert not consumer.is_alive() and time.monotonic() - started < 0.5
+    assert got == ["a"]
     assert wait_no_worker_threads(1.0) == []
     assert client.complete("Hi", model="m").text == "done"
     assert [r.header("X-From-Session") for r in server.requests[-2:]] == ["yes", "yes"]
