@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,18 +67,28 @@ def start_server() -> "tuple[subprocess.Popen[str], str]":
     return server, f"http://127.0.0.1:{line[1]}/v1"
 
 
-def run_once(code: str, env: Dict[str, str]) -> float:
+def run_once(code: str, env: Dict[str, str]) -> Tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run, in seconds.
+
+    The CPU time is what a loaded machine distorts least (other processes
+    delay a run, they do not make it compute more), so it is reported too.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--importtime", action="store_true", help="also print llmstream's slowest imports")
+    parser.add_argument("--root", default=str(ROOT), help="the checkout whose llmstream is measured (another "
+                                                          "branch, for a before/after)")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": args.root, "PYTHONDONTWRITEBYTECODE": "1"}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)
     server, url = start_server()
@@ -85,18 +96,23 @@ def main() -> None:
         scripts = {"requests": REQUESTS.format(url=url), "llmstream": LLMSTREAM.format(url=url)}
         for code in scripts.values():  # warm the page cache and the .pyc files
             run_once(code, {**env, "PYTHONDONTWRITEBYTECODE": ""})
-        times: Dict[str, List[float]] = {name: [] for name in scripts}
+        walls: Dict[str, List[float]] = {name: [] for name in scripts}
+        cpus: Dict[str, List[float]] = {name: [] for name in scripts}
         for _ in range(args.runs):
             for name, code in scripts.items():
-                times[name].append(run_once(code, env))
-        floor = statistics.median(times["requests"])
-        print(f"cold start, import + client + a 16-token stream, {args.runs} runs each (python {sys.version.split()[0]})")
-        for name, values in times.items():
-            median = statistics.median(values)
-            print(f"  {name:<10} median {median * 1000:6.1f} ms   min {min(values) * 1000:6.1f} ms   "
-                  f"ratio {median / floor:.2f}")
+                wall, cpu = run_once(code, env)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        wall_floor, cpu_floor = statistics.median(walls["requests"]), statistics.median(cpus["requests"])
+        print(f"cold start, import + client + a 16-token stream, {args.runs} runs each (python {sys.version.split()[0]}, "
+              f"load average {os.getloadavg()[0]:.1f})")
+        for name in scripts:
+            wall, cpu = statistics.median(walls[name]), statistics.median(cpus[name])
+            print(f"  {name:<10} wall: median {wall * 1000:6.1f} ms, min {min(walls[name]) * 1000:6.1f} ms, "
+                  f"ratio {wall / wall_floor:.2f}   cpu: median {cpu * 1000:6.1f} ms, ratio {cpu / cpu_floor:.2f}")
         empty = [run_once("pass", env) for _ in range(10)]
-        print(f"  (an empty interpreter: median {statistics.median(empty) * 1000:.1f} ms)")
+        print(f"  (an empty interpreter: wall median {statistics.median(w for w, _ in empty) * 1000:.1f} ms, "
+              f"cpu {statistics.median(c for _, c in empty) * 1000:.1f} ms)")
         if args.importtime:
             done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import llmstream"], env=env,
                                   capture_output=True, text=True, check=True)
