@@ -13,10 +13,8 @@ Clients, each run in a FRESH subprocess (so its RSS growth is its own), after on
 warm-up stream (imports, first connection):
 
   llmstream   one shared ``llmstream.Client``; ``--streams`` threads each iterate
-              ``client.stream(...)`` (so 2 threads per stream: caller + worker).
-              The Client has no pool-size knob (``Transport(pool_size=32)`` is
-              fixed in ``Client.__init__``), so the bench replaces its private
-              ``_transport`` with ``Transport(pool_size=streams)``.
+              ``client.stream(...)`` (the caller's thread runs a stream it
+              iterates at once), ``pool_size=streams`` so connections are reused.
   requests    hand-written: one shared ``requests.Session`` (pool = streams), one
               thread per stream, ``iter_lines()`` + ``json.loads`` of ``data:`` lines.
   inline      (with --clients, not by default) llmstream's Transport + StreamDecoder
@@ -135,12 +133,10 @@ def _threads(n: int, target: Callable[[int], None]) -> None:
 
 def run_llmstream(base_url: str, n: int, tokens: int, rate: float, timings: Optional[Timings]) -> None:
     import llmstream
-    from llmstream._transport import Transport
 
     global _LLM_CLIENT
     if timings is None:  # warm-up: build the client
-        _LLM_CLIENT = llmstream.Client("openai", base_url=base_url, api_key="x")
-        _LLM_CLIENT._transport = Transport(pool_size=max(n, 32))  # no public pool-size knob
+        _LLM_CLIENT = llmstream.Client("openai", base_url=base_url, api_key="x", pool_size=max(n, 32))
     client = _LLM_CLIENT
 
     def pieces(i: int) -> Callable[[], Any]:

@@ -40,6 +40,11 @@ def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
     return value
 
 
+#: Connections a client keeps for reuse per host when neither ``pool_size``
+#: nor ``max_concurrent`` says otherwise (httpx keeps up to 100 connections).
+DEFAULT_POOL_SIZE = 100
+
+
 class Client:
     """A configured connection to one provider; make streams with :meth:`stream`.
 
@@ -66,6 +71,11 @@ class Client:
         max_output_chars: cut every answer at this many characters (text,
             thinking and tool-call arguments): the stream ends with
             ``finish_reason == "max_output_chars"`` and its socket is closed.
+        pool_size: connections kept open for reuse, per host (default:
+            ``max_concurrent``, or 100 without it). More streams than this may
+            still run at once; the connections beyond it are closed when their
+            stream ends instead of being reused, so a web app running hundreds
+            of streams should set it to about as many.
         default_headers: headers sent with every request (``OpenAI-Organization``,
             ``anthropic-beta``, a proxy's headers), over the provider's own;
             a ``None`` value removes one. Secret-looking ones (``*auth*``,
@@ -107,6 +117,7 @@ class Client:
         rate_limit: Optional[RateLimit] = None,
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
+        pool_size: Optional[int] = None,
         default_headers: Optional[HeaderValues] = None,
         proxies: Union[Mapping[str, str], str, None] = None,
         verify: Union[bool, str, None] = None,
@@ -141,9 +152,14 @@ class Client:
         self.max_output_chars = _check_max_output_chars(max_output_chars)
         self._flow = Flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
                           rate_limit=rate_limit, circuit_breaker=circuit_breaker)
+        if pool_size is None:
+            pool_size = max_concurrent if max_concurrent is not None else DEFAULT_POOL_SIZE
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size must be a whole number >= 1, got {pool_size!r}")
+        self.pool_size = pool_size
         self.default_headers = check_headers("default_headers", default_headers)
-        self._transport = Transport(options=TransportOptions.coerce(proxies=proxies, verify=verify, cert=cert,
-                                                                    session=session))
+        self._transport = Transport(pool_size=pool_size, options=TransportOptions.coerce(
+            proxies=proxies, verify=verify, cert=cert, session=session))
 
     @property
     def provider(self) -> str:
