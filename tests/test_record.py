@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmstream import Distribution, StreamMetrics, StreamResult, TextDelta, ToolCall, ToolCallDelta, Usage
+from llmstream import Distribution, StreamMetrics, StreamResult, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._providers._base import RequestSpec
 from llmstream._record import FrozenInstanceError
 from llmstream.sse import ServerSentEvent
@@ -46,7 +46,7 @@ def test_repr_eq_hash_replace_and_match_as_dataclasses() -> None:
     assert repr(TextDelta("hi")) == "TextDelta(text='hi')"
     assert repr(Usage(1, 2)) == "Usage(input_tokens=1, output_tokens=2, raw={})"
     assert TextDelta("a") == TextDelta("a") and TextDelta("a") != TextDelta("b")
-    assert TextDelta("a") != ServerSentEvent(data="a") and hash(TextDelta("a")) == hash(TextDelta("a"))
+    assert TextDelta("a") != ThinkingDelta("a") and hash(TextDelta("a")) == hash(TextDelta("a"))  # same fields, other class
     assert ToolCallDelta(0, None, None, "x").replace(id="c") == ToolCallDelta(0, "c", None, "x")
     with pytest.raises(TypeError, match="TextDelta has no field nope"):
         TextDelta("a").replace(nope=1)
