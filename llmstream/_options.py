@@ -20,6 +20,7 @@ Sans-IO: pure functions over values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping as MappingABC
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
@@ -103,14 +104,21 @@ def check_params(params: Mapping[str, Any], *, where: str) -> None:
         sdk = _SDK_NAMES.get(name)
         if sdk is not None:
             raise TypeError(f"{where} got an unexpected option {name}= (did you mean {sdk}?)")
-        import difflib  # lazily: only a call with provider parameters pays for it
-
-        close = difflib.get_close_matches(name, _TYPO_TARGETS, n=1, cutoff=NEAR_MISS)
-        if close:
+        close = _near_miss(name)
+        if close is not None:
             raise TypeError(
-                f"{where} got an unexpected option {name}= (did you mean {close[0]}=?); "
+                f"{where} got an unexpected option {name}= (did you mean {close}=?); "
                 "to send it to the provider as is, use extra_body={" + repr(name) + ": ...}"
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _near_miss(name: str) -> Optional[str]:
+    """The option ``name`` is a typo of, or None (cached: a program passes the same few names again and again)."""
+    import difflib  # lazily: only a call with provider parameters pays for it
+
+    close = difflib.get_close_matches(name, _TYPO_TARGETS, n=1, cutoff=NEAR_MISS)
+    return close[0] if close else None
 
 
 def merge_headers(base: Mapping[str, Union[str, bytes]], *layers: Optional[HeaderValues]) -> Dict[str, Union[str, bytes]]:
