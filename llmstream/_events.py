@@ -32,6 +32,8 @@ __all__ = [
     "StreamMetrics",
     "StreamResult",
     "StreamReport",
+    "AttemptReport",
+    "Cost",
     "MonitorSnapshot",
     "CONTENT_EVENTS",
 ]
@@ -43,7 +45,10 @@ class TextDelta(Record):
     __slots__ = __match_args__ = ("text",)
     text: str
 
-    def __init__(self, text: str) -> None:
+    def __init__(
+        self,
+        text: str,
+    ) -> None:
         set_field(self, "text", text)
 
 
@@ -53,7 +58,10 @@ class ThinkingDelta(Record):
     __slots__ = __match_args__ = ("text",)
     text: str
 
-    def __init__(self, text: str) -> None:
+    def __init__(
+        self,
+        text: str,
+    ) -> None:
         set_field(self, "text", text)
 
 
@@ -73,7 +81,13 @@ class ToolCallDelta(Record):
     name: Optional[str]
     arguments: str
 
-    def __init__(self, index: int, id: Optional[str], name: Optional[str], arguments: str) -> None:  # noqa: A002
+    def __init__(
+        self,
+        index: int,
+        id: Optional[str],
+        name: Optional[str],
+        arguments: str,
+    ) -> None:  # noqa: A002
         set_field(self, "index", index)
         set_field(self, "id", id)
         set_field(self, "name", name)
@@ -99,7 +113,14 @@ class ToolCall(Record):
     arguments: Any
     raw_arguments: str
 
-    def __init__(self, index: int, id: str, name: str, arguments: Any, raw_arguments: str) -> None:  # noqa: A002
+    def __init__(
+        self,
+        index: int,
+        id: str,
+        name: str,
+        arguments: Any,
+        raw_arguments: str,
+    ) -> None:  # noqa: A002
         set_field(self, "index", index)
         set_field(self, "id", id)
         set_field(self, "name", name)
@@ -121,11 +142,15 @@ class Usage(Record):
     output_tokens: Optional[int]
     raw: Mapping[str, Any]
 
-    def __init__(self, input_tokens: Optional[int] = None, output_tokens: Optional[int] = None,
-                 raw: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        input_tokens: Optional[int] = None,
+        output_tokens: Optional[int] = None,
+        raw: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         set_field(self, "input_tokens", input_tokens)
         set_field(self, "output_tokens", output_tokens)
-        set_field(self, "raw", {} if raw is None else raw)
+        set_field(self, "raw", dict() if raw is None else raw)
 
     @property
     def total_tokens(self) -> Optional[int]:
@@ -145,7 +170,10 @@ class Finish(Record):
     __slots__ = __match_args__ = ("reason",)
     reason: str
 
-    def __init__(self, reason: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+    ) -> None:
         set_field(self, "reason", reason)
 
 
@@ -163,7 +191,12 @@ class Retrying(Record):
     delay: float
     cause: BaseException
 
-    def __init__(self, attempt: int, delay: float, cause: BaseException) -> None:
+    def __init__(
+        self,
+        attempt: int,
+        delay: float,
+        cause: BaseException,
+    ) -> None:
         set_field(self, "attempt", attempt)
         set_field(self, "delay", delay)
         set_field(self, "cause", cause)
@@ -181,7 +214,11 @@ class Reset(Record):
     attempt: int
     discarded_text: str
 
-    def __init__(self, attempt: int, discarded_text: str) -> None:
+    def __init__(
+        self,
+        attempt: int,
+        discarded_text: str,
+    ) -> None:
         set_field(self, "attempt", attempt)
         set_field(self, "discarded_text", discarded_text)
 
@@ -213,9 +250,16 @@ class Distribution(Record):
     p99: Optional[float]
     max: Optional[float]
 
-    def __init__(self, count: int = 0, total: float = 0.0, min: Optional[float] = None,  # noqa: A002
-                 p50: Optional[float] = None, p90: Optional[float] = None, p99: Optional[float] = None,
-                 max: Optional[float] = None) -> None:  # noqa: A002
+    def __init__(
+        self,
+        count: int = 0,
+        total: float = 0.0,
+        min: Optional[float] = None,
+        p50: Optional[float] = None,
+        p90: Optional[float] = None,
+        p99: Optional[float] = None,
+        max: Optional[float] = None,
+    ) -> None:  # noqa: A002
         set_field(self, "count", count)
         set_field(self, "total", total)
         set_field(self, "min", min)
@@ -234,12 +278,11 @@ class Distribution(Record):
         return self.count > 0
 
 
-#: The shortest generation window (seconds) over which ``tokens_per_second`` is reported.
-MIN_RATE_WINDOW = 0.05
-
-
 #: The empty distribution (immutable, so one serves every default).
 _EMPTY = Distribution()
+
+#: The shortest generation window (seconds) over which ``tokens_per_second`` is reported.
+MIN_RATE_WINDOW = 0.05
 
 
 class StreamMetrics(Record):
@@ -265,11 +308,16 @@ class StreamMetrics(Record):
         read_time: seconds each socket read that returned data waited.
         queued: seconds spent waiting for a slot or the rate limiter before
             the first request (``Client(max_concurrent=..., rate_limit=...)``).
+        wasted_output_tokens: output tokens the provider generated (and bills)
+            that the caller did not keep: those of an attempt that failed and
+            was asked again from scratch (a replay or a fresh retry), and those
+            a ``Reset`` discarded. Reported counts where the provider reported
+            them, else text pieces. 0 when nothing was wasted.
     """
 
     __slots__ = __match_args__ = (
         "time_to_first_token", "duration", "text_deltas", "output_tokens", "chunks", "bytes_received",
-        "attempts", "errors", "chunk_gap", "chunk_size", "read_time", "queued",
+        "attempts", "errors", "chunk_gap", "chunk_size", "read_time", "queued", "wasted_output_tokens",
     )
     time_to_first_token: Optional[float]
     duration: float
@@ -283,6 +331,7 @@ class StreamMetrics(Record):
     chunk_size: Distribution
     read_time: Distribution
     queued: float
+    wasted_output_tokens: int
 
     def __init__(
         self,
@@ -298,6 +347,7 @@ class StreamMetrics(Record):
         chunk_size: Distribution = _EMPTY,
         read_time: Distribution = _EMPTY,
         queued: float = 0.0,
+        wasted_output_tokens: int = 0,
     ) -> None:
         set_field(self, "time_to_first_token", time_to_first_token)
         set_field(self, "duration", duration)
@@ -311,16 +361,17 @@ class StreamMetrics(Record):
         set_field(self, "chunk_size", chunk_size)
         set_field(self, "read_time", read_time)
         set_field(self, "queued", queued)
-
-    @property
-    def inter_token_gap(self) -> Distribution:
-        """The former name of :attr:`chunk_gap` (kept for compatibility): the gaps are per read, not per token."""
-        return self.chunk_gap
+        set_field(self, "wasted_output_tokens", wasted_output_tokens)
 
     @property
     def tokens(self) -> int:
         """Output tokens as reported by the provider, or else the number of text pieces."""
         return self.output_tokens if self.output_tokens is not None else self.text_deltas
+
+    @property
+    def inter_token_gap(self) -> Distribution:
+        """The former name of :attr:`chunk_gap` (kept for compatibility): the gaps are per read, not per token."""
+        return self.chunk_gap
 
     @property
     def generation_time(self) -> Optional[float]:
@@ -362,25 +413,159 @@ class StreamResult(Record):
         tool_calls: the complete tool calls, in order.
         attempts: HTTP attempts made (1 when nothing was retried).
         metrics: timings and counts for the stream.
+        cost: what the stream cost, over every attempt (a :class:`Cost`), or
+            ``None`` when the client has no ``pricing`` for the model.
     """
 
-    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics")
+    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics", "cost")
     text: str
     finish_reason: Optional[str]
     usage: Optional[Usage]
     tool_calls: Tuple[ToolCall, ...]
     attempts: int
     metrics: StreamMetrics
+    cost: Optional["Cost"]
 
-    def __init__(self, text: str, finish_reason: Optional[str] = None, usage: Optional[Usage] = None,
-                 tool_calls: Tuple[ToolCall, ...] = (), attempts: int = 1,
-                 metrics: Optional[StreamMetrics] = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        finish_reason: Optional[str] = None,
+        usage: Optional[Usage] = None,
+        tool_calls: Tuple[ToolCall, ...] = (),
+        attempts: int = 1,
+        metrics: Optional[StreamMetrics] = None,
+        cost: Optional["Cost"] = None,
+    ) -> None:
         set_field(self, "text", text)
         set_field(self, "finish_reason", finish_reason)
         set_field(self, "usage", usage)
         set_field(self, "tool_calls", tool_calls)
         set_field(self, "attempts", attempts)
         set_field(self, "metrics", StreamMetrics() if metrics is None else metrics)
+        set_field(self, "cost", cost)
+
+
+class Cost(Record):
+    """What a stream cost in US dollars, from the client's ``Pricing``, over every attempt.
+
+    Attributes:
+        total: the whole cost: ``input + cached_input + cache_write + output + reasoning``.
+        input: uncached input (prompt) tokens.
+        cached_input: input tokens read from the provider's cache.
+        cache_write: input tokens written to the provider's cache (Anthropic).
+        output: output tokens other than reasoning.
+        reasoning: reasoning (thinking) output tokens.
+        wasted: the part of ``total`` paid for attempts whose answer the
+            caller did not keep (a failed attempt asked again from scratch, a
+            replay, an answer a ``Reset`` discarded): their input and output.
+        at_least: True when some tokens were not reported by the provider and
+            were counted from what arrived (a stream cut by ``close()``,
+            ``max_output_chars`` or a failure): the cost is at least ``total``.
+        model: the model whose prices were used.
+    """
+
+    __slots__ = __match_args__ = (
+        "total", "input", "cached_input", "cache_write", "output", "reasoning", "wasted", "at_least", "model",
+    )
+    total: float
+    input: float
+    cached_input: float
+    cache_write: float
+    output: float
+    reasoning: float
+    wasted: float
+    at_least: bool
+    model: str
+
+    def __init__(
+        self,
+        total: float,
+        input: float = 0.0,
+        cached_input: float = 0.0,
+        cache_write: float = 0.0,
+        output: float = 0.0,
+        reasoning: float = 0.0,
+        wasted: float = 0.0,
+        at_least: bool = False,
+        model: str = "",
+    ) -> None:  # noqa: A002
+        set_field(self, "total", total)
+        set_field(self, "input", input)
+        set_field(self, "cached_input", cached_input)
+        set_field(self, "cache_write", cache_write)
+        set_field(self, "output", output)
+        set_field(self, "reasoning", reasoning)
+        set_field(self, "wasted", wasted)
+        set_field(self, "at_least", at_least)
+        set_field(self, "model", model)
+
+
+class AttemptReport(Record):
+    """One HTTP attempt of a stream, as the monitor's listeners see it (times from ``time.monotonic``).
+
+    Attributes:
+        number: 1 for the first attempt.
+        started, ended: when it was sent and when it ended.
+        resume: how it went on from the attempt before: ``None`` (a fresh
+            request), ``"last-event-id"``, ``"continue"`` or ``"replay"``.
+        delay: seconds waited before it (the backoff after the attempt before).
+        error: the type name of the error that ended it, or ``None``.
+        usage: the last :class:`Usage` reported during it, or ``None``.
+        text_deltas: text pieces it delivered.
+        first_content: when its first content arrived, or ``None``.
+        reset: when a ``Reset`` discarded the delivered text during it, or ``None``.
+        discarded_chars: how many delivered characters that ``Reset`` discarded.
+        response_id: the provider's id of the answer, when it sent one.
+        response_model: the model that answered, when the provider said.
+    """
+
+    __slots__ = __match_args__ = (
+        "number", "started", "ended", "resume", "delay", "error", "usage", "text_deltas", "first_content",
+        "reset", "discarded_chars", "response_id", "response_model",
+    )
+    number: int
+    started: float
+    ended: float
+    resume: Optional[str]
+    delay: float
+    error: Optional[str]
+    usage: Optional[Usage]
+    text_deltas: int
+    first_content: Optional[float]
+    reset: Optional[float]
+    discarded_chars: int
+    response_id: Optional[str]
+    response_model: Optional[str]
+
+    def __init__(
+        self,
+        number: int,
+        started: float,
+        ended: float,
+        resume: Optional[str] = None,
+        delay: float = 0.0,
+        error: Optional[str] = None,
+        usage: Optional[Usage] = None,
+        text_deltas: int = 0,
+        first_content: Optional[float] = None,
+        reset: Optional[float] = None,
+        discarded_chars: int = 0,
+        response_id: Optional[str] = None,
+        response_model: Optional[str] = None,
+    ) -> None:
+        set_field(self, "number", number)
+        set_field(self, "started", started)
+        set_field(self, "ended", ended)
+        set_field(self, "resume", resume)
+        set_field(self, "delay", delay)
+        set_field(self, "error", error)
+        set_field(self, "usage", usage)
+        set_field(self, "text_deltas", text_deltas)
+        set_field(self, "first_content", first_content)
+        set_field(self, "reset", reset)
+        set_field(self, "discarded_chars", discarded_chars)
+        set_field(self, "response_id", response_id)
+        set_field(self, "response_model", response_model)
 
 
 class StreamReport(Record):
@@ -393,24 +578,54 @@ class StreamReport(Record):
         outcome: ``"finished"``, ``"failed"`` or ``"closed"`` (by the caller).
         error: the failing error's type name (``"RateLimitError"``...), or ``None``.
         metrics: the stream's final :class:`StreamMetrics`.
+        attempts: each HTTP attempt, in order (:class:`AttemptReport`).
+        usage: the last :class:`Usage` the caller was handed, or ``None``.
+        finish_reason: the provider's finish reason, or ``None``.
+        cost: the stream's :class:`Cost`, or ``None`` without pricing for the model.
+        started_at: ``time.monotonic()`` at the stream's start.
     """
 
-    __slots__ = __match_args__ = ("provider", "base_url", "model", "outcome", "error", "metrics")
+    __slots__ = __match_args__ = (
+        "provider", "base_url", "model", "outcome", "error", "metrics", "attempts", "usage", "finish_reason",
+        "cost", "started_at",
+    )
     provider: str
     base_url: str
     model: str
     outcome: str
     error: Optional[str]
     metrics: StreamMetrics
+    attempts: Tuple[AttemptReport, ...]
+    usage: Optional[Usage]
+    finish_reason: Optional[str]
+    cost: Optional[Cost]
+    started_at: float
 
-    def __init__(self, provider: str, base_url: str, model: str, outcome: str, error: Optional[str],
-                 metrics: StreamMetrics) -> None:
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        model: str,
+        outcome: str,
+        error: Optional[str],
+        metrics: StreamMetrics,
+        attempts: Tuple[AttemptReport, ...] = (),
+        usage: Optional[Usage] = None,
+        finish_reason: Optional[str] = None,
+        cost: Optional[Cost] = None,
+        started_at: float = 0.0,
+    ) -> None:
         set_field(self, "provider", provider)
         set_field(self, "base_url", base_url)
         set_field(self, "model", model)
         set_field(self, "outcome", outcome)
         set_field(self, "error", error)
         set_field(self, "metrics", metrics)
+        set_field(self, "attempts", attempts)
+        set_field(self, "usage", usage)
+        set_field(self, "finish_reason", finish_reason)
+        set_field(self, "cost", cost)
+        set_field(self, "started_at", started_at)
 
 
 class MonitorSnapshot(Record):
@@ -430,11 +645,15 @@ class MonitorSnapshot(Record):
         duration: over ended streams.
         circuits: each circuit breaker's state by base URL:
             ``"closed"``, ``"open"`` or ``"half-open"``.
+        cost: US dollars spent by ended streams that had pricing (``Cost.total``).
+        wasted_output_tokens: output tokens of ended streams that the callers
+            did not keep (``StreamMetrics.wasted_output_tokens``).
     """
 
     __slots__ = __match_args__ = (
-        "started", "finished", "failed", "closed", "active", "waiting", "attempts", "errors", "retried_errors",
-        "output_tokens", "bytes_received", "time_to_first_token", "duration", "circuits",
+        "started", "finished", "failed", "closed", "active", "waiting", "attempts", "errors",
+        "retried_errors", "output_tokens", "bytes_received", "time_to_first_token", "duration", "circuits",
+        "cost", "wasted_output_tokens",
     )
     started: int
     finished: int
@@ -450,6 +669,8 @@ class MonitorSnapshot(Record):
     time_to_first_token: Distribution
     duration: Distribution
     circuits: Mapping[str, str]
+    cost: float
+    wasted_output_tokens: int
 
     def __init__(
         self,
@@ -467,6 +688,8 @@ class MonitorSnapshot(Record):
         time_to_first_token: Distribution = _EMPTY,
         duration: Distribution = _EMPTY,
         circuits: Optional[Mapping[str, str]] = None,
+        cost: float = 0.0,
+        wasted_output_tokens: int = 0,
     ) -> None:
         set_field(self, "started", started)
         set_field(self, "finished", finished)
@@ -475,13 +698,15 @@ class MonitorSnapshot(Record):
         set_field(self, "active", active)
         set_field(self, "waiting", waiting)
         set_field(self, "attempts", attempts)
-        set_field(self, "errors", {} if errors is None else errors)
-        set_field(self, "retried_errors", {} if retried_errors is None else retried_errors)
+        set_field(self, "errors", dict() if errors is None else errors)
+        set_field(self, "retried_errors", dict() if retried_errors is None else retried_errors)
         set_field(self, "output_tokens", output_tokens)
         set_field(self, "bytes_received", bytes_received)
         set_field(self, "time_to_first_token", time_to_first_token)
         set_field(self, "duration", duration)
-        set_field(self, "circuits", {} if circuits is None else circuits)
+        set_field(self, "circuits", dict() if circuits is None else circuits)
+        set_field(self, "cost", cost)
+        set_field(self, "wasted_output_tokens", wasted_output_tokens)
 
     @property
     def success_rate(self) -> Optional[float]:

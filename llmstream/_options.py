@@ -58,6 +58,7 @@ _CLIENT_OPTIONS = {
     "max_buffered": "llmstream.Client(max_buffered=...)",
     "max_line_length": "llmstream.Client(max_line_length=...)",
     "pool_size": "llmstream.Client(pool_size=...)",
+    "pricing": "llmstream.Client(pricing=...)",
     "organization": 'llmstream.Client(default_headers={"OpenAI-Organization": ...})',
     "project": 'llmstream.Client(default_headers={"OpenAI-Project": ...})',
     "stream": "nowhere: llmstream always streams (client.complete(...) gives the whole answer)",

@@ -17,6 +17,8 @@ EXTRAS = [
                  'llmstream.notebook needs IPython: pip install "llmstream-sdk[notebook]" (or pip install ".[notebook]" from a clone)', id="notebook"),
     pytest.param("prometheus_client", "llmstream.prometheus",
                  'llmstream.prometheus needs prometheus-client: pip install "llmstream-sdk[prometheus]" (or pip install ".[prometheus]" from a clone)', id="prometheus"),
+    pytest.param("opentelemetry", "llmstream.otel",
+                 'llmstream.otel needs opentelemetry-api: pip install "llmstream-sdk[otel]" (or pip install ".[otel]" from a clone)', id="otel"),
 ]
 
 
