@@ -5,7 +5,7 @@ Rules (issue 14, "the official SDKs' habits"):
     llmstream's own option names must never fall through into it: a client
     option given per call (``api_key=``, ``base_url=``...) raises
     ``TypeError`` naming where it belongs, and a near miss of a call option
-    (``timout=``) or the official SDKs' name for one (``max_retries=``) raises
+    (``timout=``, two edits at most) or the official SDKs' name for one (``max_retries=``) raises
     ``TypeError`` with "did you mean". Anything else is a provider parameter.
   * ``extra_headers`` / ``extra_query`` / ``extra_body`` (openai's and
     anthropic's names) are applied to the request the provider built, after
@@ -77,13 +77,8 @@ _SDK_NAMES = {
 }
 
 #: The names a typo is matched against: the call options and the client options a
-#: call is most often given. Not every client option: "session" would catch a
-#: provider's "session_id".
+#: call is most often given.
 _TYPO_TARGETS = CALL_OPTIONS + ("api_key", "base_url", "provider")
-
-#: A parameter at least this similar to an option's name is taken for a typo of it.
-NEAR_MISS = 0.8
-
 
 def check_params(params: Mapping[str, Any], *, where: str) -> None:
     """Refuse llmstream option names among provider parameters (the rules above).
@@ -115,11 +110,37 @@ def check_params(params: Mapping[str, Any], *, where: str) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _near_miss(name: str) -> Optional[str]:
-    """The option ``name`` is a typo of, or None (cached: a program passes the same few names again and again)."""
-    import difflib  # lazily: only a call with provider parameters pays for it
+    """The option ``name`` is a typo of, or None (cached: a program passes the same few names again and again).
 
-    close = difflib.get_close_matches(name, _TYPO_TARGETS, n=1, cutoff=NEAR_MISS)
-    return close[0] if close else None
+    A typo is at most two edits away (an insertion, a deletion or a
+    substitution each), and at most one per three letters of the option,
+    so a short option does not catch unrelated short words. Written here
+    rather than with ``difflib``, whose import alone costs what this whole
+    check may cost at a cold start.
+    """
+    best: Optional[str] = None
+    best_distance = 3
+    for target in _TYPO_TARGETS:
+        limit = min(2, len(target) // 3)
+        distance = _edit_distance(name, target, limit)
+        if distance <= limit and distance < best_distance:
+            best, best_distance = target, distance
+    return best
+
+
+def _edit_distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of ``a`` and ``b``, or ``limit + 1`` as soon as it must exceed ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
 
 
 def merge_headers(base: Mapping[str, Union[str, bytes]], *layers: Optional[HeaderValues]) -> Dict[str, Union[str, bytes]]:
