@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._cost import Pricing
@@ -22,31 +22,15 @@ from ._flow import Flow, FlowControl, SharedState
 from ._providers import get_provider
 from ._providers._base import Message, Provider
 from ._stream import TokenStream
-from ._transport import Transport, redact_url
+from ._options import CALL_OPTIONS, HeaderValues, apply_extras, build_messages, check_headers, check_params
+from ._transport import Session, Transport, TransportOptions, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
-__all__ = ["Client", "stream", "complete", "build_messages"]
+__all__ = ["Client", "stream", "complete", "build_messages", "CALL_OPTIONS"]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
-
-
-def build_messages(prompt: Optional[str], messages: Optional[Sequence[Message]], system: Optional[str]) -> List[Message]:
-    """The conversation a stream sends: a prompt or messages, with the system prompt first (the CLI uses it too)."""
-    if (prompt is None) == (messages is None):
-        raise ValueError("pass either a prompt or messages=[...], not both and not neither")
-    if prompt is not None:
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
-        result: List[Message] = [{"role": "user", "content": prompt}]
-    else:
-        result = [dict(m) for m in messages or ()]
-        if not result:
-            raise ValueError("messages must not be empty")
-    if system is not None:
-        result.insert(0, {"role": "system", "content": system})
-    return result
 
 
 def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
@@ -99,6 +83,22 @@ class Client:
             ``rate_limit``, the 429 pause (and, if it says so, the circuit
             breaker) with every client of every process that uses the same
             Redis and prefix (``None``: this client's limits are its own).
+        default_headers: headers sent with every request (``OpenAI-Organization``,
+            ``anthropic-beta``, a proxy's headers), over the provider's own;
+            a ``None`` value removes one. Secret-looking ones (``*auth*``,
+            ``*key*``, ``*token*``...) are redacted wherever a request is shown.
+        proxies: ``{"https": "http://proxy:3128"}`` as requests takes them, or
+            one URL for both schemes. Without it the environment's proxies
+            (``HTTPS_PROXY``, ``NO_PROXY``...) apply, as in requests; given,
+            it wins over them scheme by scheme.
+        verify: ``False`` to skip TLS verification, or the path of a CA bundle
+            (default: ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, else certifi's).
+        cert: a client certificate: a path (key included), or ``(cert, key)`` paths.
+        session: a ``requests.Session`` of yours (its headers, auth, cookies,
+            adapters and proxies apply). llmstream makes its adapters track
+            their sockets, so ``close()`` still ends a stream at once; the
+            session stays usable for your other requests, and
+            :meth:`close` leaves it open (it is yours).
 
     Usage::
 
@@ -127,6 +127,11 @@ class Client:
         pool_size: Optional[int] = None,
         pricing: Optional[Pricing] = None,
         shared: Optional[SharedState] = None,
+        default_headers: Optional[HeaderValues] = None,
+        proxies: Union[Mapping[str, str], str, None] = None,
+        verify: Union[bool, str, None] = None,
+        cert: Union[str, Tuple[str, str], None] = None,
+        session: Optional[Session] = None,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
@@ -171,7 +176,9 @@ class Client:
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a whole number >= 1, got {pool_size!r}")
         self.pool_size = pool_size
-        self._transport = Transport(pool_size=pool_size)
+        self.default_headers = check_headers("default_headers", default_headers)
+        self._transport = Transport(pool_size=pool_size, options=TransportOptions.coerce(
+            proxies=proxies, verify=verify, cert=cert, session=session))
 
     @property
     def provider(self) -> str:
@@ -193,6 +200,9 @@ class Client:
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
         max_output_chars: Optional[int] = None,
+        extra_headers: Optional[HeaderValues] = None,
+        extra_query: Optional[Mapping[str, Any]] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -205,18 +215,31 @@ class Client:
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
             max_output_chars: overrides the client's output length guard for this stream.
+            extra_headers: headers for this request, over the client's
+                ``default_headers`` (a ``None`` value removes one).
+            extra_query: query parameters added to the URL.
+            extra_body: keys set at the top of the JSON body, sent as given
+                (after the provider's own and ``params``).
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
         Raises:
             ValueError: for arguments that cannot make a request. Network and
                 server failures are raised while iterating, as ``StreamError``.
+            TypeError: a client option (``api_key=``, ``base_url=``, ``provider=``,
+                ``headers=``...) or a misspelt option (``timout=``) among ``params``;
+                messages that are not a list of dicts.
         """
+        check_params(params, where="Client.stream()")
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
         spec = self._provider.build_request(
             base_url=self.base_url, api_key=self._api_key, model=model,
             messages=build_messages(prompt, messages, system), params=params,
+        )
+        spec = apply_extras(
+            spec, headers=(self.default_headers, check_headers("extra_headers", extra_headers)),
+            query=extra_query, body=extra_body,
         )
         worker = Worker(
             transport=self._transport, provider=self._provider, spec=spec,
@@ -289,6 +312,7 @@ def stream(
     Same arguments as :meth:`Client.stream`, plus the client's ``provider``,
     ``base_url`` and ``api_key``.
     """
+    check_params(params, where="llmstream.stream()")
     client = _default_client(provider, base_url, api_key)
     return client.stream(prompt, messages=messages, model=model, timeout=timeout, retry=retry, **params)
 

@@ -54,7 +54,7 @@ from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameReso
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-__all__ = ["AttemptSockets", "Cancelled", "TrackingAdapter", "current_attempt"]
+__all__ = ["AttemptSockets", "Cancelled", "TrackingAdapter", "TRACKED_POOLS", "current_attempt", "track_proxy_pools"]
 
 
 class Cancelled(Exception):
@@ -269,7 +269,22 @@ class _TrackedHTTPSPool(_TrackedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = TrackedHTTPSConnection
 
 
-_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+#: The pool classes that make tracked connections, by scheme.
+TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+def track_proxy_pools(adapter: HTTPAdapter) -> None:
+    """Make the proxy managers ``adapter`` creates from now on use tracked pools (a caller's adapter)."""
+    original = adapter.proxy_manager_for
+
+    def proxy_manager_for(proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = original(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = TRACKED_POOLS
+        return manager
+
+    adapter.proxy_manager_for = proxy_manager_for  # type: ignore[method-assign]
+    adapter._llmstream_tracked = True  # type: ignore[attr-defined]
 
 
 class TrackingAdapter(HTTPAdapter):
@@ -277,12 +292,12 @@ class TrackingAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
+        self.poolmanager.pool_classes_by_scheme = TRACKED_POOLS
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
         manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
             # SOCKS proxies have connection classes of their own (urllib3.contrib.socks);
             # theirs are not tracked: close() then ends a read, not a connect or header wait.
-            manager.pool_classes_by_scheme = _POOLS
+            manager.pool_classes_by_scheme = TRACKED_POOLS
         return manager

@@ -32,9 +32,9 @@ Sans-IO: pure functions and immutable values; no clock, no IO.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ._record import Record, set_field
 from ._events import AttemptReport, Cost, Usage
 
 __all__ = ["Price", "Pricing", "TokenCounts", "Accounting", "token_counts", "account", "price"]
@@ -55,15 +55,29 @@ def _nested(raw: Mapping[str, Any], outer: str, inner: str) -> Optional[int]:
     return _count(details.get(inner)) if isinstance(details, Mapping) else None
 
 
-@dataclass(frozen=True)
-class TokenCounts:
+class TokenCounts(Record):
     """Tokens of one answer, normalised: ``input`` includes the cache, ``output`` includes reasoning."""
 
-    input: int = 0
-    cache_read: int = 0
-    cache_write: int = 0
-    output: int = 0
-    reasoning: int = 0
+    __slots__ = __match_args__ = ("input", "cache_read", "cache_write", "output", "reasoning")
+    input: int
+    cache_read: int
+    cache_write: int
+    output: int
+    reasoning: int
+
+    def __init__(
+        self,
+        input: int = 0,
+        cache_read: int = 0,
+        cache_write: int = 0,
+        output: int = 0,
+        reasoning: int = 0,
+    ) -> None:  # noqa: A002
+        set_field(self, "input", input)
+        set_field(self, "cache_read", cache_read)
+        set_field(self, "cache_write", cache_write)
+        set_field(self, "output", output)
+        set_field(self, "reasoning", reasoning)
 
     def __add__(self, other: "TokenCounts") -> "TokenCounts":
         return TokenCounts(self.input + other.input, self.cache_read + other.cache_read,
@@ -102,8 +116,7 @@ def _check_price(name: str, value: Any) -> float:
     return float(value)
 
 
-@dataclass(frozen=True)
-class Price:
+class Price(Record):
     """One model's prices in US dollars per million tokens.
 
     Args:
@@ -118,11 +131,27 @@ class Price:
         llmstream.Price(input=0.15, cached_input=0.075, output=0.60)
     """
 
+    __slots__ = __match_args__ = ("input", "output", "cached_input", "reasoning", "cache_write")
     input: float
     output: float
-    cached_input: Optional[float] = None
-    reasoning: Optional[float] = None
-    cache_write: Optional[float] = None
+    cached_input: Optional[float]
+    reasoning: Optional[float]
+    cache_write: Optional[float]
+
+    def __init__(
+        self,
+        input: float,
+        output: float,
+        cached_input: Optional[float] = None,
+        reasoning: Optional[float] = None,
+        cache_write: Optional[float] = None,
+    ) -> None:  # noqa: A002
+        set_field(self, "input", input)
+        set_field(self, "output", output)
+        set_field(self, "cached_input", cached_input)
+        set_field(self, "reasoning", reasoning)
+        set_field(self, "cache_write", cache_write)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         for name in ("input", "output"):
@@ -190,14 +219,26 @@ class Pricing:
         return f"Pricing({self._table!r})"
 
 
-@dataclass(frozen=True)
-class Accounting:
+class Accounting(Record):
     """A stream's tokens over all its attempts: what was paid for, and what the caller did not keep."""
 
+    __slots__ = __match_args__ = ("paid", "wasted", "at_least", "response_model")
     paid: TokenCounts
     wasted: TokenCounts
     at_least: bool
     response_model: Optional[str]
+
+    def __init__(
+        self,
+        paid: TokenCounts,
+        wasted: TokenCounts,
+        at_least: bool,
+        response_model: Optional[str],
+    ) -> None:
+        set_field(self, "paid", paid)
+        set_field(self, "wasted", wasted)
+        set_field(self, "at_least", at_least)
+        set_field(self, "response_model", response_model)
 
 
 def _generations(attempts: Sequence[AttemptReport]) -> List[List[AttemptReport]]:

@@ -1,9 +1,10 @@
 """Typed events a stream produces, and the result it ends with.
 
 These are the unified vocabulary every provider decoder emits and every
-consumer sees in ``TokenStream.events()``. They are frozen, slotted dataclasses:
-immutable (safe to hand across threads) and cheap to build, because one is
-built per token on the hot path.
+consumer sees in ``TokenStream.events()``. They are immutable, slotted value
+classes (:class:`~llmstream._record.Record`: what frozen dataclasses give,
+without their import cost): safe to hand across threads and cheap to build,
+because one is built per token on the hot path.
 
 Content events (they count as progress for the ``idle`` and ``first_token``
 timeouts): :class:`TextDelta`, :class:`ThinkingDelta`, :class:`ToolCallDelta`,
@@ -13,8 +14,9 @@ Events of the IO shell: :class:`Retrying`, :class:`Reset`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
+
+from ._record import Record, set_field
 
 __all__ = [
     "TextDelta",
@@ -37,22 +39,33 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TextDelta:
+class TextDelta(Record):
     """A piece of the answer's text, in order; concatenating them gives the answer."""
 
+    __slots__ = __match_args__ = ("text",)
     text: str
 
+    def __init__(
+        self,
+        text: str,
+    ) -> None:
+        set_field(self, "text", text)
 
-@dataclass(frozen=True, slots=True)
-class ThinkingDelta:
+
+class ThinkingDelta(Record):
     """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text."""
 
+    __slots__ = __match_args__ = ("text",)
     text: str
 
+    def __init__(
+        self,
+        text: str,
+    ) -> None:
+        set_field(self, "text", text)
 
-@dataclass(frozen=True, slots=True)
-class ToolCallDelta:
+
+class ToolCallDelta(Record):
     """A fragment of a tool call as it streams.
 
     Attributes:
@@ -62,14 +75,26 @@ class ToolCallDelta:
         arguments: the next fragment of the JSON-encoded arguments (may be "").
     """
 
+    __slots__ = __match_args__ = ("index", "id", "name", "arguments")
     index: int
     id: Optional[str]
     name: Optional[str]
     arguments: str
 
+    def __init__(
+        self,
+        index: int,
+        id: Optional[str],
+        name: Optional[str],
+        arguments: str,
+    ) -> None:  # noqa: A002
+        set_field(self, "index", index)
+        set_field(self, "id", id)
+        set_field(self, "name", name)
+        set_field(self, "arguments", arguments)
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
+
+class ToolCall(Record):
     """A complete tool call, emitted once all its fragments have arrived.
 
     Attributes:
@@ -81,15 +106,29 @@ class ToolCall:
         raw_arguments: the arguments exactly as the model wrote them.
     """
 
+    __slots__ = __match_args__ = ("index", "id", "name", "arguments", "raw_arguments")
     index: int
     id: str
     name: str
     arguments: Any
     raw_arguments: str
 
+    def __init__(
+        self,
+        index: int,
+        id: str,
+        name: str,
+        arguments: Any,
+        raw_arguments: str,
+    ) -> None:  # noqa: A002
+        set_field(self, "index", index)
+        set_field(self, "id", id)
+        set_field(self, "name", name)
+        set_field(self, "arguments", arguments)
+        set_field(self, "raw_arguments", raw_arguments)
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+
+class Usage(Record):
     """Token counts reported by the provider (the latest, cumulative figures).
 
     Attributes:
@@ -98,9 +137,20 @@ class Usage:
         raw: the provider's own usage object, unchanged.
     """
 
-    input_tokens: Optional[int] = None
-    output_tokens: Optional[int] = None
-    raw: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = __match_args__ = ("input_tokens", "output_tokens", "raw")
+    input_tokens: Optional[int]
+    output_tokens: Optional[int]
+    raw: Mapping[str, Any]
+
+    def __init__(
+        self,
+        input_tokens: Optional[int] = None,
+        output_tokens: Optional[int] = None,
+        raw: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        set_field(self, "input_tokens", input_tokens)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "raw", dict() if raw is None else raw)
 
     @property
     def total_tokens(self) -> Optional[int]:
@@ -110,19 +160,24 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(Record):
     """The model finished; ``reason`` is the provider's own word for why.
 
     ``"stop"``/``"end_turn"`` (natural end), ``"length"``/``"max_tokens"``
     (limit reached), ``"tool_calls"``/``"tool_use"``, ``"content_filter"``...
     """
 
+    __slots__ = __match_args__ = ("reason",)
     reason: str
 
+    def __init__(
+        self,
+        reason: str,
+    ) -> None:
+        set_field(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True)
-class Retrying:
+
+class Retrying(Record):
     """The stream broke or was refused and will be tried again.
 
     Attributes:
@@ -131,13 +186,23 @@ class Retrying:
         cause: the error that caused the retry.
     """
 
+    __slots__ = __match_args__ = ("attempt", "delay", "cause")
     attempt: int
     delay: float
     cause: BaseException
 
+    def __init__(
+        self,
+        attempt: int,
+        delay: float,
+        cause: BaseException,
+    ) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "delay", delay)
+        set_field(self, "cause", cause)
 
-@dataclass(frozen=True, slots=True)
-class Reset:
+
+class Reset(Record):
     """A replayed answer did not start with the text already delivered.
 
     Only ``TokenStream.events()`` emits it (plain iteration raises
@@ -145,8 +210,17 @@ class Reset:
     one are the new answer from its beginning.
     """
 
+    __slots__ = __match_args__ = ("attempt", "discarded_text")
     attempt: int
     discarded_text: str
+
+    def __init__(
+        self,
+        attempt: int,
+        discarded_text: str,
+    ) -> None:
+        set_field(self, "attempt", attempt)
+        set_field(self, "discarded_text", discarded_text)
 
 
 Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset]
@@ -155,8 +229,7 @@ Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, 
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)
 
 
-@dataclass(frozen=True)
-class Distribution:
+class Distribution(Record):
     """Summary of a series of measurements (seconds or bytes); ``None`` when empty.
 
     Percentiles come from a histogram with 2% wide buckets (exact within 2%,
@@ -168,22 +241,51 @@ class Distribution:
         min, p50, p90, p99, max: the smallest value, the percentiles, the largest.
     """
 
-    count: int = 0
-    total: float = 0.0
-    min: Optional[float] = None
-    p50: Optional[float] = None
-    p90: Optional[float] = None
-    p99: Optional[float] = None
-    max: Optional[float] = None
+    __slots__ = __match_args__ = ("count", "total", "min", "p50", "p90", "p99", "max")
+    count: int
+    total: float
+    min: Optional[float]
+    p50: Optional[float]
+    p90: Optional[float]
+    p99: Optional[float]
+    max: Optional[float]
+
+    def __init__(
+        self,
+        count: int = 0,
+        total: float = 0.0,
+        min: Optional[float] = None,
+        p50: Optional[float] = None,
+        p90: Optional[float] = None,
+        p99: Optional[float] = None,
+        max: Optional[float] = None,
+    ) -> None:  # noqa: A002
+        set_field(self, "count", count)
+        set_field(self, "total", total)
+        set_field(self, "min", min)
+        set_field(self, "p50", p50)
+        set_field(self, "p90", p90)
+        set_field(self, "p99", p99)
+        set_field(self, "max", max)
 
     @property
     def mean(self) -> Optional[float]:
         """``total / count``, or ``None`` when empty."""
         return self.total / self.count if self.count else None
 
+    def __bool__(self) -> bool:
+        """True when something was measured: ``if metrics.chunk_gap:`` before reading its percentiles."""
+        return self.count > 0
 
-@dataclass(frozen=True)
-class StreamMetrics:
+
+#: The empty distribution (immutable, so one serves every default).
+_EMPTY = Distribution()
+
+#: The shortest generation window (seconds) over which ``tokens_per_second`` is reported.
+MIN_RATE_WINDOW = 0.05
+
+
+class StreamMetrics(Record):
     """Measurements of one stream (times in seconds, from ``time.monotonic``).
 
     Attributes:
@@ -196,10 +298,12 @@ class StreamMetrics:
         attempts: HTTP attempts made.
         errors: the type name of each error met, in order: those that were
             retried, then the final one if the stream failed.
-        inter_token_gap: the waits between arrivals of content, measured in
-            the worker as the bytes arrive. Content that arrives in one read
-            counts once, and time the worker spent blocked on a slow caller
-            is left out, so this describes the server, not the consumer.
+        chunk_gap: the waits between socket reads that brought content
+            (per chunk, not per token: pieces that arrive in one read count
+            once), measured in the worker as the bytes arrive; time the worker
+            spent blocked on a slow caller is left out, so this describes the
+            server, not the consumer. Empty (``count == 0``, percentiles
+            ``None``, falsy) when all the content came in one read.
         chunk_size: bytes per socket read.
         read_time: seconds each socket read that returned data waited.
         queued: seconds spent waiting for a slot or the rate limiter before
@@ -211,19 +315,53 @@ class StreamMetrics:
             them, else text pieces. 0 when nothing was wasted.
     """
 
-    time_to_first_token: Optional[float] = None
-    duration: float = 0.0
-    text_deltas: int = 0
-    output_tokens: Optional[int] = None
-    chunks: int = 0
-    bytes_received: int = 0
-    attempts: int = 0
-    errors: Tuple[str, ...] = ()
-    inter_token_gap: Distribution = field(default_factory=Distribution)
-    chunk_size: Distribution = field(default_factory=Distribution)
-    read_time: Distribution = field(default_factory=Distribution)
-    queued: float = 0.0
-    wasted_output_tokens: int = 0
+    __slots__ = __match_args__ = (
+        "time_to_first_token", "duration", "text_deltas", "output_tokens", "chunks", "bytes_received",
+        "attempts", "errors", "chunk_gap", "chunk_size", "read_time", "queued", "wasted_output_tokens",
+    )
+    time_to_first_token: Optional[float]
+    duration: float
+    text_deltas: int
+    output_tokens: Optional[int]
+    chunks: int
+    bytes_received: int
+    attempts: int
+    errors: Tuple[str, ...]
+    chunk_gap: Distribution
+    chunk_size: Distribution
+    read_time: Distribution
+    queued: float
+    wasted_output_tokens: int
+
+    def __init__(
+        self,
+        time_to_first_token: Optional[float] = None,
+        duration: float = 0.0,
+        text_deltas: int = 0,
+        output_tokens: Optional[int] = None,
+        chunks: int = 0,
+        bytes_received: int = 0,
+        attempts: int = 0,
+        errors: Tuple[str, ...] = (),
+        chunk_gap: Distribution = _EMPTY,
+        chunk_size: Distribution = _EMPTY,
+        read_time: Distribution = _EMPTY,
+        queued: float = 0.0,
+        wasted_output_tokens: int = 0,
+    ) -> None:
+        set_field(self, "time_to_first_token", time_to_first_token)
+        set_field(self, "duration", duration)
+        set_field(self, "text_deltas", text_deltas)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "chunks", chunks)
+        set_field(self, "bytes_received", bytes_received)
+        set_field(self, "attempts", attempts)
+        set_field(self, "errors", errors)
+        set_field(self, "chunk_gap", chunk_gap)
+        set_field(self, "chunk_size", chunk_size)
+        set_field(self, "read_time", read_time)
+        set_field(self, "queued", queued)
+        set_field(self, "wasted_output_tokens", wasted_output_tokens)
 
     @property
     def tokens(self) -> int:
@@ -231,12 +369,33 @@ class StreamMetrics:
         return self.output_tokens if self.output_tokens is not None else self.text_deltas
 
     @property
+    def inter_token_gap(self) -> Distribution:
+        """The former name of :attr:`chunk_gap` (kept for compatibility): the gaps are per read, not per token."""
+        return self.chunk_gap
+
+    @property
+    def generation_time(self) -> Optional[float]:
+        """Seconds the server took to send the content after its first read, or ``None`` if it came in one read.
+
+        The sum of :attr:`chunk_gap`: from the first read that brought
+        content to the last, without the time the worker waited on a slow caller.
+        """
+        return self.chunk_gap.total if self.chunk_gap.count else None
+
+    @property
     def tokens_per_second(self) -> Optional[float]:
-        """``tokens`` over the time from the first token to the end (generation speed), or ``None``."""
-        if self.time_to_first_token is None:
+        """Generation speed: ``tokens`` over the time the server took to send them, or ``None``.
+
+        The first read stands for one average gap, so an evenly paced stream
+        of N tokens in N reads at interval t gives exactly 1/t. ``None`` unless
+        the content came in several reads over at least
+        :data:`MIN_RATE_WINDOW` seconds: a rate over an answer that arrived at
+        once, or within a millisecond, measures the network, not the model.
+        """
+        window = self.generation_time
+        if window is None or window < MIN_RATE_WINDOW or not self.tokens:
             return None
-        generating = self.duration - self.time_to_first_token
-        return self.tokens / generating if generating > 0 and self.tokens else None
+        return self.tokens / (window + window / self.chunk_gap.count)
 
     @property
     def retries(self) -> int:
@@ -244,8 +403,7 @@ class StreamMetrics:
         return max(0, self.attempts - 1)
 
 
-@dataclass(frozen=True)
-class StreamResult:
+class StreamResult(Record):
     """What a finished stream produced.
 
     Attributes:
@@ -259,17 +417,35 @@ class StreamResult:
             ``None`` when the client has no ``pricing`` for the model.
     """
 
+    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics", "cost")
     text: str
-    finish_reason: Optional[str] = None
-    usage: Optional[Usage] = None
-    tool_calls: Tuple[ToolCall, ...] = ()
-    attempts: int = 1
-    metrics: StreamMetrics = field(default_factory=StreamMetrics)
-    cost: Optional["Cost"] = None
+    finish_reason: Optional[str]
+    usage: Optional[Usage]
+    tool_calls: Tuple[ToolCall, ...]
+    attempts: int
+    metrics: StreamMetrics
+    cost: Optional["Cost"]
+
+    def __init__(
+        self,
+        text: str,
+        finish_reason: Optional[str] = None,
+        usage: Optional[Usage] = None,
+        tool_calls: Tuple[ToolCall, ...] = (),
+        attempts: int = 1,
+        metrics: Optional[StreamMetrics] = None,
+        cost: Optional["Cost"] = None,
+    ) -> None:
+        set_field(self, "text", text)
+        set_field(self, "finish_reason", finish_reason)
+        set_field(self, "usage", usage)
+        set_field(self, "tool_calls", tool_calls)
+        set_field(self, "attempts", attempts)
+        set_field(self, "metrics", StreamMetrics() if metrics is None else metrics)
+        set_field(self, "cost", cost)
 
 
-@dataclass(frozen=True)
-class Cost:
+class Cost(Record):
     """What a stream cost in US dollars, from the client's ``Pricing``, over every attempt.
 
     Attributes:
@@ -288,19 +464,43 @@ class Cost:
         model: the model whose prices were used.
     """
 
+    __slots__ = __match_args__ = (
+        "total", "input", "cached_input", "cache_write", "output", "reasoning", "wasted", "at_least", "model",
+    )
     total: float
-    input: float = 0.0
-    cached_input: float = 0.0
-    cache_write: float = 0.0
-    output: float = 0.0
-    reasoning: float = 0.0
-    wasted: float = 0.0
-    at_least: bool = False
-    model: str = ""
+    input: float
+    cached_input: float
+    cache_write: float
+    output: float
+    reasoning: float
+    wasted: float
+    at_least: bool
+    model: str
+
+    def __init__(
+        self,
+        total: float,
+        input: float = 0.0,
+        cached_input: float = 0.0,
+        cache_write: float = 0.0,
+        output: float = 0.0,
+        reasoning: float = 0.0,
+        wasted: float = 0.0,
+        at_least: bool = False,
+        model: str = "",
+    ) -> None:  # noqa: A002
+        set_field(self, "total", total)
+        set_field(self, "input", input)
+        set_field(self, "cached_input", cached_input)
+        set_field(self, "cache_write", cache_write)
+        set_field(self, "output", output)
+        set_field(self, "reasoning", reasoning)
+        set_field(self, "wasted", wasted)
+        set_field(self, "at_least", at_least)
+        set_field(self, "model", model)
 
 
-@dataclass(frozen=True)
-class AttemptReport:
+class AttemptReport(Record):
     """One HTTP attempt of a stream, as the monitor's listeners see it (times from ``time.monotonic``).
 
     Attributes:
@@ -319,23 +519,56 @@ class AttemptReport:
         response_model: the model that answered, when the provider said.
     """
 
+    __slots__ = __match_args__ = (
+        "number", "started", "ended", "resume", "delay", "error", "usage", "text_deltas", "first_content",
+        "reset", "discarded_chars", "response_id", "response_model",
+    )
     number: int
     started: float
     ended: float
-    resume: Optional[str] = None
-    delay: float = 0.0
-    error: Optional[str] = None
-    usage: Optional[Usage] = None
-    text_deltas: int = 0
-    first_content: Optional[float] = None
-    reset: Optional[float] = None
-    discarded_chars: int = 0
-    response_id: Optional[str] = None
-    response_model: Optional[str] = None
+    resume: Optional[str]
+    delay: float
+    error: Optional[str]
+    usage: Optional[Usage]
+    text_deltas: int
+    first_content: Optional[float]
+    reset: Optional[float]
+    discarded_chars: int
+    response_id: Optional[str]
+    response_model: Optional[str]
+
+    def __init__(
+        self,
+        number: int,
+        started: float,
+        ended: float,
+        resume: Optional[str] = None,
+        delay: float = 0.0,
+        error: Optional[str] = None,
+        usage: Optional[Usage] = None,
+        text_deltas: int = 0,
+        first_content: Optional[float] = None,
+        reset: Optional[float] = None,
+        discarded_chars: int = 0,
+        response_id: Optional[str] = None,
+        response_model: Optional[str] = None,
+    ) -> None:
+        set_field(self, "number", number)
+        set_field(self, "started", started)
+        set_field(self, "ended", ended)
+        set_field(self, "resume", resume)
+        set_field(self, "delay", delay)
+        set_field(self, "error", error)
+        set_field(self, "usage", usage)
+        set_field(self, "text_deltas", text_deltas)
+        set_field(self, "first_content", first_content)
+        set_field(self, "reset", reset)
+        set_field(self, "discarded_chars", discarded_chars)
+        set_field(self, "response_id", response_id)
+        set_field(self, "response_model", response_model)
 
 
-@dataclass(frozen=True)
-class StreamReport:
+class StreamReport(Record):
     """One ended stream, as the process-wide monitor and its listeners see it.
 
     Attributes:
@@ -352,21 +585,50 @@ class StreamReport:
         started_at: ``time.monotonic()`` at the stream's start.
     """
 
+    __slots__ = __match_args__ = (
+        "provider", "base_url", "model", "outcome", "error", "metrics", "attempts", "usage", "finish_reason",
+        "cost", "started_at",
+    )
     provider: str
     base_url: str
     model: str
     outcome: str
     error: Optional[str]
     metrics: StreamMetrics
-    attempts: Tuple[AttemptReport, ...] = ()
-    usage: Optional[Usage] = None
-    finish_reason: Optional[str] = None
-    cost: Optional[Cost] = None
-    started_at: float = 0.0
+    attempts: Tuple[AttemptReport, ...]
+    usage: Optional[Usage]
+    finish_reason: Optional[str]
+    cost: Optional[Cost]
+    started_at: float
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        model: str,
+        outcome: str,
+        error: Optional[str],
+        metrics: StreamMetrics,
+        attempts: Tuple[AttemptReport, ...] = (),
+        usage: Optional[Usage] = None,
+        finish_reason: Optional[str] = None,
+        cost: Optional[Cost] = None,
+        started_at: float = 0.0,
+    ) -> None:
+        set_field(self, "provider", provider)
+        set_field(self, "base_url", base_url)
+        set_field(self, "model", model)
+        set_field(self, "outcome", outcome)
+        set_field(self, "error", error)
+        set_field(self, "metrics", metrics)
+        set_field(self, "attempts", attempts)
+        set_field(self, "usage", usage)
+        set_field(self, "finish_reason", finish_reason)
+        set_field(self, "cost", cost)
+        set_field(self, "started_at", started_at)
 
 
-@dataclass(frozen=True)
-class MonitorSnapshot:
+class MonitorSnapshot(Record):
     """Process-wide counts since the start (or the last ``monitor.reset()``).
 
     Attributes:
@@ -390,23 +652,66 @@ class MonitorSnapshot:
             own limits because its ``RedisState`` could not reach Redis (fail-open).
     """
 
-    started: int = 0
-    finished: int = 0
-    failed: int = 0
-    closed: int = 0
-    active: int = 0
-    waiting: int = 0
-    attempts: int = 0
-    errors: Mapping[str, int] = field(default_factory=dict)
-    retried_errors: Mapping[str, int] = field(default_factory=dict)
-    output_tokens: int = 0
-    bytes_received: int = 0
-    time_to_first_token: Distribution = field(default_factory=Distribution)
-    duration: Distribution = field(default_factory=Distribution)
-    circuits: Mapping[str, str] = field(default_factory=dict)
-    cost: float = 0.0
-    wasted_output_tokens: int = 0
-    shared_state_fallbacks: int = 0
+    __slots__ = __match_args__ = (
+        "started", "finished", "failed", "closed", "active", "waiting", "attempts", "errors",
+        "retried_errors", "output_tokens", "bytes_received", "time_to_first_token", "duration", "circuits",
+        "cost", "wasted_output_tokens", "shared_state_fallbacks",
+    )
+    started: int
+    finished: int
+    failed: int
+    closed: int
+    active: int
+    waiting: int
+    attempts: int
+    errors: Mapping[str, int]
+    retried_errors: Mapping[str, int]
+    output_tokens: int
+    bytes_received: int
+    time_to_first_token: Distribution
+    duration: Distribution
+    circuits: Mapping[str, str]
+    cost: float
+    wasted_output_tokens: int
+    shared_state_fallbacks: int
+
+    def __init__(
+        self,
+        started: int = 0,
+        finished: int = 0,
+        failed: int = 0,
+        closed: int = 0,
+        active: int = 0,
+        waiting: int = 0,
+        attempts: int = 0,
+        errors: Optional[Mapping[str, int]] = None,
+        retried_errors: Optional[Mapping[str, int]] = None,
+        output_tokens: int = 0,
+        bytes_received: int = 0,
+        time_to_first_token: Distribution = _EMPTY,
+        duration: Distribution = _EMPTY,
+        circuits: Optional[Mapping[str, str]] = None,
+        cost: float = 0.0,
+        wasted_output_tokens: int = 0,
+        shared_state_fallbacks: int = 0,
+    ) -> None:
+        set_field(self, "started", started)
+        set_field(self, "finished", finished)
+        set_field(self, "failed", failed)
+        set_field(self, "closed", closed)
+        set_field(self, "active", active)
+        set_field(self, "waiting", waiting)
+        set_field(self, "attempts", attempts)
+        set_field(self, "errors", dict() if errors is None else errors)
+        set_field(self, "retried_errors", dict() if retried_errors is None else retried_errors)
+        set_field(self, "output_tokens", output_tokens)
+        set_field(self, "bytes_received", bytes_received)
+        set_field(self, "time_to_first_token", time_to_first_token)
+        set_field(self, "duration", duration)
+        set_field(self, "circuits", dict() if circuits is None else circuits)
+        set_field(self, "cost", cost)
+        set_field(self, "wasted_output_tokens", wasted_output_tokens)
+        set_field(self, "shared_state_fallbacks", shared_state_fallbacks)
 
     @property
     def success_rate(self) -> Optional[float]:

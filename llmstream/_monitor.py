@@ -25,9 +25,9 @@ import logging
 import math
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Counter, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
+from ._record import Record, set_field
 from ._events import MonitorSnapshot, StreamReport
 from ._histogram import Histogram
 
@@ -39,8 +39,7 @@ Listener = Callable[[StreamReport], None]
 _SEVERITY = {"closed": 0, "half-open": 1, "open": 2}
 
 
-@dataclass(frozen=True)
-class StreamStart:
+class StreamStart(Record):
     """What an observer factory is told of a new stream (in the caller's thread).
 
     Attributes:
@@ -52,12 +51,29 @@ class StreamStart:
         started_at: ``time.monotonic()`` at the stream's start.
     """
 
+    __slots__ = __match_args__ = ("provider", "model", "base_url", "url", "body", "started_at")
     provider: str
     model: str
     base_url: str
     url: str
     body: Optional[Mapping[str, Any]]
     started_at: float
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        base_url: str,
+        url: str,
+        body: Optional[Mapping[str, Any]],
+        started_at: float,
+    ) -> None:
+        set_field(self, "provider", provider)
+        set_field(self, "model", model)
+        set_field(self, "base_url", base_url)
+        set_field(self, "url", url)
+        set_field(self, "body", body)
+        set_field(self, "started_at", started_at)
 
 
 class StreamObserver(Protocol):

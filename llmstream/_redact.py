@@ -24,11 +24,12 @@ Sans-IO: a pure function over strings.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 from typing import Iterable, List, Mapping, Optional, Tuple
 
 from ._exceptions import APIStatusError, ProviderError, StreamError
 
-__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "secrets_in_headers"]
+__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "secrets_in_headers", "secrets_in_request"]
 
 #: What a secret, or a fragment of one, is replaced with.
 MARKER = "<redacted>"
@@ -54,6 +55,16 @@ def secrets_in_headers(headers: Mapping[str, object]) -> List[str]:
             value = value.decode("latin-1")
         if isinstance(value, str) and is_secret_header(name):
             found.append(_AUTH_SCHEME.sub("", value.strip()))
+    return found
+
+
+def secrets_in_request(headers: Mapping[str, object], url: str) -> List[str]:
+    """The credentials a request carries: secret-looking headers, and query values of secret-looking names."""
+    found = secrets_in_headers(headers)
+    query = url.partition("?")[2]
+    if query:
+        found.extend(unquote_plus(value) for name, _, value in (pair.partition("=") for pair in query.split("&"))
+                     if value and is_secret_header(unquote_plus(name)))
     return found
 
 

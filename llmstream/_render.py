@@ -24,15 +24,25 @@ __all__ = ["Bundle", "bundle", "render_markdown", "render_plain", "status_line"]
 Bundle = Dict[str, str]
 
 
-def status_line(state: str, *, tokens: int, seconds: Optional[float], retries: int,
-                error: Optional[BaseException] = None) -> str:
-    """``"finished · 120 tokens · 48.0 tokens/s · 0 retries"``, then ``Type: message`` of a failure.
+def status_line(state: str, *, tokens: int, seconds: Optional[float] = None, retries: int,
+                error: Optional[BaseException] = None, model: Optional[str] = None,
+                first_token: Optional[float] = None, rate: Optional[float] = None) -> str:
+    """``"finished · gpt-4o-mini · first token 230 ms · 120 tokens · 48.0 tokens/s · 0 retries"``, then a failure.
 
     ``tokens`` are output tokens (text pieces when the provider reported
-    none), ``seconds`` the time they took (``None`` or 0: no rate yet).
+    none); the rate is ``rate`` if given, else ``tokens / seconds`` (``None``
+    or 0: no rate yet). ``model`` and ``first_token`` (seconds) appear when
+    given (``first token –`` while it is awaited); a failure ends the line
+    with ``Type: message``.
     """
-    rate = f"{tokens / seconds:.1f} tokens/s" if seconds else "– tokens/s"
-    parts = [state, _plural(tokens, "token", "tokens"), rate, _plural(retries, "retry", "retries")]
+    if rate is None and seconds:
+        rate = tokens / seconds
+    parts = [state]
+    if model is not None:
+        parts.append(model)
+        parts.append("first token –" if first_token is None else f"first token {first_token * 1000:.0f} ms")
+    parts += [_plural(tokens, "token", "tokens"), "– tokens/s" if rate is None else f"{rate:.1f} tokens/s",
+              _plural(retries, "retry", "retries")]
     if error is not None:
         parts.append(f"{type(error).__name__}: {error}")
     return " · ".join(parts)
@@ -44,13 +54,26 @@ def _plural(count: int, one: str, many: str) -> str:
 
 _STATUS_STYLE = "margin-top:0.5em;font-size:smaller;font-family:monospace;opacity:0.75"
 _FAILED_STYLE = "margin-top:0.5em;font-size:smaller;font-family:monospace;color:#c62828"
+#: The answer's frame: set apart from the notebook's own text, readable in light
+#: and dark themes alike (translucent grey, not a fixed colour).
+_FRAME_STYLE = ("border:1px solid rgba(128,128,128,0.35);border-left:3px solid rgba(100,130,200,0.7);"
+                "border-radius:4px;padding:0.5em 0.9em;margin:0.3em 0;background:rgba(128,128,128,0.06)")
+#: The answer's headings, smaller than the notebook's own (whose h1 is about 2em).
+_HEADING_SIZES = {1: "1.3em", 2: "1.2em", 3: "1.1em", 4: "1em", 5: "1em", 6: "1em"}
+_HEADING_TAGS = {level: f'<h{level} style="font-size:{size};margin:0.6em 0 0.3em">'
+                 for level, size in _HEADING_SIZES.items()}
 
 
 def bundle(text: str, status: str, *, state: str, markdown: bool) -> Bundle:
     """The MIME bundle of one display: escaped HTML for notebooks, plain text for everything else."""
     body = render_markdown(text) if markdown else render_plain(text)
+    if markdown:
+        # Every "<hN>" in the body is one render_markdown wrote (the model's text is escaped).
+        for level, tag in _HEADING_TAGS.items():
+            body = body.replace(f"<h{level}>", tag)
     style = _FAILED_STYLE if state == "failed" else _STATUS_STYLE
-    page = f'<div class="llmstream-output">{body}<div style="{style}">{html.escape(status)}</div></div>'
+    page = (f'<div class="llmstream-output" style="{_FRAME_STYLE}">{body}'
+            f'<div style="{style}">{html.escape(status)}</div></div>')
     return {"text/html": page, "text/plain": f"{text}\n\n[{status}]"}
 
 

@@ -48,7 +48,6 @@ Sans-IO: no sockets, threads or clocks; the worker drives it.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -251,7 +250,7 @@ class Resumer:
         headers: Dict[str, Union[str, bytes]] = dict(self._spec.headers)
         headers["Last-Event-ID"] = value
         self._next_decoder = decoder.resumed_with(inner)
-        return dataclasses.replace(self._spec, headers=headers)
+        return self._spec.replace(headers=headers)
 
     def _prepare_continue(self) -> Optional[RequestSpec]:
         text = self._text.value()

@@ -23,7 +23,6 @@ Sans-IO: no sockets, threads, clocks or logging.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Dict, List, Optional
 
 from ._events import Event, Finish, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
@@ -136,7 +135,7 @@ class ReplayFilter:
             if call.completed:
                 return _SKIP
             # Keep the id the caller saw with the first fragments (ids differ per attempt).
-            return dataclasses.replace(event, id=call.id or event.id)
+            return event.replace(id=call.id or event.id)
         return event
 
     def _reset(self) -> List[Event]:

@@ -15,13 +15,15 @@ Rules (design.md, "Errors"):
 The worker waits on its cancel ``Event``, never ``time.sleep``, so ``close()``
 interrupts a wait at once. That is why the wait generators are used directly
 rather than backoff's decorator, whose sync path sleeps uninterruptibly.
+
+``backoff`` is imported at the first retry, not with llmstream: its package
+imports asyncio (for its async decorator), which alone costs a cold start as
+much as the rest of llmstream's own modules, and most streams never retry.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Generator, Optional
-
-import backoff
 
 from ._config import Retry
 from ._exceptions import (
@@ -60,11 +62,20 @@ class RetrySchedule:
     ``Retry`` value can serve many streams and threads at once.
     """
 
-    def __init__(self, retry: Retry, jitter: Callable[[float], float] = backoff.full_jitter) -> None:
+    def __init__(self, retry: Retry, jitter: Optional[Callable[[float], float]] = None) -> None:
         self._retry = retry
         self._jitter = jitter
-        self._waits: Generator[float, None, None] = backoff.expo(factor=retry.initial_delay, max_value=retry.max_delay)
-        next(self._waits)  # backoff's generators are primed with one next()
+        self._waits: Optional[Generator[float, None, None]] = None  # made at the first retry
+
+    def _next_wait(self) -> float:
+        if self._waits is None:
+            import backoff  # lazily: see the module docstring
+
+            if self._jitter is None:
+                self._jitter = backoff.full_jitter
+            self._waits = backoff.expo(factor=self._retry.initial_delay, max_value=self._retry.max_delay)
+            next(self._waits)  # backoff's generators are primed with one next()
+        return next(self._waits)
 
     def delay_for(self, error: BaseException) -> Optional[float]:
         """Seconds to wait before retrying after ``error``, or ``None`` to give up.
@@ -72,10 +83,11 @@ class RetrySchedule:
         A ``Retry-After`` above ``max_retry_after`` gives up: the server said
         it will not serve us in time, and waiting longer than asked is pointless.
         """
-        base = next(self._waits)
+        base = self._next_wait()
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             if retry_after > self._retry.max_retry_after:
                 return None
             return float(retry_after)
+        assert self._jitter is not None  # set by _next_wait
         return float(self._jitter(base))

@@ -111,7 +111,7 @@ class WorkerStats:
             bytes_received=self.bytes_received,
             attempts=self.attempts,
             errors=tuple(self.errors),
-            inter_token_gap=self.gaps.summary(),
+            chunk_gap=self.gaps.summary(),
             chunk_size=self.chunk_sizes.summary(),
             read_time=self.read_times.summary(),
             queued=self.queued,

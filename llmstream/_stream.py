@@ -69,11 +69,15 @@ class TokenStream:
                 print(text, end="", flush=True)
         print(s.result.usage)
 
-    Iteration yields ``str`` pieces in order, each exactly once. Breaking out of
-    the loop, dropping the stream or leaving the ``with`` block closes it: the
-    worker thread ends and the socket is shut. A failure raises a
-    :class:`~llmstream.StreamError` whose ``partial_text`` is what the loop had
-    received. A stream may be consumed by one thread at a time.
+    Iteration yields ``str`` pieces in order, each exactly once. A loop that
+    stops early leaves the stream where it was: the next loop (or ``next()``)
+    goes on from there, so ``first = next(iter(stream))`` then ``for text in
+    stream:`` peeks and continues. ``close()``, leaving the ``with`` block or
+    dropping the stream (once it is collected) closes it: the worker thread
+    ends and the socket is shut; Ctrl+C while waiting closes it too. A
+    failure raises a :class:`~llmstream.StreamError` whose ``partial_text`` is
+    what the loop had received. A stream may be consumed by one loop at a
+    time, in one thread at a time.
     """
 
     def __init__(self, worker: Worker, *, provider: str, model: str) -> None:
@@ -88,6 +92,10 @@ class TokenStream:
         self._status = "streaming"
         self._error: Optional[BaseException] = None
         self._busy = threading.Lock()
+        self._iterating: Optional[int] = None  # the thread whose loop holds _busy
+        # Where consumption stands: events of the current batch from _pos on are not handed out yet.
+        self._batch: List[Event] = []
+        self._pos = 0
         self._lock = threading.Lock()
         # Cancels the worker if the caller drops the stream without closing it.
         # Through a weak reference: the finalizer registry is global, and a
@@ -111,34 +119,57 @@ class TokenStream:
         return self._consume(text_only=False)
 
     def _consume(self, text_only: bool) -> Iterator[Any]:
+        # One generator per loop, reading the stream's own position (the
+        # current batch and the index in it): a loop that stops early, or a
+        # temporary iterator dropped after next(), leaves the stream where it
+        # was, so the next loop goes on from there (peeking). Only close(),
+        # the with block or the stream being collected close it; an interrupt
+        # or a failure while waiting closes it too.
         if not self._busy.acquire(blocking=False):
+            if self._iterating == threading.get_ident():
+                raise StreamBusyError(
+                    "this stream is already being iterated in this thread (a loop over it is still running, "
+                    "or you hold an iterator of it): take the next item from that loop or iterator"
+                )
             raise StreamBusyError(
-                "this stream is already being iterated (by another thread or another loop); "
-                "give each consumer its own stream"
+                "this stream is being iterated by another thread; give each consumer its own stream"
             )
+        self._iterating = threading.get_ident()
         try:
             self._check_open()
             append = self._parts.append
             while True:
-                batches = self._next_batches()
-                if batches is None:
-                    return
-                for batch in batches:
-                    for event in batch:
-                        if event.__class__ is TextDelta:
-                            append(event.text)
-                            yield event.text if text_only else event
-                        else:
-                            self._record(event, text_only)
-                            if not text_only:
-                                yield event
+                batch = self._batch
+                pos = self._pos
+                end = len(batch)
+                while pos < end:
+                    event = batch[pos]
+                    pos += 1
+                    self._pos = pos
+                    if event.__class__ is TextDelta:
+                        append(event.text)
+                        yield event.text if text_only else event
+                    else:
+                        self._record(event, text_only)
+                        if not text_only:
+                            yield event
                 if len(self._parts) >= COMPACT_EVERY:
                     self._compact()
+                try:
+                    batches = self._next_batches()
+                except (StreamError, GeneratorExit):
+                    raise
+                except BaseException:
+                    # An interrupt (Ctrl+C) or a crash while waiting: stop the stream.
+                    self.close()
+                    raise
+                if batches is None:
+                    return
+                self._batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
+                self._pos = 0
         finally:
+            self._iterating = None
             self._busy.release()
-            if self._status == "streaming":
-                # The consumer stopped early (break, exception, interrupt): close.
-                self.close()
 
     def _record(self, event: Event, text_only: bool) -> None:
         if isinstance(event, Usage):
@@ -276,6 +307,16 @@ class TokenStream:
             StreamClosedError: the stream was closed before it finished.
         """
         if self._status == "streaming":
+            if self._iterating is not None:
+                if self._iterating == threading.get_ident():
+                    raise StreamBusyError(
+                        ".result was read inside the loop over this stream: it waits for the end of the answer, "
+                        "which that loop is still reading. Read .result after the loop (.text holds the text so far)"
+                    )
+                raise StreamBusyError(
+                    ".result waits for the end of the answer, and another thread is iterating this stream: "
+                    "read .result after that loop ends"
+                )
             for _ in self._consume(text_only=False):
                 pass
         if self._status == "failed" and self._error is not None:

@@ -56,12 +56,12 @@ from ._exceptions import (
     StreamTimeoutError,
     status_error_class,
 )
-from ._connection import AttemptSockets, Cancelled, TrackingAdapter, current_attempt
+from ._connection import TRACKED_POOLS, AttemptSockets, Cancelled, TrackingAdapter, current_attempt, track_proxy_pools
 from ._dechunk import Dechunker
 from ._redact import Redactor
 from ._providers._base import Provider, RequestSpec
 
-__all__ = ["Transport", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
+__all__ = ["Transport", "TransportOptions", "Session", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
 
 logger = logging.getLogger("llmstream")
 
@@ -319,37 +319,114 @@ class OpenResponse:
         self.close()
 
 
+#: The session type a caller may give (``Client(session=...)``): requests' own.
+Session = requests.Session
+
+
+class TransportOptions:
+    """The caller's transport settings (``Client(proxies=, verify=, cert=, session=)``)."""
+
+    __slots__ = ("proxies", "verify", "cert", "session")
+
+    def __init__(self, proxies: Optional[Mapping[str, str]] = None, verify: Union[bool, str, None] = None,
+                 cert: Union[str, Tuple[str, str], None] = None, session: Optional[requests.Session] = None) -> None:
+        self.proxies = proxies
+        self.verify = verify
+        self.cert = cert
+        self.session = session
+
+    @classmethod
+    def coerce(cls, *, proxies: Union[Mapping[str, str], str, None], verify: Union[bool, str, None],
+               cert: Union[str, Tuple[str, str], None], session: Optional[requests.Session]) -> "TransportOptions":
+        """Validate the options; a proxy given as one URL serves both schemes."""
+        if isinstance(proxies, str):
+            proxies = {"http": proxies, "https": proxies}
+        elif proxies is not None and not isinstance(proxies, Mapping):
+            raise TypeError(f"proxies must be a dict like {{'https': 'http://proxy:3128'}} or a URL, "
+                            f"not {type(proxies).__name__}")
+        if verify is not None and not isinstance(verify, (bool, str, os.PathLike)):
+            raise TypeError(f"verify must be True, False or a CA bundle's path, not {type(verify).__name__}")
+        if cert is not None and not isinstance(cert, (str, tuple, os.PathLike)):
+            raise TypeError(f"cert must be a path or a (cert, key) tuple of paths, not {type(cert).__name__}")
+        if session is not None and not isinstance(session, requests.Session):
+            raise TypeError(f"session must be a requests.Session, not {type(session).__name__}")
+        return cls(dict(proxies) if proxies is not None else None,
+                   os.fspath(verify) if isinstance(verify, os.PathLike) else verify,
+                   os.fspath(cert) if isinstance(cert, os.PathLike) else cert, session)
+
+
+def _track_sockets(session: requests.Session) -> None:
+    """Make a caller's session's adapters make tracked connections (``close()`` ends any phase).
+
+    Its adapters are kept (their pool settings, SSL context, retries...): only
+    the connection classes of their pools change, which behave as urllib3's
+    outside an llmstream attempt. Pools made before are dropped (their idle
+    connections closed), so every later connection is tracked.
+    """
+    for adapter in set(session.adapters.values()):
+        if isinstance(adapter, TrackingAdapter) or not isinstance(adapter, requests.adapters.HTTPAdapter):
+            continue
+        manager = adapter.poolmanager
+        if manager.pool_classes_by_scheme is not TRACKED_POOLS:
+            manager.clear()
+            manager.pool_classes_by_scheme = TRACKED_POOLS
+        for proxy, proxy_manager in adapter.proxy_manager.items():
+            if not proxy.lower().startswith("socks") and proxy_manager.pool_classes_by_scheme is not TRACKED_POOLS:
+                proxy_manager.clear()
+                proxy_manager.pool_classes_by_scheme = TRACKED_POOLS
+        if not getattr(adapter, "_llmstream_tracked", False):
+            track_proxy_pools(adapter)
+
+
 class Transport:
     """Sends requests on one ``requests.Session`` (connection reuse)."""
 
-    def __init__(self, pool_size: int) -> None:
-        self.session = requests.Session()
-        # Many streams of one client run at once; a pool smaller than that makes
-        # urllib3 discard connections instead of reusing them.
-        adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        # requests re-reads the proxy variables (scanning the whole environment)
-        # and ~/.netrc on every request when trust_env is on: a third of the cost
-        # of starting a short stream. The environment's proxies and CA bundle are
-        # looked up here instead, once per origin (_environment); ~/.netrc is not
-        # read at all: llmstream sends the provider's own credentials, which a
-        # netrc entry would silently replace.
-        self.session.trust_env = False
-        self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str]]] = {}
+    def __init__(self, pool_size: int, options: Optional[TransportOptions] = None) -> None:
+        self.options = options or TransportOptions()
+        self._own_session = self.options.session is None
+        if self.options.session is not None:
+            # The caller's: its settings apply as requests applies them (trust_env
+            # included); llmstream only adds its socket tracking.
+            self.session = self.options.session
+            _track_sockets(self.session)
+        else:
+            self.session = requests.Session()
+            # Many streams of one client run at once; a pool smaller than that makes
+            # urllib3 discard connections instead of reusing them.
+            adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
+            # requests re-reads the proxy variables (scanning the whole environment)
+            # and ~/.netrc on every request when trust_env is on: a third of the cost
+            # of starting a short stream. The environment's proxies and CA bundle are
+            # looked up here instead, once per origin (_environment); ~/.netrc is not
+            # read at all: llmstream sends the provider's own credentials, which a
+            # netrc entry would silently replace.
+            self.session.trust_env = False
+        self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
 
-    def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str]]:
-        """The proxies and the CA bundle the environment sets for ``url``, as requests reads them.
+    def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
+        """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
 
         Looked up once per origin: a change to ``HTTPS_PROXY``, ``NO_PROXY`` or
         ``REQUESTS_CA_BUNDLE`` after a client's first request there is not seen.
+        With the caller's session, requests itself reads the environment and the
+        session's settings: only explicit options are passed.
         """
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         found = self._environments.get(origin)
         if found is None:
-            proxies = requests.utils.get_environ_proxies(url, no_proxy=None)
-            verify: Union[bool, str] = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            options = self.options
+            proxies: Dict[str, str] = {}
+            verify: Union[bool, str, None] = options.verify
+            if self._own_session:
+                proxies = requests.utils.get_environ_proxies(url, no_proxy=None)
+                if verify is None or verify is True:
+                    # As requests: an explicit CA bundle or False wins over the environment's.
+                    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            if options.proxies is not None:
+                proxies = {**proxies, **options.proxies}  # explicit proxies win, scheme by scheme
             found = self._environments[origin] = (proxies, verify)
         return found
 
@@ -377,7 +454,8 @@ class Transport:
             APIConnectionError / StreamTimeoutError: as mapped by :func:`translate`.
         """
         headers = dict(spec.headers)
-        headers.setdefault("Accept", _ACCEPT_HEADER[provider.framing])
+        if not any(name.lower() == "accept" for name in headers):  # a caller's extra_headers may set it
+            headers["Accept"] = _ACCEPT_HEADER[provider.framing]
         # Compression would make the decoder wait for whole compressed blocks.
         headers["Accept-Encoding"] = "identity"
         body = None if spec.json is None else json.dumps(spec.json, ensure_ascii=False).encode("utf-8")
@@ -390,7 +468,7 @@ class Transport:
                 response = self.session.request(
                     spec.method, spec.url, data=body, headers=headers, stream=True,
                     timeout=(connect_timeout, response_timeout), allow_redirects=False,
-                    proxies=proxies, verify=verify,
+                    proxies=proxies, verify=verify, cert=self.options.cert,
                 )
             except FOREIGN_ERRORS as exc:
                 raise translate(exc, spec.url, cancelled=cancelled, phase="connect",
@@ -447,8 +525,9 @@ class Transport:
         )
 
     def close(self) -> None:
-        """Close the session and its pooled connections."""
-        self.session.close()
+        """Close the session and its pooled connections (a caller's session is left open: it is theirs)."""
+        if self._own_session:
+            self.session.close()
 
 
 def _should_retry_header(headers: Mapping[str, str]) -> Optional[bool]:

@@ -56,7 +56,6 @@ stream's finalizer holds the worker only weakly, so a stream the caller drops
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import math
@@ -74,7 +73,7 @@ from ._flow import FlowControl, Gate, estimate_tokens
 from ._monitor import StreamStart, merge_headers, monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
-from ._redact import Redactor, redact_error, secrets_in_headers
+from ._redact import Redactor, redact_error, secrets_in_request
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
@@ -407,7 +406,7 @@ class Worker:
         self._sockets_lock = threading.RLock()
         self._sockets: Optional[AttemptSockets] = None
         self._lent: Optional[_Lent] = None
-        self._redact = Redactor(secrets_in_headers(spec.headers))
+        self._redact = Redactor(secrets_in_request(spec.headers, spec.url))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
@@ -720,7 +719,7 @@ class Worker:
         if self._observer is not None:
             extra = self._observer.attempt_started(self.stats.attempts, resume)
             if extra:  # a W3C traceparent: the provider's own traces join the caller's
-                spec = dataclasses.replace(spec, headers=merge_headers(spec.headers, extra))
+                spec = spec.replace(headers=merge_headers(spec.headers, extra))
         timeout = self._timeout
         first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
         connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf

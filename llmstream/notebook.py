@@ -44,11 +44,14 @@ import time
 from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol, TextIO
 
+from ._version import DISTRIBUTION
+
 try:
     from IPython.core.getipython import get_ipython
     from IPython.display import display
 except ImportError as exc:  # the optional extra is not installed
-    raise ImportError('llmstream.notebook needs IPython: pip install "llmstream[notebook]"') from exc
+    raise ImportError(f'llmstream.notebook needs IPython: pip install "{DISTRIBUTION}[notebook]" '
+                      '(or pip install ".[notebook]" from a clone)') from exc
 
 from ._events import Distribution, Event, MonitorSnapshot, Reset, Retrying, TextDelta, Usage
 from ._exceptions import StreamError
@@ -146,10 +149,10 @@ class _Tally:
     def status(self, state: str, error: Optional[BaseException] = None) -> str:
         metrics = self.stream.metrics
         tokens = self.output_tokens if self.output_tokens is not None else metrics.text_deltas
-        first = metrics.time_to_first_token
-        # Generation speed, as LLM benchmarks quote it: the wait for the first token is not counted.
-        seconds = None if first is None else metrics.duration - first
-        return status_line(state, tokens=tokens, seconds=seconds, retries=self.retries, error=error)
+        # Generation speed, as LLM benchmarks quote it (the wait for the first token is not
+        # counted), and only where it means something (StreamMetrics.tokens_per_second).
+        return status_line(state, tokens=tokens, rate=metrics.tokens_per_second, retries=self.retries,
+                           error=error, model=self.stream._model, first_token=metrics.time_to_first_token)
 
 
 def _follow(stream: TokenStream, tally: _Tally, output: _Output) -> str:

@@ -93,13 +93,16 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+from ._version import DISTRIBUTION
+
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics as otel_metrics
     from opentelemetry import trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError as exc:  # the optional extra is not installed
-    raise ImportError('llmstream.otel needs opentelemetry-api: pip install "llmstream[otel]"') from exc
+    raise ImportError(f'llmstream.otel needs opentelemetry-api: pip install "{DISTRIBUTION}[otel]" '
+                      '(or pip install ".[otel]" from a clone)') from exc
 
 from ._cost import account
 from ._events import AttemptReport, StreamReport

@@ -39,12 +39,12 @@ llmstream_wasted_output_tokens_total       counter    provider, model           
 llmstream_time_to_first_token_seconds      histogram  provider, model           per stream with content: start
                                                                                 to first content
 llmstream_stream_duration_seconds          histogram  provider, model, outcome  per stream: start to end
-llmstream_inter_token_gap_seconds          histogram  provider, model           per stream with gaps: its MEDIAN
-                                                                                gap between content arrivals
-llmstream_inter_token_gap_max_seconds      histogram  provider, model           per stream with gaps: its LONGEST
+llmstream_chunk_gap_seconds                histogram  provider, model           per stream with gaps: its MEDIAN
+                                                                                gap between reads with content
+llmstream_chunk_gap_max_seconds            histogram  provider, model           per stream with gaps: its LONGEST
                                                                                 gap (a stall)
-llmstream_tokens_per_second                histogram  provider, model           per stream: tokens/s from the first
-                                                                                token to the end
+llmstream_tokens_per_second                histogram  provider, model           per stream with a rate:
+                                                                                StreamMetrics.tokens_per_second
 llmstream_active_streams                   gauge                                streams started, not ended (now)
 llmstream_waiting_streams                  gauge                                streams waiting for a concurrency
                                                                                 slot or the rate limiter (now)
@@ -58,7 +58,8 @@ llmstream_shared_state_fallbacks_total     counter                              
 
 Choices, and why:
 
-* Inter-token gaps. A report carries a summary of a stream's gaps, not each
+* Chunk gaps (named for what is measured: the wait between socket reads
+  that brought content, not between tokens; formerly ``inter_token_gap``). A report carries a summary of a stream's gaps, not each
   gap, so a histogram of every gap cannot be built honestly. Each stream is
   one observation instead: its median gap (the pace a reader sees) and, in a
   second histogram, its longest gap (the stall a reader notices). Their
@@ -93,12 +94,15 @@ import re
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from ._version import DISTRIBUTION
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.metrics_core import Metric
 except ImportError as exc:  # the optional extra is not installed
-    raise ImportError('llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"') from exc
+    raise ImportError(f'llmstream.prometheus needs prometheus-client: pip install "{DISTRIBUTION}[prometheus]" '
+                      '(or pip install ".[prometheus]" from a clone)') from exc
 
 from ._events import MonitorSnapshot, StreamReport
 from ._monitor import monitor
@@ -202,14 +206,14 @@ class Exporter:
         self._duration = Histogram(f"{namespace}_stream_duration_seconds",
                                    "Per ended stream: seconds from start to end.",
                                    [*by_model, "outcome"], buckets=_DURATION_BUCKETS, registry=None)
-        self._gap = Histogram(f"{namespace}_inter_token_gap_seconds",
-                              "Per stream: its median gap between content arrivals (one observation per stream).",
+        self._gap = Histogram(f"{namespace}_chunk_gap_seconds",
+                              "Per stream: its median gap between reads that brought content (one observation per stream).",
                               by_model, buckets=_GAP_BUCKETS, registry=None)
-        self._gap_max = Histogram(f"{namespace}_inter_token_gap_max_seconds",
-                                  "Per stream: its longest gap between content arrivals (one observation per stream).",
+        self._gap_max = Histogram(f"{namespace}_chunk_gap_max_seconds",
+                                  "Per stream: its longest gap between reads that brought content (one observation per stream).",
                                   by_model, buckets=_GAP_BUCKETS, registry=None)
         self._speed = Histogram(f"{namespace}_tokens_per_second",
-                                "Per stream: tokens per second from the first token to the end.",
+                                "Per stream: tokens per second of generation (streams whose content came over 50 ms or more).",
                                 by_model, buckets=_SPEED_BUCKETS, registry=None)
         self._collectors: List[Union[Counter, Histogram, _MonitorCollector]] = [
             self._streams, self._errors, self._retries, self._attempts, self._tokens, self._bytes,
@@ -288,8 +292,8 @@ class Exporter:
         self._wasted.labels(*labels).inc(m.wasted_output_tokens)
         self._duration.labels(*labels, report.outcome).observe(m.duration)
         _observe(self._ttft, labels, m.time_to_first_token)
-        _observe(self._gap, labels, m.inter_token_gap.p50)
-        _observe(self._gap_max, labels, m.inter_token_gap.max)
+        _observe(self._gap, labels, m.chunk_gap.p50)
+        _observe(self._gap_max, labels, m.chunk_gap.max)
         _observe(self._speed, labels, m.tokens_per_second)
 
 

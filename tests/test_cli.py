@@ -156,8 +156,8 @@ def test_events_show_the_retry_and_a_metrics_line(server: FakeLLMServer,
     model, retry, metrics = lines_of(err)
     assert model == f"[model gpt-4o-mini · openai · {server.base_url()}]"
     assert retry == "[retry: attempt 2 in 0.00 s after ServerError: HTTP 503 Service Unavailable: Service Unavailable]"
-    assert re.fullmatch(rf"\[finished \(stop\): 18 tokens, \d+\.\d tokens/s, first token {MS}, "
-                        rf"inter-token gap (p50 {MS} p99 {MS}|-), 2 attempt\(s\)\]", metrics), metrics
+    assert re.fullmatch(rf"\[finished \(stop\): 18 tokens, (\d+\.\d|-) tokens/s, first token {MS}, "
+                        rf"chunk gap (p50 {MS} p99 {MS}|-), 2 attempt\(s\)\]", metrics), metrics
 
 
 def test_events_print_the_metrics_line_before_the_error(server: FakeLLMServer,
@@ -165,7 +165,7 @@ def test_events_print_the_metrics_line_before_the_error(server: FakeLLMServer,
     server.script(Reply(status=401))
     assert main(["chat", "hi", "--base-url", server.base_url(), "--events"]) == 1
     _, metrics, error = lines_of(capsys.readouterr().err)
-    assert re.fullmatch(r"\[failed: 0 tokens, - tokens/s, first token -, inter-token gap -, 1 attempt\(s\)\]", metrics)
+    assert re.fullmatch(r"\[failed: 0 tokens, - tokens/s, first token -, chunk gap -, 1 attempt\(s\)\]", metrics)
     assert error == "llmstream: error: AuthenticationError: HTTP 401 Unauthorized: Unauthorized"
 
 

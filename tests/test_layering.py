@@ -10,8 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llmstream"
 
-VOCABULARY = {"_exceptions", "_events", "_config", "_version"}
-CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_providers", "_cost"}
+VOCABULARY = {"_exceptions", "_events", "_config", "_version", "_record"}
+CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_options", "_providers", "_cost"}
 SHELL = {"_connection", "_transport", "_retry", "_flow", "_monitor", "_stats", "_worker", "_redis_state"}
 CONSUMER = {"_stream", "_client"}
 #: Standard modules that do IO, threads or clocks: the sans-IO core must not touch them.
@@ -49,7 +49,8 @@ def local(imports: Set[str]) -> Set[str]:
 
 @pytest.mark.parametrize("path", module_files(VOCABULARY), ids=lambda p: p.name)
 def test_vocabulary_imports_nothing_of_llmstream(path: Path) -> None:
-    assert local(imports_of(path)) == set()
+    # _record is the base of the vocabulary's value classes, and imports nothing itself.
+    assert local(imports_of(path)) - ({"_record"} if path.name != "_record.py" else set()) == set()
 
 
 @pytest.mark.parametrize("path", module_files(CORE), ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any, List
 
 import pytest
@@ -85,12 +90,13 @@ def test_metrics_of_a_paced_stream(server: FakeLLMServer) -> None:
     assert m.output_tokens == 21 and m.tokens == 21
     assert m.text_deltas == len([t for t in DEFAULT_TEXT.split(" ")])
     assert m.time_to_first_token is not None and 0 < m.time_to_first_token < m.duration
-    gaps = m.inter_token_gap
+    gaps = m.chunk_gap
     # One gap per read that brought content, after the first; the server waits 20 ms between writes.
     assert 1 <= gaps.count <= m.text_deltas
     assert gaps.p50 is not None and gaps.p99 is not None and gaps.max is not None
     assert 0.018 <= gaps.p50 <= gaps.p99 <= gaps.max
-    assert m.tokens_per_second == pytest.approx(21 / (m.duration - m.time_to_first_token))
+    assert m.generation_time == pytest.approx(gaps.total)
+    assert m.tokens_per_second == pytest.approx(21 / (gaps.total + gaps.total / gaps.count))
     assert (m.chunk_size.count, m.chunk_size.total) == (m.chunks, m.bytes_received)
     assert m.read_time.count == m.chunks and m.read_time.max is not None and m.read_time.max >= 0.018
     assert (m.attempts, m.retries, m.errors) == (1, 0, ())
@@ -123,7 +129,7 @@ def test_inter_token_gaps_leave_out_a_slow_caller(server: FakeLLMServer) -> None
     with client_for(server, max_buffered=1).stream("q", model="m") as s:
         for _ in s:
             gate.wait(0.03)
-    gaps = s.metrics.inter_token_gap
+    gaps = s.metrics.chunk_gap
     assert gaps.max is not None and gaps.max < 0.025, gaps
 
 
@@ -226,3 +232,59 @@ def test_logging_info_per_retry_and_failure_debug_per_event_never_the_key(
     assert debug[:2] == ["event TextDelta(text='Hi')", "event TextDelta(text=' there')"]
     everything = "\n".join(r.getMessage() + repr(r.args) for r in caplog.records)
     assert KEY not in everything
+
+
+# -- honest metrics (issue 14, item 4) ---------------------------------------------------------
+
+
+def test_an_answer_in_one_read_has_no_gap_and_no_rate(server: FakeLLMServer) -> None:
+    # One content piece: whatever the reads, there is no gap between content reads.
+    server.script(Reply(tokens=["The whole answer at once."]))
+    m = client_for(server).complete("q", model="m").metrics
+    assert m.chunk_gap == Distribution() and not m.chunk_gap
+    assert m.chunk_gap.p50 is None and m.inter_token_gap is m.chunk_gap  # the former name still answers
+    assert m.generation_time is None
+    assert m.tokens_per_second is None
+    assert m.time_to_first_token is not None
+
+
+def test_a_rate_over_a_window_too_short_to_mean_anything_is_not_reported(server: FakeLLMServer) -> None:
+    # 18 pieces in 18 writes with no pause: several reads, but within a few milliseconds.
+    server.script(Reply(interval=0))
+    m = client_for(server).complete("q", model="m").metrics
+    assert m.generation_time is None or m.generation_time < 0.05
+    assert m.tokens_per_second is None
+
+
+def test_the_rate_of_an_evenly_paced_stream_is_its_pace() -> None:
+    # N pieces in N reads at interval t: 1/t, not N/(N-1)/t nor a rate diluted by the end of the stream.
+    m = llmstream.StreamMetrics(text_deltas=10, time_to_first_token=0.5, duration=5.0,
+                                chunk_gap=Distribution(count=9, total=0.9, min=0.1, p50=0.1, p90=0.1, p99=0.1, max=0.1))
+    assert m.tokens_per_second == pytest.approx(10.0)
+    assert llmstream.StreamMetrics(text_deltas=3, chunk_gap=Distribution(count=2, total=0.049)).tokens_per_second is None
+    assert llmstream.StreamMetrics(text_deltas=3, chunk_gap=Distribution(count=2, total=0.05)).tokens_per_second == \
+        pytest.approx(3 / 0.075)
+
+
+def readme_metrics_example() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("## Metrics and monitoring")) + len("```python\n")
+    return readme[start:readme.index("```", start)]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    (Reply(tokens=["All at once."]), r"first token after \d+ ms, 1 tokens\n1 attempt\(s\), errors: \(\)\n"),
+    (Reply(interval=0.01), r"first token after \d+ ms, 18 tokens\ngenerated at \d+ tokens/s\n"
+                           r"gap between chunks: p50 \d+\.\d ms, p99 \d+\.\d ms, max \d+\.\d ms\n1 attempt\(s\), errors: \(\)\n"),
+])
+def test_the_readme_metrics_example_is_safe_when_the_answer_came_in_one_read(
+        server: FakeLLMServer, reply: Reply, expected: str) -> None:
+    code = readme_metrics_example()
+    assert "m.chunk_gap" in code
+    server.script(reply)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OPENAI_BASE_URL": server.base_url("openai"), "OPENAI_API_KEY": "test",
+           "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(expected, done.stdout), done.stdout

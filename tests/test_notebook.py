@@ -33,7 +33,8 @@ QUICKSTART = ROOT / "examples" / "quickstart.ipynb"
 #: Where the kernel imports llmstream from: the same code this process tests.
 IMPORT_ROOT = Path(llmstream.__file__).resolve().parent.parent
 STATUS = re.compile(
-    r"(streaming|finished|failed|stopped) · (\d+) tokens? · (?:\d+\.\d|–) tokens/s · (\d+) retr(?:y|ies)(?: · (.*))?",
+    r"(streaming|finished|failed|stopped) · (?:[^·]+) · first token (?:\d+ ms|–) · (\d+) tokens? · (?:\d+\.\d|–) tokens/s"
+    r" · (\d+) retr(?:y|ies)(?: · (.*))?",
     re.S,
 )
 
@@ -142,14 +143,15 @@ def test_bundle_escapes_the_status_and_colours_a_failure() -> None:
     bundle = render.bundle("hi <b>", "failed · ServerError: <script>", state="failed", markdown=True)
     assert bundle["text/plain"] == "hi <b>\n\n[failed · ServerError: <script>]"
     assert bundle["text/html"] == (
-        '<div class="llmstream-output"><p>hi &lt;b&gt;</p>'
+        f'<div class="llmstream-output" style="{render._FRAME_STYLE}"><p>hi &lt;b&gt;</p>'
         f'<div style="{render._FAILED_STYLE}">failed · ServerError: &lt;script&gt;</div></div>'
     )
 
 
 def test_bundle_plain_mode() -> None:
     bundle = render.bundle("*x*", "finished", state="finished", markdown=False)
-    assert bundle["text/html"].startswith('<div class="llmstream-output"><pre style="white-space:pre-wrap;margin:0">*x*</pre>')
+    assert bundle["text/html"].startswith(
+        f'<div class="llmstream-output" style="{render._FRAME_STYLE}"><pre style="white-space:pre-wrap;margin:0">*x*</pre>')
 
 
 # -- throttle ------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def test_2000_tokens_at_full_speed_make_few_updates_and_the_exact_final_text(ser
     assert all(counted(2000).startswith(t) for t in screen.texts)
     status = screen.last_status
     assert (status[1], status[2], status[3]) == ("finished", "2000", "0")
-    assert screen.bundles[-1]["text/html"].startswith(f'<div class="llmstream-output"><p>{counted(2000)}</p>')
+    assert screen.bundles[-1]["text/html"].startswith(f'<div class="llmstream-output" style="{render._FRAME_STYLE}"><p>{counted(2000)}</p>')
 
 
 def test_a_clock_that_stands_still_allows_exactly_the_first_text_and_the_final_update(server: FakeLLMServer) -> None:
@@ -266,7 +268,7 @@ def test_a_finished_stream_shows_its_text_and_usage(server: FakeLLMServer) -> No
     screen = Screen()
     assert follow(stream, screen) == "all done"
     assert screen.texts == ["all done"]
-    assert screen.last_status[0].startswith("finished · 9 tokens · ")
+    assert re.fullmatch(r"finished · m · first token \d+ ms · 9 tokens · – tokens/s · 0 retries", screen.last_status[0])
 
 
 def test_a_failed_stream_shows_and_raises_its_own_error(server: FakeLLMServer) -> None:
@@ -298,7 +300,7 @@ def test_show_outside_a_kernel_prints_as_it_streams(server: FakeLLMServer, capsy
     server.script(Reply(text="Hello <b>world</b>"))
     assert nb.show(client_for(server).stream("hi", model="m")) == "Hello <b>world</b>"
     out = capsys.readouterr().out
-    assert out.startswith("Hello <b>world</b>\n[finished · 2 tokens · ") and out.endswith(" · 0 retries]\n")
+    assert out.startswith("Hello <b>world</b>\n[finished · m · first token ") and out.endswith(" · 0 retries]\n")
 
 
 def test_last_expression_display_shows_a_failure_without_raising(server: FakeLLMServer,
@@ -307,7 +309,7 @@ def test_last_expression_display_shows_a_failure_without_raising(server: FakeLLM
     stream = client_for(server).stream("hi", model="m")
     stream._ipython_display_()
     assert stream.status == "failed"
-    assert "[failed · 0 tokens · – tokens/s · 0 retries · BadRequestError: " in capsys.readouterr().out
+    assert "[failed · m · first token – · 0 tokens · – tokens/s · 0 retries · BadRequestError: " in capsys.readouterr().out
 
 
 # -- a real Jupyter kernel ------------------------------------------------------------------------
@@ -496,7 +498,8 @@ def test_kernel_final_output_is_the_exact_text_escaped(kernel_run: KernelRun) ->
     data = kernel_run.display("xss")
     text, status = split_plain(data["text/plain"])
     assert text == XSS_TEXT
-    assert STATUS.fullmatch(status) and status.startswith(f"finished · {len(XSS_TOKENS)} tokens · ")
+    assert STATUS.fullmatch(status) and status.startswith("finished · fake · first token ")
+    assert f" · {len(XSS_TOKENS)} tokens · " in status
     assert data["text/html"] == render.bundle(XSS_TEXT, status, state="finished", markdown=True)["text/html"]
     page = data["text/html"]
     assert "<script" not in page and "<img" not in page and "<a" not in page
@@ -526,7 +529,7 @@ def test_kernel_failure_keeps_partial_text_and_shows_the_error(kernel_run: Kerne
     [error] = kernel_run.outputs("fail", "error")
     text, status = split_plain(kernel_run.display("fail")["text/plain"])
     assert text == counted(4)
-    assert status.startswith("failed · 4 tokens · ") and status.endswith(f" · {error.ename}: {error.evalue}")
+    assert status.startswith("failed · fake · first token ") and " · 4 tokens · " in status and status.endswith(f" · {error.ename}: {error.evalue}")
     assert issubclass(getattr(llmstream, error.ename), llmstream.StreamError)
 
 
@@ -575,3 +578,31 @@ def test_quickstart_runs_and_shows_streams(quickstart: Any) -> None:
         assert "&lt;script&gt;alert(&#x27;hi&#x27;)&lt;/script&gt;" in output.data["text/html"]
     results = [o.data["text/plain"] for cell in code for o in cell.outputs if o.output_type == "execute_result"]
     assert results == ["'## Streaming, in brief'"]
+
+
+# -- the answer set apart, the status names the model and the first token (issue 14, item 5) ----
+
+
+def test_the_answer_is_framed_and_its_headings_are_smaller_than_the_notebooks() -> None:
+    page = render.bundle("# Title\n## Part\ntext <h1>", "finished", state="finished", markdown=True)["text/html"]
+    assert page.startswith('<div class="llmstream-output" style="border:1px solid rgba(128,128,128,0.35);')
+    assert "background:rgba(128,128,128,0.06)" in page
+    assert '<h1 style="font-size:1.3em;margin:0.6em 0 0.3em">Title</h1>' in page
+    assert '<h2 style="font-size:1.2em;margin:0.6em 0 0.3em">Part</h2>' in page
+    assert "<h1>" not in page and "text &lt;h1&gt;" in page  # the model's own "<h1>" stays text
+
+
+def test_status_line_names_the_model_and_the_time_to_first_token() -> None:
+    assert render.status_line("finished", tokens=18, rate=48.04, retries=0, model="gpt-4o-mini", first_token=0.2304) == (
+        "finished · gpt-4o-mini · first token 230 ms · 18 tokens · 48.0 tokens/s · 0 retries")
+    assert render.status_line("streaming", tokens=0, retries=0, model="claude-sonnet-4-5", first_token=None) == (
+        "streaming · claude-sonnet-4-5 · first token – · 0 tokens · – tokens/s · 0 retries")
+
+
+def test_a_shown_stream_names_its_model_and_first_token(server: FakeLLMServer) -> None:
+    server.script(Reply(text="Hi there", stall_before_first_byte=0.05))
+    screen = Screen()
+    follow(client_for(server).stream("hi", model="gpt-4o-mini"), screen)
+    match = re.fullmatch(r"finished · gpt-4o-mini · first token (\d+) ms · 2 tokens · – tokens/s · 0 retries",
+                         screen.last_status[0])
+    assert match and int(match[1]) >= 50

@@ -14,11 +14,11 @@ import llmstream
 IMPORT_ROOT = Path(llmstream.__file__).resolve().parent.parent
 EXTRAS = [
     pytest.param("IPython", "llmstream.notebook",
-                 'llmstream.notebook needs IPython: pip install "llmstream[notebook]"', id="notebook"),
+                 'llmstream.notebook needs IPython: pip install "llmstream-sdk[notebook]" (or pip install ".[notebook]" from a clone)', id="notebook"),
     pytest.param("prometheus_client", "llmstream.prometheus",
-                 'llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"', id="prometheus"),
+                 'llmstream.prometheus needs prometheus-client: pip install "llmstream-sdk[prometheus]" (or pip install ".[prometheus]" from a clone)', id="prometheus"),
     pytest.param("opentelemetry", "llmstream.otel",
-                 'llmstream.otel needs opentelemetry-api: pip install "llmstream[otel]"', id="otel"),
+                 'llmstream.otel needs opentelemetry-api: pip install "llmstream-sdk[otel]" (or pip install ".[otel]" from a clone)', id="otel"),
 ]
 
 
@@ -69,3 +69,24 @@ with FakeLLMServer() as server:
     print(repr(stream))
 """)
     assert out == "still works\n<TokenStream provider='openai' model='m' status='finished' delivered=11 chars>\n"
+
+
+def test_every_install_line_uses_our_distribution_name() -> None:
+    # On PyPI "llmstream" is an unrelated project: `pip install "llmstream[...]"` installs
+    # it, and no llmstream.stream. Every install line must name ours, or the clone.
+    from llmstream._version import DISTRIBUTION
+
+    assert DISTRIBUTION == "llmstream-sdk"
+    setup_cfg = (IMPORT_ROOT / "setup.cfg").read_text()
+    assert f"\nname = {DISTRIBUTION}\n" in setup_cfg
+    assert "llmstream = llmstream.__main__:main" in setup_cfg  # the command keeps its name
+    texts = {path: (IMPORT_ROOT / path).read_text() for path in (
+        "README.md", "examples/quickstart.ipynb", "llmstream/notebook.py", "llmstream/prometheus.py")}
+    for path, text in texts.items():
+        assert "pip install llmstream" not in text.replace("pip install llmstream-sdk", ""), path
+        assert '"llmstream[' not in text and "'llmstream[" not in text and '\\"llmstream[' not in text, path
+    readme = texts["README.md"]
+    assert 'pip install "llmstream-sdk[notebook]"' in readme
+    assert 'pip install "llmstream-sdk[prometheus]"' in readme
+    assert 'pip install ".[notebook]"' in readme
+    assert 'pip install \\"llmstream-sdk[notebook]\\"' in texts["examples/quickstart.ipynb"]

@@ -129,12 +129,12 @@ def test_histograms_observe_the_stream_metrics(server: FakeLLMServer, exporter: 
     server.script(Reply(text=TEXT, interval=0.02))
     m = run(client_for(server, retry=NO_RETRY), "m-hist")
     assert m.time_to_first_token is not None and m.tokens_per_second is not None
-    assert m.inter_token_gap.count >= 1 and m.inter_token_gap.p50 is not None and m.inter_token_gap.max is not None
+    assert m.chunk_gap.count >= 1 and m.chunk_gap.p50 is not None and m.chunk_gap.max is not None
     labels = {"provider": "openai", "model": "m-hist"}
     expected = {
         "llmstream_time_to_first_token_seconds": m.time_to_first_token,
-        "llmstream_inter_token_gap_seconds": m.inter_token_gap.p50,
-        "llmstream_inter_token_gap_max_seconds": m.inter_token_gap.max,
+        "llmstream_chunk_gap_seconds": m.chunk_gap.p50,
+        "llmstream_chunk_gap_max_seconds": m.chunk_gap.max,
         "llmstream_tokens_per_second": m.tokens_per_second,
     }
     for name, observed in expected.items():

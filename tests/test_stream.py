@@ -345,11 +345,15 @@ def test_close_shuts_the_socket_within_100ms(server: FakeLLMServer) -> None:
     assert worker_threads() == []
 
 
-def test_break_closes_the_stream(server: FakeLLMServer) -> None:
+def test_break_leaves_the_stream_for_the_next_loop_and_with_closes_it(server: FakeLLMServer) -> None:
+    # As the official SDKs' streams: a loop that stops early does not close the
+    # stream (the next loop goes on); close(), the with block or collection does.
     server.script(Reply(token_count=100000))
-    stream = client_for(server, "openai").stream("hi", model="m")
-    for _ in stream:
-        break
+    with client_for(server, "openai").stream("hi", model="m") as stream:
+        for first in stream:
+            break
+        assert stream.status == "streaming"
+        assert next(iter(stream)) != first
     assert stream.status == "closed"
     assert wait_no_worker_threads(0.5) == []
 

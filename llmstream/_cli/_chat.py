@@ -45,7 +45,7 @@ def metrics_line(metrics: StreamMetrics, outcome: str) -> str:
     """The one-line summary ``chat --events`` ends with."""
     speed = "-" if metrics.tokens_per_second is None else f"{metrics.tokens_per_second:.1f}"
     return (f"[{outcome}: {metrics.tokens} tokens, {speed} tokens/s, first token "
-            f"{format_ms(metrics.time_to_first_token)}, inter-token gap {_gap(metrics.inter_token_gap)}, "
+            f"{format_ms(metrics.time_to_first_token)}, chunk gap {_gap(metrics.chunk_gap)}, "
             f"{metrics.attempts} attempt(s)]")
 
 

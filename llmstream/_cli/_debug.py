@@ -91,7 +91,7 @@ def _summary(m: StreamMetrics) -> List[str]:
         ("bytes received", str(m.bytes_received)),
         ("chunk size", _sizes(m.chunk_size)),
         ("read time", _dist(m.read_time, "p50", "p99", "max")),
-        ("inter-token gap", _dist(m.inter_token_gap, "p50", "p99", "max")),
+        ("chunk gap", _dist(m.chunk_gap, "p50", "p99", "max")),
         ("attempts", f"{m.attempts}{retries}"),
         ("errors", ", ".join(m.errors) or "none"),
         ("queued", format_ms(m.queued)),

@@ -1,23 +1,50 @@
-"""The provider registry: name -> provider object. Nothing else lives here."""
+"""The provider registry: name -> provider object. Nothing else lives here.
+
+Each provider's module is imported the first time it is asked for: a program
+that streams from one provider does not pay, at import, for the other three.
+"""
 
 from __future__ import annotations
 
-from typing import Dict
+import importlib
+from collections.abc import Iterator, Mapping
 
 from ._base import Provider
-from .anthropic import AnthropicProvider
-from .ollama import OllamaProvider
-from .openai_chat import OpenAIChatProvider
-from .openai_responses import OpenAIResponsesProvider
 
 __all__ = ["PROVIDERS", "get_provider"]
 
-PROVIDERS: Dict[str, Provider] = {
-    "openai": OpenAIChatProvider(),
-    "openai-responses": OpenAIResponsesProvider(),
-    "anthropic": AnthropicProvider(),
-    "ollama": OllamaProvider(),
+#: name -> (module, class), in the order the CLI lists them.
+_WHERE = {
+    "openai": ("openai_chat", "OpenAIChatProvider"),
+    "openai-responses": ("openai_responses", "OpenAIResponsesProvider"),
+    "anthropic": ("anthropic", "AnthropicProvider"),
+    "ollama": ("ollama", "OllamaProvider"),
 }
+
+
+class _Registry(Mapping[str, Provider]):
+    """A read-only mapping whose values are made (their module imported) on first access."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Provider] = {}
+
+    def __getitem__(self, name: str) -> Provider:
+        provider = self._made.get(name)
+        if provider is None:
+            module, cls = _WHERE[name]  # KeyError for an unknown name, as a dict
+            provider = getattr(importlib.import_module(f".{module}", __name__), cls)()
+            # Two threads may both make one: equal, stateless objects; the first stored wins.
+            provider = self._made.setdefault(name, provider)
+        return provider
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_WHERE)
+
+    def __len__(self) -> int:
+        return len(_WHERE)
+
+
+PROVIDERS: Mapping[str, Provider] = _Registry()
 
 
 def get_provider(name: str) -> Provider:

@@ -28,10 +28,10 @@ clock or logging configuration.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Union
 
 from .._events import Event
+from .._record import Record, set_field
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
@@ -47,8 +47,7 @@ Message = Mapping[str, Any]
 _UNEXPECTED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
 
 
-@dataclass(frozen=True)
-class RequestSpec:
+class RequestSpec(Record):
     """One HTTP request, fully described, ready for the transport to send.
 
     Attributes:
@@ -60,10 +59,19 @@ class RequestSpec:
         json: the JSON body, or ``None`` for a request without one.
     """
 
+    __slots__ = __match_args__ = ("method", "url", "headers", "json")
+    _hidden = ("headers",)  # secrets: never in a repr
     method: str
     url: str
-    headers: Mapping[str, Union[str, bytes]] = field(repr=False)
-    json: Optional[Mapping[str, Any]] = None
+    headers: Mapping[str, Union[str, bytes]]
+    json: Optional[Mapping[str, Any]]
+
+    def __init__(self, method: str, url: str, headers: Mapping[str, Union[str, bytes]],
+                 json: Optional[Mapping[str, Any]] = None) -> None:
+        set_field(self, "method", method)
+        set_field(self, "url", url)
+        set_field(self, "headers", headers)
+        set_field(self, "json", json)
 
 
 class ProviderDecoder(Protocol):

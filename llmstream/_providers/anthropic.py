@@ -184,7 +184,7 @@ class AnthropicProvider:
             messages[-1] = {**last, "content": merged}
         else:
             messages.append({"role": "assistant", "content": prefill})
-        return dataclasses.replace(spec, json={**spec.json, "messages": messages})
+        return spec.replace(json={**spec.json, "messages": messages})
 
 
 def _split_system(messages: List[Message]) -> Tuple[Any, List[Message]]:

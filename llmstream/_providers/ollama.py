@@ -28,7 +28,6 @@ Never: import IO modules, log, or guess at text the server did not send.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -156,7 +155,7 @@ class OllamaProvider:
             messages[-1] = {**last, "content": last["content"] + delivered_text}
         else:
             messages.append({"role": "assistant", "content": delivered_text})
-        return dataclasses.replace(spec, json={**spec.json, "messages": messages})
+        return spec.replace(json={**spec.json, "messages": messages})
 
     def new_decoder(self) -> OllamaDecoder:
         """Return a fresh decoder for one stream."""

@@ -47,7 +47,6 @@ Never: touch a socket, thread, clock or logger; deliver a piece twice.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
@@ -422,7 +421,7 @@ class OpenAIChatProvider:
         body["messages"] = [*spec.json["messages"], {"role": "assistant", "content": delivered_text}]
         body["continue_final_message"] = True
         body["add_generation_prompt"] = False
-        return replace(spec, json=body)
+        return spec.replace(json=body)
 
     def new_decoder(self) -> OpenAIChatDecoder:
         """Return a fresh decoder for one stream."""

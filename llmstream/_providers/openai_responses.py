@@ -408,10 +408,14 @@ class OpenAIResponsesProvider:
         Raises:
             ValueError: ``spec`` is not a ``.../responses`` request.
         """
-        if not spec.url.endswith("/responses"):
-            raise ValueError(f"resume_request needs the original POST .../responses request, not {spec.url!r}")
-        base = spec.url[: -len("/responses")]
+        # The caller's extra_query, if any, is kept on the resumed request.
+        path, _, query = spec.url.partition("?")
+        if not path.endswith("/responses"):
+            raise ValueError(f"resume_request needs the original POST .../responses request, not {path!r}")
+        base = path[: -len("/responses")]
         url = f"{base}/responses/{quote(response_id, safe='')}?stream=true&starting_after={int(sequence_number)}"
+        if query:
+            url = f"{url}&{query}"
         # Same key and Accept; no body, so no Content-Type.
         headers = {k: v for k, v in spec.headers.items() if k.lower() != "content-type"}
         return RequestSpec(method="GET", url=url, headers=headers, json=None)
