@@ -49,6 +49,7 @@ from ._exceptions import (
     ResumeError,
     ServerError,
     StreamBusyError,
+    TextNotKeptError,
     StreamClosedError,
     StreamError,
     StreamTimeoutError,
@@ -104,4 +105,5 @@ __all__ = [
     "CircuitOpenError",
     "StreamClosedError",
     "StreamBusyError",
+    "TextNotKeptError",
 ]

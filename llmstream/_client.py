@@ -20,7 +20,7 @@ from ._events import StreamResult
 from ._flow import Flow
 from ._providers import get_provider
 from ._providers._base import Message, Provider
-from ._stream import TokenStream
+from ._stream import Sink, TokenStream
 from ._transport import Transport, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
@@ -56,6 +56,12 @@ def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
     return value
 
 
+def _check_keep_text(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"keep_text must be True or False, not {value!r}")
+    return value
+
+
 class Client:
     """A configured connection to one provider; make streams with :meth:`stream`.
 
@@ -82,6 +88,13 @@ class Client:
         max_output_chars: cut every answer at this many characters (text,
             thinking and tool-call arguments): the stream ends with
             ``finish_reason == "max_output_chars"`` and its socket is closed.
+        keep_text: keep the delivered text for ``.text``, ``partial_text``
+            and ``result.text`` (the default; kept once, shared with the
+            resumer). ``False`` keeps none, so memory stays flat however long
+            the answer: take the text as it arrives (iterate, ``sink=``,
+            ``stream.to_file()``). Resume then works by ``last-event-id`` and by
+            ``replay`` (checked against a hash of the delivered text; a
+            mismatch is a ``ResumeError``), not by ``continue``.
 
     Usage::
 
@@ -107,6 +120,7 @@ class Client:
         rate_limit: Optional[RateLimit] = None,
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
+        keep_text: bool = True,
     ) -> None:
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
@@ -134,6 +148,7 @@ class Client:
             raise TypeError("circuit_breaker must be a llmstream.CircuitBreaker, True, False or None, "
                             f"not {type(circuit_breaker).__name__}")
         self.max_output_chars = _check_max_output_chars(max_output_chars)
+        self.keep_text = _check_keep_text(keep_text)
         self._flow = Flow(base_url=redact_url(self.base_url), max_concurrent=max_concurrent,
                           rate_limit=rate_limit, circuit_breaker=circuit_breaker)
         self._transport = Transport()
@@ -158,6 +173,8 @@ class Client:
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
         max_output_chars: Optional[int] = None,
+        keep_text: Optional[bool] = None,
+        sink: Sink = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -170,6 +187,10 @@ class Client:
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
             max_output_chars: overrides the client's output length guard for this stream.
+            keep_text: overrides the client's ``keep_text`` for this stream.
+            sink: also give each text piece, as it is delivered, to this
+                callable or file-like object (``write(str)``); a replayed
+                answer that does not match what the sink has is a ``ResumeError``.
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
@@ -193,8 +214,9 @@ class Client:
             else _check_max_output_chars(max_output_chars),
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            keep_text=self.keep_text if keep_text is None else _check_keep_text(keep_text),
         )
-        return TokenStream(worker, provider=self._provider.name, model=model)
+        return TokenStream(worker, provider=self._provider.name, model=model, sink=sink)
 
     def complete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         """Stream an answer to its end and return the :class:`StreamResult` (same arguments as :meth:`stream`)."""

@@ -43,6 +43,20 @@ caller once and in order, or the caller gets a ``Reset``/``ResumeError``;
 never a silent duplicate. Tool calls and thinking are never continued (a
 prefill cannot hold them): continue does not apply once they were delivered.
 
+The delivered text is kept once (issue 14): the resumer appends it to the
+stream's ``SharedText`` (``_textlog.py``), which ``TokenStream.text`` reads;
+nothing else keeps it. With ``keep_text=False`` there is no such log, and what
+each mode keeps instead is:
+
+  * ``last-event-id`` (and the Responses cursor): nothing; the server sends
+    the rest, so it works exactly as with the text.
+  * ``replay``: a :class:`~._resume_match.TextDigest` (length and hashes),
+    which the replayed answer is checked against; a mismatch is a
+    ``ResumeError``, never a ``Reset`` (the new answer's start was not kept).
+  * ``continue``: cannot work (the delivered text must be sent as the
+    prefill): ``auto`` skips it, and ``resume="continue"`` raises
+    ``ResumeError`` when a resume is needed.
+
 Sans-IO: no sockets, threads or clocks; the worker drives it.
 """
 
@@ -50,14 +64,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 from ._events import Event, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ._exceptions import APIStatusError, ProviderError, ResumeError, StreamError
 from ._providers._base import Provider, RequestSpec, StreamDecoder
-from ._resume_match import ContinuationFilter, ReplayFilter
+from ._resume_match import ContinuationFilter, ReplayFilter, TextDigest
 
-__all__ = ["PREFILL_GUARANTEED", "Resumer", "TextLog", "last_event_id_header"]
+__all__ = ["PREFILL_GUARANTEED", "KeptText", "Resumer", "TextLog", "last_event_id_header"]
 
 #: Statuses that mean "the server will not resume this way", as opposed to a
 #: passing failure worth retrying the same way.
@@ -140,6 +154,22 @@ class TextLog:
         self.length = 0
 
 
+class KeptText(Protocol):
+    """The delivered text as the stream keeps it (``_textlog.SharedText``): the resumer writes it."""
+
+    def append(self, text: str) -> None:
+        """Add a piece at the end."""
+
+    def extend(self, texts: List[str]) -> None:
+        """Add pieces at the end."""
+
+    def value(self) -> str:
+        """The whole text."""
+
+    def clear(self) -> None:
+        """Forget the text (a ``Reset``)."""
+
+
 class _Call:
     """What the caller has seen of one tool call."""
 
@@ -156,7 +186,9 @@ class Resumer:
     """Bookkeeping of one stream's delivered content, and the choice of how to resume."""
 
     def __init__(self, provider: Provider, spec: RequestSpec, mode: str, *, max_line_length: int,
-                 continue_allowed: bool = True) -> None:
+                 continue_allowed: bool = True, text: Optional[KeptText] = None, keep_text: bool = True) -> None:
+        """``text``: the stream's log of the delivered text, which this resumer fills (a
+        :class:`TextLog` of its own if None); ``keep_text=False``: none is kept."""
         self._provider = provider
         self._spec = spec
         self._mode = mode
@@ -165,9 +197,13 @@ class Resumer:
         support = getattr(provider, "supports_continue", False)
         self._continue_allowed = continue_allowed and bool(support)
         self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)
-        # Only replay and continue need the delivered text itself.
-        self._keep_text = mode in ("auto", "continue", "replay")
-        self._text = TextLog()
+        # The stream's own log when it keeps the text (one copy for both);
+        # else replay needs only a digest, and the other modes nothing.
+        self._text: Union[KeptText, TextDigest, None] = text
+        if not keep_text:
+            self._text = TextDigest() if mode in ("auto", "replay") else None
+        elif text is None:
+            self._text = TextLog()
         self._thinking = TextLog()
         self._calls: Dict[int, _Call] = {}
         self._delivered_content = False
@@ -179,8 +215,9 @@ class Resumer:
 
     @property
     def delivered_text(self) -> str:
-        """The text handed to the caller so far (when the mode keeps it)."""
-        return self._text.value()
+        """The text handed to the caller so far ("" when the stream keeps no text)."""
+        text = self._text
+        return "" if text is None or isinstance(text, TextDigest) else text.value()
 
     @property
     def strategy(self) -> Optional[str]:
@@ -232,7 +269,11 @@ class Resumer:
             return None if isinstance(error, ProviderError) else self._prepare_cursor(decoder)
         if choice == "continue":
             return self._prepare_continue()
-        self._filter = ReplayFilter(self._text.value(), self._thinking.value(), self._calls, self._attempt + 1)
+        text = self._text
+        if text is None:
+            return None  # not reached: a mode with replay keeps at least a digest
+        delivered = text.matcher() if isinstance(text, TextDigest) else text.value()
+        self._filter = ReplayFilter(delivered, self._thinking.value(), self._calls, self._attempt + 1)
         return self._spec
 
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
@@ -254,6 +295,8 @@ class Resumer:
         return dataclasses.replace(self._spec, headers=headers)
 
     def _prepare_continue(self) -> Optional[RequestSpec]:
+        if self._text is None or isinstance(self._text, TextDigest):
+            return None  # keep_text=False: there is no text to send as the prefill
         text = self._text.value()
         if not self._continue_allowed or not text.strip() or self._calls or self._thinking.length:
             return None
@@ -272,7 +315,10 @@ class Resumer:
                     "sent as a header value, or the provider reported an error inside the stream "
                     "(reconnecting would replay it)")
         if self._mode == "continue":
-            return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
+            if not isinstance(self._text, (type(None), TextDigest)):
+                return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
+            return ("the stream keeps no text (keep_text=False), and a continuation must send the delivered text "
+                    "as its prefill; use resume='replay' or 'last-event-id', or keep_text=True")
         return "no resume strategy applies"
 
     # -- the events ----------------------------------------------------------------------
@@ -285,15 +331,16 @@ class Resumer:
         texts = [event.text for event in events if isinstance(event, TextDelta)]
         if texts and len(texts) == len(events):
             self._delivered_content = True
-            if self._keep_text:
-                self._text.extend(texts)
+            text = self._text
+            if text is not None:
+                text.extend(texts)
             return events
         # Otherwise in order: text after a Reset is the new answer's, kept after the clear.
         for event in events:
             cls = event.__class__
             if cls is TextDelta:
                 self._delivered_content = True
-                if self._keep_text:
+                if self._text is not None:
                     self._text.append(event.text)  # type: ignore[union-attr]
             elif cls is ThinkingDelta:
                 self._thinking.append(event.text)  # type: ignore[union-attr]
@@ -301,7 +348,8 @@ class Resumer:
             elif cls is ToolCallDelta or cls is ToolCall:
                 self._record_call(event)
             elif cls is Reset:
-                self._text.clear()
+                if self._text is not None:
+                    self._text.clear()
                 self._thinking.clear()
                 self._calls.clear()
         return events

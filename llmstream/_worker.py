@@ -76,6 +76,7 @@ from ._redact import Redactor, redact_error, secrets_in_headers
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
+from ._textlog import SharedText
 from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport
 
 __all__ = ["EventQueue", "Worker"]
@@ -374,8 +375,11 @@ class Worker:
         model: str = "",
         max_output_chars: Optional[int] = None,
         continue_allowed: bool = True,
+        keep_text: bool = True,
     ) -> None:
         self.queue = EventQueue(max_buffered)
+        #: The delivered text, kept once: the resumer appends, the stream reads (None: keep_text=False).
+        self.text: Optional[SharedText] = SharedText() if keep_text else None
         self.stats = WorkerStats(time.monotonic())
         self._flow = flow
         self._model = model
@@ -397,7 +401,7 @@ class Worker:
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
-                                continue_allowed=continue_allowed)
+                                continue_allowed=continue_allowed, text=self.text, keep_text=keep_text)
         self._run = self._main()
         self._done = threading.Event()
         self._thread: Optional[threading.Thread] = None

@@ -1,0 +1,112 @@
+"""The delivered answer text, kept once: the resumer writes it, the stream reads it.
+
+Strategy: with retries on, both the resumer (to match or continue a broken
+answer) and the ``TokenStream`` (``.text``, ``partial_text``, the result)
+need the text the caller was handed. :class:`SharedText` is the one copy:
+the thread that holds the body appends each batch as it passes the resumer's
+filter (``_resume.Resumer.filter``), and the stream reads a prefix of it —
+as long as what its caller has taken (read-ahead batches still queued are in
+the log, not yet in ``.text``).
+
+Invariants:
+  * One writer at a time (the thread holding the body: the worker's, or the
+    caller's while the body is lent); readers in any thread.
+  * The hot path takes no lock: ``list.extend`` is atomic under the GIL and
+    only adds at the end. Folding pieces into a block, clearing (a ``Reset``)
+    and reading take ``_lock``, so a reader never sees a piece twice or
+    misses one. Memory stays near the text's size: pieces are joined into a
+    block every ``COMPACT_EVERY``, and reading joins the blocks into one
+    string that the log keeps instead of them (the same object a caller's
+    ``partial_text`` or a replay's matcher then holds: no second copy).
+  * A ``Reset`` (a replayed answer that did not match) clears the log when it
+    passes the filter, but the caller's loop may not have reached it yet: the
+    old text is kept, by epoch, until the stream takes the ``Reset``.
+
+IO shell: a lock, no sockets and no clocks.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List
+
+__all__ = ["SharedText"]
+
+#: Pieces are joined into one string every this many: a list of small ``str``
+#: objects costs ~60 bytes per token, a joined string ~1 byte per character.
+COMPACT_EVERY = 4096
+
+
+class SharedText:
+    """The text handed to the caller, kept once for the resumer and the stream."""
+
+    __slots__ = ("_blocks", "_parts", "epoch", "_retired", "_lock")
+
+    def __init__(self) -> None:
+        self._blocks: List[str] = []
+        self._parts: List[str] = []
+        #: How many times the log was cleared (a ``Reset``): the stream's view names one.
+        self.epoch = 0
+        self._retired: Dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    # -- the writer (the thread holding the body) ------------------------------------
+
+    def append(self, text: str) -> None:
+        """Add a piece at the end."""
+        parts = self._parts
+        parts.append(text)
+        if len(parts) >= COMPACT_EVERY:
+            self._compact()
+
+    def extend(self, texts: List[str]) -> None:
+        """Add pieces at the end (the hot path: one call per batch, no lock)."""
+        parts = self._parts
+        parts.extend(texts)
+        if len(parts) >= COMPACT_EVERY:
+            self._compact()
+
+    def _compact(self) -> None:
+        with self._lock:
+            parts = self._parts
+            count = len(parts)  # only this thread appends: no piece comes in meanwhile
+            self._blocks.append("".join(parts))
+            del parts[:count]
+
+    def clear(self) -> None:
+        """Forget the text (a ``Reset``): kept for the stream until it takes the ``Reset`` too."""
+        with self._lock:
+            self._retired[self.epoch] = self._value_locked()
+            self._blocks = []
+            self._parts = []
+            self.epoch += 1
+
+    # -- readers (any thread) --------------------------------------------------------
+
+    def value(self) -> str:
+        """The whole text, as one string (kept as the log's only block, so not copied twice)."""
+        with self._lock:
+            return self._value_locked()
+
+    def _value_locked(self) -> str:
+        parts = self._parts
+        count = len(parts)  # pieces appended while this runs stay for the next read
+        blocks = self._blocks
+        if count == 0 and len(blocks) == 1:
+            return blocks[0]
+        text = "".join(blocks) + "".join(parts[:count])
+        self._blocks = [text]
+        del parts[:count]
+        return text
+
+    def prefix(self, length: int, epoch: int) -> str:
+        """The first ``length`` characters of the text as it was in ``epoch``."""
+        with self._lock:
+            text = self._value_locked() if epoch == self.epoch else self._retired.get(epoch, "")
+        return text if len(text) == length else text[:length]
+
+    def release(self, epoch: int) -> None:
+        """The stream has reached ``epoch``: the texts of earlier ones are not needed any more."""
+        with self._lock:
+            for old in [e for e in self._retired if e < epoch]:
+                del self._retired[old]
