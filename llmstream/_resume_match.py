@@ -112,13 +112,14 @@ def _utf8(text: str) -> bytes:
 class TextDigest:
     """What ``keep_text=False`` keeps of the delivered text: its length and hashes of its prefixes."""
 
-    __slots__ = ("length", "_hash", "_checkpoints", "_next")
+    __slots__ = ("length", "_hash", "_checkpoints", "_next", "_every")
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_every: int = CHECKPOINT_CHARS) -> None:
         self.length = 0
         self._hash = _new_hash()
         self._checkpoints: List[Tuple[int, bytes]] = []
-        self._next = CHECKPOINT_CHARS
+        self._every = checkpoint_every
+        self._next = checkpoint_every
 
     def append(self, text: str) -> None:
         """Add a piece at the end."""
@@ -131,7 +132,7 @@ class TextDigest:
             self._hash.update(_utf8(text[:room]))
             self.length = self._next
             self._checkpoints.append((self.length, self._hash.digest()))
-            self._next += CHECKPOINT_CHARS
+            self._next += self._every
             text = text[room:]
 
     def extend(self, texts: List[str]) -> None:
@@ -140,7 +141,10 @@ class TextDigest:
 
     def clear(self) -> None:
         """Forget everything."""
-        self.__init__()  # type: ignore[misc]
+        self.length = 0
+        self._hash = _new_hash()
+        self._checkpoints = []
+        self._next = self._every
 
     def matcher(self) -> "DigestMatcher":
         """A matcher for a replay of the text digested so far."""
