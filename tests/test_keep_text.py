@@ -166,7 +166,8 @@ def test_auto_without_text_and_event_ids_replays(server: FakeLLMServer, provider
 
 
 @pytest.mark.parametrize("events", [False, True], ids=["text", "events"])
-@pytest.mark.parametrize("replayed", [["Paris", ", of course."], ["The", " capital"]], ids=["differs", "ends-early"])
+@pytest.mark.parametrize("replayed", [["Paris", ", of course."], ["The", " capital"], ["Thy", " capital", " of", " France", "!"]],
+                         ids=["differs", "ends-early", "differs-same-length"])
 def test_replay_that_differs_without_text_raises(server: FakeLLMServer, events: bool, replayed: List[str]) -> None:
     server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=replayed))
     s = client(server, "openai", resume="replay", keep_text=False).stream("q", model="m")
