@@ -14,10 +14,13 @@ Invariants:
   * The hot path takes no lock: ``list.extend`` is atomic under the GIL and
     only adds at the end. Folding pieces into a block, clearing (a ``Reset``)
     and reading take ``_lock``, so a reader never sees a piece twice or
-    misses one. Memory stays near the text's size: pieces are joined into a
-    block every ``COMPACT_EVERY``, and reading joins the blocks into one
-    string that the log keeps instead of them (the same object a caller's
-    ``partial_text`` or a replay's matcher then holds: no second copy).
+    misses one.
+  * Memory stays near the answer's UTF-8 size: every ``COMPACT_EVERY`` pieces
+    are joined and appended, UTF-8 encoded, to one ``bytearray``. A ``str``
+    would cost 2 bytes per character for the whole block as soon as it holds
+    one character past U+00FF (a curly quote, an em dash, an emoji: common in
+    LLM answers), 4 past U+FFFF. Reading decodes it: a string is built only
+    when someone asks for the text (``.text``, ``partial_text``, a resume).
   * A ``Reset`` (a replayed answer that did not match) clears the log when it
     passes the filter, but the caller's loop may not have reached it yet: the
     old text is kept, by epoch, until the stream takes the ``Reset``.
@@ -40,10 +43,11 @@ COMPACT_EVERY = 4096
 class SharedText:
     """The text handed to the caller, kept once for the resumer and the stream."""
 
-    __slots__ = ("_blocks", "_parts", "epoch", "_retired", "_lock")
+    __slots__ = ("_data", "_parts", "epoch", "_retired", "_lock")
 
     def __init__(self) -> None:
-        self._blocks: List[str] = []
+        #: The text before ``_parts``, UTF-8 ("surrogatepass": a decoded JSON string may hold a lone surrogate).
+        self._data = bytearray()
         self._parts: List[str] = []
         #: How many times the log was cleared (a ``Reset``): the stream's view names one.
         self.epoch = 0
@@ -70,34 +74,29 @@ class SharedText:
         with self._lock:
             parts = self._parts
             count = len(parts)  # only this thread appends: no piece comes in meanwhile
-            self._blocks.append("".join(parts))
+            self._data += "".join(parts).encode("utf-8", "surrogatepass")
             del parts[:count]
 
     def clear(self) -> None:
         """Forget the text (a ``Reset``): kept for the stream until it takes the ``Reset`` too."""
         with self._lock:
             self._retired[self.epoch] = self._value_locked()
-            self._blocks = []
+            self._data = bytearray()
             self._parts = []
             self.epoch += 1
 
     # -- readers (any thread) --------------------------------------------------------
 
     def value(self) -> str:
-        """The whole text, as one string (kept as the log's only block, so not copied twice)."""
+        """The whole text, as a new string."""
         with self._lock:
             return self._value_locked()
 
     def _value_locked(self) -> str:
-        parts = self._parts
-        count = len(parts)  # pieces appended while this runs stay for the next read
-        blocks = self._blocks
-        if count == 0 and len(blocks) == 1:
-            return blocks[0]
-        text = "".join(blocks) + "".join(parts[:count])
-        self._blocks = [text]
-        del parts[:count]
-        return text
+        # Pieces the writer appends meanwhile are past any prefix a reader may ask for.
+        tail = "".join(self._parts)
+        data = self._data
+        return data.decode("utf-8", "surrogatepass") + tail if data else tail
 
     def prefix(self, length: int, epoch: int) -> str:
         """The first ``length`` characters of the text as it was in ``epoch``."""

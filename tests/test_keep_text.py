@@ -58,27 +58,28 @@ def test_the_resumer_and_the_stream_share_one_copy(server: FakeLLMServer) -> Non
     assert "".join(s) == TEXT
     log = s._worker.text
     assert log is not None and s._worker._resumer._text is log
-    assert s.text == TEXT
-    assert s.text is log.value()  # the very object the log keeps: no second copy
+    assert s.text == TEXT == log.value()
 
 
-def test_a_long_answer_is_held_once_not_twice(server: FakeLLMServer) -> None:
-    # 2,000 pieces of 1,000 characters with retries on: the stream and the resumer
-    # used to keep one copy each (~4 MB); now one (~2 MB).
-    piece = "x" * 999 + "\n"
-    server.script(Reply(tokens=[piece] * 2000, events_per_write=64))
+def test_a_long_answer_is_held_once_in_utf8(server: FakeLLMServer) -> None:
+    # 200,000 pieces of 10 characters, each with a curly quote (past U+00FF: a str
+    # holding one costs 2 bytes per character), with retries on. The stream and
+    # the resumer used to keep a copy each (~8 MB); now one, UTF-8 (~2.4 MB).
+    piece = "xxxxxxx\u201c\n "
+    server.script(Reply(tokens=[piece] * 200_000, events_per_write=256))
     gc.collect()
     tracemalloc.start()
     try:
         s = client(server, "openai").stream("q", model="m")
         chars = sum(len(t) for t in s)
-        assert s.text == piece * 2000
         gc.collect()
         held = tracemalloc.get_traced_memory()[0]
+        assert s.text == piece * 200_000
     finally:
         tracemalloc.stop()
     assert chars == 2_000_000
-    assert held < 1.4 * chars, f"{held:,} bytes held for {chars:,} characters"
+    utf8 = len(piece.encode("utf-8")) * 200_000
+    assert held < 1.25 * utf8, f"{held:,} bytes held for {utf8:,} bytes of UTF-8"
 
 
 def test_text_is_what_the_caller_took_not_what_was_read_ahead(server: FakeLLMServer) -> None:
