@@ -95,8 +95,11 @@ class SharedText:
     def _value_locked(self) -> str:
         # Pieces the writer appends meanwhile are past any prefix a reader may ask for.
         tail = "".join(self._parts)
-        data = self._data
-        return data.decode("utf-8", "surrogatepass") + tail if data else tail
+        if not self._data:
+            return tail
+        text = self._data.decode("utf-8", "surrogatepass")
+        text += tail  # in place when it can be (the only reference): no second copy of a long text
+        return text
 
     def prefix(self, length: int, epoch: int) -> str:
         """The first ``length`` characters of the text as it was in ``epoch``."""
