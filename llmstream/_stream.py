@@ -1,8 +1,8 @@
 """TokenStream: the caller's side of one stream.
 
 Strategy: the worker (``_worker.py``) fills a bounded queue with batches of
-events; this class takes them, keeps the books (``.text``, usage, finish
-reason, tool calls) and hands them out either as ``str`` pieces (iteration) or
+events; this class takes them, keeps the books (usage, finish reason, tool
+calls, how much text its caller took) and hands them out either as ``str`` pieces (iteration) or
 as typed events (``.events()``). Both views draw from the same queue, so a
 caller may switch between them, but each event is handed out once.
 
@@ -10,6 +10,12 @@ Outcomes are kept distinct: ``status`` is ``"streaming"``, then one of
 ``"finished"`` (ended normally), ``"failed"`` (it broke: the error is raised
 with ``partial_text``) or ``"closed"`` (the caller closed it). Misuse raises
 ``StreamClosedError`` / ``StreamBusyError`` (``RuntimeError`` subclasses).
+
+The text: kept once, in the worker's ``SharedText`` (``_textlog.py``), which
+the resumer fills as batches are handed over; ``.text`` is the prefix of it
+that the caller took (read-ahead batches may still be queued). With
+``keep_text=False`` there is none: ``.text`` raises ``TextNotKeptError``, and
+the text goes only to the caller's loop, its ``sink`` and ``to_file()``.
 
 Waiting: the caller blocks on the queue until the next batch (on Windows, in
 slices of 0.1 s, since only POSIX lets a signal interrupt a blocked lock), so a
