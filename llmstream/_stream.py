@@ -304,7 +304,8 @@ class TokenStream:
     def to_file(self, path: "os.PathLike[str] | str", *, encoding: str = "utf-8") -> StreamResult:
         """Write the answer to ``path`` as it arrives, and return the :class:`StreamResult`.
 
-        The text goes to ``path + ".partial"`` while it streams, and that file
+        The text goes to ``path + ".partial"`` while it streams (flushed at
+        every line end, so it can be followed with ``tail -f``), and that file
         is renamed to ``path`` only when the answer is complete. On a failure
         the error is raised as usual and ``path + ".partial"`` holds exactly
         the text delivered (its ``partial_text``); ``path`` is not touched. If
@@ -326,7 +327,8 @@ class TokenStream:
             )
         target = os.fspath(path)
         partial = target + ".partial"
-        with open(partial, "w", encoding=encoding, newline="") as file:
+        # Line-buffered: a reader tailing the file sees each line as it arrives.
+        with open(partial, "w", encoding=encoding, errors="surrogatepass", newline="", buffering=1) as file:
             if self._consumed:
                 file.write(self.text)
             for event in self.events():
