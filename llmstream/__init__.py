@@ -49,10 +49,10 @@ from ._exceptions import (
     ResumeError,
     ServerError,
     StreamBusyError,
-    TextNotKeptError,
     StreamClosedError,
     StreamError,
     StreamTimeoutError,
+    TextNotKeptError,
 )
 from ._monitor import Monitor, monitor
 from ._stream import TokenStream
