@@ -93,13 +93,15 @@ class SharedText:
             return self._value_locked()
 
     def _value_locked(self) -> str:
-        # Pieces the writer appends meanwhile are past any prefix a reader may ask for.
-        tail = "".join(self._parts)
-        if not self._data:
-            return tail
-        text = self._data.decode("utf-8", "surrogatepass")
-        text += tail  # in place when it can be (the only reference): no second copy of a long text
-        return text
+        # The pieces go into the bytes first, so the text is decoded in one piece
+        # (a str concatenation would copy a long text once more). Pieces the
+        # writer appends meanwhile stay: they are past any prefix a reader asks for.
+        parts = self._parts
+        count = len(parts)
+        if count:
+            self._data += "".join(parts[:count]).encode("utf-8", "surrogatepass")
+            del parts[:count]
+        return self._data.decode("utf-8", "surrogatepass")
 
     def prefix(self, length: int, epoch: int) -> str:
         """The first ``length`` characters of the text as it was in ``epoch``."""
