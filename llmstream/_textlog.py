@@ -16,11 +16,14 @@ Invariants:
     and reading take ``_lock``, so a reader never sees a piece twice or
     misses one.
   * Memory stays near the answer's UTF-8 size: every ``COMPACT_EVERY`` pieces
-    are joined and appended, UTF-8 encoded, to one ``bytearray``. A ``str``
+    are joined into one block, kept UTF-8 encoded (``bytes``). A ``str``
     would cost 2 bytes per character for the whole block as soon as it holds
     one character past U+00FF (a curly quote, an em dash, an emoji: common in
     LLM answers), 4 past U+FFFF. Reading decodes it: a string is built only
     when someone asks for the text (``.text``, ``partial_text``, a resume).
+    Blocks, not one growing ``bytearray``: growing one buffer to tens of MB
+    makes the allocator copy it when it moves from the heap to its own
+    mapping, and the heap space it leaves stays in the process's RSS.
   * A ``Reset`` (a replayed answer that did not match) clears the log when it
     passes the filter, but the caller's loop may not have reached it yet: the
     old text is kept, by epoch, until the stream takes the ``Reset``.
@@ -43,11 +46,11 @@ COMPACT_EVERY = 4096
 class SharedText:
     """The text handed to the caller, kept once for the resumer and the stream."""
 
-    __slots__ = ("_data", "_parts", "epoch", "_retired", "_lock")
+    __slots__ = ("_blocks", "_parts", "epoch", "_retired", "_lock")
 
     def __init__(self) -> None:
         #: The text before ``_parts``, UTF-8 ("surrogatepass": a decoded JSON string may hold a lone surrogate).
-        self._data = bytearray()
+        self._blocks: List[bytes] = []
         self._parts: List[str] = []
         #: How many times the log was cleared (a ``Reset``): the stream's view names one.
         self.epoch = 0
@@ -74,14 +77,14 @@ class SharedText:
         with self._lock:
             parts = self._parts
             count = len(parts)  # only this thread appends: no piece comes in meanwhile
-            self._data += "".join(parts).encode("utf-8", "surrogatepass")
+            self._blocks.append("".join(parts).encode("utf-8", "surrogatepass"))
             del parts[:count]
 
     def clear(self) -> None:
         """Forget the text (a ``Reset``): kept for the stream until it takes the ``Reset`` too."""
         with self._lock:
             self._retired[self.epoch] = self._value_locked()
-            self._data = bytearray()
+            self._blocks = []
             self._parts = []
             self.epoch += 1
 
@@ -98,10 +101,13 @@ class SharedText:
         # writer appends meanwhile stay: they are past any prefix a reader asks for.
         parts = self._parts
         count = len(parts)
+        blocks = self._blocks
         if count:
-            self._data += "".join(parts[:count]).encode("utf-8", "surrogatepass")
+            blocks.append("".join(parts[:count]).encode("utf-8", "surrogatepass"))
             del parts[:count]
-        return self._data.decode("utf-8", "surrogatepass")
+        if len(blocks) > 1:
+            self._blocks = blocks = [b"".join(blocks)]  # joined once: the next read decodes it as is
+        return blocks[0].decode("utf-8", "surrogatepass") if blocks else ""
 
     def prefix(self, length: int, epoch: int) -> str:
         """The first ``length`` characters of the text as it was in ``epoch``."""
