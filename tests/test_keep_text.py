@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import io
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -326,3 +327,52 @@ def test_a_difference_is_found_at_the_next_checkpoint() -> None:
 
 def test_an_empty_delivery_matches_anything() -> None:
     assert digest_of("", 4).matcher().match("abc") == "abc"
+
+
+def test_the_partial_file_can_be_followed_as_it_arrives(server: FakeLLMServer, tmp_path: Path) -> None:
+    # The server stalls after two lines; meanwhile they are in the .partial file.
+    tokens = ["line one\n", "line two\n", "rest"]
+    server.script(Reply(tokens=tokens, stall_after_tokens=(2, 30.0)))
+    target = tmp_path / "answer.txt"
+    partial = tmp_path / "answer.txt.partial"
+    s = client(server, "openai", timeout=Timeout(idle=30)).stream("q", model="m")
+    errors: List[BaseException] = []
+
+    def write() -> None:
+        try:
+            s.to_file(target)
+        except BaseException as exc:  # noqa: B036 - handed to the test thread
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not (partial.exists() and partial.read_text(encoding="utf-8") == "line one\nline two\n"):
+        time.sleep(0.01)  # another thread writes the file: polled, within a bound
+    assert partial.read_text(encoding="utf-8") == "line one\nline two\n"
+    s.close()
+    writer.join(5)
+    assert not writer.is_alive()
+    assert [type(e).__name__ for e in errors] == ["StreamClosedError"]  # closed, not finished: no rename
+    assert not target.exists()
+    assert partial.read_text(encoding="utf-8") == "line one\nline two\n"
+
+
+def test_text_read_from_another_thread_is_always_a_prefix(server: FakeLLMServer) -> None:
+    # One thread iterates (and so appends to the log); another reads .text
+    # meanwhile: every read is a prefix of the answer, never a piece missed or twice.
+    pieces = [f"w{i} " for i in range(100_000)]
+    answer = "".join(pieces)
+    server.script(Reply(tokens=pieces, events_per_write=64))
+    s = client(server, "openai").stream("q", model="m")
+    reader = threading.Thread(target=lambda: [None for _ in s])
+    reader.start()
+    reads = []
+    while reader.is_alive():
+        reads.append(s.text)
+    reader.join(5)
+    assert s.text == answer
+    assert len(reads) > 1
+    lengths = [len(r) for r in reads]
+    assert lengths == sorted(lengths)
+    assert all(answer.startswith(r) for r in reads)
