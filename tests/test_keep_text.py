@@ -31,6 +31,7 @@ from llmstream import (
     Timeout,
 )
 from llmstream._resume_match import DigestMatcher, TextDigest
+from llmstream._textlog import SharedText
 from llmstream.testing import FakeLLMServer, Reply
 
 TOKENS = ["The", " capital", " of", " France", " is", " Paris", ".", " Ça", " va", " 🎉"]
@@ -376,3 +377,29 @@ def test_text_read_from_another_thread_is_always_a_prefix(server: FakeLLMServer)
     lengths = [len(r) for r in reads]
     assert lengths == sorted(lengths)
     assert all(answer.startswith(r) for r in reads)
+
+
+# -- the shared log itself ----------------------------------------------------------------
+
+
+def test_the_log_keeps_any_text_exactly() -> None:
+    log = SharedText()
+    pieces = ["a", "é", "\u201c", "🎉", "\ud83c", "\udf89", "\r\n", ""] * 1500  # folded into blocks twice
+    for i in range(0, len(pieces), 7):
+        log.extend(pieces[i:i + 7])
+    whole = "".join(pieces)
+    assert log.value() == whole
+    log.append("z")
+    assert log.value() == whole + "z"
+    assert log.prefix(3, 0) == "aé\u201c"
+
+
+def test_a_cleared_log_keeps_the_old_text_until_released() -> None:
+    log = SharedText()
+    log.extend(["old", " text"])
+    log.clear()
+    log.append("new")
+    assert (log.epoch, log.prefix(8, 0), log.prefix(3, 1)) == (1, "old text", "new")
+    log.release(1)
+    assert log.prefix(8, 0) == ""
+    assert log.value() == "new"
