@@ -153,6 +153,10 @@ class TextLog:
         self._parts.clear()
         self.length = 0
 
+    def digest(self) -> Optional[TextDigest]:
+        """None: this log always keeps its text."""
+        return None
+
 
 class KeptText(Protocol):
     """The delivered text as the stream keeps it (``_textlog.SharedText``): the resumer writes it."""
@@ -168,6 +172,9 @@ class KeptText(Protocol):
 
     def clear(self) -> None:
         """Forget the text (a ``Reset``)."""
+
+    def digest(self) -> Optional[TextDigest]:
+        """None while the text is kept; once it is not any more (``to_file()``), its digest."""
 
 
 class _Call:
@@ -216,8 +223,8 @@ class Resumer:
     @property
     def delivered_text(self) -> str:
         """The text handed to the caller so far ("" when the stream keeps no text)."""
-        text = self._text
-        return "" if text is None or isinstance(text, TextDigest) else text.value()
+        delivered = self._delivered()
+        return delivered if isinstance(delivered, str) else ""
 
     @property
     def strategy(self) -> Optional[str]:
@@ -269,10 +276,10 @@ class Resumer:
             return None if isinstance(error, ProviderError) else self._prepare_cursor(decoder)
         if choice == "continue":
             return self._prepare_continue()
-        text = self._text
-        if text is None:
+        kept = self._delivered()
+        if kept is None:
             return None  # not reached: a mode with replay keeps at least a digest
-        delivered = text.matcher() if isinstance(text, TextDigest) else text.value()
+        delivered = kept.matcher() if isinstance(kept, TextDigest) else kept
         self._filter = ReplayFilter(delivered, self._thinking.value(), self._calls, self._attempt + 1)
         return self._spec
 
@@ -295,9 +302,9 @@ class Resumer:
         return dataclasses.replace(self._spec, headers=headers)
 
     def _prepare_continue(self) -> Optional[RequestSpec]:
-        if self._text is None or isinstance(self._text, TextDigest):
-            return None  # keep_text=False: there is no text to send as the prefill
-        text = self._text.value()
+        text = self._delivered()
+        if not isinstance(text, str):
+            return None  # keep_text=False (or to_file()): there is no text to send as the prefill
         if not self._continue_allowed or not text.strip() or self._calls or self._thinking.length:
             return None
         split = getattr(self._provider, "split_prefill", None)
@@ -309,13 +316,21 @@ class Resumer:
         self._filter = ContinuationFilter(text, held_back, self._attempt + 1)
         return spec
 
+    def _delivered(self) -> Union[str, TextDigest, None]:
+        """The delivered text if kept, else its digest (replay only), else None."""
+        text = self._text
+        if text is None or isinstance(text, TextDigest):
+            return text
+        digest = text.digest()
+        return text.value() if digest is None else digest
+
     def _why_not(self) -> str:
         if self._mode == "last-event-id":
             return ("the server sent no event ids (or Responses cursor) to resume from, its last id cannot be "
                     "sent as a header value, or the provider reported an error inside the stream "
                     "(reconnecting would replay it)")
         if self._mode == "continue":
-            if not isinstance(self._text, (type(None), TextDigest)):
+            if isinstance(self._delivered(), str):
                 return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
             return ("the stream keeps no text (keep_text=False), and a continuation must send the delivered text "
                     "as its prefill; use resume='replay' or 'last-event-id', or keep_text=True")

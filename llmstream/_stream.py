@@ -295,11 +295,16 @@ class TokenStream:
                 "characters were delivered): take the text as it arrives (iterate, sink=..., .to_file(path)), "
                 "or make the stream with keep_text=True"
             )
+        if not log.kept:
+            raise TextNotKeptError(
+                f"this stream's text went to a file (to_file()), not to memory ({self._consumed} characters "
+                "were delivered): read the file"
+            )
         return log.prefix(self._consumed, self._epoch)
 
     def _delivered(self) -> str:
         """``.text``, or "" when the stream keeps none (for ``partial_text``)."""
-        return "" if self._log is None else self.text
+        return "" if self._log is None or not self._log.kept else self.text
 
     def to_file(self, path: "os.PathLike[str] | str", *, encoding: str = "utf-8") -> StreamResult:
         """Write the answer to ``path`` as it arrives, and return the :class:`StreamResult`.
@@ -308,11 +313,16 @@ class TokenStream:
         every line end, so it can be followed with ``tail -f``), and that file
         is renamed to ``path`` only when the answer is complete. On a failure
         the error is raised as usual and ``path + ".partial"`` holds exactly
-        the text delivered (its ``partial_text``); ``path`` is not touched. If
-        a replayed answer does not repeat the text already written (a
-        ``Reset``), the file is emptied and the new answer written from its
-        start. With ``keep_text=False`` the text is kept only in the file, so
-        memory stays flat however long the answer.
+        the text delivered; ``path`` is not touched.
+
+        The file is then the one copy of the text: from this call on the
+        stream keeps none in memory, as with ``keep_text=False`` (memory stays
+        flat however long the answer; ``.text`` raises ``TextNotKeptError``;
+        ``result.text`` and ``partial_text`` are ``""``). A broken stream still
+        resumes exactly once by ``last-event-id``, or by ``replay`` checked
+        against a hash of what was written; a replay that differs raises
+        ``ResumeError`` (a ``Reset`` from a replay that began before this call
+        empties the file and writes the new answer from its start).
 
         Usage::
 
@@ -320,9 +330,10 @@ class TokenStream:
                 result = s.to_file("report.md")
         """
         self._check_open()
-        if self._consumed and self._log is None:
+        log = self._log
+        if self._consumed and (log is None or not log.kept):
             raise TextNotKeptError(
-                "to_file() must be called before iterating a stream made with keep_text=False: "
+                "to_file() must be called before iterating a stream that keeps no text (keep_text=False): "
                 "the text already delivered was not kept"
             )
         target = os.fspath(path)
@@ -331,6 +342,10 @@ class TokenStream:
         with open(partial, "w", encoding=encoding, errors="surrogatepass", newline="", buffering=1) as file:
             if self._consumed:
                 file.write(self.text)
+            if log is not None:
+                # The file is the copy now: memory stays flat, and a resume checks
+                # a replay against the text's digest (as with keep_text=False).
+                log.stop_keeping()
             for event in self.events():
                 if event.__class__ is TextDelta:
                     file.write(event.text)

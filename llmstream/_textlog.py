@@ -24,6 +24,10 @@ Invariants:
     Blocks, not one growing ``bytearray``: growing one buffer to tens of MB
     makes the allocator copy it when it moves from the heap to its own
     mapping, and the heap space it leaves stays in the process's RSS.
+  * ``stop_keeping()`` (``TokenStream.to_file``: the text goes to a file) turns
+    the log into a :class:`~._resume_match.TextDigest` of the text from then
+    on: the resumer can still check a replay against it, and the memory stays
+    flat; ``kept`` is then False.
   * A ``Reset`` (a replayed answer that did not match) clears the log when it
     passes the filter, but the caller's loop may not have reached it yet: the
     old text is kept, by epoch, until the stream takes the ``Reset``.
@@ -34,7 +38,9 @@ IO shell: a lock, no sockets and no clocks.
 from __future__ import annotations
 
 import threading
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+from ._resume_match import TextDigest
 
 __all__ = ["SharedText"]
 
@@ -46,7 +52,7 @@ COMPACT_EVERY = 4096
 class SharedText:
     """The text handed to the caller, kept once for the resumer and the stream."""
 
-    __slots__ = ("_blocks", "_parts", "epoch", "_retired", "_lock")
+    __slots__ = ("_blocks", "_parts", "epoch", "_retired", "_lock", "_digest")
 
     def __init__(self) -> None:
         #: The text before ``_parts``, UTF-8 ("surrogatepass": a decoded JSON string may hold a lone surrogate).
@@ -56,6 +62,7 @@ class SharedText:
         self.epoch = 0
         self._retired: Dict[int, str] = {}
         self._lock = threading.Lock()
+        self._digest: Optional[TextDigest] = None  # set by stop_keeping()
 
     # -- the writer (the thread holding the body) ------------------------------------
 
@@ -77,7 +84,10 @@ class SharedText:
         with self._lock:
             parts = self._parts
             count = len(parts)  # only this thread appends: no piece comes in meanwhile
-            self._blocks.append("".join(parts).encode("utf-8", "surrogatepass"))
+            if self._digest is not None:
+                self._digest.append("".join(parts))
+            else:
+                self._blocks.append("".join(parts).encode("utf-8", "surrogatepass"))
             del parts[:count]
 
     def clear(self) -> None:
@@ -87,6 +97,31 @@ class SharedText:
             self._blocks = []
             self._parts = []
             self.epoch += 1
+            if self._digest is not None:
+                self._digest.clear()
+
+    def stop_keeping(self) -> None:
+        """Keep no text from now on, only its digest (the text goes to a file): memory stays flat."""
+        with self._lock:
+            if self._digest is not None:
+                return
+            digest = TextDigest()
+            digest.append(self._value_locked())
+            self._blocks = []
+            self._retired.clear()
+            self._digest = digest
+
+    @property
+    def kept(self) -> bool:
+        """True while the text is kept (False after ``stop_keeping()``)."""
+        return self._digest is None
+
+    def digest(self) -> Optional[TextDigest]:
+        """None while the text is kept; after ``stop_keeping()``, the digest of all of it."""
+        with self._lock:
+            if self._digest is not None:
+                self._value_locked()  # folds the last pieces in
+            return self._digest
 
     # -- readers (any thread) --------------------------------------------------------
 
@@ -101,6 +136,10 @@ class SharedText:
         # writer appends meanwhile stay: they are past any prefix a reader asks for.
         parts = self._parts
         count = len(parts)
+        if self._digest is not None:  # not kept: the pieces only go into the digest
+            self._digest.append("".join(parts[:count]))
+            del parts[:count]
+            return ""
         blocks = self._blocks
         if count:
             blocks.append("".join(parts[:count]).encode("utf-8", "surrogatepass"))

@@ -246,8 +246,10 @@ def test_to_file_writes_the_resumed_answer(server: FakeLLMServer, tmp_path: Path
         result = s.to_file(target)
     assert target.read_bytes() == TEXT.encode("utf-8")
     assert not (tmp_path / "answer.txt.partial").exists()
-    assert result.text == (TEXT if keep else "")
+    assert result.text == ""  # the file is the copy
     assert result.attempts == 2
+    with pytest.raises(TextNotKeptError, match="went to a file" if keep else "keep_text=False"):
+        s.text
 
 
 @pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
@@ -259,7 +261,7 @@ def test_to_file_leaves_a_partial_file_on_failure(server: FakeLLMServer, tmp_pat
         s.to_file(str(target))
     assert not target.exists()
     assert (tmp_path / "answer.txt.partial").read_bytes() == DELIVERED.encode("utf-8")
-    assert info.value.partial_text == (DELIVERED if keep else "")
+    assert info.value.partial_text == ""
 
 
 def test_to_file_after_a_replay_that_differs_without_text(server: FakeLLMServer, tmp_path: Path) -> None:
@@ -272,11 +274,32 @@ def test_to_file_after_a_replay_that_differs_without_text(server: FakeLLMServer,
     assert (tmp_path / "answer.txt.partial").read_text(encoding="utf-8") == DELIVERED
 
 
-def test_to_file_starts_again_after_a_reset(server: FakeLLMServer, tmp_path: Path) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=["The", " answer", " is", " Paris"]))
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "not-kept"])
+def test_to_file_checks_a_replay_against_the_hash(server: FakeLLMServer, tmp_path: Path, keep: bool) -> None:
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=["The", " capitol", " of", " France!"]))
     target = tmp_path / "answer.txt"
-    result = client(server, "openai", resume="replay").stream("q", model="m").to_file(target)
-    assert target.read_text(encoding="utf-8") == "The answer is Paris" == result.text
+    s = client(server, "openai", resume="replay", keep_text=keep).stream("q", model="m")
+    with pytest.raises(ResumeError, match="keep_text=False kept no copy"):
+        s.to_file(target)
+    assert (tmp_path / "answer.txt.partial").read_text(encoding="utf-8") == DELIVERED
+    assert not target.exists()
+
+
+def test_to_file_keeps_memory_flat_with_the_default_client(server: FakeLLMServer, tmp_path: Path) -> None:
+    # The text goes to the file, not to memory too: the log holds only a digest.
+    piece = "xxxxxxx\u201c\n "
+    server.script(Reply(tokens=[piece] * 100_000, events_per_write=256))
+    s = client(server, "openai").stream("q", model="m")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        s.to_file(tmp_path / "answer.txt")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "answer.txt").stat().st_size == len(piece.encode("utf-8")) * 100_000
+    assert held < 300_000, f"{held:,} bytes held"  # the pieces not yet folded into the digest, at most
 
 
 def test_to_file_after_iterating_without_text_says_why_not(server: FakeLLMServer, tmp_path: Path) -> None:
