@@ -13,7 +13,7 @@ Configurations (retries on, the default ``Retry``, in all of them):
   keep_text=False     iterate; no text kept
   sink + keep=False   ``sink=file`` while iterating, no text kept
   to_file keep=False  ``stream.to_file(path)``, no text kept
-  to_file             ``stream.to_file(path)`` with the text kept too (so ``.text`` works)
+  to_file             ``stream.to_file(path)`` with the default Client (the file becomes the one copy)
 
 Figures: peak RSS growth (VmHWM after minus VmRSS before; VmHWM reset through
 /proc/self/clear_refs after a warm-up stream) beside the answer's UTF-8 size.
@@ -88,7 +88,7 @@ def child(config: Dict[str, Any]) -> None:
         if sink_file is not None:
             sink_file.close()
             size = os.path.getsize(sink_file.name)
-        if keep:
+        if name == "default":
             size = len(s.text.encode("utf-8"))
         elif not size:
             size = chars  # ASCII answer: one byte per character
