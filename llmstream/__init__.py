@@ -59,6 +59,7 @@ from ._exceptions import (
     StreamClosedError,
     StreamError,
     StreamTimeoutError,
+    TextNotKeptError,
 )
 from ._monitor import Monitor, monitor
 from ._stream import TokenStream
@@ -131,4 +132,5 @@ __all__ = [
     "SharedStateError",
     "StreamClosedError",
     "StreamBusyError",
+    "TextNotKeptError",
 ]

@@ -21,7 +21,7 @@ from ._events import StreamResult
 from ._flow import Flow, FlowControl, SharedState
 from ._providers import get_provider
 from ._providers._base import Message, Provider
-from ._stream import TokenStream
+from ._stream import Sink, TokenStream
 from ._options import CALL_OPTIONS, HeaderValues, apply_extras, build_messages, check_headers, check_params
 from ._transport import Session, Transport, TransportOptions, redact_url
 from ._worker import Worker
@@ -44,6 +44,10 @@ def _check_max_output_chars(value: Optional[int]) -> Optional[int]:
 #: Connections a client keeps for reuse per host when neither ``pool_size``
 #: nor ``max_concurrent`` says otherwise (httpx keeps up to 100 connections).
 DEFAULT_POOL_SIZE = 100
+def _check_keep_text(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"keep_text must be True or False, not {value!r}")
+    return value
 
 
 class Client:
@@ -99,6 +103,13 @@ class Client:
             their sockets, so ``close()`` still ends a stream at once; the
             session stays usable for your other requests, and
             :meth:`close` leaves it open (it is yours).
+        keep_text: keep the delivered text for ``.text``, ``partial_text``
+            and ``result.text`` (the default; kept once, shared with the
+            resumer). ``False`` keeps none, so memory stays flat however long
+            the answer: take the text as it arrives (iterate, ``sink=``,
+            ``stream.to_file()``). Resume then works by ``last-event-id`` and by
+            ``replay`` (checked against a hash of the delivered text; a
+            mismatch is a ``ResumeError``), not by ``continue``.
 
     Usage::
 
@@ -132,6 +143,7 @@ class Client:
         verify: Union[bool, str, None] = None,
         cert: Union[str, Tuple[str, str], None] = None,
         session: Optional[Session] = None,
+        keep_text: bool = True,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
@@ -162,6 +174,7 @@ class Client:
             raise TypeError("circuit_breaker must be a llmstream.CircuitBreaker, True, False or None, "
                             f"not {type(circuit_breaker).__name__}")
         self.max_output_chars = _check_max_output_chars(max_output_chars)
+        self.keep_text = _check_keep_text(keep_text)
         if shared is not None and not isinstance(shared, SharedState):
             raise TypeError(f"shared must be a llmstream.RedisState or None, not {type(shared).__name__}")
         self._flow: FlowControl
@@ -203,6 +216,8 @@ class Client:
         extra_headers: Optional[HeaderValues] = None,
         extra_query: Optional[Mapping[str, Any]] = None,
         extra_body: Optional[Mapping[str, Any]] = None,
+        keep_text: Optional[bool] = None,
+        sink: Sink = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -220,6 +235,10 @@ class Client:
             extra_query: query parameters added to the URL.
             extra_body: keys set at the top of the JSON body, sent as given
                 (after the provider's own and ``params``).
+            keep_text: overrides the client's ``keep_text`` for this stream.
+            sink: also give each text piece, as it is delivered, to this
+                callable or file-like object (``write(str)``); a replayed
+                answer that does not match what the sink has is a ``ResumeError``.
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
@@ -252,8 +271,9 @@ class Client:
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
             pricing=self.pricing,
+            keep_text=self.keep_text if keep_text is None else _check_keep_text(keep_text),
         )
-        return TokenStream(worker, provider=self._provider.name, model=model)
+        return TokenStream(worker, provider=self._provider.name, model=model, sink=sink)
 
     def complete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         """Stream an answer to its end and return the :class:`StreamResult` (same arguments as :meth:`stream`)."""

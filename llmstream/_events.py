@@ -407,7 +407,8 @@ class StreamResult(Record):
     """What a finished stream produced.
 
     Attributes:
-        text: the whole answer text, exactly as delivered.
+        text: the whole answer text, exactly as delivered (``""`` for a stream
+            made with ``keep_text=False``, which keeps none).
         finish_reason: the provider's finish reason, or ``None``.
         usage: the last :class:`Usage` reported, or ``None``.
         tool_calls: the complete tool calls, in order.

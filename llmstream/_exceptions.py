@@ -26,6 +26,7 @@ made (``attempts``). Misuse of the API is not a stream failure: it raises a
 
     StreamClosedError (RuntimeError) iterating a stream after close()
     StreamBusyError (RuntimeError)   iterating one stream from two threads at once
+    TextNotKeptError (RuntimeError)  reading .text of a stream made with keep_text=False
 
 Leaves carry their data as keyword-only attributes and stay picklable, so an
 error can cross a process boundary (multiprocessing, concurrent.futures).
@@ -54,6 +55,7 @@ __all__ = [
     "SharedStateError",
     "StreamClosedError",
     "StreamBusyError",
+    "TextNotKeptError",
     "status_error_class",
 ]
 
@@ -257,3 +259,7 @@ class StreamClosedError(RuntimeError):
 
 class StreamBusyError(RuntimeError):
     """Raised when a stream is iterated from two threads at once; give each thread its own stream."""
+
+
+class TextNotKeptError(RuntimeError):
+    """Raised when ``.text`` is read from a stream made with ``keep_text=False``; take the text as it arrives instead."""

@@ -34,7 +34,7 @@ HeaderValues = Mapping[str, Union[str, bytes, None]]
 #: llmstream's own keyword options of ``Client.stream`` (everything else is a provider parameter).
 CALL_OPTIONS = (
     "messages", "model", "system", "timeout", "retry", "max_output_chars",
-    "extra_headers", "extra_query", "extra_body",
+    "extra_headers", "extra_query", "extra_body", "keep_text", "sink",
 )
 
 _EXAMPLE = '[{"role": "user", "content": "Hi"}]'

@@ -43,20 +43,34 @@ caller once and in order, or the caller gets a ``Reset``/``ResumeError``;
 never a silent duplicate. Tool calls and thinking are never continued (a
 prefill cannot hold them): continue does not apply once they were delivered.
 
+The delivered text is kept once (issue 14): the resumer appends it to the
+stream's ``SharedText`` (``_textlog.py``), which ``TokenStream.text`` reads;
+nothing else keeps it. With ``keep_text=False`` there is no such log, and what
+each mode keeps instead is:
+
+  * ``last-event-id`` (and the Responses cursor): nothing; the server sends
+    the rest, so it works exactly as with the text.
+  * ``replay``: a :class:`~._resume_match.TextDigest` (length and hashes),
+    which the replayed answer is checked against; a mismatch is a
+    ``ResumeError``, never a ``Reset`` (the new answer's start was not kept).
+  * ``continue``: cannot work (the delivered text must be sent as the
+    prefill): ``auto`` skips it, and ``resume="continue"`` raises
+    ``ResumeError`` when a resume is needed.
+
 Sans-IO: no sockets, threads or clocks; the worker drives it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 from ._events import Event, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ._exceptions import APIStatusError, ProviderError, ResumeError, StreamError
 from ._providers._base import Provider, RequestSpec, StreamDecoder
-from ._resume_match import ContinuationFilter, ReplayFilter
+from ._resume_match import ContinuationFilter, ReplayFilter, TextDigest
 
-__all__ = ["PREFILL_GUARANTEED", "Resumer", "TextLog", "last_event_id_header"]
+__all__ = ["PREFILL_GUARANTEED", "KeptText", "Resumer", "TextLog", "last_event_id_header"]
 
 #: Statuses that mean "the server will not resume this way", as opposed to a
 #: passing failure worth retrying the same way.
@@ -138,6 +152,29 @@ class TextLog:
         self._parts.clear()
         self.length = 0
 
+    def digest(self) -> Optional[TextDigest]:
+        """None: this log always keeps its text."""
+        return None
+
+
+class KeptText(Protocol):
+    """The delivered text as the stream keeps it (``_textlog.SharedText``): the resumer writes it."""
+
+    def append(self, text: str) -> None:
+        """Add a piece at the end."""
+
+    def extend(self, texts: List[str]) -> None:
+        """Add pieces at the end."""
+
+    def value(self) -> str:
+        """The whole text."""
+
+    def clear(self) -> None:
+        """Forget the text (a ``Reset``)."""
+
+    def digest(self) -> Optional[TextDigest]:
+        """None while the text is kept; once it is not any more (``to_file()``), its digest."""
+
 
 class _Call:
     """What the caller has seen of one tool call."""
@@ -155,7 +192,9 @@ class Resumer:
     """Bookkeeping of one stream's delivered content, and the choice of how to resume."""
 
     def __init__(self, provider: Provider, spec: RequestSpec, mode: str, *, max_line_length: int,
-                 continue_allowed: bool = True, keep_text: bool = False) -> None:
+                 continue_allowed: bool = True, text: Optional[KeptText] = None, keep_text: bool = True) -> None:
+        """``text``: the stream's log of the delivered text, which this resumer fills (a
+        :class:`TextLog` of its own if None); ``keep_text=False``: none is kept."""
         self._provider = provider
         self._spec = spec
         self._mode = mode
@@ -164,9 +203,13 @@ class Resumer:
         support = getattr(provider, "supports_continue", False)
         self._continue_allowed = continue_allowed and bool(support)
         self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)
-        # Only replay and continue need the delivered text itself (and telemetry that captures content).
-        self._keep_text = keep_text or mode in ("auto", "continue", "replay")
-        self._text = TextLog()
+        # The stream's own log when it keeps the text (one copy for both);
+        # else replay needs only a digest, and the other modes nothing.
+        self._text: Union[KeptText, TextDigest, None] = text
+        if not keep_text:
+            self._text = TextDigest() if mode in ("auto", "replay") else None
+        elif text is None:
+            self._text = TextLog()
         self._thinking = TextLog()
         self._calls: Dict[int, _Call] = {}
         self._delivered_content = False
@@ -178,8 +221,9 @@ class Resumer:
 
     @property
     def delivered_text(self) -> str:
-        """The text handed to the caller so far (when the mode keeps it)."""
-        return self._text.value()
+        """The text handed to the caller so far ("" when the stream keeps no text)."""
+        delivered = self._delivered()
+        return delivered if isinstance(delivered, str) else ""
 
     @property
     def strategy(self) -> Optional[str]:
@@ -231,7 +275,11 @@ class Resumer:
             return None if isinstance(error, ProviderError) else self._prepare_cursor(decoder)
         if choice == "continue":
             return self._prepare_continue()
-        self._filter = ReplayFilter(self._text.value(), self._thinking.value(), self._calls, self._attempt + 1)
+        kept = self._delivered()
+        if kept is None:
+            return None  # not reached: a mode with replay keeps at least a digest
+        delivered = kept.matcher() if isinstance(kept, TextDigest) else kept
+        self._filter = ReplayFilter(delivered, self._thinking.value(), self._calls, self._attempt + 1)
         return self._spec
 
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
@@ -253,7 +301,9 @@ class Resumer:
         return self._spec.replace(headers=headers)
 
     def _prepare_continue(self) -> Optional[RequestSpec]:
-        text = self._text.value()
+        text = self._delivered()
+        if not isinstance(text, str):
+            return None  # keep_text=False (or to_file()): there is no text to send as the prefill
         if not self._continue_allowed or not text.strip() or self._calls or self._thinking.length:
             return None
         split = getattr(self._provider, "split_prefill", None)
@@ -265,13 +315,24 @@ class Resumer:
         self._filter = ContinuationFilter(text, held_back, self._attempt + 1)
         return spec
 
+    def _delivered(self) -> Union[str, TextDigest, None]:
+        """The delivered text if kept, else its digest (replay only), else None."""
+        text = self._text
+        if text is None or isinstance(text, TextDigest):
+            return text
+        digest = text.digest()
+        return text.value() if digest is None else digest
+
     def _why_not(self) -> str:
         if self._mode == "last-event-id":
             return ("the server sent no event ids (or Responses cursor) to resume from, its last id cannot be "
                     "sent as a header value, or the provider reported an error inside the stream "
                     "(reconnecting would replay it)")
         if self._mode == "continue":
-            return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
+            if isinstance(self._delivered(), str):
+                return "the provider cannot continue this answer (tool calls or thinking were delivered, or it has no prefill)"
+            return ("the stream keeps no text (keep_text=False), and a continuation must send the delivered text "
+                    "as its prefill; use resume='replay' or 'last-event-id', or keep_text=True")
         return "no resume strategy applies"
 
     # -- the events ----------------------------------------------------------------------
@@ -284,15 +345,16 @@ class Resumer:
         texts = [event.text for event in events if isinstance(event, TextDelta)]
         if texts and len(texts) == len(events):
             self._delivered_content = True
-            if self._keep_text:
-                self._text.extend(texts)
+            text = self._text
+            if text is not None:
+                text.extend(texts)
             return events
         # Otherwise in order: text after a Reset is the new answer's, kept after the clear.
         for event in events:
             cls = event.__class__
             if cls is TextDelta:
                 self._delivered_content = True
-                if self._keep_text:
+                if self._text is not None:
                     self._text.append(event.text)  # type: ignore[union-attr]
             elif cls is ThinkingDelta:
                 self._thinking.append(event.text)  # type: ignore[union-attr]
@@ -300,7 +362,8 @@ class Resumer:
             elif cls is ToolCallDelta or cls is ToolCall:
                 self._record_call(event)
             elif cls is Reset:
-                self._text.clear()
+                if self._text is not None:
+                    self._text.clear()
                 self._thinking.clear()
                 self._calls.clear()
         return events

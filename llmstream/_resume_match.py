@@ -18,16 +18,26 @@ exactly the new text, or a ``Reset`` (never silently a repeat). Matching is by
 offset (``startswith(x, pos)``), never by slicing, so a long answer is matched
 in linear time.
 
+With ``keep_text=False`` no copy of the delivered text exists: a replay is
+matched against a :class:`TextDigest` instead (its length and a running
+BLAKE2 hash, with a checkpoint every ``CHECKPOINT_CHARS``), by a
+:class:`DigestMatcher`. The new answer is dropped while it is inside the
+delivered length and checked at each checkpoint; a mismatch cannot be shown
+as a ``Reset`` (the new answer's start was not kept), so it is a
+``ResumeError``.
+
 Sans-IO: no sockets, threads, clocks or logging.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ._events import Event, Finish, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ._exceptions import ResumeError
 
-__all__ = ["ContinuationFilter", "Matcher", "ReplayFilter", "restart_threshold"]
+__all__ = ["ContinuationFilter", "DigestMatcher", "Matcher", "ReplayFilter", "TextDigest", "restart_threshold"]
 
 #: A continuation that repeats this many characters of the delivered text's start
 #: (or half of it, if shorter) and then goes another way is an answer that started
@@ -83,13 +93,106 @@ class Matcher:
         return i
 
 
+#: With ``keep_text=False``, a replay that diverges is found at the next checkpoint
+#: at the latest: one every this many characters (a 16-byte digest each, so a
+#: 50 MB answer keeps ~50 of them).
+CHECKPOINT_CHARS = 1 << 20
+
+
+def _new_hash() -> Any:
+    return hashlib.blake2b(digest_size=16)
+
+
+def _utf8(text: str) -> bytes:
+    # A decoded JSON string may hold a lone surrogate ("\ud800"): hashed as is, not refused.
+    return text.encode("utf-8", "surrogatepass")
+
+
+class TextDigest:
+    """What ``keep_text=False`` keeps of the delivered text: its length and hashes of its prefixes."""
+
+    __slots__ = ("length", "_hash", "_checkpoints", "_next", "_every")
+
+    def __init__(self, checkpoint_every: int = CHECKPOINT_CHARS) -> None:
+        self.length = 0
+        self._hash = _new_hash()
+        self._checkpoints: List[Tuple[int, bytes]] = []
+        self._every = checkpoint_every
+        self._next = checkpoint_every
+
+    def append(self, text: str) -> None:
+        """Add a piece at the end."""
+        while text:
+            room = self._next - self.length
+            if len(text) < room:
+                self._hash.update(_utf8(text))
+                self.length += len(text)
+                return
+            self._hash.update(_utf8(text[:room]))
+            self.length = self._next
+            self._checkpoints.append((self.length, self._hash.digest()))
+            self._next += self._every
+            text = text[room:]
+
+    def extend(self, texts: List[str]) -> None:
+        """Add pieces at the end."""
+        self.append(texts[0] if len(texts) == 1 else "".join(texts))
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.length = 0
+        self._hash = _new_hash()
+        self._checkpoints = []
+        self._next = self._every
+
+    def matcher(self) -> "DigestMatcher":
+        """A matcher for a replay of the text digested so far."""
+        checks = list(self._checkpoints)
+        if not checks or checks[-1][0] != self.length:
+            checks.append((self.length, self._hash.digest()))
+        return DigestMatcher(checks)
+
+
+class DigestMatcher:
+    """Like :class:`Matcher`, against a :class:`TextDigest`: the text itself is not known."""
+
+    __slots__ = ("_checks", "_length", "_hash", "_index", "pos")
+
+    def __init__(self, checks: List[Tuple[int, bytes]]) -> None:
+        self._checks = checks
+        self._length = checks[-1][0]
+        self._hash = _new_hash()
+        self._index = 0
+        self.pos = 0
+
+    @property
+    def complete(self) -> bool:
+        """True once the whole text was repeated (and its digest matched)."""
+        return self.pos >= self._length
+
+    def match(self, piece: str) -> Optional[str]:
+        """Consume ``piece``; return what goes past the delivered text, or None if a checkpoint did not match."""
+        while piece and self.pos < self._length:
+            target, digest = self._checks[self._index]
+            take = min(len(piece), target - self.pos)
+            self._hash.update(_utf8(piece[:take]))
+            self.pos += take
+            piece = piece[take:]
+            if self.pos == target:
+                if self._hash.digest() != digest:
+                    return None
+                self._index += 1
+        return piece
+
+
 class ReplayFilter:
     """Holds back a replayed answer until it goes past what was delivered."""
 
-    def __init__(self, text: str, thinking: str, calls: Dict[int, Any], attempt: int) -> None:
+    def __init__(self, text: Union[str, DigestMatcher], thinking: str, calls: Dict[int, Any], attempt: int) -> None:
         # ``calls``: the resumer's record of each tool call the caller saw (id,
-        # name, ``arguments`` log, completed).
-        self.text = Matcher(text)
+        # name, ``arguments`` log, completed). ``text``: the delivered text, or
+        # with keep_text=False a matcher of its digest.
+        self.text: Union[Matcher, DigestMatcher] = Matcher(text) if isinstance(text, str) else text
         self.thinking = Matcher(thinking)
         self.calls = {i: (call, Matcher(call.arguments.value())) for i, call in calls.items()}
         self.attempt = attempt
@@ -141,6 +244,12 @@ class ReplayFilter:
     def _reset(self) -> List[Event]:
         """The new answer diverged: tell the caller, then give what it matched so far."""
         self.diverged = True
+        if not isinstance(self.text, Matcher):
+            raise ResumeError(
+                "the retried answer did not repeat the text already delivered (checked against its hash at "
+                f"{self.text.pos} characters), and keep_text=False kept no copy to start the answer again from "
+                "(pass keep_text=True for a Reset, or use a resume mode that reconnects: resume='last-event-id')"
+            )
         out: List[Event] = [Reset(attempt=self.attempt, discarded_text=self.text.text)]
         if self.thinking.matched:
             out.append(ThinkingDelta(self.thinking.matched))

@@ -1,8 +1,8 @@
 """TokenStream: the caller's side of one stream.
 
 Strategy: the worker (``_worker.py``) fills a bounded queue with batches of
-events; this class takes them, keeps the books (``.text``, usage, finish
-reason, tool calls) and hands them out either as ``str`` pieces (iteration) or
+events; this class takes them, keeps the books (usage, finish reason, tool
+calls, how much text its caller took) and hands them out either as ``str`` pieces (iteration) or
 as typed events (``.events()``). Both views draw from the same queue, so a
 caller may switch between them, but each event is handed out once.
 
@@ -10,6 +10,12 @@ Outcomes are kept distinct: ``status`` is ``"streaming"``, then one of
 ``"finished"`` (ended normally), ``"failed"`` (it broke: the error is raised
 with ``partial_text``) or ``"closed"`` (the caller closed it). Misuse raises
 ``StreamClosedError`` / ``StreamBusyError`` (``RuntimeError`` subclasses).
+
+The text: kept once, in the worker's ``SharedText`` (``_textlog.py``), which
+the resumer fills as batches are handed over; ``.text`` is the prefix of it
+that the caller took (read-ahead batches may still be queued). With
+``keep_text=False`` there is none: ``.text`` raises ``TextNotKeptError``, and
+the text goes only to the caller's loop, its ``sink`` and ``to_file()``.
 
 Waiting: the caller blocks on the queue until the next batch (on Windows, in
 slices of 0.1 s, since only POSIX lets a signal interrupt a blocked lock), so a
@@ -24,7 +30,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator, List, Optional
+from typing import IO, Any, Callable, Iterator, List, Optional, Union
 
 from ._events import (
     Cost,
@@ -37,19 +43,26 @@ from ._events import (
     ToolCall,
     Usage,
 )
-from ._exceptions import ResumeError, StreamBusyError, StreamClosedError, StreamError, StreamTimeoutError
+from ._exceptions import (
+    ResumeError,
+    StreamBusyError,
+    StreamClosedError,
+    StreamError,
+    StreamTimeoutError,
+    TextNotKeptError,
+)
 from ._worker import POLL_INTERVAL, Worker
 
-__all__ = ["TokenStream"]
+__all__ = ["Sink", "TokenStream"]
+
+#: Where a stream's text may also go as it arrives: a callable taking each
+#: piece (``print``-like), or an object with a ``write(str)`` method (a text file).
+Sink = Union[Callable[[str], Any], IO[str], None]
 
 #: How long ``close()`` waits for the worker thread to end. A worker blocked in
 #: connect() cannot be woken; it is abandoned (a daemon thread that ends by its
 #: connect timeout, its result discarded).
 CLOSE_JOIN_TIMEOUT = 1.0
-#: Text pieces are joined into one string every this many: a list of small
-#: ``str`` objects costs ~60 bytes per token, a joined string ~1 byte per
-#: character, which keeps a very long stream's memory close to its text's size.
-COMPACT_EVERY = 4096
 #: On POSIX a signal (Ctrl+C) interrupts a blocked lock in the main thread, so
 #: the caller waits for the next batch in one piece; elsewhere it waits in
 #: slices of ``POLL_INTERVAL`` to notice an interrupt.
@@ -80,12 +93,17 @@ class TokenStream:
     time, in one thread at a time.
     """
 
-    def __init__(self, worker: Worker, *, provider: str, model: str) -> None:
+    def __init__(self, worker: Worker, *, provider: str, model: str, sink: Sink = None) -> None:
         self._worker = worker
         self._provider = provider
         self._model = model
-        self._parts: List[str] = []
-        self._blocks: List[str] = []
+        sink_function = _sink_function(sink)  # first: a wrong sink must not leave a worker behind
+        # The delivered text is the worker's log (shared with the resumer: one
+        # copy); this stream reads the prefix its caller took. None: keep_text=False.
+        self._log = worker.text
+        self._consumed = 0
+        self._epoch = 0
+        self._sink = sink_function
         self._tool_calls: List[ToolCall] = []
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
@@ -137,7 +155,7 @@ class TokenStream:
         self._iterating = threading.get_ident()
         try:
             self._check_open()
-            append = self._parts.append
+            sink = self._sink
             while True:
                 batch = self._batch
                 pos = self._pos
@@ -147,14 +165,17 @@ class TokenStream:
                     pos += 1
                     self._pos = pos
                     if event.__class__ is TextDelta:
-                        append(event.text)
-                        yield event.text if text_only else event
+                        # The text itself is in the worker's log (kept once);
+                        # the stream counts how much of it its caller took.
+                        text = event.text
+                        self._consumed += len(text)
+                        if sink is not None:
+                            sink(text)
+                        yield text if text_only else event
                     else:
                         self._record(event, text_only)
                         if not text_only:
                             yield event
-                if len(self._parts) >= COMPACT_EVERY:
-                    self._compact()
                 try:
                     batches = self._next_batches()
                 except (StreamError, GeneratorExit):
@@ -179,23 +200,22 @@ class TokenStream:
         elif isinstance(event, ToolCall):
             self._tool_calls.append(event)
         elif isinstance(event, Reset):
-            if text_only:
+            if text_only or self._sink is not None:
+                where = ("use .events() to receive a Reset instead" if text_only else
+                         "a sink cannot take back the text it was given")
                 error = ResumeError(
                     "the retried answer did not repeat the text already delivered, so it cannot be "
-                    "continued without duplicating or losing text (use .events() to receive a Reset instead)",
-                    partial_text=self.text,
+                    f"continued without duplicating or losing text ({where})",
+                    partial_text=self._delivered(),
                     attempts=self._worker.stats.attempts,
                 )
                 self._fail(error)
                 raise error
-            self._parts.clear()
-            self._blocks.clear()
+            self._epoch += 1
+            self._consumed = 0
+            if self._log is not None:
+                self._log.release(self._epoch)
             self._tool_calls.clear()
-
-    def _compact(self) -> None:
-        self._blocks.append("".join(self._parts))
-        # Cleared in place: the consuming loop holds a bound ``append`` of this list.
-        self._parts.clear()
 
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
@@ -237,7 +257,7 @@ class TokenStream:
     def _fail(self, error: BaseException) -> None:
         """Record the failure, stop the worker and raise ``error``."""
         if isinstance(error, StreamError):
-            error.partial_text = self.text
+            error.partial_text = self._delivered()
             error.attempts = self._worker.stats.attempts
         with self._lock:
             if self._status == "streaming":
@@ -295,8 +315,78 @@ class TokenStream:
 
     @property
     def text(self) -> str:
-        """The text delivered so far (after a ``Reset``, only the new answer's)."""
-        return "".join(self._blocks) + "".join(self._parts)
+        """The text delivered so far (after a ``Reset``, only the new answer's).
+
+        Raises:
+            TextNotKeptError: the stream was made with ``keep_text=False``.
+        """
+        log = self._log
+        if log is None:
+            raise TextNotKeptError(
+                f"this stream keeps no text (keep_text=False), so .text is not available ({self._consumed} "
+                "characters were delivered): take the text as it arrives (iterate, sink=..., .to_file(path)), "
+                "or make the stream with keep_text=True"
+            )
+        if not log.kept:
+            raise TextNotKeptError(
+                f"this stream's text went to a file (to_file()), not to memory ({self._consumed} characters "
+                "were delivered): read the file"
+            )
+        return log.prefix(self._consumed, self._epoch)
+
+    def _delivered(self) -> str:
+        """``.text``, or "" when the stream keeps none (for ``partial_text``)."""
+        return "" if self._log is None or not self._log.kept else self.text
+
+    def to_file(self, path: "os.PathLike[str] | str", *, encoding: str = "utf-8") -> StreamResult:
+        """Write the answer to ``path`` as it arrives, and return the :class:`StreamResult`.
+
+        The text goes to ``path + ".partial"`` while it streams (flushed at
+        every line end, so it can be followed with ``tail -f``), and that file
+        is renamed to ``path`` only when the answer is complete. On a failure
+        the error is raised as usual and ``path + ".partial"`` holds exactly
+        the text delivered; ``path`` is not touched.
+
+        The file is then the one copy of the text: from this call on the
+        stream keeps none in memory, as with ``keep_text=False`` (memory stays
+        flat however long the answer; ``.text`` raises ``TextNotKeptError``;
+        ``result.text`` and ``partial_text`` are ``""``). A broken stream still
+        resumes exactly once by ``last-event-id``, or by ``replay`` checked
+        against a hash of what was written; a replay that differs raises
+        ``ResumeError`` (a ``Reset`` from a replay that began before this call
+        empties the file and writes the new answer from its start).
+
+        Usage::
+
+            with client.stream("Write a long report", model="gpt-4o-mini", keep_text=False) as s:
+                result = s.to_file("report.md")
+        """
+        self._check_open()
+        log = self._log
+        if self._consumed and (log is None or not log.kept):
+            raise TextNotKeptError(
+                "to_file() must be called before iterating a stream that keeps no text (keep_text=False): "
+                "the text already delivered was not kept"
+            )
+        target = os.fspath(path)
+        partial = target + ".partial"
+        # Line-buffered: a reader tailing the file sees each line as it arrives.
+        with open(partial, "w", encoding=encoding, errors="surrogatepass", newline="", buffering=1) as file:
+            if self._consumed:
+                file.write(self.text)
+            if log is not None:
+                # The file is the copy now: memory stays flat, and a resume checks
+                # a replay against the text's digest (as with keep_text=False).
+                log.stop_keeping()
+            for event in self.events():
+                if event.__class__ is TextDelta:
+                    file.write(event.text)
+                elif event.__class__ is Reset:
+                    file.seek(0)
+                    file.truncate()
+        result = self.result  # raises if the stream was closed meanwhile: the .partial file stays
+        os.replace(partial, target)
+        return result
 
     @property
     def result(self) -> StreamResult:
@@ -324,7 +414,7 @@ class TokenStream:
         if self._status == "closed":
             raise StreamClosedError("this stream was closed before it finished; .text holds what was delivered")
         return StreamResult(
-            text=self.text,
+            text=self._delivered(),
             finish_reason=self._finish_reason,
             usage=self._usage,
             tool_calls=tuple(self._tool_calls),
@@ -351,7 +441,7 @@ class TokenStream:
     def __repr__(self) -> str:
         return (
             f"<TokenStream provider={self._provider!r} model={self._model!r} "
-            f"status={self._status!r} delivered={len(self.text)} chars>"
+            f"status={self._status!r} delivered={self._consumed} chars>"
         )
 
     def _ipython_display_(self) -> None:
@@ -365,6 +455,19 @@ class TokenStream:
         from .notebook import display_stream  # lazy: IPython is an optional extra
 
         display_stream(self)
+
+
+def _sink_function(sink: Sink) -> Optional[Callable[[str], Any]]:
+    """The callable a sink is written through (its ``write`` method, for a file)."""
+    if sink is None:
+        return None
+    write = getattr(sink, "write", None)
+    if callable(write):
+        return write  # type: ignore[no-any-return]
+    if callable(sink):
+        return sink
+    raise TypeError(f"sink must be a callable taking each text piece, or an object with write(str), "
+                    f"not {type(sink).__name__}")
 
 
 def _cancel_if_alive(worker_ref: "weakref.ref[Worker]") -> None:

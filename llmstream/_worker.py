@@ -77,6 +77,7 @@ from ._redact import Redactor, redact_error, secrets_in_request
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
+from ._textlog import SharedText
 from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport, redact_url
 
 __all__ = ["EventQueue", "Worker"]
@@ -376,8 +377,11 @@ class Worker:
         max_output_chars: Optional[int] = None,
         continue_allowed: bool = True,
         pricing: Optional[Pricing] = None,
+        keep_text: bool = True,
     ) -> None:
         self.queue = EventQueue(max_buffered)
+        #: The delivered text, kept once: the resumer appends, the stream reads (None: keep_text=False).
+        self.text: Optional[SharedText] = SharedText() if keep_text else None
         self.stats = WorkerStats(time.monotonic())
         self._pricing = pricing
         #: The stream's cost, set at its end when the client has pricing for the model.
@@ -410,8 +414,7 @@ class Worker:
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
-                                continue_allowed=continue_allowed,
-                                keep_text=self._observer is not None and self._observer.wants_text)
+                                continue_allowed=continue_allowed, text=self.text, keep_text=keep_text)
         self._run = self._main()
         self._done = threading.Event()
         self._thread: Optional[threading.Thread] = None

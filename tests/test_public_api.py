@@ -15,7 +15,7 @@ DESIGN_NAMES = {
     "StreamError", "APIStatusError", "BadRequestError", "AuthenticationError", "PermissionDeniedError",
     "NotFoundError", "RateLimitError", "ServerError", "APIConnectionError", "StreamTimeoutError",
     "IncompleteStreamError", "MalformedStreamError", "ProviderError", "ResumeError",
-    "StreamClosedError", "StreamBusyError", "__version__",
+    "StreamClosedError", "StreamBusyError", "TextNotKeptError", "__version__",
 }
 #: Beyond design.md: issue 5 (metrics, monitor) and issue 7 (flow control).
 OBSERVABILITY_NAMES = {"Distribution", "monitor", "Monitor", "MonitorSnapshot", "StreamReport"}
@@ -59,6 +59,7 @@ def test_errors_form_the_documented_tree() -> None:
     assert issubclass(llmstream.StreamTimeoutError, TimeoutError)
     assert issubclass(llmstream.StreamClosedError, RuntimeError)
     assert issubclass(llmstream.StreamBusyError, RuntimeError)
+    assert issubclass(llmstream.TextNotKeptError, RuntimeError)
 
 
 def test_package_ships_py_typed() -> None:
