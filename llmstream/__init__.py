@@ -9,15 +9,18 @@ This file only re-exports. The layers, each importing only the ones below it:
   sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram,
                _output_guard, _render, _providers/*
   IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
-  consumer API _stream, _client
+  consumer API _stream, _client, _async, _runs
   tools        _cli (the command line), notebook and prometheus (optional extras)
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
 server) are public modules of their own; ``llmstream.notebook`` and
-``llmstream.prometheus`` need optional extras.
+``llmstream.prometheus`` need optional extras. ``llmstream.relay`` relays a
+stream to a browser (SSE / NDJSON); its web-framework helpers import the
+framework only when called.
 """
 
-from ._client import Client, complete, stream
+from ._async import AsyncTokenStream
+from ._client import Client, acomplete, astream, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
 from ._events import (
     Distribution,
@@ -64,6 +67,10 @@ __all__ = [
     "complete",
     "Client",
     "TokenStream",
+    # asyncio (issue 13)
+    "astream",
+    "acomplete",
+    "AsyncTokenStream",
     # configuration
     "Timeout",
     "Retry",

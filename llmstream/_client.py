@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._events import StreamResult
@@ -25,7 +25,10 @@ from ._transport import Transport, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
-__all__ = ["Client", "stream", "complete", "build_messages"]
+if TYPE_CHECKING:
+    from ._async import AsyncTokenStream
+
+__all__ = ["Client", "stream", "complete", "astream", "acomplete", "build_messages"]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
@@ -217,6 +220,28 @@ class Client:
         with self.stream(prompt, **kwargs) as s:
             return s.result
 
+    def astream(self, prompt: Optional[str] = None, **kwargs: Any) -> "AsyncTokenStream":
+        """Like :meth:`stream`, for asyncio: an :class:`AsyncTokenStream` (``async for``, ``async with``).
+
+        Usage::
+
+            async with client.astream("Hi", model="gpt-4o-mini") as s:
+                async for text in s:
+                    print(text, end="")
+
+        Same arguments as :meth:`stream`. The event loop is never blocked;
+        cancelling the task that iterates closes the stream and its socket.
+        """
+        from ._async import AsyncTokenStream
+
+        return AsyncTokenStream(self.stream(prompt, **kwargs), max_buffered=self.max_buffered)
+
+    async def acomplete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+        """Like :meth:`complete`, for asyncio: ``await client.acomplete(...)`` returns the :class:`StreamResult`."""
+        from ._async import consume_to_result
+
+        return await consume_to_result(self.astream(prompt, **kwargs))
+
     def close(self) -> None:
         """Close the connection pool. Streams still running keep their connection until they end."""
         self._transport.close()
@@ -279,3 +304,22 @@ def complete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         return s.result
 
 
+
+
+def astream(prompt: Optional[str] = None, *, provider: str = "openai", base_url: Optional[str] = None,
+            api_key: Optional[str] = None, **kwargs: Any) -> "AsyncTokenStream":
+    """Like :func:`stream`, for asyncio: an :class:`AsyncTokenStream` from the shared default client.
+
+    Usage::
+
+        async for text in llmstream.astream("Tell me a story", model="gpt-4o-mini"):
+            print(text, end="", flush=True)
+    """
+    return _default_client(provider, base_url, api_key).astream(prompt, **kwargs)
+
+
+async def acomplete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+    """Like :func:`complete`, for asyncio: ``await llmstream.acomplete(...)``."""
+    from ._async import consume_to_result
+
+    return await consume_to_result(astream(prompt, **kwargs))

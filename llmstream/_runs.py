@@ -31,6 +31,7 @@ import time
 import weakref
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
+from ._async import spawn
 from ._events import Event, Finish, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from ._exceptions import APIStatusError, StreamError
 from ._redact import Redactor
@@ -228,7 +229,7 @@ class Run:
         """Cancel the upstream stream (any thread; returns at once): the run ends with ``done`` (closed)."""
         # close() may wait up to a second for the worker: never on the caller's
         # (maybe an event loop's) thread.
-        threading.Thread(target=self.stream.close, name="llmstream-relay-stop", daemon=True).start()
+        spawn(self.stream.close, (), "llmstream-relay-stop")
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the pump to end; True if it has."""

@@ -21,10 +21,12 @@ DESIGN_NAMES = {
 #: Beyond design.md: issue 5 (metrics, monitor) and issue 7 (flow control).
 OBSERVABILITY_NAMES = {"Distribution", "monitor", "Monitor", "MonitorSnapshot", "StreamReport"}
 FLOW_CONTROL_NAMES = {"RateLimit", "CircuitBreaker", "CircuitOpenError"}
+#: Issue 13: the asyncio facade.
+ASYNC_NAMES = {"astream", "acomplete", "AsyncTokenStream"}
 
 
 def test_all_is_exactly_the_public_surface() -> None:
-    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES
+    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES | ASYNC_NAMES
     assert len(llmstream.__all__) == len(set(llmstream.__all__))
     public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing", "relay"}
     # Submodules appear as attributes once imported; everything else public is in __all__.
