@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
-from ._events import StreamResult
+from ._callbacks import Callbacks
+from ._events import Event, Retrying, StreamResult
+from ._exceptions import StreamError
 from ._flow import Flow
 from ._providers import get_provider
 from ._providers._base import Message, Provider
@@ -95,6 +97,15 @@ class Client:
             still run at once; the connections beyond it are closed when their
             stream ends instead of being reused, so a web app running hundreds
             of streams should set it to about as many.
+        on_text, on_event, on_retry, on_error, on_complete: callbacks for every
+            stream of this client (a stream's own replace them one by one);
+            they fire in the consuming thread for exactly what the caller is
+            given: each text piece, each event, each ``Retrying``, the
+            failure (a ``StreamError``), the ``StreamResult``. A callback that
+            raises closes the stream: :class:`CallbackError` (its
+            ``__cause__`` is the callback's exception). ``on_text=print``
+            prints the pieces with no newline between them. Not used by
+            :meth:`astream` (an ``async for`` loop is the async callback).
 
     Usage::
 
@@ -121,7 +132,14 @@ class Client:
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
         pool_size: Optional[int] = None,
+        on_text: Optional[Callable[[str], Any]] = None,
+        on_event: Optional[Callable[[Event], Any]] = None,
+        on_retry: Optional[Callable[[Retrying], Any]] = None,
+        on_error: Optional[Callable[[StreamError], Any]] = None,
+        on_complete: Optional[Callable[[StreamResult], Any]] = None,
     ) -> None:
+        self._callbacks = Callbacks(on_text=on_text, on_event=on_event, on_retry=on_retry, on_error=on_error,
+                                    on_complete=on_complete)
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -177,6 +195,11 @@ class Client:
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
         max_output_chars: Optional[int] = None,
+        on_text: Optional[Callable[[str], Any]] = None,
+        on_event: Optional[Callable[[Event], Any]] = None,
+        on_retry: Optional[Callable[[Retrying], Any]] = None,
+        on_error: Optional[Callable[[StreamError], Any]] = None,
+        on_complete: Optional[Callable[[StreamResult], Any]] = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -189,6 +212,8 @@ class Client:
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
             max_output_chars: overrides the client's output length guard for this stream.
+            on_text, on_event, on_retry, on_error, on_complete: this stream's
+                callbacks, each replacing the client's (see :class:`Client`).
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
@@ -196,6 +221,14 @@ class Client:
             ValueError: for arguments that cannot make a request. Network and
                 server failures are raised while iterating, as ``StreamError``.
         """
+        callbacks = self._callbacks.merged(on_text=on_text, on_event=on_event, on_retry=on_retry,
+                                           on_error=on_error, on_complete=on_complete)
+        return self._new_stream(prompt, messages=messages, model=model, system=system, timeout=timeout, retry=retry,
+                                max_output_chars=max_output_chars, callbacks=callbacks or None, params=params)
+
+    def _new_stream(self, prompt: Optional[str], *, messages: Optional[Sequence[Message]], model: str,
+                    system: Optional[str], timeout: TimeoutTypes, retry: Union[Retry, int, None],
+                    max_output_chars: Optional[int], callbacks: Optional[Callbacks], params: Dict[str, Any]) -> TokenStream:
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
         spec = self._provider.build_request(
@@ -213,14 +246,25 @@ class Client:
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
         )
-        return TokenStream(worker, provider=self._provider.name, model=model)
+        return TokenStream(worker, provider=self._provider.name, model=model, callbacks=callbacks)
 
     def complete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         """Stream an answer to its end and return the :class:`StreamResult` (same arguments as :meth:`stream`)."""
         with self.stream(prompt, **kwargs) as s:
             return s.result
 
-    def astream(self, prompt: Optional[str] = None, **kwargs: Any) -> "AsyncTokenStream":
+    def astream(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Message]] = None,
+        model: str,
+        system: Optional[str] = None,
+        timeout: TimeoutTypes = None,
+        retry: Union[Retry, int, None] = None,
+        max_output_chars: Optional[int] = None,
+        **params: Any,
+    ) -> "AsyncTokenStream":
         """Like :meth:`stream`, for asyncio: an :class:`AsyncTokenStream` (``async for``, ``async with``).
 
         Usage::
@@ -229,12 +273,17 @@ class Client:
                 async for text in s:
                     print(text, end="")
 
-        Same arguments as :meth:`stream`. The event loop is never blocked;
-        cancelling the task that iterates closes the stream and its socket.
+        Same arguments as :meth:`stream`, without the callbacks (the ``async
+        for`` loop is the callback; the client's are not used). The event
+        loop is never blocked; cancelling the task that iterates closes the
+        stream and its socket.
         """
         from ._async import AsyncTokenStream
 
-        return AsyncTokenStream(self.stream(prompt, **kwargs), max_buffered=self.max_buffered)
+        # No callbacks: they would fire in the reader thread, not on the loop.
+        stream = self._new_stream(prompt, messages=messages, model=model, system=system, timeout=timeout, retry=retry,
+                                  max_output_chars=max_output_chars, callbacks=None, params=params)
+        return AsyncTokenStream(stream, max_buffered=self.max_buffered)
 
     async def acomplete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         """Like :meth:`complete`, for asyncio: ``await client.acomplete(...)`` returns the :class:`StreamResult`."""

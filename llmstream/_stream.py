@@ -24,8 +24,9 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterator, List, Optional
+from typing import Any, Generator, Iterator, List, Optional
 
+from ._callbacks import Callbacks, wrap
 from ._events import (
     Event,
     Finish,
@@ -75,8 +76,9 @@ class TokenStream:
     received. A stream may be consumed by one thread at a time.
     """
 
-    def __init__(self, worker: Worker, *, provider: str, model: str) -> None:
+    def __init__(self, worker: Worker, *, provider: str, model: str, callbacks: Optional[Callbacks] = None) -> None:
         self._worker = worker
+        self._callbacks = callbacks or None  # on_text & co. (_callbacks.py); None: none set
         self._provider = provider
         self._model = model
         self._parts: List[str] = []
@@ -99,7 +101,7 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         """Yield the answer's text pieces in order (see the class docstring)."""
-        return self._consume(text_only=True)
+        return self._view(text_only=True)
 
     def events(self) -> Iterator[Event]:
         """Yield typed events: TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset.
@@ -107,9 +109,14 @@ class TokenStream:
         A ``Reset`` means a replayed answer did not repeat the text already
         delivered: discard what you showed; the next events restart the answer.
         """
-        return self._consume(text_only=False)
+        return self._view(text_only=False)
 
-    def _consume(self, text_only: bool) -> Iterator[Any]:
+    def _view(self, text_only: bool) -> Iterator[Any]:
+        if self._callbacks is None:
+            return self._consume(text_only)
+        return wrap(self, self._consume(text_only), text_only, self._callbacks)
+
+    def _consume(self, text_only: bool) -> Generator[Any, None, None]:
         if not self._busy.acquire(blocking=False):
             raise StreamBusyError(
                 "this stream is already being iterated (by another thread or another loop); "
@@ -140,6 +147,8 @@ class TokenStream:
                 self.close()
 
     def _record(self, event: Event, text_only: bool) -> None:
+        if self._callbacks is not None:
+            self._callbacks.observe(event, self)
         if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
@@ -275,7 +284,7 @@ class TokenStream:
             StreamClosedError: the stream was closed before it finished.
         """
         if self._status == "streaming":
-            for _ in self._consume(text_only=False):
+            for _ in self._view(text_only=False):
                 pass
         if self._status == "failed" and self._error is not None:
             raise self._error
