@@ -29,7 +29,7 @@ import secrets as _secrets
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Set, Tuple
 
 from ._async import spawn
 from ._events import Event, Finish, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
@@ -37,7 +37,7 @@ from ._exceptions import APIStatusError, StreamError
 from ._redact import Redactor
 from ._stream import TokenStream
 
-__all__ = ["RelayEvent", "Run", "MemoryRunStore", "NotResumableError", "describe_error"]
+__all__ = ["RelayEvent", "Run", "RunSource", "RunStore", "MemoryRunStore", "NotResumableError", "describe_error"]
 
 #: One relay event: (id, wire name, JSON-ready data).
 RelayEvent = Tuple[int, str, Dict[str, Any]]
@@ -235,6 +235,46 @@ class Run:
         """Wait for the pump to end; True if it has."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class RunSource(Protocol):
+    """What the relay reads a run through (a :class:`Run` in memory; another store's run object)."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the ``done`` event is kept."""
+
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event (0 before any)."""
+
+    def events_after(self, cursor: int) -> List[RelayEvent]:
+        """The events after ``cursor``, at once; raises :class:`NotResumableError` if they are gone."""
+
+    def wait_after(self, cursor: int, timeout: float) -> List[RelayEvent]:
+        """Like ``events_after``, waiting at most ``timeout`` seconds for one (a WSGI body's thread)."""
+
+    def attach(self, waker: Optional[Callable[[], None]] = None) -> None:
+        """A reader starts; ``waker`` (any thread) is called after each new event."""
+
+    def detach(self, waker: Optional[Callable[[], None]] = None) -> None:
+        """A reader ended."""
+
+    def stop(self) -> None:
+        """Cancel the upstream stream; returns at once."""
+
+
+class RunStore(Protocol):
+    """A store of runs: :class:`MemoryRunStore` here; a Redis one implements the same three methods."""
+
+    def start(self, stream: TokenStream) -> str:
+        """Start a run from ``stream``; return its id."""
+
+    def get(self, run_id: str) -> RunSource:
+        """The run; raises :class:`NotResumableError` if unknown or expired."""
+
+    def stop(self, run_id: str) -> bool:
+        """Cancel the run's upstream stream; False if unknown."""
 
 
 def _stop_if_orphan(ref: "weakref.ref[Run]", timeout: float) -> None:

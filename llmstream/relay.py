@@ -50,7 +50,7 @@ import json
 import time
 from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Union
 
-from ._runs import MemoryRunStore, NotResumableError, RelayEvent, Run
+from ._runs import MemoryRunStore, NotResumableError, RelayEvent, Run, RunSource, RunStore
 from ._stream import TokenStream
 
 __all__ = [
@@ -58,6 +58,8 @@ __all__ = [
     "MemoryRunStore",
     "NotResumableError",
     "Run",
+    "RunSource",
+    "RunStore",
     "sse",
     "ndjson",
     "run_body",
@@ -118,7 +120,7 @@ class Body:
     reconnecting on a 204), else 200.
     """
 
-    def __init__(self, run: Optional[Run], *, fmt: str = "sse", after: int = 0, owns_run: bool = False,
+    def __init__(self, run: Optional[RunSource], *, fmt: str = "sse", after: int = 0, owns_run: bool = False,
                  max_rate: float = 20.0, heartbeat: float = 5.0, retry_ms: int = 1000,
                  error: Optional[str] = None) -> None:
         if fmt not in _MEDIA_TYPES:
@@ -137,9 +139,10 @@ class Body:
         self._error = error
         self.status = 204 if run is not None and run.finished and after >= run.last_id else 200
 
-    def _not_resumable(self, message: str) -> bytes:
+    def _not_resumable(self, message: str, cursor: Optional[int] = None) -> bytes:
         data = {"class": "NotResumableError", "message": message, "delivered": None}
-        return _encode([(self._after, "error", data), (self._after, "done", {"status": "not_resumable"})], self.format)
+        at = self._after if cursor is None else cursor  # the id the browser has: a reconnect asks the same
+        return _encode([(at, "error", data), (at, "done", {"status": "not_resumable"})], self.format)
 
     def _frames(self, events: List[RelayEvent]) -> bytes:
         return _encode(coalesce(events), self.format)
@@ -160,7 +163,7 @@ class Body:
                 try:
                     events = run.wait_after(cursor, last_write + self._heartbeat - time.monotonic())
                 except NotResumableError as exc:
-                    yield self._not_resumable(str(exc))
+                    yield self._not_resumable(str(exc), cursor)
                     return
                 now = time.monotonic()
                 if events:
@@ -202,7 +205,7 @@ class Body:
                 try:
                     events = run.events_after(cursor)
                 except NotResumableError as exc:
-                    yield self._not_resumable(str(exc))
+                    yield self._not_resumable(str(exc), cursor)
                     return
                 if not events:
                     try:
@@ -240,7 +243,7 @@ def ndjson(stream: TokenStream, *, max_rate: float = 20.0, heartbeat: float = 5.
     return Body(Run(stream), fmt="ndjson", owns_run=True, max_rate=max_rate, heartbeat=heartbeat)
 
 
-def run_body(store: MemoryRunStore, run_id: str, *, after: Optional[int] = None, format: str = "sse",  # noqa: A002
+def run_body(store: RunStore, run_id: str, *, after: Optional[int] = None, format: str = "sse",  # noqa: A002
              max_rate: float = 20.0, heartbeat: float = 5.0, retry_ms: int = 1000) -> Body:
     """A body serving a stored run from after event ``after`` (the browser's ``Last-Event-ID``).
 
@@ -252,7 +255,7 @@ def run_body(store: MemoryRunStore, run_id: str, *, after: Optional[int] = None,
     ``orphan_timeout``).
     """
     try:
-        run: Optional[Run] = store.get(run_id)
+        run: Optional[RunSource] = store.get(run_id)
         error = None
     except NotResumableError as exc:
         run, error = None, str(exc)

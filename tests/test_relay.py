@@ -202,12 +202,13 @@ def test_real_server_headers_and_body(kind: str, server: FakeLLMServer, runs: re
         assert parse_ndjson(response.content)[-1]["event"] == "done"
 
 
-@pytest.mark.parametrize("kind", ["flask", "starlette"])
+@pytest.mark.parametrize("kind", ["flask", "starlette", "django"])
 def test_browser_going_away_closes_the_upstream_within_a_second(kind: str, server: FakeLLMServer,
                                                                   runs: relay.MemoryRunStore) -> None:
     server.default_reply = Reply(token_count=100_000, interval=0.01)
     client = client_for(server)
-    app_server = Werkzeug(flask_app(client, runs)) if kind == "flask" else Uvicorn(starlette_app(client))
+    app_server = {"flask": lambda: Werkzeug(flask_app(client, runs)), "starlette": lambda: Uvicorn(starlette_app(client)),
+                  "django": lambda: django_server(client)}[kind]()
     with app_server as web:
         response = requests.get(web.url + "/sse", stream=True, timeout=10)
         got = b""
@@ -222,7 +223,8 @@ def test_browser_going_away_closes_the_upstream_within_a_second(kind: str, serve
         assert time.monotonic() - closed_at < 1.0
 
 
-def test_django_streaming_response(server: FakeLLMServer) -> None:
+def django_server(client: llmstream.Client) -> Werkzeug:
+    """A Django project (this module is its URLconf) under werkzeug's WSGI server."""
     import django
     from django.conf import settings
 
@@ -230,14 +232,16 @@ def test_django_streaming_response(server: FakeLLMServer) -> None:
         settings.configure(DEBUG=False, ALLOWED_HOSTS=["127.0.0.1"], ROOT_URLCONF=__name__, SECRET_KEY="test")
         django.setup()
     from django.core.handlers.wsgi import WSGIHandler
+    from django.urls import clear_url_caches, path
 
+    urlpatterns[:] = [path("sse", lambda request: relay.django_response(client.stream("hi", model="m")))]
+    clear_url_caches()
+    return Werkzeug(WSGIHandler())
+
+
+def test_django_streaming_response(server: FakeLLMServer) -> None:
     server.default_reply = Reply(text=TEXT, tokens=TOKENS)
-    global urlpatterns
-    from django.urls import path
-
-    client = client_for(server)
-    urlpatterns = [path("sse", lambda request: relay.django_response(client.stream("hi", model="m")))]
-    with Werkzeug(WSGIHandler()) as web:
+    with django_server(client_for(server)) as web:
         response = requests.get(web.url + "/sse", timeout=10)
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["X-Accel-Buffering"] == "no"
