@@ -46,6 +46,9 @@ RelayEvent = Tuple[int, str, Dict[str, Any]]
 _KEY_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_API_KEY")
 
 _pump_ids = itertools.count(1)
+#: Text pieces are merged into one kept event (while no reader has it) up to
+#: this many characters: fewer, larger events, and no quadratic concatenation.
+MERGE_LIMIT = 4096
 
 
 class NotResumableError(LookupError):
@@ -126,6 +129,8 @@ class Run:
         self._cond = threading.Condition()
         self._wakers: Set[Callable[[], None]] = set()
         self._readers = 0
+        self._blocked = 0  # readers waiting in wait_after
+        self._handed = 0  # the newest id any reader was given: events up to it never change
         self._orphan_timeout = orphan_timeout
         self.finished_at: Optional[float] = None
         self.unwatched_since: Optional[float] = time.monotonic()
@@ -139,6 +144,10 @@ class Run:
         status = "finished"
         try:
             for event in stream.events():
+                cls = event.__class__
+                if cls is TextDelta or cls is ThinkingDelta:  # the hot path: no dict per token
+                    self._append_text("text" if cls is TextDelta else "thinking", event.text)  # type: ignore[union-attr]
+                    continue
                 converted = convert(event, redact)
                 if converted is not None:
                     self._append(*converted)
@@ -152,16 +161,34 @@ class Run:
             self.finished_at = time.monotonic()  # before "done": a reader that sees it sees a finished run
             self._append("done", {"status": status})
 
+    def _append_text(self, name: str, text: str) -> None:
+        """Append a text (or thinking) piece: merged into the newest event while no reader has been given it."""
+        with self._cond:
+            events = self._events
+            if events:
+                last = events[-1]
+                # Ids stay exact: an event handed to a reader is never changed, so a
+                # reconnect after its id misses nothing and repeats nothing.
+                if last[1] == name and last[0] > self._handed and len(last[2]["text"]) < MERGE_LIMIT:
+                    last[2]["text"] += text
+                    self._notify()
+                    return
+        self._append(name, {"text": text})
+
+    def _notify(self) -> None:
+        # Called with the lock held.
+        if self._blocked:
+            self._cond.notify_all()
+        for wake in self._wakers:
+            wake()
+
     def _append(self, name: str, data: Dict[str, Any]) -> None:
         with self._cond:
             self._last_id += 1
             self._events.append((self._last_id, name, data))
             if len(self._events) > self._max_events:
                 self._events.popleft()
-            self._cond.notify_all()
-            wakers = list(self._wakers)
-        for wake in wakers:
-            wake()
+            self._notify()
 
     # -- readers -----------------------------------------------------------------
 
@@ -191,14 +218,24 @@ class Run:
         first = events[0][0]
         if cursor < first - 1:
             raise NotResumableError(f"run {self.id!r} no longer holds the events after {cursor}")
-        return list(itertools.islice(events, max(0, cursor - first + 1), None))
+        # From the right: a live reader wants the few newest of many kept events
+        # (indexing a deque from the left walks it).
+        fresh = list(itertools.islice(reversed(events), self._last_id - max(cursor, first - 1)))
+        fresh.reverse()
+        if fresh and fresh[-1][0] > self._handed:
+            self._handed = fresh[-1][0]
+        return fresh
 
     def wait_after(self, cursor: int, timeout: float) -> List[RelayEvent]:
         """Like :meth:`events_after`, waiting at most ``timeout`` seconds for one."""
         with self._cond:
             found = self._after(cursor)
             if not found and timeout > 0:
-                self._cond.wait(timeout)
+                self._blocked += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._blocked -= 1
                 found = self._after(cursor)
             return found
 

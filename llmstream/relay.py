@@ -192,9 +192,12 @@ class Body:
             return
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
+        waiting = [False]
 
-        def wake() -> None:  # called from the pump thread
-            loop.call_soon_threadsafe(ready.set)
+        def wake() -> None:  # called from the pump thread, under the run's lock
+            if waiting[0]:  # only while the body awaits: not once per token while it paces
+                waiting[0] = False
+                loop.call_soon_threadsafe(ready.set)
 
         run.attach(wake)
         try:
@@ -202,6 +205,7 @@ class Body:
             cursor, last_write = self._after, loop.time()
             while True:
                 ready.clear()
+                waiting[0] = True  # before looking: an event appended after the look wakes us
                 try:
                     events = run.events_after(cursor)
                 except NotResumableError as exc:
@@ -214,6 +218,7 @@ class Body:
                         yield _heartbeat(self.format)
                         last_write = loop.time()
                     continue
+                waiting[0] = False
                 cursor = events[-1][0]
                 yield self._frames(events)
                 if events[-1][1] == "done":
