@@ -7,8 +7,8 @@ own, so this process's CPU time is the client's alone). Figures go in
 * CPU: ``time.process_time()`` of this process while it consumes N tokens sent
   as fast as the server can (plain ``for text in stream`` vs ``b"".join(relay.sse(stream))``),
   median of R runs, the two interleaved.
-* Latency: a paced stream (1,000 tokens/s); each event's time from the pump
-  having it (``Run._append``) to the body yielding the frame that carries it:
+* Latency: a paced stream (1,000 tokens/s); each text piece's time from the pump
+  having it (``Run._append_text``) to the body yielding the frame that carries it:
   the delay the coalescing adds, to be within one interval (50 ms at 20 frames/s).
 """
 
@@ -44,30 +44,32 @@ def cpu(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 class TimedRun(Run):
-    """A run that remembers when each event was appended (bench only)."""
+    """A run that remembers when each text piece reached it, and into which event it went (bench only)."""
 
-    appended: Dict[int, float]
+    pieces: List[Tuple[float, int]]
 
-    def _append(self, name: str, data: Dict[str, object]) -> None:  # type: ignore[override]
-        if not hasattr(self, "appended"):
-            self.appended = {}
-        super()._append(name, data)  # type: ignore[arg-type]
-        self.appended[self.last_id] = time.monotonic()
+    def _append_text(self, name: str, text: str) -> None:
+        if not hasattr(self, "pieces"):
+            self.pieces = []
+        arrived = time.monotonic()
+        super()._append_text(name, text)
+        self.pieces.append((arrived, self.last_id))  # the pump is the only writer: last_id is this piece's event
 
 
 def latency(base_url: str) -> List[float]:
     client = llmstream.Client(base_url=base_url, api_key="k")
     run = TimedRun(client.stream("hi", model="m"))
     body = relay.Body(run, owns_run=True)
-    delays: List[float] = []
-    last = 0
+    framed: List[Tuple[int, float]] = []  # (newest id in the write, when it was yielded)
     for chunk in body:
         now = time.monotonic()
-        for line in chunk.split(b"\n"):
-            if line.startswith(b"id: "):
-                newest = int(line[4:])
-                delays += [now - run.appended[i] for i in range(last + 1, newest + 1)]
-                last = newest
+        ids = [int(line[4:]) for line in chunk.split(b"\n") if line.startswith(b"id: ")]
+        if ids:
+            framed.append((max(ids), now))
+    delays = []
+    for arrived, event_id in run.pieces:
+        yielded = next(t for newest, t in framed if newest >= event_id)
+        delays.append(yielded - arrived)
     return delays
 
 
@@ -91,8 +93,8 @@ def main() -> None:
     try:
         delays = sorted(latency(url))
         p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
-        print(f"event -> frame delay, 1,000 tokens/s, max_rate 20: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
-              f"max {delays[-1] * 1000:.1f} ms over {len(delays)} events")
+        print(f"token -> frame delay, 1,000 tokens/s, max_rate 20: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+              f"max {delays[-1] * 1000:.1f} ms over {len(delays)} tokens")
     finally:
         proc.terminate()
         proc.wait()

@@ -126,7 +126,7 @@ class Run:
         self._redact = _redactor(secrets)
         self._events: Deque[RelayEvent] = collections.deque()
         self._last_id = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # a plain lock: cheaper than the default RLock
         self._wakers: Set[Callable[[], None]] = set()
         self._readers = 0
         self._blocked = 0  # readers waiting in wait_after
@@ -169,9 +169,11 @@ class Run:
                 last = events[-1]
                 # Ids stay exact: an event handed to a reader is never changed, so a
                 # reconnect after its id misses nothing and repeats nothing.
-                if last[1] == name and last[0] > self._handed and len(last[2]["text"]) < MERGE_LIMIT:
-                    last[2]["text"] += text
-                    self._notify()
+                data = last[2]
+                if last[1] == name and last[0] > self._handed and len(data["text"]) < MERGE_LIMIT:
+                    data["text"] += text
+                    if self._blocked or self._wakers:
+                        self._notify()
                     return
         self._append(name, {"text": text})
 
