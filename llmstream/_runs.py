@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import os
 import secrets as _secrets
@@ -134,8 +135,13 @@ class Run:
         self._orphan_timeout = orphan_timeout
         self.finished_at: Optional[float] = None
         self.unwatched_since: Optional[float] = time.monotonic()
-        self._thread = threading.Thread(target=self._pump, name=f"llmstream-relay-{next(_pump_ids)}", daemon=True)
-        self._thread.start()
+        self._pumped = threading.Event()
+        # Started through the launcher: Thread.start() waits for the new thread to
+        # run, which blocks an event loop (a Starlette route makes runs on it).
+        spawn(self._pump, (), f"llmstream-relay-{next(_pump_ids)}")
+        if orphan_timeout is not None:
+            # A run nobody ever reads (the browser left before the body began) stops too.
+            _timers.schedule(orphan_timeout, weakref.ref(self), orphan_timeout)
 
     # -- the pump ----------------------------------------------------------------
 
@@ -160,6 +166,7 @@ class Run:
             stream.close()
             self.finished_at = time.monotonic()  # before "done": a reader that sees it sees a finished run
             self._append("done", {"status": status})
+            self._pumped.set()
 
     def _append_text(self, name: str, text: str) -> None:
         """Append a text (or thinking) piece: merged into the newest event while no reader has been given it."""
@@ -260,9 +267,7 @@ class Run:
             self.unwatched_since = time.monotonic()
         if self._orphan_timeout is not None:
             # Weak: a pending timer must not keep a finished run (and its stream) alive.
-            timer = threading.Timer(self._orphan_timeout, _stop_if_orphan, (weakref.ref(self), self._orphan_timeout))
-            timer.daemon = True
-            timer.start()
+            _timers.schedule(self._orphan_timeout, weakref.ref(self), self._orphan_timeout)
 
     def stop(self) -> None:
         """Cancel the upstream stream (any thread; returns at once): the run ends with ``done`` (closed)."""
@@ -272,8 +277,7 @@ class Run:
 
     def join(self, timeout: Optional[float] = None) -> bool:
         """Wait for the pump to end; True if it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._pumped.wait(timeout)
 
 
 class RunSource(Protocol):
@@ -314,6 +318,42 @@ class RunStore(Protocol):
 
     def stop(self, run_id: str) -> bool:
         """Cancel the run's upstream stream; False if unknown."""
+
+
+class _Timers:
+    """One daemon thread for every run's orphan check (a ``threading.Timer`` is a thread each)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: List[Tuple[float, int, "weakref.ref[Run]", float]] = []
+        self._wake = threading.Event()
+        self._started = False
+        self._order = itertools.count()
+
+    def schedule(self, delay: float, ref: "weakref.ref[Run]", timeout: float) -> None:
+        with self._lock:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), ref, timeout))
+            start, self._started = not self._started, True
+        if start:
+            spawn(self._serve, (), "llmstream-relay-timers")
+        self._wake.set()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                ready = []
+                while self._due and self._due[0][0] <= now:
+                    ready.append(heapq.heappop(self._due))
+                wait = self._due[0][0] - now if self._due else None
+            for _, _, ref, timeout in ready:
+                _stop_if_orphan(ref, timeout)
+            del ready
+            self._wake.wait(wait)
+            self._wake.clear()
+
+
+_timers = _Timers()
 
 
 def _stop_if_orphan(ref: "weakref.ref[Run]", timeout: float) -> None:

@@ -75,6 +75,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _MEDIA_TYPES = {"sse": "text/event-stream; charset=utf-8", "ndjson": "application/x-ndjson"}
 #: Events merged into one frame when they follow each other.
 _MERGED = ("text", "thinking")
+#: A direct relay whose body is never iterated (the browser left before the
+#: response began) stops its stream after this many seconds.
+_UNREAD_TIMEOUT = 10.0
 
 
 def _dumps(data: Any) -> str:
@@ -240,12 +243,12 @@ def sse(stream: TokenStream, *, max_rate: float = 20.0, heartbeat: float = 5.0, 
         heartbeat: seconds of silence before a ``: keep-alive`` comment.
         retry_ms: the browser's reconnect delay (the ``retry:`` field).
     """
-    return Body(Run(stream), fmt="sse", owns_run=True, max_rate=max_rate, heartbeat=heartbeat, retry_ms=retry_ms)
+    return Body(Run(stream, orphan_timeout=_UNREAD_TIMEOUT), fmt="sse", owns_run=True, max_rate=max_rate, heartbeat=heartbeat, retry_ms=retry_ms)
 
 
 def ndjson(stream: TokenStream, *, max_rate: float = 20.0, heartbeat: float = 5.0) -> Body:
     """Like :func:`sse`, as newline-delimited JSON for ``fetch()`` readers."""
-    return Body(Run(stream), fmt="ndjson", owns_run=True, max_rate=max_rate, heartbeat=heartbeat)
+    return Body(Run(stream, orphan_timeout=_UNREAD_TIMEOUT), fmt="ndjson", owns_run=True, max_rate=max_rate, heartbeat=heartbeat)
 
 
 def run_body(store: RunStore, run_id: str, *, after: Optional[int] = None, format: str = "sse",  # noqa: A002

@@ -341,6 +341,16 @@ def test_an_event_handed_to_a_reader_never_changes(server: FakeLLMServer, runs: 
     assert "".join(d["text"] for n, d in final.values() if n == "text") == " ".join(f"tok{i}" for i in range(400))
 
 
+def test_run_never_read_is_stopped(server: FakeLLMServer) -> None:
+    # The browser left before the body began: nobody ever reads the run.
+    store = relay.MemoryRunStore(orphan_timeout=0.2)
+    server.script(Reply(token_count=100_000, interval=0.01))
+    run_id = store.start(client_for(server).stream("hi", model="m"))
+    assert wait_until(lambda: server.active_connections == 1, 5)
+    assert wait_until(lambda: server.active_connections == 0, 3.0)
+    assert store.get(run_id).join(5)
+
+
 def test_json_payload_is_one_data_line(server: FakeLLMServer) -> None:
     server.script(Reply(text="a\nb\r\nc", tokens=["a\n", "b\r\n", "c"]))
     data = body_bytes(relay.sse(client_for(server).stream("hi", model="m")))
