@@ -311,16 +311,19 @@ def flask_response(source: Union[TokenStream, Body], *, format: str = "sse") -> 
                     headers=body.headers, direct_passthrough=True)
 
 
-def django_response(source: Union[TokenStream, Body], *, format: str = "sse") -> Any:  # noqa: A002
-    """A Django ``StreamingHttpResponse`` streaming ``source`` (WSGI: a blocking iterator).
+def django_response(source: Union[TokenStream, Body], *, format: str = "sse",  # noqa: A002
+                    asynchronous: bool = False) -> Any:
+    """A Django ``StreamingHttpResponse`` streaming ``source``.
 
-    Under ASGI, build ``StreamingHttpResponse(body.__aiter__(), ...)`` instead:
-    Django takes the async path for an async iterator.
+    Args:
+        asynchronous: False (WSGI: a blocking iterator); True under ASGI (an
+            async iterator that never blocks the event loop).
     """
     StreamingHttpResponse = _need("django.http", "StreamingHttpResponse", "Django", "django")
 
     body = _body(source, format)
-    response = StreamingHttpResponse(iter(body), status=body.status, content_type=body.media_type)
+    content = body.__aiter__() if asynchronous else iter(body)
+    response = StreamingHttpResponse(content, status=body.status, content_type=body.media_type)
     for name, value in body.headers.items():
         response[name] = value
     return response

@@ -223,20 +223,36 @@ def test_browser_going_away_closes_the_upstream_within_a_second(kind: str, serve
         assert time.monotonic() - closed_at < 1.0
 
 
-def django_server(client: llmstream.Client) -> Werkzeug:
-    """A Django project (this module is its URLconf) under werkzeug's WSGI server."""
+def configure_django() -> None:
     import django
     from django.conf import settings
 
     if not settings.configured:
         settings.configure(DEBUG=False, ALLOWED_HOSTS=["127.0.0.1"], ROOT_URLCONF=__name__, SECRET_KEY="test")
         django.setup()
+
+
+def django_server(client: llmstream.Client) -> Werkzeug:
+    """A Django project (this module is its URLconf) under werkzeug's WSGI server."""
+    configure_django()
     from django.core.handlers.wsgi import WSGIHandler
     from django.urls import clear_url_caches, path
 
     urlpatterns[:] = [path("sse", lambda request: relay.django_response(client.stream("hi", model="m")))]
     clear_url_caches()
     return Werkzeug(WSGIHandler())
+
+
+def test_django_asynchronous_response_is_an_async_iterator(server: FakeLLMServer) -> None:
+    configure_django()
+    server.script(Reply(text=TEXT, tokens=TOKENS))
+    response = relay.django_response(client_for(server).stream("hi", model="m"), asynchronous=True)
+    assert response.is_async and response["Cache-Control"] == "no-cache"
+
+    async def read() -> bytes:
+        return b"".join([bytes(chunk) async for chunk in response.streaming_content])
+
+    assert text_of(parse_sse(asyncio.run(read()))) == TEXT
 
 
 def test_django_streaming_response(server: FakeLLMServer) -> None:
