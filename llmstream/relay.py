@@ -200,7 +200,10 @@ class Body:
         def wake() -> None:  # called from the pump thread, under the run's lock
             if waiting[0]:  # only while the body awaits: not once per token while it paces
                 waiting[0] = False
-                loop.call_soon_threadsafe(ready.set)
+                try:
+                    loop.call_soon_threadsafe(ready.set)
+                except RuntimeError:
+                    return  # the loop is closed: nobody is left to wake (the pump must go on)
 
         run.attach(wake)
         try:
