@@ -146,7 +146,8 @@ class CuttingProxy:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.listener.close()
+        _close(self.listener)  # shutdown() wakes the accept() (close() alone does not, on Linux)
+        self.thread.join(5)
         for sock in self.sockets:
             _close(sock)
 
