@@ -9,18 +9,20 @@ This file only re-exports. The layers, each importing only the ones below it:
   sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram, _cost,
                _output_guard, _render, _providers/*
   IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
-  consumer API _stream, _client
+  consumer API _stream, _client, _async, _runs
   tools        _cli (the command line), notebook, prometheus and otel (optional extras),
                _redis_state (RedisState: the optional extra redis, imported when made)
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
 server) are public modules of their own; ``llmstream.notebook`` and
-``llmstream.prometheus`` need optional extras.
+``llmstream.prometheus`` need optional extras. ``llmstream.relay`` relays a
+stream to a browser (SSE / NDJSON); its web-framework helpers import the
+framework only when called.
 """
 
 import typing as _typing
 
-from ._client import Client, complete, stream
+from ._client import Client, acomplete, astream, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
 from ._cost import Price, Pricing
 from ._events import (
@@ -45,6 +47,7 @@ from ._exceptions import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    CallbackError,
     CircuitOpenError,
     IncompleteStreamError,
     MalformedStreamError,
@@ -66,6 +69,7 @@ from ._stream import TokenStream
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
+    from ._async import AsyncTokenStream
     from ._redis_state import RedisState
 
 
@@ -76,7 +80,13 @@ def __getattr__(name: str) -> _typing.Any:
         from ._redis_state import RedisState
 
         return RedisState
+    if name == "AsyncTokenStream":
+        # asyncio (a few ms to import) only for the programs that use it.
+        from ._async import AsyncTokenStream
+
+        return AsyncTokenStream
     raise AttributeError(f"module 'llmstream' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -85,6 +95,10 @@ __all__ = [
     "complete",
     "Client",
     "TokenStream",
+    # asyncio (issue 13)
+    "astream",
+    "acomplete",
+    "AsyncTokenStream",
     # configuration
     "Timeout",
     "Retry",
@@ -128,6 +142,7 @@ __all__ = [
     "MalformedStreamError",
     "ProviderError",
     "ResumeError",
+    "CallbackError",
     "CircuitOpenError",
     "SharedStateError",
     "StreamClosedError",

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
+from ._callbacks import Callbacks
 from ._cost import Pricing
-from ._events import StreamResult
+from ._events import Event, Retrying, StreamResult
+from ._exceptions import StreamError
 from ._flow import Flow, FlowControl, SharedState
 from ._providers import get_provider
 from ._providers._base import Message, Provider
@@ -27,7 +29,10 @@ from ._transport import Session, Transport, TransportOptions, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
-__all__ = ["Client", "stream", "complete", "build_messages", "CALL_OPTIONS"]
+if TYPE_CHECKING:
+    from ._async import AsyncTokenStream
+
+__all__ = ["Client", "stream", "complete", "astream", "acomplete", "build_messages", "CALL_OPTIONS"]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
@@ -110,6 +115,15 @@ class Client:
             ``stream.to_file()``). Resume then works by ``last-event-id`` and by
             ``replay`` (checked against a hash of the delivered text; a
             mismatch is a ``ResumeError``), not by ``continue``.
+        on_text, on_event, on_retry, on_error, on_complete: callbacks for every
+            stream of this client (a stream's own replace them one by one);
+            they fire in the consuming thread for exactly what the caller is
+            given: each text piece, each event, each ``Retrying``, the
+            failure (a ``StreamError``), the ``StreamResult``. A callback that
+            raises closes the stream: :class:`CallbackError` (its
+            ``__cause__`` is the callback's exception). ``on_text=print``
+            prints the pieces with no newline between them. Not used by
+            :meth:`astream` (an ``async for`` loop is the async callback).
 
     Usage::
 
@@ -144,10 +158,17 @@ class Client:
         cert: Union[str, Tuple[str, str], None] = None,
         session: Optional[Session] = None,
         keep_text: bool = True,
+        on_text: Optional[Callable[[str], Any]] = None,
+        on_event: Optional[Callable[[Event], Any]] = None,
+        on_retry: Optional[Callable[[Retrying], Any]] = None,
+        on_error: Optional[Callable[[StreamError], Any]] = None,
+        on_complete: Optional[Callable[[StreamResult], Any]] = None,
     ) -> None:
         if pricing is not None and not isinstance(pricing, Pricing):
             raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
         self.pricing = pricing
+        self._callbacks = Callbacks(on_text=on_text, on_event=on_event, on_retry=on_retry, on_error=on_error,
+                                    on_complete=on_complete)
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -218,6 +239,11 @@ class Client:
         extra_body: Optional[Mapping[str, Any]] = None,
         keep_text: Optional[bool] = None,
         sink: Sink = None,
+        on_text: Optional[Callable[[str], Any]] = None,
+        on_event: Optional[Callable[[Event], Any]] = None,
+        on_retry: Optional[Callable[[Retrying], Any]] = None,
+        on_error: Optional[Callable[[StreamError], Any]] = None,
+        on_complete: Optional[Callable[[StreamResult], Any]] = None,
         **params: Any,
     ) -> TokenStream:
         """Start streaming an answer and return its :class:`TokenStream` at once.
@@ -239,6 +265,8 @@ class Client:
             sink: also give each text piece, as it is delivered, to this
                 callable or file-like object (``write(str)``); a replayed
                 answer that does not match what the sink has is a ``ResumeError``.
+            on_text, on_event, on_retry, on_error, on_complete: this stream's
+                callbacks, each replacing the client's (see :class:`Client`).
             **params: go into the request body unchanged (``temperature``,
                 ``max_tokens``, ``tools``...); a ``None`` value removes a default.
 
@@ -249,6 +277,19 @@ class Client:
                 ``headers=``...) or a misspelt option (``timout=``) among ``params``;
                 messages that are not a list of dicts.
         """
+        callbacks = self._callbacks.merged(on_text=on_text, on_event=on_event, on_retry=on_retry,
+                                           on_error=on_error, on_complete=on_complete)
+        return self._new_stream(prompt, messages=messages, model=model, system=system, timeout=timeout, retry=retry,
+                                max_output_chars=max_output_chars, extra_headers=extra_headers,
+                                extra_query=extra_query, extra_body=extra_body, keep_text=keep_text, sink=sink,
+                                callbacks=callbacks or None, params=params)
+
+    def _new_stream(self, prompt: Optional[str], *, messages: Optional[Sequence[Message]], model: str,
+                    system: Optional[str], timeout: TimeoutTypes, retry: Union[Retry, int, None],
+                    max_output_chars: Optional[int], extra_headers: Optional[HeaderValues],
+                    extra_query: Optional[Mapping[str, Any]], extra_body: Optional[Mapping[str, Any]],
+                    keep_text: Optional[bool], sink: Sink, callbacks: Optional[Callbacks],
+                    params: Dict[str, Any]) -> TokenStream:
         check_params(params, where="Client.stream()")
         if not isinstance(model, str) or not model:
             raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
@@ -273,12 +314,56 @@ class Client:
             pricing=self.pricing,
             keep_text=self.keep_text if keep_text is None else _check_keep_text(keep_text),
         )
-        return TokenStream(worker, provider=self._provider.name, model=model, sink=sink)
+        return TokenStream(worker, provider=self._provider.name, model=model, sink=sink, callbacks=callbacks)
 
     def complete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         """Stream an answer to its end and return the :class:`StreamResult` (same arguments as :meth:`stream`)."""
         with self.stream(prompt, **kwargs) as s:
             return s.result
+
+    def astream(
+        self,
+        prompt: Optional[str] = None,
+        *,
+        messages: Optional[Sequence[Message]] = None,
+        model: str,
+        system: Optional[str] = None,
+        timeout: TimeoutTypes = None,
+        retry: Union[Retry, int, None] = None,
+        max_output_chars: Optional[int] = None,
+        extra_headers: Optional[HeaderValues] = None,
+        extra_query: Optional[Mapping[str, Any]] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        keep_text: Optional[bool] = None,
+        **params: Any,
+    ) -> "AsyncTokenStream":
+        """Like :meth:`stream`, for asyncio: an :class:`AsyncTokenStream` (``async for``, ``async with``).
+
+        Usage::
+
+            async with client.astream("Hi", model="gpt-4o-mini") as s:
+                async for text in s:
+                    print(text, end="")
+
+        Same arguments as :meth:`stream`, without the callbacks (the ``async
+        for`` loop is the callback; the client's are not used). The event
+        loop is never blocked; cancelling the task that iterates closes the
+        stream and its socket.
+        """
+        from ._async import AsyncTokenStream
+
+        # No callbacks: they would fire in the reader thread, not on the loop.
+        stream = self._new_stream(prompt, messages=messages, model=model, system=system, timeout=timeout, retry=retry,
+                                  max_output_chars=max_output_chars, extra_headers=extra_headers,
+                                  extra_query=extra_query, extra_body=extra_body, keep_text=keep_text, sink=None,
+                                  callbacks=None, params=params)
+        return AsyncTokenStream(stream, max_buffered=self.max_buffered)
+
+    async def acomplete(self, prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+        """Like :meth:`complete`, for asyncio: ``await client.acomplete(...)`` returns the :class:`StreamResult`."""
+        from ._async import consume_to_result
+
+        return await consume_to_result(self.astream(prompt, **kwargs))
 
     def close(self) -> None:
         """Close the connection pool. Streams still running keep their connection until they end."""
@@ -343,3 +428,22 @@ def complete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
         return s.result
 
 
+
+
+def astream(prompt: Optional[str] = None, *, provider: str = "openai", base_url: Optional[str] = None,
+            api_key: Optional[str] = None, **kwargs: Any) -> "AsyncTokenStream":
+    """Like :func:`stream`, for asyncio: an :class:`AsyncTokenStream` from the shared default client.
+
+    Usage::
+
+        async for text in llmstream.astream("Tell me a story", model="gpt-4o-mini"):
+            print(text, end="", flush=True)
+    """
+    return _default_client(provider, base_url, api_key).astream(prompt, **kwargs)
+
+
+async def acomplete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
+    """Like :func:`complete`, for asyncio: ``await llmstream.acomplete(...)``."""
+    from ._async import consume_to_result
+
+    return await consume_to_result(astream(prompt, **kwargs))

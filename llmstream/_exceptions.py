@@ -21,6 +21,7 @@ made (``attempts``). Misuse of the API is not a stream failure: it raises a
     ├── MalformedStreamError         bytes that are not the provider's protocol
     ├── ProviderError                an error reported inside the stream; .type
     ├── ResumeError                  a broken stream could not be resumed exactly once
+    ├── CallbackError                a callback (on_text...) raised; .callback, __cause__ is its exception
     ├── CircuitOpenError             the client's circuit breaker is open; .retry_after, .base_url
     └── SharedStateError             the shared flow-control state (Redis) could not be reached, fail-closed
 
@@ -51,6 +52,7 @@ __all__ = [
     "MalformedStreamError",
     "ProviderError",
     "ResumeError",
+    "CallbackError",
     "CircuitOpenError",
     "SharedStateError",
     "StreamClosedError",
@@ -220,6 +222,21 @@ class ProviderError(StreamError):
 
 class ResumeError(StreamError):
     """Raised when a broken stream could not be resumed without duplicating or losing text."""
+
+
+class CallbackError(StreamError):
+    """Raised when a callback (``on_text``, ``on_event``...) raised: the stream is closed; ``__cause__`` is the callback's exception.
+
+    Attributes:
+        callback: the callback's name, e.g. ``"on_text"``.
+    """
+
+    def __init__(self, message: str, *, callback: str = "", partial_text: str = "", attempts: int = 0) -> None:
+        super().__init__(message, partial_text=partial_text, attempts=attempts)
+        self.callback = callback
+
+    def _extra(self) -> Dict[str, Any]:
+        return {"callback": self.callback}
 
 
 class CircuitOpenError(StreamError):

@@ -35,6 +35,7 @@ HeaderValues = Mapping[str, Union[str, bytes, None]]
 CALL_OPTIONS = (
     "messages", "model", "system", "timeout", "retry", "max_output_chars",
     "extra_headers", "extra_query", "extra_body", "keep_text", "sink",
+    "on_text", "on_event", "on_retry", "on_error", "on_complete",
 )
 
 _EXAMPLE = '[{"role": "user", "content": "Hi"}]'
@@ -89,6 +90,8 @@ def check_params(params: Mapping[str, Any], *, where: str) -> None:
         TypeError: a client option, an official SDK's name, or a near miss.
     """
     for name in params:
+        if name in CALL_OPTIONS:
+            continue  # passed on to Client.stream() (from the module-level stream()), which takes it
         home = _CLIENT_OPTIONS.get(name)
         if home is not None:
             reason = " (it would be sent to the server inside the request body)" if name in (

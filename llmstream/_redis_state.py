@@ -340,7 +340,7 @@ class RedisState(SharedState):
         client = llmstream.Client(max_concurrent=50, rate_limit=llmstream.RateLimit(requests_per_minute=5000),
                                   shared=shared)
 
-    Needs the ``redis`` extra: ``pip install "llmstream[redis]"``. One
+    Needs the ``redis`` extra: ``pip install "llmstream-sdk[redis]"``. One
     ``RedisState`` may serve many clients and threads; :meth:`close` ends its
     connections.
     """
@@ -353,7 +353,7 @@ class RedisState(SharedState):
             from redis.backoff import NoBackoff
             from redis.retry import Retry as RedisRetry
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError('llmstream.RedisState needs redis: pip install "llmstream[redis]"') from exc
+            raise ImportError('llmstream.RedisState needs redis: pip install "llmstream-sdk[redis]"') from exc
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be a non-empty str without braces, got {prefix!r}")
         if on_error not in ON_ERROR:

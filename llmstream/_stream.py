@@ -30,8 +30,9 @@ import os
 import threading
 import time
 import weakref
-from typing import IO, Any, Callable, Iterator, List, Optional, Union
+from typing import IO, Any, Callable, Generator, Iterator, List, Optional, Union
 
+from ._callbacks import Callbacks, wrap
 from ._events import (
     Cost,
     Event,
@@ -93,8 +94,10 @@ class TokenStream:
     time, in one thread at a time.
     """
 
-    def __init__(self, worker: Worker, *, provider: str, model: str, sink: Sink = None) -> None:
+    def __init__(self, worker: Worker, *, provider: str, model: str, sink: Sink = None,
+                 callbacks: Optional[Callbacks] = None) -> None:
         self._worker = worker
+        self._callbacks = callbacks or None  # on_text & co. (_callbacks.py); None: none set
         self._provider = provider
         self._model = model
         sink_function = _sink_function(sink)  # first: a wrong sink must not leave a worker behind
@@ -126,7 +129,7 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[str]:
         """Yield the answer's text pieces in order (see the class docstring)."""
-        return self._consume(text_only=True)
+        return self._view(text_only=True)
 
     def events(self) -> Iterator[Event]:
         """Yield typed events: TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset.
@@ -134,9 +137,14 @@ class TokenStream:
         A ``Reset`` means a replayed answer did not repeat the text already
         delivered: discard what you showed; the next events restart the answer.
         """
-        return self._consume(text_only=False)
+        return self._view(text_only=False)
 
-    def _consume(self, text_only: bool) -> Iterator[Any]:
+    def _view(self, text_only: bool) -> Iterator[Any]:
+        if self._callbacks is None:
+            return self._consume(text_only)
+        return wrap(self, self._consume(text_only), text_only, self._callbacks)
+
+    def _consume(self, text_only: bool) -> Generator[Any, None, None]:
         # One generator per loop, reading the stream's own position (the
         # current batch and the index in it): a loop that stops early, or a
         # temporary iterator dropped after next(), leaves the stream where it
@@ -193,6 +201,8 @@ class TokenStream:
             self._busy.release()
 
     def _record(self, event: Event, text_only: bool) -> None:
+        if self._callbacks is not None:
+            self._callbacks.observe(event, self)
         if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
@@ -407,7 +417,7 @@ class TokenStream:
                     ".result waits for the end of the answer, and another thread is iterating this stream: "
                     "read .result after that loop ends"
                 )
-            for _ in self._consume(text_only=False):
+            for _ in self._view(text_only=False):
                 pass
         if self._status == "failed" and self._error is not None:
             raise self._error

@@ -20,6 +20,21 @@ EXTRAS = [
     pytest.param("opentelemetry", "llmstream.otel",
                  'llmstream.otel needs opentelemetry-api: pip install "llmstream-sdk[otel]" (or pip install ".[otel]" from a clone)', id="otel"),
 ]
+RELAY_FRAMEWORKS = [("flask", "flask_response", "flask"), ("starlette", "starlette_response", "starlette"),
+                    ("django", "django_response", "django")]
+
+
+@pytest.mark.parametrize("package, helper, extra", RELAY_FRAMEWORKS, ids=[r[0] for r in RELAY_FRAMEWORKS])
+def test_relay_imports_no_framework_until_its_helper_is_called(package: str, helper: str, extra: str) -> None:
+    assert run_python(f"import sys, llmstream.relay; print({package!r} in sys.modules)") == "False\n"
+    out = run_python(block(package) + f"""
+import llmstream.relay
+try:
+    llmstream.relay.{helper}(None)
+except ModuleNotFoundError as exc:
+    print(exc)
+""")
+    assert f'pip install "llmstream[{extra}]"' in out
 
 
 def block(package: str) -> str:

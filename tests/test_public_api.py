@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import llmstream
+import llmstream.relay
 import llmstream.sse
 import llmstream.testing
 
@@ -25,18 +26,21 @@ FLOW_CONTROL_NAMES = {"RateLimit", "CircuitBreaker", "CircuitOpenError"}
 #: Issue 16: flow control shared by a fleet through Redis.
 FLEET_NAMES = {"RedisState", "SharedStateError"}
 
+#: Issue 13: the asyncio facade.
+ASYNC_NAMES = {"astream", "acomplete", "AsyncTokenStream", "CallbackError"}
+
 
 def test_all_is_exactly_the_public_surface() -> None:
     assert set(llmstream.__all__) == (DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES | COST_NAMES
-                                      | FLEET_NAMES)
+                                      | FLEET_NAMES | ASYNC_NAMES)
     assert len(llmstream.__all__) == len(set(llmstream.__all__))
-    public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing"}
+    public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing", "relay"}
     # Submodules appear as attributes once imported; everything else public is in __all__.
     assert {n for n in public if not inspect.ismodule(getattr(llmstream, n))} <= set(llmstream.__all__)
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    for module in (llmstream, llmstream.sse, llmstream.testing):
+    for module in (llmstream, llmstream.sse, llmstream.testing, llmstream.relay):
         for name in module.__all__:
             obj = getattr(module, name)
             if name == "__version__" or not (inspect.isclass(obj) or inspect.isfunction(obj)):

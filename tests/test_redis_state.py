@@ -473,7 +473,7 @@ print(llmstream.complete("hi", model="m", base_url="http://127.0.0.1:1/v1", api_
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.stdout == 'llmstream.RedisState needs redis: pip install "llmstream[redis]"\ncore works\n', done.stderr
+    assert done.stdout == 'llmstream.RedisState needs redis: pip install "llmstream-sdk[redis]"\ncore works\n', done.stderr
 
 
 def test_redis_state_is_validated_and_its_repr_hides_the_password() -> None:
