@@ -21,6 +21,7 @@ from ._client import Client, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
 from ._events import (
     Distribution,
+    ContentFilter,
     Finish,
     MonitorSnapshot,
     Reset,
@@ -76,6 +77,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "Finish",
+    "ContentFilter",
     "Retrying",
     "Reset",
     "StreamResult",

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
 from ._events import StreamResult
 from ._flow import Flow
-from ._providers import get_provider
-from ._providers._base import Message, Provider
+from ._providers import DEFAULT_PROVIDER, get_provider
+from ._providers._base import BearerToken, Message, Provider
 from ._stream import TokenStream
 from ._transport import Transport, redact_url
 from ._worker import Worker
 from .sse import DEFAULT_MAX_LINE_LENGTH
 
 __all__ = ["Client", "stream", "complete", "build_messages"]
+
+#: An API key, or a callable returning a fresh bearer token before each stream (Entra ID, Google OAuth).
+ApiKey = Union[str, Callable[[], str], None]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
@@ -105,10 +108,10 @@ class Client:
 
     def __init__(
         self,
-        provider: str = "openai",
+        provider: str = DEFAULT_PROVIDER,
         *,
         base_url: Optional[str] = None,
-        api_key: Optional[str] = None,
+        api_key: ApiKey = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
@@ -120,10 +123,12 @@ class Client:
         pool_size: Optional[int] = None,
     ) -> None:
         self._provider: Provider = get_provider(provider)
-        env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
+        env_base = self._provider.base_url_from_env(os.environ)
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
         key_env = self._provider.api_key_env
-        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._api_key: ApiKey = api_key if api_key is not None else self._provider.api_key_from_env(os.environ)
+        # Provider options from the environment (Azure's OPENAI_API_VERSION...), under each call's params.
+        self._env_params = self._provider.params_from_env(os.environ)
         if not self._api_key and self._provider.requires_api_key and not (base_url or env_base):
             raise ValueError(
                 f"no API key for provider {provider!r}: pass api_key=... or set {key_env}"
@@ -169,7 +174,7 @@ class Client:
         prompt: Optional[str] = None,
         *,
         messages: Optional[Sequence[Message]] = None,
-        model: str,
+        model: Optional[str] = None,
         system: Optional[str] = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
@@ -181,7 +186,7 @@ class Client:
         Args:
             prompt: a user message (or pass ``messages``).
             messages: the conversation, in the provider's message format.
-            model: the model name.
+            model: the model name (Azure: the deployment name); None: the provider's default model.
             system: a system prompt, put where the provider wants it.
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
@@ -193,11 +198,20 @@ class Client:
             ValueError: for arguments that cannot make a request. Network and
                 server failures are raised while iterating, as ``StreamError``.
         """
+        if model is None:
+            model = self._provider.default_model
         if not isinstance(model, str) or not model:
-            raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
+            raise ValueError(f"model must be a non-empty string, e.g. model={self._provider.default_model!r}")
+        key = self._api_key
+        if callable(key):
+            # A token provider is asked before each stream, as the official SDKs do, so it can refresh.
+            token = key()
+            if not isinstance(token, str) or not token:
+                raise ValueError("the api_key callable must return a non-empty str (a bearer token)")
+            key = BearerToken(token)
         spec = self._provider.build_request(
-            base_url=self.base_url, api_key=self._api_key, model=model,
-            messages=build_messages(prompt, messages, system), params=params,
+            base_url=self.base_url, api_key=key, model=model,
+            messages=build_messages(prompt, messages, system), params={**self._env_params, **params},
         )
         worker = Worker(
             transport=self._transport, provider=self._provider, spec=spec,
@@ -207,8 +221,7 @@ class Client:
             flow=self._flow, model=model,
             max_output_chars=self.max_output_chars if max_output_chars is None
             else _check_max_output_chars(max_output_chars),
-            # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
-            continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            continue_allowed=self._provider.continue_allowed(self.base_url),
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 
@@ -232,11 +245,11 @@ class Client:
         return f"Client(provider={self.provider!r}, base_url={redact_url(self.base_url)!r}, api_key=<{key}>)"
 
 
-_default_clients: Dict[Tuple[str, Optional[str], Optional[str]], Client] = {}
+_default_clients: Dict[Tuple[str, Optional[str], ApiKey], Client] = {}
 _default_lock = threading.Lock()
 
 
-def _default_client(provider: str, base_url: Optional[str], api_key: Optional[str]) -> Client:
+def _default_client(provider: str, base_url: Optional[str], api_key: ApiKey) -> Client:
     # Shared per (provider, base_url, key) so repeated llmstream.stream() calls
     # reuse connections, as the official SDKs' module-level clients do.
     key = (provider, base_url, api_key)
@@ -251,10 +264,10 @@ def stream(
     prompt: Optional[str] = None,
     *,
     messages: Optional[Sequence[Message]] = None,
-    model: str,
-    provider: str = "openai",
+    model: Optional[str] = None,
+    provider: str = DEFAULT_PROVIDER,
     base_url: Optional[str] = None,
-    api_key: Optional[str] = None,
+    api_key: ApiKey = None,
     timeout: TimeoutTypes = None,
     retry: Union[Retry, int, None] = None,
     **params: Any,

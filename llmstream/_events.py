@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "Distribution",
     "StreamMetrics",
+    "ContentFilter",
     "StreamResult",
     "StreamReport",
     "MonitorSnapshot",
@@ -44,9 +45,16 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class ThinkingDelta:
-    """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text."""
+    """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text.
+
+    Attributes:
+        text: the reasoning text (may be "" on an event that only carries a signature).
+        signature: the provider's opaque signature of the reasoning (Gemini
+            ``thoughtSignature``), to send back unchanged in the next turn; None when none came.
+    """
 
     text: str
+    signature: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,8 @@ class ToolCall:
     name: str
     arguments: Any
     raw_arguments: str
+    #: The provider's opaque signature on the call's part (Gemini ``thoughtSignature``), or None.
+    signature: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,26 @@ class Finish:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentFilter:
+    """The provider's content filter acted or reported: the app may retract what it showed.
+
+    Attributes:
+        source: ``"prompt"`` (the request was judged: Gemini ``promptFeedback``,
+            Azure ``prompt_filter_results``) or ``"completion"`` (the answer was:
+            Azure ``content_filter_results``, Gemini safety ratings on a finish).
+        reason: the provider's word for what happened (``"content_filter"``,
+            ``"SAFETY"``, a ``blockReason``...), or ``""`` for a report that blocked nothing.
+        blocked: True when the filter stopped the prompt or the answer.
+        results: the provider's own filter object, unchanged.
+    """
+
+    source: str
+    reason: str
+    blocked: bool
+    results: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class Retrying:
     """The stream broke or was refused and will be tried again.
 
@@ -147,7 +177,7 @@ class Reset:
     discarded_text: str
 
 
-Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset]
+Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, ContentFilter, Retrying, Reset]
 
 #: Events that count as progress for the ``first_token`` and ``idle`` timeouts.
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)

@@ -68,7 +68,7 @@ from ._config import Retry, Timeout
 from ._body import BodyReader, time_left
 from ._events import Event, Retrying, StreamReport
 from ._exceptions import RateLimitError, StreamError
-from ._flow import Flow, Gate, estimate_tokens
+from ._flow import Flow, Gate
 from ._monitor import monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
@@ -650,7 +650,7 @@ class Worker:
         gate = Gate(self._flow, self._cancel, self._total_deadline)
         error: Optional[BaseException] = None
         try:
-            tokens = estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
+            tokens = self._provider.estimate_tokens(spec.json) if self._flow.limiter.counts_tokens else 0.0
             waited = gate.enter(tokens)
             self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
             if self.stats.attempts == 0:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from .._client import Client, build_messages
 from .._events import Event, TextDelta
-from .._providers import PROVIDERS, get_provider
+from .._providers import DEFAULT_PROVIDER, PROVIDERS, get_provider
 from .._providers._base import Message, RequestSpec
 from .._redact import MARKER as REDACTED
 from .._redact import Redactor
@@ -36,18 +36,6 @@ from .._stream import TokenStream
 __all__ = ["Secrets", "StreamRequest", "Session", "add_stream_options", "open_stream", "relay", "one_line",
            "stdout_for_text"]
 
-DEFAULT_MODELS = {
-    "openai": "gpt-4o-mini",
-    "openai-responses": "gpt-4o-mini",
-    "anthropic": "claude-sonnet-4-5",
-    "ollama": "llama3.2",
-}
-#: Each API's own name for the output limit (Ollama's is an option, see ``_limit_params``).
-MAX_TOKENS_PARAM = {
-    "openai": "max_tokens",
-    "openai-responses": "max_output_tokens",
-    "anthropic": "max_tokens",
-}
 #: Shorter values are not scrubbed: replacing every "ab" in the output would mangle it,
 #: and no real key is that short.
 MIN_SECRET_LENGTH = 6
@@ -66,7 +54,7 @@ def _positive_int(text: str) -> int:
 def add_stream_options(parser: argparse.ArgumentParser) -> None:
     """Add the prompt and the options every streaming command takes."""
     parser.add_argument("prompt", help="the user message")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="openai",
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default=DEFAULT_PROVIDER,
                         help="the API to talk to (default: openai)")
     parser.add_argument("--model", help="model name (default: a common model of the provider)")
     parser.add_argument("--base-url", help="the provider's base URL (default: from the environment)")
@@ -84,8 +72,8 @@ class Secrets:
     @classmethod
     def from_environment(cls, base_url: Optional[str] = None) -> "Secrets":
         """Collect every provider's API key from the environment, and a password in ``base_url``."""
-        found = [os.environ.get(p.api_key_env, "") for p in PROVIDERS.values() if p.api_key_env]
-        for url in (base_url, *(os.environ.get(p.base_url_env, "") for p in PROVIDERS.values() if p.base_url_env)):
+        found = [p.api_key_from_env(os.environ) or "" for p in PROVIDERS.values()]
+        for url in (base_url, *(p.base_url_from_env(os.environ) or "" for p in PROVIDERS.values())):
             with contextlib.suppress(ValueError):  # an unparseable URL has no password to find
                 found.append(urlsplit(url or "").password or "")
         # Longest first, so a key that contains another is removed whole.
@@ -113,7 +101,7 @@ class StreamRequest:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamRequest":
         """Resolve the prompt, system prompt, model and output limit of the parsed options."""
-        return cls(provider=args.provider, model=args.model or DEFAULT_MODELS[args.provider],
+        return cls(provider=args.provider, model=args.model or get_provider(args.provider).default_model,
                    messages=build_messages(args.prompt, None, args.system),
                    params=_limit_params(args.provider, args.max_tokens))
 
@@ -125,7 +113,7 @@ class StreamRequest:
         one, the placeholder stands in for it.
         """
         provider = get_provider(self.provider)
-        has_key = bool(provider.api_key_env and os.environ.get(provider.api_key_env))
+        has_key = bool(provider.api_key_from_env(os.environ))
         return provider.build_request(base_url=base_url, api_key=REDACTED if has_key else None,
                                       model=self.model, messages=self.messages, params=self.params)
 
@@ -133,9 +121,7 @@ class StreamRequest:
 def _limit_params(provider: str, max_tokens: Optional[int]) -> Dict[str, Any]:
     if max_tokens is None:
         return {}
-    if provider == "ollama":
-        return {"options": {"num_predict": max_tokens}}
-    return {MAX_TOKENS_PARAM[provider]: max_tokens}
+    return get_provider(provider).limit_params(max_tokens)
 
 
 @dataclass(frozen=True)
@@ -162,7 +148,7 @@ def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[
     provider = get_provider(args.provider)
     # A provider that needs no key (Ollama) is most likely running locally at its default host.
     configured = args.base_url or not provider.requires_api_key or any(
-        os.environ.get(name) for name in (provider.api_key_env, provider.base_url_env) if name
+        (provider.api_key_from_env(os.environ), provider.base_url_from_env(os.environ))
     )
     if configured:
         yield args.base_url

@@ -10,7 +10,10 @@ from .ollama import OllamaProvider
 from .openai_chat import OpenAIChatProvider
 from .openai_responses import OpenAIResponsesProvider
 
-__all__ = ["PROVIDERS", "get_provider"]
+__all__ = ["PROVIDERS", "DEFAULT_PROVIDER", "get_provider"]
+
+#: The provider of ``llmstream.stream()`` and ``Client()`` when none is named.
+DEFAULT_PROVIDER = "openai"
 
 PROVIDERS: Dict[str, Provider] = {
     "openai": OpenAIChatProvider(),
