@@ -6,6 +6,8 @@ from typing import Dict
 
 from ._base import Provider
 from .anthropic import AnthropicProvider
+from .azure import AzureOpenAIProvider
+from .gemini import GeminiProvider, VertexProvider
 from .ollama import OllamaProvider
 from .openai_chat import OpenAIChatProvider
 from .openai_responses import OpenAIResponsesProvider
@@ -20,6 +22,9 @@ PROVIDERS: Dict[str, Provider] = {
     "openai-responses": OpenAIResponsesProvider(),
     "anthropic": AnthropicProvider(),
     "ollama": OllamaProvider(),
+    "gemini": GeminiProvider(),
+    "vertex": VertexProvider(),
+    "azure": AzureOpenAIProvider(),
 }
 
 

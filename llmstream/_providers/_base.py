@@ -36,6 +36,7 @@ from .._events import Event
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
+from ._sse_json import SSEWithJSONDecoder
 
 __all__ = ["RequestSpec", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message",
            "ServerSentEvent", "drop_none", "PREFILL_GUARANTEED"]
@@ -104,7 +105,7 @@ class Provider(Protocol):
     """A provider's wire format. Implementations live one per module."""
 
     name: str
-    #: ``"sse"`` or ``"jsonl"``.
+    #: ``"sse"``, ``"jsonl"`` or ``"sse+json"`` (SSE plus bare JSON error objects, ``_sse_json``).
     framing: str
     #: Environment variable holding the API key, or None.
     api_key_env: Optional[str]
@@ -320,13 +321,15 @@ class StreamDecoder:
         self._inherited_event_id = last_event_id
         self._resume_point: Optional[ProviderDecoder] = None
         self._error: Optional[StreamError] = None
-        self._frames: Union[SSEDecoder, JSONLinesDecoder]
+        self._frames: Union[SSEDecoder, JSONLinesDecoder, SSEWithJSONDecoder]
         if framing == "sse":
             self._frames = SSEDecoder(max_line_length=max_line_length)
         elif framing == "jsonl":
             self._frames = JSONLinesDecoder(max_line_length=max_line_length)
+        elif framing == "sse+json":
+            self._frames = SSEWithJSONDecoder(max_line_length=max_line_length)
         else:
-            raise ValueError(f"unknown framing {framing!r}; expected 'sse' or 'jsonl'")
+            raise ValueError(f"unknown framing {framing!r}; expected 'sse', 'jsonl' or 'sse+json'")
 
     @property
     def last_event_id(self) -> str:

@@ -356,9 +356,9 @@ class OpenAIChatProvider(BaseProvider):
     base_url_env: Optional[str] = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
     requires_api_key = True
-    env_vars = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    env_vars: Tuple[str, ...] = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     default_model = "gpt-4o-mini"
-    output_limit_keys = ("max_tokens", "max_completion_tokens")
+    output_limit_keys: Tuple[str, ...] = ("max_tokens", "max_completion_tokens")
     fake_format = "openai"
     #: Whether :meth:`continue_request` can be used (servers implementing vLLM's
     #: ``continue_final_message``; :meth:`continue_allowed` rules out the official host).
