@@ -190,10 +190,9 @@ class GeminiDecoder:
                 if value:
                     out.append(TextDelta(value))
             else:
-                name, args = value
+                name, args, call_id = value
                 raw = json.dumps(args, ensure_ascii=False)
                 index, self._calls = self._calls, self._calls + 1
-                call_id = value[2] if len(value) > 2 else ""
                 out.append(ToolCallDelta(index, call_id, name, raw))
                 out.append(ToolCall(index, call_id, name, args, raw, signature=signature))
         if chunk.feedback is not None and chunk.feedback.get("blockReason") is not None and not chunk.candidate:

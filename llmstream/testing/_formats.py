@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
+from ._plugins import PLUGINS, load
 from ._reply import Reply, split_words
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "error_events", "keepalive", "oversized",
 ]
 
-PROVIDERS = ("openai", "openai-responses", "anthropic", "ollama")
+PROVIDERS: Tuple[str, ...] = ("openai", "openai-responses", "anthropic", "ollama")
 CONTENT_TYPES = {
     "openai": "text/event-stream; charset=utf-8",
     "openai-responses": "text/event-stream; charset=utf-8",
@@ -331,6 +332,8 @@ FORMATTERS: Dict[str, Callable[[Reply, StreamContext], Iterator[Event]]] = {
 def error_events(ctx: StreamContext, error_type: Optional[str], message: Optional[str],
                  next_sequence: int) -> List[Event]:
     """The provider's in-stream error; ``next_sequence`` is the Responses sequence number to use."""
+    if ctx.provider in PLUGINS:
+        return PLUGINS[ctx.provider].error_events(ctx, error_type, message, next_sequence)
     if ctx.provider == "anthropic":
         kind = error_type or "overloaded_error"
         return [_anthropic("error", error={"type": kind, "message": message or "Overloaded"})]
@@ -364,6 +367,8 @@ def reason(status: int) -> str:
 
 def error_body(provider: str, status: int, message: Optional[str], error_type: Optional[str]) -> bytes:
     """The JSON body of a non-2xx answer, in the provider's error format."""
+    if provider in PLUGINS:
+        return PLUGINS[provider].error_body(status, message, error_type)
     text = message or reason(status)
     if provider == "ollama":
         return _dump({"error": text})
@@ -377,6 +382,8 @@ def error_body(provider: str, status: int, message: Optional[str], error_type: O
 
 def keepalive(provider: str, line_ending: bytes) -> bytes:
     """What the provider sends while idle: an SSE comment, Anthropic's ping, nothing for Ollama."""
+    if provider in PLUGINS:
+        return PLUGINS[provider].keepalive(line_ending)
     if provider == "ollama":
         return b""
     if provider == "anthropic":
@@ -386,6 +393,8 @@ def keepalive(provider: str, line_ending: bytes) -> bytes:
 
 def oversized(provider: str, size: int, line_ending: bytes, model: str) -> bytes:
     """One line of exactly ``size`` bytes (before its line ending) that a decoder must skip or refuse."""
+    if provider in PLUGINS:
+        return PLUGINS[provider].oversized(size, line_ending, model)
     if provider != "ollama":
         return b":" + b"x" * (size - 1) + line_ending * 2
     head = b'{"model":%s,"created_at":"%s","message":{"role":"assistant","content":""},"done":false,"padding":"' % (
@@ -398,6 +407,8 @@ def encoder(provider: str, line_ending: bytes, ids: bool, id_prefix: str = "") -
 
     With ``ids``, each SSE block has ``id: {id_prefix}{index}`` (UTF-8).
     """
+    if provider in PLUGINS:
+        return PLUGINS[provider].encoder(line_ending, ids, id_prefix)
     le = line_ending
     if provider == "ollama":
         return lambda event, index: event.data + le
@@ -411,3 +422,12 @@ def encoder(provider: str, line_ending: bytes, ids: bool, id_prefix: str = "") -
     named_only = b"event: %s" + le + b"data: %s" + le + le
     data_only = b"data: %s" + le + le
     return lambda event, index: named_only % (event.name, event.data) if event.name else data_only % event.data
+
+
+# --- formats in their own modules (``_format_<name>.py``, found by name: see ``_plugins``) ---------
+# Loaded last: those modules build on the helpers above.
+load()
+PROVIDERS = PROVIDERS + tuple(PLUGINS)
+for _name, _format in PLUGINS.items():
+    CONTENT_TYPES[_name] = _format.content_type
+    FORMATTERS[_name] = _format.formatter

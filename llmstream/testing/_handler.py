@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ._faults import plan
 from ._formats import CONTENT_TYPES, FORMATTERS, StreamContext, error_body, reason
+from ._plugins import route
 from ._reply import Reply, continuation, fault_free
 from ._state import RecordedRequest, ServerState
 from ._writer import BodyWriter
@@ -179,6 +180,10 @@ class Handler(BaseHTTPRequestHandler):
             method=self.command, path=path, query=query, headers=dict(self.headers.items()), json=body,
             received_at=time.monotonic(), client_port=self.client_address[1]))
         provider = ROUTES.get(path)
+        if provider is None:
+            provider, named = route(path)  # formats in their own modules; their paths may name the model
+            if isinstance(body, dict) and "model" in named:
+                body = {**body, "model": named["model"]}
         if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
             if self._admitted("openai"):
                 try:
