@@ -42,7 +42,7 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DEN
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 _FINISH = {"stop": "STOP", "tool_calls": "STOP", "length": "MAX_TOKENS"}
 _ROUTES = (
-    re.compile(r"^/v1beta/models/(?P<model>[^/:]+):streamGenerateContent$"),
+    re.compile(r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):streamGenerateContent$"),
     re.compile(r"^/v1/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+):streamGenerateContent$"),
 )
 _RATINGS = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
@@ -130,15 +130,17 @@ def error_events(ctx: StreamContext, error_type: Optional[str], message: Optiona
 
 
 def encoder(line_ending: bytes, ids: bool, id_prefix: str) -> Any:
-    """``data:`` blocks (no event names, ids only when the reply asks), raw JSON for :data:`RAW` events."""
+    """``data:`` blocks, raw JSON for :data:`RAW` events.
+
+    Never an ``id:`` line, whatever the reply asks: the API sends none, and
+    ``google-genai`` reads any line but ``data:`` as (part of) a JSON object.
+    """
     le = line_ending
-    id_line = b"id: " + id_prefix.encode("utf-8").replace(b"%", b"%%") + b"%d" + le
 
     def encode(event: Event, index: int) -> bytes:
         if event.name == RAW:
             return event.data.replace(b"\n", le)
-        head = id_line % index if ids else b""
-        return head + b"data: " + event.data + le + le
+        return b"data: " + event.data + le + le
     return encode
 
 
