@@ -156,4 +156,5 @@ FORMAT = FakeFormat(
     keepalive=lambda le: b"",
     oversized=lambda size, le, model: b":" + b"x" * (size - 1) + le * 2,
     base_path="",
+    also=("vertex",),
 )

@@ -37,6 +37,7 @@ class FakeFormat:
         keepalive: ``line_ending -> bytes`` sent while idle.
         oversized: ``(size, line_ending, model) -> bytes``, one over-long line.
         base_path: appended to the server's URL to make a client's base URL.
+        also: other providers served by this format (``vertex`` speaks ``gemini``).
     """
 
     name: str
@@ -49,6 +50,7 @@ class FakeFormat:
     keepalive: Callable[[bytes], bytes]
     oversized: Callable[[int, bytes, str], bytes]
     base_path: str = ""
+    also: Tuple[str, ...] = ()
 
 
 def _discover() -> Dict[str, FakeFormat]:
@@ -57,7 +59,8 @@ def _discover() -> Dict[str, FakeFormat]:
         if info.name.startswith("_format_"):
             module = importlib.import_module(f"{__package__}.{info.name}")
             fmt: FakeFormat = module.FORMAT
-            found[fmt.name] = fmt
+            for name in (fmt.name, *fmt.also):
+                found[name] = fmt
     return found
 
 
