@@ -69,11 +69,15 @@ class Client:
 
     Args:
         provider: ``"openai"`` (chat completions, and any OpenAI-compatible
-            server), ``"openai-responses"``, ``"anthropic"`` or ``"ollama"``.
+            server), ``"openai-responses"``, ``"anthropic"``, ``"ollama"``,
+            ``"gemini"``, ``"vertex"`` or ``"azure"`` (README, "Provider by provider").
         base_url: as the provider's own SDK means it (OpenAI's includes
-            ``/v1``; Anthropic's does not; Ollama's is the host). Defaults from
-            ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` / ``OLLAMA_HOST``.
-        api_key: defaults from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` / ``OLLAMA_API_KEY``.
+            ``/v1``; Anthropic's does not; Ollama's is the host; Azure's is the
+            resource endpoint). Defaults from the provider's environment variable
+            (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``OLLAMA_HOST``, ``AZURE_OPENAI_ENDPOINT``...).
+        api_key: a key, or a callable returning a fresh bearer token, called
+            before each stream (Entra ID, Vertex AI). Defaults from the
+            provider's environment variable (``OPENAI_API_KEY``, ``GEMINI_API_KEY``...).
         timeout: a :class:`Timeout`, a number (connect, first_token and idle) or None (defaults).
         retry: a :class:`Retry`, an int (max_attempts) or None (defaults).
         max_buffered: events the queue may hold before the worker stops reading

@@ -109,3 +109,23 @@ def test_the_fake_server_serves_every_provider() -> None:
     with FakeLLMServer() as server:
         for name in PROVIDERS:
             assert server.base_url(name).startswith(server.url)
+
+
+def probes(root: Path) -> List[str]:
+    """``getattr``/``hasattr`` on a provider or its decoder outside ``_providers/``: what the protocol declares instead."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(("_providers/", "testing/")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                    and node.args and re.search(r"provider|decoder|inner", ast.unparse(node.args[0]))):
+                found.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_probing_of_providers_outside_their_modules(tmp_path: Path) -> None:
+    assert probes(ROOT) == []
+    (tmp_path / "_resume.py").write_text('support = getattr(self._provider, "supports_continue", False)\n')
+    assert probes(tmp_path) == ["_resume.py:1: getattr(self._provider, 'supports_continue', False)"]
