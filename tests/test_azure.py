@@ -94,8 +94,8 @@ def test_entra_id_token_is_a_bearer() -> None:
 def test_missing_endpoint_or_version() -> None:
     with pytest.raises(ValueError, match="needs an endpoint"):
         build("", api_version="2024-10-21")
-    with pytest.raises(ValueError, match="needs an api version"):
-        build("https://res.openai.azure.com")
+    # Without an api version, the v1 API (which needs none).
+    assert build("https://res.openai.azure.com").url == "https://res.openai.azure.com/openai/v1/chat/completions"
 
 
 def test_no_continue_resume_is_replay() -> None:

@@ -157,7 +157,7 @@ def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[
 
     # Paced like a real model (about 30 tokens/s), so a newcomer sees it stream.
     with FakeLLMServer(default_reply=Reply(interval=OFFLINE_TOKEN_INTERVAL)) as server:
-        print(f"llmstream: no API key set ({provider.api_key_env}); streaming from the built-in "
+        print(f"llmstream: no API key set ({provider.api_key_env or ', '.join(provider.env_vars)}); streaming from the built-in "
               f"fake server at {server.url}", file=err, flush=True)
         yield server.base_url(args.provider)
 

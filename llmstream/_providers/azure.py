@@ -25,7 +25,7 @@ what Azure puts around them:
 Requests: ``{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=V``
 (the deployment is the ``model`` argument, as with ``AzureOpenAI``), or the v1
 API ``{endpoint}/openai/v1/chat/completions`` when the api version is ``v1``
-or ``preview`` or the endpoint already ends with ``/openai/v1``. The key goes
+or ``preview`` or not given, or the endpoint already ends with ``/openai/v1``. The key goes
 in ``api-key``; a token callable (Entra ID) is sent as ``Authorization: Bearer``.
 
 Never: touch a socket, thread, clock or logger.
@@ -161,8 +161,11 @@ class AzureOpenAIProvider(OpenAIChatProvider):
     ) -> RequestSpec:
         """Build the deployment (or v1) chat completions request; ``model`` is the deployment name.
 
+        Without an ``api_version`` (argument or ``OPENAI_API_VERSION``) the v1
+        API is used, which needs none (``AzureOpenAI`` refuses to start instead).
+
         Raises:
-            ValueError: no endpoint, or no ``api_version`` for the deployment path.
+            ValueError: no endpoint.
         """
         options = dict(params)
         version = options.pop("api_version", None)
@@ -172,10 +175,9 @@ class AzureOpenAIProvider(OpenAIChatProvider):
         spec = super().build_request(base_url=endpoint, api_key=api_key, model=model, messages=messages, params=options)
         if endpoint.endswith("/openai/v1"):
             url = f"{endpoint}/chat/completions"
-        elif version in V1_VERSIONS:
+        elif not version or version in V1_VERSIONS:
+            # The v1 API needs no api-version; without one, it is the one that works.
             url = f"{endpoint}/openai/v1/chat/completions"
-        elif not version:
-            raise ValueError("provider='azure' needs an api version: pass api_version=... or set OPENAI_API_VERSION")
         else:
             url = f"{endpoint}/openai/deployments/{quote(model, safe='')}/chat/completions"
         if version and version not in ("v1", "latest"):
