@@ -305,6 +305,16 @@ def test_mid_stream_error_without_retries_is_a_provider_error_with_partial_text(
         assert caught.value.type == "UNAVAILABLE"
 
 
+def test_resume_continue_is_refused_replay_is_the_way() -> None:
+    with FakeLLMServer() as server:
+        server.script(Reply(text="a b c d", close_after_tokens=2))
+        client = llmstream.Client("gemini", base_url=server.base_url("gemini"), api_key="k")
+        with pytest.raises(llmstream.ResumeError) as caught:
+            client.complete("Hi", retry=llmstream.Retry(max_attempts=3, initial_delay=0.01, resume="continue"))
+        assert caught.value.partial_text == "a b"
+        assert len(server.requests) == 1
+
+
 def test_cut_connection_is_incomplete() -> None:
     with FakeLLMServer() as server:
         server.script(Reply(text="a b c d", close_after_tokens=2))

@@ -45,15 +45,12 @@ def test_clean_faults_deliver_the_whole_answer(provider: str, reply: Reply) -> N
 @pytest.mark.parametrize(
     "reply, error, partial",
     [
-        pytest.param(Reply(text="a b c", omit_end_marker=True), IncompleteStreamError, "a b c", id="no-end-marker"),
         pytest.param(Reply(text="a b c", close_after_tokens=1), IncompleteStreamError, "a", id="cut"),
         pytest.param(Reply(text="a b c", malformed_at=3), MalformedStreamError, None, id="malformed"),
         pytest.param(Reply(text="a b c", stall_after_tokens=(1, 30.0)), StreamTimeoutError, "a", id="stall"),
     ],
 )
 def test_failing_faults(provider: str, reply: Reply, error: type, partial: Any) -> None:
-    if provider == "azure" and reply.omit_end_marker:
-        pytest.skip("a chat stream without [DONE] after its finish_reason is complete (test_azure_without_done_after_the_finish_is_complete)")
     with FakeLLMServer() as server:
         server.script(reply)
         client = llmstream.Client(provider, base_url=server.base_url(provider), api_key="k",
@@ -82,6 +79,16 @@ def test_retry_after_a_cut_replays_exactly_once(provider: str) -> None:
         with client.stream("Hi", **CALL[provider]) as s:
             assert "".join(s) == "one two three four"
         assert s.result.attempts == 2
+
+
+@pytest.mark.parametrize("provider", ["gemini", "vertex"])
+def test_gemini_without_its_finish_chunk_is_incomplete(provider: str) -> None:
+    with FakeLLMServer() as server:
+        server.script(Reply(text="a b c", omit_end_marker=True))
+        client = llmstream.Client(provider, base_url=server.base_url(provider), api_key="k")
+        with pytest.raises(IncompleteStreamError) as caught:
+            client.complete("Hi", retry=ONCE, **CALL[provider])
+        assert caught.value.partial_text == "a b c"
 
 
 def test_azure_without_done_after_the_finish_is_complete() -> None:
