@@ -16,6 +16,7 @@ import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
+from ._cost import Pricing
 from ._events import StreamResult
 from ._flow import Flow
 from ._providers import DEFAULT_PROVIDER, get_provider
@@ -99,6 +100,8 @@ class Client:
             still run at once; the connections beyond it are closed when their
             stream ends instead of being reused, so a web app running hundreds
             of streams should set it to about as many.
+        pricing: a :class:`Pricing` table: each stream's ``cost`` (and
+            ``result.cost``) is then computed over all its attempts.
 
     Usage::
 
@@ -125,7 +128,11 @@ class Client:
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
         pool_size: Optional[int] = None,
+        pricing: Optional[Pricing] = None,
     ) -> None:
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
+        self.pricing = pricing
         self._provider: Provider = get_provider(provider)
         env_base = self._provider.base_url_from_env(os.environ)
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -226,6 +233,7 @@ class Client:
             max_output_chars=self.max_output_chars if max_output_chars is None
             else _check_max_output_chars(max_output_chars),
             continue_allowed=self._provider.continue_allowed(self.base_url),
+            pricing=self.pricing,
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 

@@ -27,6 +27,7 @@ import weakref
 from typing import Any, Iterator, List, Optional
 
 from ._events import (
+    Cost,
     Event,
     Finish,
     Reset,
@@ -288,7 +289,18 @@ class TokenStream:
             tool_calls=tuple(self._tool_calls),
             attempts=self._worker.stats.attempts,
             metrics=self.metrics,
+            cost=self._worker.cost,
         )
+
+    @property
+    def cost(self) -> Optional[Cost]:
+        """What the stream cost (a :class:`~llmstream.Cost`), once it has ended in any way; else ``None``.
+
+        Also after ``close()`` or a failure, when ``result`` raises: then
+        ``cost.at_least`` says the figure is a lower bound. ``None`` while the
+        stream runs, or when the client has no ``pricing`` for the model.
+        """
+        return self._worker.cost
 
     @property
     def metrics(self) -> StreamMetrics:

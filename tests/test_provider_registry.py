@@ -1,8 +1,9 @@
 """The provider as one declared extension point: every provider satisfies the protocol, and nothing else names one.
 
 Adding a provider is one provider module, one fake-server format module
-(``llmstream/testing/_format_<name>.py``), its recorded fixtures and one
-registry line (``llmstream/_providers/__init__.py``). The scan below fails
+(``llmstream/testing/_<name>.py``), its recorded fixtures and one registry
+line in each registry (``llmstream/_providers/__init__.py``, and the fake
+server's ``FORMATS`` in ``llmstream/testing/_formats.py``). The scan below fails
 when any other module of ``llmstream/`` names a provider: its name or an
 environment variable it reads, as a string in code (docstrings and comments
 are prose, and free to mention them).
@@ -19,19 +20,24 @@ import pytest
 
 from llmstream._providers import PROVIDERS
 from llmstream._providers._base import BaseProvider, Provider
-from llmstream.testing._plugins import PLUGINS
+from llmstream.testing._formats import FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent / "llmstream"
 #: The provider modules, by the provider names they define.
 OWNERS: Dict[str, Set[str]] = {}
 for _name, _provider in PROVIDERS.items():
     OWNERS.setdefault(type(_provider).__module__.rsplit(".", 1)[-1] + ".py", set()).add(_name)
-#: The registry, which names them all.
-REGISTRY = {"_providers/__init__.py"}
-#: The fake server's built-in formats of the first four providers, written before
-#: formats had modules of their own (``_format_<name>.py``); new providers must not be named there.
+#: The registries, which name them all: the providers', and the fake server's table of formats.
+REGISTRY = {"_providers/__init__.py", "testing/_formats.py"}
+#: The fake server's format modules (``llmstream/testing/_<module>.py``), by the providers they speak.
+FAKE_MODULES: Dict[str, Set[str]] = {}
+for _name, _format in FORMATS.items():
+    FAKE_MODULES.setdefault(_format.stream.__module__.rsplit("._", 1)[-1], set()).add(_name)
+#: The fake server's HTTP layer still names the first four providers (the styles of its
+#: shared endpoints: model lists, error pages, request ids); new providers must not be named there.
 BUILT_IN = {"openai", "openai-responses", "anthropic", "ollama"}
-LEGACY_FAKE_FORMATS = {"testing/_formats.py": BUILT_IN, "testing/_handler.py": BUILT_IN, "testing/_server.py": BUILT_IN}
+LEGACY_FAKE_FORMATS = {"testing/_handler.py": BUILT_IN, "testing/_server.py": BUILT_IN, "testing/_cli.py": BUILT_IN,
+                       "testing/_wire.py": BUILT_IN}
 
 
 def words(name: str) -> Set[str]:
@@ -59,18 +65,18 @@ def offenders(root: Path) -> List[str]:
         if rel in REGISTRY:
             continue
         allowed = set(OWNERS.get(path.name, set())) if rel.startswith("_providers/") else set()
-        if rel.startswith("testing/_format_"):
-            fmt = PLUGINS.get(rel[len("testing/_format_"):-3])
-            # A format module may build on a built-in format (Azure's on OpenAI's chat).
-            allowed |= ({fmt.name, *fmt.also} if fmt is not None else set()) | BUILT_IN
+        if rel.startswith("testing/_") and rel[len("testing/_"):-3] in FAKE_MODULES:
+            allowed |= FAKE_MODULES[rel[len("testing/_"):-3]]
         allowed |= LEGACY_FAKE_FORMATS.get(rel, set())
         # Words shared by providers (OpenAI's two APIs read the same variables) are theirs in each module.
         allowed_words = set().union(*(words(n) for n in allowed)) if allowed else set()
+        # and so is the OpenTelemetry name a provider declares (the Responses API's is "openai").
+        allowed_words |= {PROVIDERS[n].otel_name for n in allowed if n in PROVIDERS}
         for line, text in code_strings(ast.parse(path.read_text(encoding="utf-8"))):
             for name in PROVIDERS:
                 if name in allowed:
                     continue
-                hit = text == name or any(re.search(rf"(?<![A-Za-z0-9_]){w}(?![A-Za-z0-9_])", text)
+                hit = (text == name and text not in allowed_words) or any(re.search(rf"(?<![A-Za-z0-9_]){w}(?![A-Za-z0-9_])", text)
                                           for w in words(name) - {name} - allowed_words)
                 if hit:
                     found.append(f"{rel}:{line}: names provider {name!r} ({text[:60]!r})")
@@ -96,7 +102,7 @@ def test_every_provider_is_declared_and_complete(name: str) -> None:
     assert isinstance(provider, BaseProvider) and provider.name == name
     assert provider.framing in ("sse", "jsonl", "sse+json")
     assert provider.default_model and provider.env_vars
-    assert provider.fake_format in PLUGINS or provider.fake_format in LEGACY_FAKE_FORMATS["testing/_formats.py"]
+    assert provider.fake_format in FORMATS and provider.otel_name
     assert isinstance(provider.estimate_tokens({"messages": [{"role": "user", "content": "x" * 400}]}), float)
     limit = provider.limit_params(77)
     assert provider.output_limit(limit) == 77  # the limit it writes is the limit it reads

@@ -204,7 +204,21 @@ class Provider(Protocol):
         """A request's likely token cost, for the client's token rate limit."""
         ...
 
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """The body params that set the sampling temperature (the CLI's ``--temperature``)."""
+        ...
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """A next step for an error a user of this provider can fix (the CLI shows it), or None."""
+        ...
+
     # -- the fake server -------------------------------------------------------------------
+
+    @property
+    def otel_name(self) -> str:
+        """OpenTelemetry's ``gen_ai.provider.name`` for this provider (when the host says nothing more)."""
+        ...
 
     @property
     def fake_format(self) -> str:
@@ -233,6 +247,7 @@ class BaseProvider:
     #: Body keys that set the output limit (the last one present wins).
     output_limit_keys: Tuple[str, ...] = ("max_tokens",)
     fake_format: str = ""
+    otel_name: str = ""
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slash."""
@@ -278,6 +293,15 @@ class BaseProvider:
     def limit_params(self, max_tokens: int) -> Dict[str, Any]:
         """``{output_limit_keys[0]: max_tokens}``."""
         return {self.output_limit_keys[0]: max_tokens}
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """``{"temperature": temperature}``."""
+        return {"temperature": temperature}
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """None: no provider-specific advice."""
+        return None
 
     def estimate_tokens(self, body: Optional[Mapping[str, Any]]) -> float:
         """~4 characters per prompt token (the messages, or the whole body), plus the output limit."""
@@ -421,6 +445,14 @@ class StreamDecoder:
             self._resume_point = copy.deepcopy(self.decoder)
         out.extend(self.decoder.close())
         return out
+
+    @property
+    def response_info(self) -> "tuple[Optional[str], Optional[str]]":
+        """The provider's answer id and the model that answered, when its decoder saw them (telemetry)."""
+        # Read the provider decoder's optional ``response_id``/``response_model``
+        # as the resumer reads ``response_id``: a decoder that has none gives None.
+        decoder = self.decoder
+        return getattr(decoder, "response_id", None), getattr(decoder, "response_model", None)
 
     def resume_point(self) -> ProviderDecoder:
         """The provider decoder as it was after the last complete message (before a failing close)."""

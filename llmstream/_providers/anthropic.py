@@ -82,6 +82,7 @@ class AnthropicProvider(BaseProvider):
     env_vars = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
     default_model = "claude-sonnet-4-5"
     fake_format = "anthropic"
+    otel_name = "anthropic"
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slashes."""
@@ -241,6 +242,9 @@ class AnthropicDecoder:
         self._finished = False
         self._start_usage: Dict[str, Any] = {}
         self._stop_reason: Optional[str] = None
+        #: The message ``id`` and ``model`` from ``message_start`` (observability).
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
         self._tools: Dict[int, _ToolBlock] = {}  # keyed by the content block index
         self._next_tool_index = 0
         self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
@@ -293,6 +297,10 @@ class AnthropicDecoder:
         where = _where(obj)
         message = field(obj, "message", dict, where)
         usage = optional(message, "usage", dict, where, "message.")
+        for name in ("id", "model"):
+            value = message.get(name)
+            if isinstance(value, str) and 0 < len(value) <= 256:
+                setattr(self, f"response_{name}", value)
         if usage is None:
             return []
         event = _usage(usage, where, "message.usage.")

@@ -117,6 +117,7 @@ class AzureOpenAIProvider(OpenAIChatProvider):
     env_vars = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_AD_TOKEN", "AZURE_OPENAI_ENDPOINT", "OPENAI_API_VERSION")
     default_model = "gpt-4o-mini"
     fake_format = "azure"
+    otel_name = "azure.ai.openai"
     #: Azure has no assistant prefill: resume="auto" replays.
     supports_continue = False
 

@@ -274,6 +274,7 @@ class GeminiProvider(BaseProvider):
     env_vars = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL")
     default_model = "gemini-2.5-flash"
     fake_format = "gemini"
+    otel_name = "gcp.gemini"
     #: ``Retry(resume="auto")`` replays: Gemini has neither event ids nor an assistant prefill.
     supports_continue = False
     api_version = "v1beta"
@@ -291,6 +292,10 @@ class GeminiProvider(BaseProvider):
     def limit_params(self, max_tokens: int) -> Dict[str, Any]:
         """``{"generationConfig": {"maxOutputTokens": max_tokens}}``."""
         return {"generationConfig": {"maxOutputTokens": max_tokens}}
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """``{"generationConfig": {"temperature": temperature}}``."""
+        return {"generationConfig": {"temperature": temperature}}
 
     def headers(self, api_key: Optional[str]) -> Dict[str, str]:
         """JSON body, SSE answer, and the key (``x-goog-api-key``, or a bearer token)."""
@@ -370,6 +375,7 @@ class VertexProvider(GeminiProvider):
     default_base_url = ""
     env_vars = ("GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "GOOGLE_VERTEX_BASE_URL")
     fake_format = "gemini"
+    otel_name = "gcp.vertex_ai"
     api_version = "v1"
 
     def api_key_from_env(self, environ: Mapping[str, str]) -> Optional[str]:

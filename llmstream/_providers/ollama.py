@@ -34,7 +34,9 @@ import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
+from .._exceptions import (
+    APIConnectionError, IncompleteStreamError, MalformedStreamError, NotFoundError, ProviderError, StreamTimeoutError,
+)
 from .._fastjson import loads as fast_loads
 from ._base import BaseProvider, Message, RequestSpec, drop_none
 from ._shape import malformed, optional, token_count
@@ -85,6 +87,7 @@ class OllamaProvider(BaseProvider):
     env_vars = ("OLLAMA_HOST", "OLLAMA_API_KEY")
     default_model = "llama3.2"
     fake_format = "ollama"
+    otel_name = "ollama"
 
     def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
         """``options.num_predict`` (Ollama's output limit), or 0."""
@@ -95,6 +98,23 @@ class OllamaProvider(BaseProvider):
     def limit_params(self, max_tokens: int) -> Dict[str, Any]:
         """``{"options": {"num_predict": max_tokens}}``."""
         return {"options": {"num_predict": max_tokens}}
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """``{"options": {"temperature": temperature}}``: Ollama takes sampling settings in ``options``."""
+        return {"options": {"temperature": temperature}}
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """Start the server when it is unreachable; pull the model when it is not found."""
+        unreachable = isinstance(error, APIConnectionError) or (
+            isinstance(error, StreamTimeoutError) and error.kind == "connect")
+        if unreachable:
+            where = base_url or environ.get("OLLAMA_HOST") or "localhost:11434"
+            return (f"is Ollama running at {where}? Start it (`ollama serve`, or the Ollama app) and pull the model "
+                    f"(`ollama pull {self.default_model}`), or point OLLAMA_HOST or --base-url at it")
+        if isinstance(error, NotFoundError):
+            return f"pull the model first: `ollama pull {model or self.default_model}` (`ollama list` shows the ones you have)"
+        return None
 
     def normalize_base_url(self, base_url: str) -> str:
         """Turn an ``OLLAMA_HOST`` value into a base URL, the way the ``ollama`` client does.
@@ -211,6 +231,9 @@ class OllamaDecoder:
     def __init__(self) -> None:
         self._finished = False
         self._next_tool_index = 0
+        #: The ``model`` of the final line (observability); Ollama gives no answer id.
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -264,6 +287,9 @@ class OllamaDecoder:
             out.extend(self._tool_call(*call))
         if done:
             self._finished = True
+            model = obj.get("model")
+            if isinstance(model, str) and 0 < len(model) <= 256:
+                self.response_model = model
             out.extend(end)
         return out
 

@@ -152,6 +152,10 @@ class OpenAIChatDecoder:
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
+        #: The chunk ``id`` and ``model`` (observability), read on the general path only:
+        #: the first chunk (the role) and the last (finish reason, usage) take it.
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -240,6 +244,9 @@ class OpenAIChatDecoder:
         # Check everything first, then act: a bad chunk changes no state.
         choices = [self._check_choice(c, i) for i, c in enumerate(optional(chunk, "choices", list, _WHERE) or ())]
         usage = self._usage(chunk)
+        if self.response_id is None:
+            self.response_id = _short_str(chunk.get("id"))
+            self.response_model = _short_str(chunk.get("model"))
         out: List[Event] = []
         for choice in choices:
             if choice is not None:
@@ -360,6 +367,7 @@ class OpenAIChatProvider(BaseProvider):
     default_model = "gpt-4o-mini"
     output_limit_keys: Tuple[str, ...] = ("max_tokens", "max_completion_tokens")
     fake_format = "openai"
+    otel_name = "openai"
     #: Whether :meth:`continue_request` can be used (servers implementing vLLM's
     #: ``continue_final_message``; :meth:`continue_allowed` rules out the official host).
     supports_continue = True
@@ -440,3 +448,8 @@ class OpenAIChatProvider(BaseProvider):
     def is_retryable(self, error: ProviderError) -> bool:
         """True for server errors and rate limits; False for invalid requests and unknown types."""
         return error.type in _RETRYABLE_TYPES
+
+
+def _short_str(value: Any) -> Optional[str]:
+    """An id or model name for telemetry: a string of reasonable length, else None."""
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None

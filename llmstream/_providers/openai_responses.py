@@ -100,6 +100,8 @@ class OpenAIResponsesDecoder:
     def __init__(self) -> None:
         self._done = False
         self._response_id: Optional[str] = None
+        #: The model that answered, from ``response.created`` (observability).
+        self.response_model: Optional[str] = None
         self._last_seq: Optional[int] = None
         # Events numbered at or below this were delivered before a resume;
         # -1 (sequence numbers start at 0) drops nothing.
@@ -213,6 +215,9 @@ class OpenAIResponsesDecoder:
         response_id = optional(response, "id", str, where, "response.")
         if response_id is not None:
             self._response_id = response_id
+        model = response.get("model")
+        if isinstance(model, str) and 0 < len(model) <= 256:
+            self.response_model = model
         return []
 
     @staticmethod
@@ -371,6 +376,7 @@ class OpenAIResponsesProvider(BaseProvider):
     default_model = "gpt-4o-mini"
     output_limit_keys = ("max_output_tokens",)
     fake_format = "openai-responses"
+    otel_name = "openai"
 
     _chat = OpenAIChatProvider()
 

@@ -26,7 +26,6 @@ import time
 from typing import Any, List, Optional, Set, Tuple
 
 from ._formats import PROVIDERS
-from ._plugins import PLUGINS
 from ._handler import Handler
 from ._reply import Reply
 from ._state import RecordedRequest, ServerState
@@ -228,8 +227,6 @@ class FakeLLMServer:
         """
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
-        if provider in PLUGINS:
-            return self.url + PLUGINS[provider].base_path
         return self.url + "/v1" if provider.startswith("openai") else self.url
 
     def script(self, *replies: Reply) -> None:

@@ -1,8 +1,7 @@
-"""The fake server's Gemini format (AI Studio and Vertex AI ``streamGenerateContent?alt=sse``).
+"""Google Gemini (AI Studio and Vertex AI ``streamGenerateContent?alt=sse``), as the fake server speaks it.
 
-Found by name: ``llmstream.testing`` loads every ``_format_<name>.py`` module
-and serves its :data:`FORMAT` (see ``_plugins``); the provider module declares
-``fake_format = "gemini"``.
+Its row in ``_formats.FORMATS`` is ``"gemini"`` (and ``"vertex"``, the same
+format on Vertex AI's path); the provider module declares ``fake_format = "gemini"``.
 
 Shape (https://ai.google.dev/api/generate-content#method:-models.streamgeneratecontent):
 one ``GenerateContentResponse`` per ``data:`` block, no event names, no ids,
@@ -28,18 +27,18 @@ Must never: import ``llmstream``.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-from ._formats import Event, StreamContext, _dump, _q, _usage, reason
-from ._plugins import FakeFormat
 from ._reply import Reply, split_words
+from ._wire import Event, StreamContext, dump as _dump, q as _q, text_of, usage_of as _usage
 
-__all__ = ["FORMAT"]
+__all__ = ["stream", "complete", "error_events", "error_body", "catalog", "route", "encoder", "RAW"]
 
 #: Marks an event written as it is, outside any ``data:`` line.
 RAW = b"\x00raw"
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "fake-model")
 _FINISH = {"stop": "STOP", "tool_calls": "STOP", "length": "MAX_TOKENS"}
 _ROUTES = (
     re.compile(r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):streamGenerateContent$"),
@@ -72,7 +71,7 @@ def _chunk(parts: List[Dict[str, Any]], ctx: StreamContext, usage: bytes, finish
     return b'{"candidates":[' + _dump(candidate) + b"]," + usage + _tail(ctx)
 
 
-def gemini(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
+def stream(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
     """``GenerateContentResponse`` chunks, the one with ``finishReason`` last."""
     prompt = reply.usage[0] if reply.usage is not None else 12
     finish = reply.finish_reason or "stop"
@@ -113,10 +112,28 @@ def gemini(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
     yield Event(_chunk([{"text": ""}], ctx, _metadata(prompt, output, thoughts), end), end=True)
 
 
-def error_body(status: int, message: Optional[str], error_type: Optional[str]) -> bytes:
+def complete(reply: Reply, ctx: StreamContext) -> Dict[str, Any]:
+    """The non-streaming answer (``generateContent``): one ``GenerateContentResponse``."""
+    text, count = text_of(ctx)
+    prompt, output = _usage(reply, count)
+    parts: List[Dict[str, Any]] = [{"text": text}] if text else []
+    parts += [{"functionCall": {"name": name, "args": dict(arguments)}} for name, arguments in reply.tool_calls]
+    finish = reply.finish_reason or "stop"
+    return {"candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": _FINISH.get(finish, finish.upper()),
+                            "index": 0}],
+            "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output},
+            "modelVersion": ctx.model, "responseId": f"fake-response-{ctx.number}"}
+
+
+def error_body(status: int, message: str, error_type: Optional[str]) -> Dict[str, Any]:
     """``{"error": {"code", "message", "status"}}``."""
     kind = error_type or _STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
-    return _dump({"error": {"code": status, "message": message or reason(status), "status": kind}})
+    return {"error": {"code": status, "message": message, "status": kind}}
+
+
+def catalog(headers: Mapping[str, str]) -> Dict[str, Any]:
+    """The model list, as ``GET /v1beta/models`` gives it."""
+    return {"models": [{"name": f"models/{m}", "displayName": m} for m in _MODELS]}
 
 
 def error_events(ctx: StreamContext, error_type: Optional[str], message: Optional[str], next_sequence: int) -> List[Event]:
@@ -142,19 +159,3 @@ def encoder(line_ending: bytes, ids: bool, id_prefix: str) -> Any:
             return event.data.replace(b"\n", le)
         return b"data: " + event.data + le + le
     return encode
-
-
-FORMAT = FakeFormat(
-    name="gemini",
-    content_type="text/event-stream",
-    formatter=gemini,
-    route=route,
-    error_body=error_body,
-    error_events=error_events,
-    encoder=encoder,
-    # The API sends no keep-alives, and google-genai reads any line outside data: as JSON.
-    keepalive=lambda le: b"",
-    oversized=lambda size, le, model: b":" + b"x" * (size - 1) + le * 2,
-    base_path="",
-    also=("vertex",),
-)

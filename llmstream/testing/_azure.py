@@ -1,6 +1,6 @@
-"""The fake server's Azure OpenAI format: OpenAI chat chunks plus Azure's content filter annotations.
+"""Azure OpenAI, as the fake server speaks it: OpenAI chat chunks plus Azure's content filter annotations.
 
-Found by name (see ``_plugins``); the provider module declares ``fake_format = "azure"``.
+Its row in ``_formats.FORMATS`` is ``"azure"``; the provider module declares ``fake_format = "azure"``.
 
 Routes: ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``
 (the classic path, what ``openai.AzureOpenAI`` calls) and
@@ -25,15 +25,13 @@ import json
 import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ._formats import Event, StreamContext, _dump, encoder, error_body, error_events, keepalive, oversized, openai_chat
-from ._plugins import FakeFormat
+from . import _openai_chat
 from ._reply import Reply
+from ._wire import Event, StreamContext, dump as _dump
 
-__all__ = ["FORMAT"]
-
-_OPENAI = "openai"  # the built-in format this one extends
+__all__ = ["stream", "complete", "route", "error_events", "error_body", "catalog", "PATH"]
 _DEPLOYMENT = re.compile(r"^/openai/deployments/(?P<model>[^/]+)/chat/completions$")
-_V1 = "/openai/v1/chat/completions"
+PATH = "/openai/v1/chat/completions"  # the v1 API; deployments: route()
 _SAFE = {"filtered": False, "severity": "safe"}
 _PROMPT_FILTER = [{"prompt_index": 0, "content_filter_results": {
     "hate": _SAFE, "jailbreak": {"filtered": False, "detected": False}, "self_harm": _SAFE, "sexual": _SAFE,
@@ -43,17 +41,17 @@ _FILTERED = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": {"f
 
 def route(path: str) -> Optional[Dict[str, str]]:
     """The deployment named by the path (``{}`` for the v1 path, whose body names the model), or None."""
-    if path == _V1:
+    if path == PATH:
         return {}
     match = _DEPLOYMENT.match(path)
     return {"model": match["model"]} if match else None
 
 
-def azure(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
+def stream(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
     """The prompt filter chunk, then OpenAI chat chunks (the finish one annotated when the filter cut the answer)."""
     yield Event(_dump({"choices": [], "created": 0, "id": "", "model": "", "object": "",
                        "prompt_filter_results": _PROMPT_FILTER}))
-    for event in openai_chat(reply, ctx):
+    for event in _openai_chat.stream(reply, ctx):
         if b'"finish_reason":"content_filter"' in event.data:
             chunk = json.loads(event.data)
             for choice in chunk["choices"]:
@@ -62,24 +60,12 @@ def azure(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
         yield event
 
 
-def _same(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return lambda *args: fn(_OPENAI, *args)
+def complete(reply: Reply, ctx: StreamContext) -> Dict[str, Any]:
+    """The non-streaming answer: OpenAI's, with the prompt's filter results."""
+    return {**_openai_chat.complete(reply, ctx), "prompt_filter_results": _PROMPT_FILTER}
 
 
-def _error_events(ctx: StreamContext, error_type: Optional[str], message: Optional[str], next_sequence: int) -> List[Event]:
-    return error_events(StreamContext(_OPENAI, ctx.model, ctx.number, ctx.include_usage, ctx.tokens),
-                        error_type, message, next_sequence)
-
-
-FORMAT = FakeFormat(
-    name="azure",
-    content_type="text/event-stream; charset=utf-8",
-    formatter=azure,
-    route=route,
-    error_body=_same(error_body),
-    error_events=_error_events,
-    encoder=_same(encoder),
-    keepalive=_same(keepalive),
-    oversized=_same(oversized),
-    base_path="",
-)
+# Errors and the model list are OpenAI's.
+error_events = _openai_chat.error_events
+error_body = _openai_chat.error_body
+catalog = _openai_chat.catalog
