@@ -65,6 +65,11 @@ def complete(reply: Reply, ctx: StreamContext) -> Dict[str, Any]:
     return {**_openai_chat.complete(reply, ctx), "prompt_filter_results": _PROMPT_FILTER}
 
 
+def environment(url: str, key: str) -> Dict[str, str]:
+    """What points ``openai.AzureOpenAI`` and llmstream at the server at ``url``."""
+    return {"AZURE_OPENAI_ENDPOINT": url, "AZURE_OPENAI_API_KEY": key, "OPENAI_API_VERSION": "2024-10-21"}
+
+
 # Errors and the model list are OpenAI's.
 error_events = _openai_chat.error_events
 error_body = _openai_chat.error_body

@@ -56,6 +56,8 @@ class ProviderFormat(NamedTuple):
     #: the format's own encoder, ``(line_ending, ids, id_prefix) -> encode(event, index)`` (Gemini's bare error JSON)
     encode: Optional[Callable[[bytes, bool, str], Callable[[Event, int], bytes]]] = None
     quiet: bool = False  #: sends nothing while idle (Gemini: its client reads any line but data: as JSON)
+    #: the environment variables that point its SDK at the server: ``(server URL, key) -> {name: value}``
+    environment: Optional[Callable[[str, str], Dict[str, str]]] = None
 
 
 FORMATS: Dict[str, ProviderFormat] = {
@@ -73,9 +75,10 @@ FORMATS: Dict[str, ProviderFormat] = {
                              "application/x-ndjson", streams_by_default=True, json_lines=True),
     "gemini": ProviderFormat("/v1beta/models/{model}:streamGenerateContent", _gemini.stream, _gemini.complete,
                              _gemini.error_events, _gemini.error_body, _gemini.catalog, content_type="text/event-stream",
-                             streams_by_default=True, route=_gemini.route, encode=_gemini.encoder, quiet=True),
+                             streams_by_default=True, route=_gemini.route, encode=_gemini.encoder, quiet=True,
+                             environment=_gemini.environment),
     "azure": ProviderFormat(_azure.PATH, _azure.stream, _azure.complete, _azure.error_events, _azure.error_body,
-                            _azure.catalog, route=_azure.route),
+                            _azure.catalog, route=_azure.route, environment=_azure.environment),
 }
 #: Gemini on Vertex AI: the same format on Vertex's path (``_gemini.route`` knows both).
 FORMATS["vertex"] = FORMATS["gemini"]

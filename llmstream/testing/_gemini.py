@@ -131,6 +131,12 @@ def error_body(status: int, message: str, error_type: Optional[str]) -> Dict[str
     return {"error": {"code": status, "message": message, "status": kind}}
 
 
+def environment(url: str, key: str) -> Dict[str, str]:
+    """What points ``google-genai`` and llmstream (AI Studio and Vertex AI) at the server at ``url``."""
+    return {"GEMINI_API_KEY": key, "GOOGLE_GEMINI_BASE_URL": url, "GOOGLE_VERTEX_BASE_URL": url,
+            "GOOGLE_CLOUD_PROJECT": "fake-project"}
+
+
 def catalog(headers: Mapping[str, str]) -> Dict[str, Any]:
     """The model list, as ``GET /v1beta/models`` gives it."""
     return {"models": [{"name": f"models/{m}", "displayName": m} for m in _MODELS]}
