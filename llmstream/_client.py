@@ -21,8 +21,8 @@ from ._cost import Pricing
 from ._events import Event, Retrying, StreamResult
 from ._exceptions import StreamError
 from ._flow import Flow, FlowControl, SharedState
-from ._providers import get_provider
-from ._providers._base import Message, Provider
+from ._providers import DEFAULT_PROVIDER, get_provider
+from ._providers._base import BearerToken, Message, Provider
 from ._stream import Sink, TokenStream
 from ._options import CALL_OPTIONS, HeaderValues, apply_extras, build_messages, check_headers, check_params
 from ._transport import Session, Transport, TransportOptions, redact_url
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from ._async import AsyncTokenStream
 
 __all__ = ["Client", "stream", "complete", "astream", "acomplete", "build_messages", "CALL_OPTIONS"]
+
+#: An API key, or a callable returning a fresh bearer token before each stream (Entra ID, Google OAuth).
+ApiKey = Union[str, Callable[[], str], None]
 
 #: Events the queue may hold before the worker blocks (backpressure).
 DEFAULT_MAX_BUFFERED = 1024
@@ -60,11 +63,15 @@ class Client:
 
     Args:
         provider: ``"openai"`` (chat completions, and any OpenAI-compatible
-            server), ``"openai-responses"``, ``"anthropic"`` or ``"ollama"``.
+            server), ``"openai-responses"``, ``"anthropic"``, ``"ollama"``,
+            ``"gemini"``, ``"vertex"`` or ``"azure"`` (README, "Provider by provider").
         base_url: as the provider's own SDK means it (OpenAI's includes
-            ``/v1``; Anthropic's does not; Ollama's is the host). Defaults from
-            ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` / ``OLLAMA_HOST``.
-        api_key: defaults from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` / ``OLLAMA_API_KEY``.
+            ``/v1``; Anthropic's does not; Ollama's is the host; Azure's is the
+            resource endpoint). Defaults from the provider's environment variable
+            (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``OLLAMA_HOST``, ``AZURE_OPENAI_ENDPOINT``...).
+        api_key: a key, or a callable returning a fresh bearer token, called
+            before each stream (Entra ID, Vertex AI). Defaults from the
+            provider's environment variable (``OPENAI_API_KEY``, ``GEMINI_API_KEY``...).
         timeout: a :class:`Timeout`, a number (connect, first_token and idle) or None (defaults).
         retry: a :class:`Retry`, an int (max_attempts) or None (defaults).
         max_buffered: events the queue may hold before the worker stops reading
@@ -137,10 +144,10 @@ class Client:
 
     def __init__(
         self,
-        provider: str = "openai",
+        provider: str = DEFAULT_PROVIDER,
         *,
         base_url: Optional[str] = None,
-        api_key: Optional[str] = None,
+        api_key: ApiKey = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
@@ -170,10 +177,12 @@ class Client:
         self._callbacks = Callbacks(on_text=on_text, on_event=on_event, on_retry=on_retry, on_error=on_error,
                                     on_complete=on_complete)
         self._provider: Provider = get_provider(provider)
-        env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
+        env_base = self._provider.base_url_from_env(os.environ)
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
         key_env = self._provider.api_key_env
-        self._api_key = api_key if api_key is not None else (os.environ.get(key_env) if key_env else None)
+        self._api_key: ApiKey = api_key if api_key is not None else self._provider.api_key_from_env(os.environ)
+        # Provider options from the environment (Azure's OPENAI_API_VERSION...), under each call's params.
+        self._env_params = self._provider.params_from_env(os.environ)
         if not self._api_key and self._provider.requires_api_key and not (base_url or env_base):
             raise ValueError(
                 f"no API key for provider {provider!r}: pass api_key=... or set {key_env}"
@@ -229,7 +238,7 @@ class Client:
         prompt: Optional[str] = None,
         *,
         messages: Optional[Sequence[Message]] = None,
-        model: str,
+        model: Optional[str] = None,
         system: Optional[str] = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
@@ -251,7 +260,7 @@ class Client:
         Args:
             prompt: a user message (or pass ``messages``).
             messages: the conversation, in the provider's message format.
-            model: the model name.
+            model: the model name (Azure: the deployment name); None: the provider's default model.
             system: a system prompt, put where the provider wants it.
             timeout: overrides the client's :class:`Timeout` for this stream.
             retry: overrides the client's :class:`Retry` for this stream.
@@ -284,18 +293,27 @@ class Client:
                                 extra_query=extra_query, extra_body=extra_body, keep_text=keep_text, sink=sink,
                                 callbacks=callbacks or None, params=params)
 
-    def _new_stream(self, prompt: Optional[str], *, messages: Optional[Sequence[Message]], model: str,
+    def _new_stream(self, prompt: Optional[str], *, messages: Optional[Sequence[Message]], model: Optional[str],
                     system: Optional[str], timeout: TimeoutTypes, retry: Union[Retry, int, None],
                     max_output_chars: Optional[int], extra_headers: Optional[HeaderValues],
                     extra_query: Optional[Mapping[str, Any]], extra_body: Optional[Mapping[str, Any]],
                     keep_text: Optional[bool], sink: Sink, callbacks: Optional[Callbacks],
                     params: Dict[str, Any]) -> TokenStream:
-        check_params(params, where="Client.stream()")
+        check_params(params, where="Client.stream()", provider_options=self._provider.call_options)
+        if model is None:
+            model = self._provider.default_model
         if not isinstance(model, str) or not model:
-            raise ValueError("model must be a non-empty string, e.g. model='gpt-4o-mini'")
+            raise ValueError(f"model must be a non-empty string, e.g. model={self._provider.default_model!r}")
+        key = self._api_key
+        if callable(key):
+            # A token provider is asked before each stream, as the official SDKs do, so it can refresh.
+            token = key()
+            if not isinstance(token, str) or not token:
+                raise ValueError("the api_key callable must return a non-empty str (a bearer token)")
+            key = BearerToken(token)
         spec = self._provider.build_request(
-            base_url=self.base_url, api_key=self._api_key, model=model,
-            messages=build_messages(prompt, messages, system), params=params,
+            base_url=self.base_url, api_key=key, model=model,
+            messages=build_messages(prompt, messages, system), params={**self._env_params, **params},
         )
         spec = apply_extras(
             spec, headers=(self.default_headers, check_headers("extra_headers", extra_headers)),
@@ -309,8 +327,7 @@ class Client:
             flow=self._flow, model=model,
             max_output_chars=self.max_output_chars if max_output_chars is None
             else _check_max_output_chars(max_output_chars),
-            # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
-            continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            continue_allowed=self._provider.continue_allowed(self.base_url),
             pricing=self.pricing,
             keep_text=self.keep_text if keep_text is None else _check_keep_text(keep_text),
         )
@@ -326,7 +343,7 @@ class Client:
         prompt: Optional[str] = None,
         *,
         messages: Optional[Sequence[Message]] = None,
-        model: str,
+        model: Optional[str] = None,
         system: Optional[str] = None,
         timeout: TimeoutTypes = None,
         retry: Union[Retry, int, None] = None,
@@ -380,11 +397,11 @@ class Client:
         return f"Client(provider={self.provider!r}, base_url={redact_url(self.base_url)!r}, api_key=<{key}>)"
 
 
-_default_clients: Dict[Tuple[str, Optional[str], Optional[str]], Client] = {}
+_default_clients: Dict[Tuple[str, Optional[str], ApiKey], Client] = {}
 _default_lock = threading.Lock()
 
 
-def _default_client(provider: str, base_url: Optional[str], api_key: Optional[str]) -> Client:
+def _default_client(provider: str, base_url: Optional[str], api_key: ApiKey) -> Client:
     # Shared per (provider, base_url, key) so repeated llmstream.stream() calls
     # reuse connections, as the official SDKs' module-level clients do.
     key = (provider, base_url, api_key)
@@ -399,10 +416,10 @@ def stream(
     prompt: Optional[str] = None,
     *,
     messages: Optional[Sequence[Message]] = None,
-    model: str,
-    provider: str = "openai",
+    model: Optional[str] = None,
+    provider: str = DEFAULT_PROVIDER,
     base_url: Optional[str] = None,
-    api_key: Optional[str] = None,
+    api_key: ApiKey = None,
     timeout: TimeoutTypes = None,
     retry: Union[Retry, int, None] = None,
     **params: Any,
@@ -417,7 +434,7 @@ def stream(
     Same arguments as :meth:`Client.stream`, plus the client's ``provider``,
     ``base_url`` and ``api_key``.
     """
-    check_params(params, where="llmstream.stream()")
+    check_params(params, where="llmstream.stream()", provider_options=get_provider(provider).call_options)
     client = _default_client(provider, base_url, api_key)
     return client.stream(prompt, messages=messages, model=model, timeout=timeout, retry=retry, **params)
 
@@ -430,8 +447,8 @@ def complete(prompt: Optional[str] = None, **kwargs: Any) -> StreamResult:
 
 
 
-def astream(prompt: Optional[str] = None, *, provider: str = "openai", base_url: Optional[str] = None,
-            api_key: Optional[str] = None, **kwargs: Any) -> "AsyncTokenStream":
+def astream(prompt: Optional[str] = None, *, provider: str = DEFAULT_PROVIDER, base_url: Optional[str] = None,
+            api_key: ApiKey = None, **kwargs: Any) -> "AsyncTokenStream":
     """Like :func:`stream`, for asyncio: an :class:`AsyncTokenStream` from the shared default client.
 
     Usage::

@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "Distribution",
     "StreamMetrics",
+    "ContentFilter",
     "StreamResult",
     "StreamReport",
     "AttemptReport",
@@ -53,16 +54,25 @@ class TextDelta(Record):
 
 
 class ThinkingDelta(Record):
-    """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text."""
+    """A piece of the model's visible reasoning (Anthropic ``thinking_delta``); not part of the answer text.
 
-    __slots__ = __match_args__ = ("text",)
+    Attributes:
+        text: the reasoning text (may be "" on an event that only carries a signature).
+        signature: the provider's opaque signature of the reasoning (Gemini
+            ``thoughtSignature``), to send back unchanged in the next turn; None when none came.
+    """
+
+    __slots__ = __match_args__ = ("text", "signature")
     text: str
+    signature: Optional[str]
 
     def __init__(
         self,
         text: str,
+        signature: Optional[str] = None,
     ) -> None:
         set_field(self, "text", text)
+        set_field(self, "signature", signature)
 
 
 class ToolCallDelta(Record):
@@ -104,14 +114,17 @@ class ToolCall(Record):
         arguments: the arguments parsed from JSON, or ``None`` if they are not
             valid JSON (for example cut short by ``max_tokens``).
         raw_arguments: the arguments exactly as the model wrote them.
+        signature: the provider's opaque signature on the call's part (Gemini
+            ``thoughtSignature``), or None.
     """
 
-    __slots__ = __match_args__ = ("index", "id", "name", "arguments", "raw_arguments")
+    __slots__ = __match_args__ = ("index", "id", "name", "arguments", "raw_arguments", "signature")
     index: int
     id: str
     name: str
     arguments: Any
     raw_arguments: str
+    signature: Optional[str]
 
     def __init__(
         self,
@@ -120,12 +133,14 @@ class ToolCall(Record):
         name: str,
         arguments: Any,
         raw_arguments: str,
+        signature: Optional[str] = None,
     ) -> None:  # noqa: A002
         set_field(self, "index", index)
         set_field(self, "id", id)
         set_field(self, "name", name)
         set_field(self, "arguments", arguments)
         set_field(self, "raw_arguments", raw_arguments)
+        set_field(self, "signature", signature)
 
 
 class Usage(Record):
@@ -177,6 +192,32 @@ class Finish(Record):
         set_field(self, "reason", reason)
 
 
+class ContentFilter(Record):
+    """The provider's content filter acted or reported: the app may retract what it showed.
+
+    Attributes:
+        source: ``"prompt"`` (the request was judged: Gemini ``promptFeedback``,
+            Azure ``prompt_filter_results``) or ``"completion"`` (the answer was:
+            Azure ``content_filter_results``, Gemini safety ratings on a finish).
+        reason: the provider's word for what happened (``"content_filter"``,
+            ``"SAFETY"``, a ``blockReason``...), or ``""`` for a report that blocked nothing.
+        blocked: True when the filter stopped the prompt or the answer.
+        results: the provider's own filter object, unchanged.
+    """
+
+    __slots__ = __match_args__ = ("source", "reason", "blocked", "results")
+    source: str
+    reason: str
+    blocked: bool
+    results: Any
+
+    def __init__(self, source: str, reason: str, blocked: bool, results: Any = None) -> None:
+        set_field(self, "source", source)
+        set_field(self, "reason", reason)
+        set_field(self, "blocked", blocked)
+        set_field(self, "results", results)
+
+
 class Retrying(Record):
     """The stream broke or was refused and will be tried again.
 
@@ -223,7 +264,7 @@ class Reset(Record):
         set_field(self, "discarded_text", discarded_text)
 
 
-Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset]
+Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, ContentFilter, Retrying, Reset]
 
 #: Events that count as progress for the ``first_token`` and ``idle`` timeouts.
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)

@@ -51,10 +51,8 @@ from ._exceptions import (
 from ._monitor import monitor
 from ._transport import Cancelled
 
-__all__ = ["FlowControl", "SharedState", "Flow", "Gate", "Slots", "RateLimiter", "Breaker", "estimate_tokens", "counts_as_failure"]
+__all__ = ["FlowControl", "SharedState", "Flow", "Gate", "Slots", "RateLimiter", "Breaker", "counts_as_failure"]
 
-#: Request body keys that set the output limit, per provider.
-_OUTPUT_LIMIT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def _total_timeout(what: str) -> StreamTimeoutError:
@@ -213,22 +211,6 @@ class RateLimiter:
             self._tokens.refill(time.monotonic())
             # A debt below zero is allowed: later requests wait for it to be paid back.
             self._tokens.level = min(self._tokens.capacity, self._tokens.level - tokens)
-
-
-def estimate_tokens(body: Optional[Mapping[str, Any]]) -> float:
-    """A request's likely token cost: ~4 characters per prompt token, plus its output limit."""
-    if not body:
-        return 1.0
-    output = 0
-    for key in _OUTPUT_LIMIT_KEYS:
-        value = body.get(key)
-        if isinstance(value, int):
-            output = value
-    options = body.get("options")
-    if isinstance(options, Mapping) and isinstance(options.get("num_predict"), int):
-        output = options["num_predict"]
-    prompt = len(json.dumps(body.get("messages") or body.get("input") or body, ensure_ascii=False)) / 4
-    return max(1.0, prompt + max(0, output))
 
 
 def counts_as_failure(exc: StreamError) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping as MappingABC
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlencode, urlsplit
 
 from ._providers._base import Message, RequestSpec
@@ -81,7 +81,7 @@ _SDK_NAMES = {
 #: call is most often given.
 _TYPO_TARGETS = CALL_OPTIONS + ("api_key", "base_url", "provider")
 
-def check_params(params: Mapping[str, Any], *, where: str) -> None:
+def check_params(params: Mapping[str, Any], *, where: str, provider_options: Tuple[str, ...] = ()) -> None:
     """Refuse llmstream option names among provider parameters (the rules above).
 
     ``where`` names the function, for the message (``"Client.stream()"``).
@@ -90,8 +90,10 @@ def check_params(params: Mapping[str, Any], *, where: str) -> None:
         TypeError: a client option, an official SDK's name, or a near miss.
     """
     for name in params:
-        if name in CALL_OPTIONS:
-            continue  # passed on to Client.stream() (from the module-level stream()), which takes it
+        if name in CALL_OPTIONS or name in provider_options:
+            # Passed on to Client.stream() (from the module-level stream()), which
+            # takes it, or an option of the provider's own (Vertex's project=).
+            continue
         home = _CLIENT_OPTIONS.get(name)
         if home is not None:
             reason = " (it would be sent to the server inside the request body)" if name in (

@@ -67,7 +67,7 @@ from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
 from ._events import Event, Reset, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ._exceptions import APIStatusError, ProviderError, ResumeError, StreamError
-from ._providers._base import Provider, RequestSpec, StreamDecoder
+from ._providers._base import PREFILL_GUARANTEED, Provider, RequestSpec, StreamDecoder
 from ._resume_match import ContinuationFilter, ReplayFilter, TextDigest
 
 __all__ = ["PREFILL_GUARANTEED", "KeptText", "Resumer", "TextLog", "last_event_id_header"]
@@ -75,10 +75,6 @@ __all__ = ["PREFILL_GUARANTEED", "KeptText", "Resumer", "TextLog", "last_event_i
 #: Statuses that mean "the server will not resume this way", as opposed to a
 #: passing failure worth retrying the same way.
 _REFUSALS = frozenset({400, 404, 405, 410, 422})
-#: The value of a provider's ``supports_continue`` when its API guarantees that a
-#: final assistant message is continued (a prefill); any other true value is a
-#: continuation the server may silently ignore.
-PREFILL_GUARANTEED = "prefill"
 _ORDER_PREFILL = ("last-event-id", "continue", "replay")
 _ORDER_BEST_EFFORT = ("last-event-id", "replay", "continue")
 #: RFC 9110 field-value: visible characters and obs-text (every UTF-8 byte of a
@@ -200,7 +196,7 @@ class Resumer:
         self._mode = mode
         self._max_line_length = max_line_length
         # The provider says whether its continue is guaranteed (PREFILL_GUARANTEED) or may be ignored.
-        support = getattr(provider, "supports_continue", False)
+        support = provider.supports_continue
         self._continue_allowed = continue_allowed and bool(support)
         self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)
         # The stream's own log when it keeps the text (one copy for both);
@@ -285,12 +281,12 @@ class Resumer:
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
         if decoder is None:
             return None
-        inner: Any = decoder.resume_point()
-        response_id = getattr(inner, "response_id", None)
-        sequence = getattr(inner, "last_sequence_number", None)
-        if response_id is not None and sequence is not None and hasattr(self._provider, "resume_request"):
-            spec: RequestSpec = self._provider.resume_request(self._spec, response_id, sequence)
-            self._next_decoder = StreamDecoder(inner.resumed(), framing="sse", max_line_length=self._max_line_length)
+        inner = decoder.resume_point()
+        cursor = self._provider.cursor_request(self._spec, inner)
+        if cursor is not None:
+            spec, going_on = cursor
+            self._next_decoder = StreamDecoder(going_on, framing=self._provider.framing,
+                                               max_line_length=self._max_line_length)
             return spec
         value = last_event_id_header(decoder.last_event_id)
         if value is None:
@@ -306,9 +302,8 @@ class Resumer:
             return None  # keep_text=False (or to_file()): there is no text to send as the prefill
         if not self._continue_allowed or not text.strip() or self._calls or self._thinking.length:
             return None
-        split = getattr(self._provider, "split_prefill", None)
-        held_back = split(text)[1] if split is not None else ""
-        spec: RequestSpec = self._provider.continue_request(self._spec, text)  # type: ignore[attr-defined]
+        held_back = self._provider.split_prefill(text)[1]
+        spec = self._provider.continue_request(self._spec, text)
         if spec is self._spec:
             return None  # nothing the provider can continue: asking again is a replay, not this
         # A continuation may be the answer starting again: it is matched against the delivered text.

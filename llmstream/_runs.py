@@ -35,6 +35,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Protoco
 from ._async import spawn
 from ._events import Event, Finish, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from ._exceptions import APIStatusError, StreamError
+from ._providers import PROVIDERS
 from ._redact import Redactor
 from ._stream import TokenStream
 
@@ -43,8 +44,6 @@ __all__ = ["RelayEvent", "Run", "RunSource", "RunStore", "MemoryRunStore", "NotR
 #: One relay event: (id, wire name, JSON-ready data).
 RelayEvent = Tuple[int, str, Dict[str, Any]]
 
-#: Environment variables whose values are provider keys: redacted from error frames.
-_KEY_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_API_KEY")
 
 _pump_ids = itertools.count(1)
 #: Text pieces are merged into one kept event (while no reader has it) up to
@@ -57,7 +56,9 @@ class NotResumableError(LookupError):
 
 
 def _redactor(extra: Iterable[str]) -> Redactor:
-    return Redactor([*(os.environ.get(name) for name in _KEY_ENV), *extra])
+    # Every provider's key from the environment (each provider knows where it reads its own).
+    keys = [provider.api_key_from_env(os.environ) for provider in PROVIDERS.values()]
+    return Redactor([*(key for key in keys if key), *extra])
 
 
 def describe_error(error: BaseException, delivered: str, redact: Redactor) -> Dict[str, Any]:

@@ -94,9 +94,10 @@ MAX_ERROR_BODY = 65536
 #: from a proxy or captive portal with status 200 must not be parsed as a stream.
 _ACCEPTED_TYPES = {
     "sse": ("text/event-stream",),
+    "sse+json": ("text/event-stream",),
     "jsonl": ("application/x-ndjson", "application/jsonl", "application/json", "text/plain", "application/ndjson"),
 }
-_ACCEPT_HEADER = {"sse": "text/event-stream", "jsonl": "application/x-ndjson"}
+_ACCEPT_HEADER = {"sse": "text/event-stream", "sse+json": "text/event-stream", "jsonl": "application/x-ndjson"}
 
 
 def redact_url(url: str) -> str:

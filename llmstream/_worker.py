@@ -69,7 +69,7 @@ from ._body import BodyReader, time_left
 from ._cost import Pricing, account, price
 from ._events import Cost, Event, Retrying, StreamReport
 from ._exceptions import RateLimitError, StreamError
-from ._flow import FlowControl, Gate, estimate_tokens
+from ._flow import FlowControl, Gate
 from ._monitor import StreamStart, merge_headers, monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
@@ -690,7 +690,7 @@ class Worker:
         gate = Gate(self._flow, self._cancel, self._total_deadline, self._lease)
         error: Optional[BaseException] = None
         try:
-            tokens = estimate_tokens(spec.json) if self._flow.counts_tokens else 0.0
+            tokens = self._provider.estimate_tokens(spec.json) if self._flow.counts_tokens else 0.0
             waited = gate.enter(tokens)
             self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
             if self.stats.attempts == 0:

@@ -107,6 +107,7 @@ except ImportError as exc:  # the optional extra is not installed
 from ._cost import account
 from ._events import AttemptReport, StreamReport
 from ._monitor import StreamStart, monitor
+from ._providers import PROVIDERS
 from ._version import __version__
 
 __all__ = ["install", "uninstall", "Instrumentation", "provider_name", "STABILITY_ENV", "CAPTURE_CONTENT_ENV"]
@@ -141,8 +142,6 @@ _HOSTS = (
     ("api.cohere.com", "cohere"),
     ("api.cohere.ai", "cohere"),
 )
-#: ``gen_ai.provider.name`` by llmstream's provider, when the host says nothing more.
-_PROVIDERS = {"openai": "openai", "openai-responses": "openai", "anthropic": "anthropic", "ollama": "ollama"}
 
 
 def provider_name(provider: str, url: str) -> str:
@@ -155,7 +154,8 @@ def provider_name(provider: str, url: str) -> str:
         return "gcp.vertex_ai"
     if host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
         return "aws.bedrock"
-    return _PROVIDERS.get(provider, provider)
+    # When the host says nothing more, the provider declares its own (``Provider.otel_name``).
+    return PROVIDERS[provider].otel_name if provider in PROVIDERS else provider
 
 
 def _env_flag(name: str) -> bool:

@@ -19,14 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import DATA_DIR, split_points
-from llmstream._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from llmstream._events import ContentFilter, Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._exceptions import StreamError
 from llmstream._providers import PROVIDERS
 from llmstream._providers._base import StreamDecoder
 from llmstream._providers._shape import MAX_TOKENS
 
 #: Fixture directory -> provider name.
-_DIRS = {"openai_chat": "openai", "openai_responses": "openai-responses", "anthropic": "anthropic", "ollama": "ollama"}
+_DIRS = {"openai_chat": "openai", "openai_responses": "openai-responses", "anthropic": "anthropic", "ollama": "ollama",
+         "gemini": "gemini", "azure": "azure"}
 TRANSCRIPTS: List[Tuple[str, str, bytes]] = [
     (_DIRS[path.parent.name], f"{path.parent.name}/{path.name}", path.read_bytes())
     for path in sorted(DATA_DIR.glob("*/*.txt"))
@@ -43,6 +44,7 @@ def check_events(events: Sequence[Event]) -> None:
     for event in events:
         if isinstance(event, (TextDelta, ThinkingDelta)):
             assert type(event.text) is str
+            assert not isinstance(event, ThinkingDelta) or event.signature is None or type(event.signature) is str
         elif isinstance(event, ToolCallDelta):
             assert type(event.arguments) is str and type(event.index) is int
             assert event.id is None or type(event.id) is str
@@ -52,6 +54,8 @@ def check_events(events: Sequence[Event]) -> None:
         elif isinstance(event, Usage):
             for count in (event.input_tokens, event.output_tokens):
                 assert count is None or (type(count) is int and 0 <= count <= MAX_TOKENS)
+        elif isinstance(event, ContentFilter):
+            assert type(event.source) is str and type(event.reason) is str and type(event.blocked) is bool
         else:
             assert isinstance(event, Finish) and type(event.reason) is str
 

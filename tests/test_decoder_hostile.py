@@ -33,6 +33,9 @@ GOOD = {
     "openai-responses": '{"type":"response.output_text.delta","sequence_number":1,"delta":"Hi"}',
     "anthropic": '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}',
     "ollama": '{"message":{"role":"assistant","content":"Hi"},"done":false}',
+    "gemini": '{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}]}',
+    "vertex": '{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"index":0}]}',
+    "azure": '{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null,"content_filter_results":{}}]}',
 }
 
 
@@ -143,6 +146,13 @@ WRONG_TYPES = [
     pytest.param("ollama", '{"done": "yes"}', 'Ollama stream line: expected "done" to be a boolean, got string', id="ollama-done-string"),
     pytest.param("ollama", '{"done": true, "done_reason": 1}', 'Ollama stream line: expected "done_reason" to be a string, got integer', id="ollama-done-reason-int"),
     pytest.param("ollama", '{"done": true, "eval_count": 1e999}', f'Ollama stream line: expected "eval_count" to be {COUNT}, got inf', id="ollama-eval-inf"),
+    pytest.param("gemini", '{"candidates": [{"content": {"parts": "x"}, "index": 0}]}', 'Gemini chunk: expected "candidates[0].content.parts" to be a list, got string', id="gemini-parts-string"),
+    pytest.param("gemini", '{"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": []}}]}, "index": 0}]}', 'Gemini chunk: expected "candidates[0].content.parts[0].functionCall.args" to be an object, got list', id="gemini-args-list"),
+    pytest.param("gemini", '{"usageMetadata": {"candidatesTokenCount": -1}}', f'Gemini chunk: expected "usageMetadata.candidatesTokenCount" to be {COUNT}, got -1', id="gemini-count-negative"),
+    pytest.param("gemini", '{"promptFeedback": {"blockReason": 3}}', 'Gemini chunk: expected "promptFeedback.blockReason" to be a string, got integer', id="gemini-block-reason-int"),
+    pytest.param("vertex", '{"candidates": [{"index": "0"}]}', 'Gemini chunk: expected "candidates[0].index" to be an integer, got string', id="vertex-index-string"),
+    pytest.param("azure", '{"choices": [], "prompt_filter_results": "x"}', 'Azure OpenAI chunk: expected "prompt_filter_results" to be a list, got string', id="azure-prompt-filter-string"),
+    pytest.param("azure", '{"choices": [{"index": 0, "delta": {"content": 5}}]}', 'OpenAI chat chunk: expected "choices[0].delta.content" to be a string, got integer', id="azure-content-int"),
     pytest.param("ollama", '{"done": true, "prompt_eval_count": -1}', f'Ollama stream line: expected "prompt_eval_count" to be {COUNT}, got -1', id="ollama-prompt-negative"),
 ]
 
@@ -182,6 +192,8 @@ def test_documented_nulls_and_whole_floats_are_accepted(provider: str, messages:
         pytest.param("openai", "invalid JSON in stream data: '" + "[" * 80 + "...'", id="openai"),
         pytest.param("openai-responses", "invalid JSON in stream data: '" + "[" * 80 + "...'", id="openai-responses"),
         pytest.param("anthropic", "invalid JSON in Anthropic 'message' event: " + repr("[" * 80 + "..."), id="anthropic"),
+        pytest.param("gemini", "invalid JSON in stream data: '" + "[" * 80 + "'", id="gemini"),
+        pytest.param("azure", "invalid JSON in stream data: '" + "[" * 80 + "...'", id="azure"),
         pytest.param("ollama", "invalid JSON on line 2: " + repr("[" * 80) + f" (JSON nested deeper than {MAX_DEPTH} levels)", id="ollama"),
     ],
 )
@@ -206,7 +218,13 @@ def test_depth_limit_is_exact_and_strings_do_not_count() -> None:
 def deep_arguments_stream(provider: str) -> Tuple[List[str], List[Event]]:
     """A tool call whose arguments are 100000 '[': the messages, and the events expected."""
     call = ToolCall(0, "c", "f", None, DEEP)
-    if provider == "openai":
+    if provider in ("gemini", "vertex"):
+        # Gemini sends arguments as an object inside the chunk: a deep string in it is kept as text.
+        args = {"s": DEEP}
+        raw = json.dumps(args)
+        line = json.dumps({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": args}}]}, "index": 0}]})
+        return [line], [ToolCallDelta(0, "", "f", raw), ToolCall(0, "", "f", args, raw)]
+    if provider in ("openai", "azure"):
         fragment = {"index": 0, "id": "c", "function": {"name": "f", "arguments": DEEP}}
         return [chat(delta={"tool_calls": [fragment]}), chat(delta={}, finish_reason="tool_calls")], \
             [ToolCallDelta(0, "c", "f", DEEP), call, Finish("tool_calls")]

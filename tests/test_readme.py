@@ -83,7 +83,7 @@ EXPECTED_SKIPS: Dict[str, str] = {
 #: The README's opening block; CI runs these commands (``test_first_block_is_what_ci_runs``).
 INSTALL_COMMANDS = 'pip install . && llmstream chat "hello"\npip install ".[test]" && python -m pytest\n'
 FAKE_KEY = "sk-readme-test-key"
-PROVIDER_ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "OLLAMA_")
+PROVIDER_ENV_PREFIXES = ("OPENAI_", "ANTHROPIC_", "OLLAMA_", "GEMINI_", "GOOGLE_", "AZURE_OPENAI_")
 RUN_TIMEOUT = 60.0
 SERVE_TIMEOUT = 10.0
 
@@ -200,6 +200,13 @@ def snippet_env(server: FakeLLMServer, shims: Path) -> Dict[str, str]:
         ANTHROPIC_BASE_URL=server.base_url("anthropic"),
         ANTHROPIC_API_KEY=FAKE_KEY,
         OLLAMA_HOST=f"127.0.0.1:{server.port}",
+        GEMINI_API_KEY=FAKE_KEY,
+        GOOGLE_GEMINI_BASE_URL=server.base_url("gemini"),
+        GOOGLE_VERTEX_BASE_URL=server.base_url("vertex"),
+        GOOGLE_CLOUD_PROJECT="my-project",
+        AZURE_OPENAI_ENDPOINT=server.base_url("azure"),
+        AZURE_OPENAI_API_KEY=FAKE_KEY,
+        OPENAI_API_VERSION="2024-10-21",
     )
     return env
 

@@ -936,8 +936,9 @@ def test_unstarted_server_holds_no_socket() -> None:
 def test_base_urls(server: FakeLLMServer) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server.url) and server.port > 0
     assert [server.base_url(p) for p in PATHS] == [server.url + "/v1", server.url + "/v1", server.url, server.url]
-    with pytest.raises(ValueError, match="unknown provider 'gemini'"):
-        server.base_url("gemini")
+    assert [server.base_url(p) for p in ("gemini", "vertex", "azure")] == [server.url] * 3
+    with pytest.raises(ValueError, match="unknown provider 'mistral'"):
+        server.base_url("mistral")
 
 
 def test_client_disconnect_is_quiet(server: FakeLLMServer, capfd: pytest.CaptureFixture[str],

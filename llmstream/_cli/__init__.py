@@ -41,7 +41,8 @@ import sys
 import traceback
 from typing import Callable, Dict, Iterator, List, Optional, TextIO
 
-from .._exceptions import APIConnectionError, NotFoundError, StreamError, StreamTimeoutError
+from .._exceptions import StreamError
+from .._providers import PROVIDERS
 from .._version import __version__
 from ._chat import add_chat_command, run_chat
 from ._debug import add_debug_command, run_debug
@@ -128,17 +129,12 @@ def _verbose_logging(enabled: bool, err: TextIO, secrets: Secrets) -> Iterator[N
 
 
 def hint(exc: BaseException, args: argparse.Namespace) -> Optional[str]:
-    """A next step for an error a user can fix, or None."""
-    unreachable = isinstance(exc, APIConnectionError) or (
-        isinstance(exc, StreamTimeoutError) and exc.kind == "connect")
-    if unreachable and getattr(args, "provider", None) == "ollama":
-        where = getattr(args, "base_url", None) or os.environ.get("OLLAMA_HOST") or "localhost:11434"
-        return (f"is Ollama running at {where}? Start it (`ollama serve`, or the Ollama app) and pull the model "
-                "(`ollama pull llama3.2`), or point OLLAMA_HOST or --base-url at it")
-    if isinstance(exc, NotFoundError) and getattr(args, "provider", None) == "ollama":
-        model = getattr(args, "model", None) or "llama3.2"
-        return f"pull the model first: `ollama pull {model}` (`ollama list` shows the ones you have)"
-    return None
+    """A next step for an error a user can fix, or None (the provider knows its own advice)."""
+    name = getattr(args, "provider", None)
+    if not isinstance(name, str) or name not in PROVIDERS:
+        return None
+    return PROVIDERS[name].hint(exc, base_url=getattr(args, "base_url", None), model=getattr(args, "model", None),
+                               environ=os.environ)
 
 
 def _report_error(exc: BaseException, verbose: bool, err: TextIO, secrets: Secrets,

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .._client import Client, build_messages
 from .._events import Event, TextDelta
-from .._providers import PROVIDERS, get_provider
+from .._providers import DEFAULT_PROVIDER, PROVIDERS, get_provider
 from .._providers._base import Message, RequestSpec
 from .._redact import MARKER as REDACTED
 from .._redact import Redactor
@@ -37,18 +37,6 @@ from .._stream import TokenStream
 __all__ = ["Exchange", "Exchanges", "Secrets", "StreamRequest", "Session", "WaitingIndicator", "add_stream_options", "open_stream",
            "read_prompt", "relay", "one_line", "stdout_for_text"]
 
-DEFAULT_MODELS = {
-    "openai": "gpt-4o-mini",
-    "openai-responses": "gpt-4o-mini",
-    "anthropic": "claude-sonnet-4-5",
-    "ollama": "llama3.2",
-}
-#: Each API's own name for the output limit (Ollama's is an option, see ``_limit_params``).
-MAX_TOKENS_PARAM = {
-    "openai": "max_tokens",
-    "openai-responses": "max_output_tokens",
-    "anthropic": "max_tokens",
-}
 #: Shorter values are not scrubbed: replacing every "ab" in the output would mangle it,
 #: and no real key is that short.
 MIN_SECRET_LENGTH = 6
@@ -98,7 +86,7 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     """Add the prompt and the options every streaming command takes."""
     parser.add_argument("prompt", nargs="?", default=None,
                         help="the user message; '-' or nothing: read it from stdin (a pipe or a file)")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="openai",
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default=DEFAULT_PROVIDER,
                         help="the API to talk to (default: openai)")
     parser.add_argument("--model", help="model name (default: a common model of the provider)")
     parser.add_argument("--base-url", help="the provider's base URL (default: from the environment)")
@@ -121,8 +109,8 @@ class Secrets:
     @classmethod
     def from_environment(cls, base_url: Optional[str] = None) -> "Secrets":
         """Collect every provider's API key from the environment, and a password in ``base_url``."""
-        found = [os.environ.get(p.api_key_env, "") for p in PROVIDERS.values() if p.api_key_env]
-        for url in (base_url, *(os.environ.get(p.base_url_env, "") for p in PROVIDERS.values() if p.base_url_env)):
+        found = [p.api_key_from_env(os.environ) or "" for p in PROVIDERS.values()]
+        for url in (base_url, *(p.base_url_from_env(os.environ) or "" for p in PROVIDERS.values())):
             with contextlib.suppress(ValueError):  # an unparseable URL has no password to find
                 found.append(urlsplit(url or "").password or "")
         # Longest first, so a key that contains another is removed whole.
@@ -150,7 +138,7 @@ class StreamRequest:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "StreamRequest":
         """Resolve the prompt, system prompt, model and output limit of the parsed options."""
-        return cls(provider=args.provider, model=args.model or DEFAULT_MODELS[args.provider],
+        return cls(provider=args.provider, model=args.model or get_provider(args.provider).default_model,
                    messages=build_messages(args.prompt, None, args.system),
                    params=_limit_params(args.provider, args.max_tokens, getattr(args, "temperature", None)))
 
@@ -162,21 +150,21 @@ class StreamRequest:
         one, the placeholder stands in for it.
         """
         provider = get_provider(self.provider)
-        has_key = bool(provider.api_key_env and os.environ.get(provider.api_key_env))
+        has_key = bool(provider.api_key_from_env(os.environ))
         return provider.build_request(base_url=base_url, api_key=REDACTED if has_key else None,
                                       model=self.model, messages=self.messages, params=self.params)
 
 
 def _limit_params(provider: str, max_tokens: Optional[int], temperature: Optional[float] = None) -> Dict[str, Any]:
+    """The body params for ``--max-tokens`` and ``--temperature``, in the provider's own keys (it declares them)."""
+    declared = get_provider(provider)
     params: Dict[str, Any] = {}
-    if provider == "ollama":  # Ollama takes sampling settings in "options"
-        options = {name: value for name, value in (("num_predict", max_tokens), ("temperature", temperature))
-                   if value is not None}
-        return {"options": options} if options else {}
-    if max_tokens is not None:
-        params[MAX_TOKENS_PARAM[provider]] = max_tokens
-    if temperature is not None:
-        params["temperature"] = temperature
+    parts = (declared.limit_params(max_tokens) if max_tokens is not None else {},
+             declared.temperature_params(temperature) if temperature is not None else {})
+    for part in parts:
+        for key, value in part.items():
+            # Both may live in one object (Ollama's "options", Gemini's "generationConfig").
+            params[key] = {**params[key], **value} if isinstance(value, dict) and isinstance(params.get(key), dict) else value
     return params
 
 
@@ -224,7 +212,7 @@ def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[
     provider = get_provider(args.provider)
     # A provider that needs no key (Ollama) is most likely running locally at its default host.
     configured = args.base_url or not provider.requires_api_key or any(
-        os.environ.get(name) for name in (provider.api_key_env, provider.base_url_env) if name
+        (provider.api_key_from_env(os.environ), provider.base_url_from_env(os.environ))
     )
     if configured:
         yield args.base_url
@@ -233,7 +221,7 @@ def _offline_server(args: argparse.Namespace, err: TextIO) -> Iterator[Optional[
 
     # Paced like a real model (about 30 tokens/s), so a newcomer sees it stream.
     with FakeLLMServer(default_reply=Reply(interval=OFFLINE_TOKEN_INTERVAL)) as server:
-        print(f"llmstream: no API key set ({provider.api_key_env}); streaming from the built-in "
+        print(f"llmstream: no API key set ({provider.api_key_env or ', '.join(provider.env_vars)}); streaming from the built-in "
               f"fake server at {server.url}", file=err, flush=True)
         yield server.base_url(args.provider)
 

@@ -11,7 +11,10 @@ from collections.abc import Iterator, Mapping
 
 from ._base import Provider
 
-__all__ = ["PROVIDERS", "get_provider"]
+__all__ = ["PROVIDERS", "DEFAULT_PROVIDER", "get_provider"]
+
+#: The provider of ``llmstream.stream()`` and ``Client()`` when none is named.
+DEFAULT_PROVIDER = "openai"
 
 #: name -> (module, class), in the order the CLI lists them.
 _WHERE = {
@@ -19,6 +22,9 @@ _WHERE = {
     "openai-responses": ("openai_responses", "OpenAIResponsesProvider"),
     "anthropic": ("anthropic", "AnthropicProvider"),
     "ollama": ("ollama", "OllamaProvider"),
+    "gemini": ("gemini", "GeminiProvider"),
+    "vertex": ("gemini", "VertexProvider"),
+    "azure": ("azure", "AzureOpenAIProvider"),
 }
 
 

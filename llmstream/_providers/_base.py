@@ -28,15 +28,33 @@ clock or logging configuration.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Union
+import json
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Tuple, Union
 
 from .._events import Event
 from .._record import Record, set_field
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
+from ._sse_json import SSEWithJSONDecoder
 
-__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "StreamDecoder", "Message", "ServerSentEvent", "drop_none"]
+__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message",
+           "ServerSentEvent", "drop_none", "PREFILL_GUARANTEED"]
+
+#: The value of a provider's ``supports_continue`` when its API guarantees that a
+#: final assistant message is continued (a prefill); any other true value is a
+#: continuation the server may silently ignore.
+PREFILL_GUARANTEED = "prefill"
+
+
+class BearerToken(str):
+    """An API credential that came from a token callable (Entra ID, Google OAuth): sent as ``Bearer``.
+
+    The client calls the caller's callable before each stream and hands the
+    provider its result as a ``BearerToken``, so a provider with two ways to
+    authenticate (Azure's ``api-key`` header or an Entra ID bearer token) can
+    tell which one it was given. For every other provider it is just a ``str``.
+    """
 
 Message = Mapping[str, Any]
 
@@ -95,7 +113,7 @@ class Provider(Protocol):
     """A provider's wire format. Implementations live one per module."""
 
     name: str
-    #: ``"sse"`` or ``"jsonl"``.
+    #: ``"sse"``, ``"jsonl"`` or ``"sse+json"`` (SSE plus bare JSON error objects, ``_sse_json``).
     framing: str
     #: Environment variable holding the API key, or None.
     api_key_env: Optional[str]
@@ -133,6 +151,181 @@ class Provider(Protocol):
         """Whether an in-stream error is worth retrying (overloaded, server error...)."""
         ...
 
+    # -- environment and defaults ----------------------------------------------------
+
+    @property
+    def env_vars(self) -> Tuple[str, ...]:
+        """Every environment variable the provider reads, for documentation and the CLI."""
+        ...
+
+    @property
+    def default_model(self) -> str:
+        """The model used when the caller names none (the CLI's default)."""
+        ...
+
+    def api_key_from_env(self, environ: Mapping[str, str]) -> Optional[str]:
+        """The API key the provider's own SDK would read from ``environ``, or None."""
+        ...
+
+    def base_url_from_env(self, environ: Mapping[str, str]) -> Optional[str]:
+        """The base URL the provider's own SDK would read from ``environ``, or None."""
+        ...
+
+    def params_from_env(self, environ: Mapping[str, str]) -> Dict[str, Any]:
+        """Provider options read from ``environ`` (Azure's ``api_version``...), under the caller's ``params``."""
+        ...
+
+    # -- resume --------------------------------------------------------------------------
+
+    @property
+    def supports_continue(self) -> Union[bool, str]:
+        """False, True (a continuation the server may ignore) or :data:`PREFILL_GUARANTEED`."""
+        ...
+
+    def continue_allowed(self, base_url: str) -> bool:
+        """Whether the server at ``base_url`` continues a final assistant message (host rules live here)."""
+        ...
+
+    def continue_request(self, spec: RequestSpec, delivered_text: str) -> RequestSpec:
+        """``spec`` asking to continue ``delivered_text``; ``spec`` itself when the provider cannot."""
+        ...
+
+    def split_prefill(self, delivered_text: str) -> Tuple[str, str]:
+        """(the prefill to send, the text held back because the API refuses it in a prefill)."""
+        ...
+
+    def cursor_request(self, spec: RequestSpec, decoder: ProviderDecoder) -> Optional[Tuple[RequestSpec, ProviderDecoder]]:
+        """The provider's own resume cursor (Responses' ``starting_after``): the request and the decoder going on, or None."""
+        ...
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
+        """The output token limit a request body sets (0 when it sets none)."""
+        ...
+
+    def limit_params(self, max_tokens: int) -> Dict[str, Any]:
+        """The body params that set the output limit to ``max_tokens`` (the CLI's ``--max-tokens``)."""
+        ...
+
+    def estimate_tokens(self, body: Optional[Mapping[str, Any]]) -> float:
+        """A request's likely token cost, for the client's token rate limit."""
+        ...
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """The body params that set the sampling temperature (the CLI's ``--temperature``)."""
+        ...
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """A next step for an error a user of this provider can fix (the CLI shows it), or None."""
+        ...
+
+    @property
+    def call_options(self) -> Tuple[str, ...]:
+        """Per-call options this provider takes out of the call's parameters (Vertex's
+        ``project``, ``location``), which llmstream's check of misplaced options lets through."""
+        ...
+
+    # -- the fake server -------------------------------------------------------------------
+
+    @property
+    def otel_name(self) -> str:
+        """OpenTelemetry's ``gen_ai.provider.name`` for this provider (when the host says nothing more)."""
+        ...
+
+    @property
+    def fake_format(self) -> str:
+        """The fake server's format for this provider (``llmstream.testing`` finds it by this name)."""
+        ...
+
+
+class BaseProvider:
+    """Defaults for everything on :class:`Provider` but the wire format itself.
+
+    A provider module subclasses it and sets ``name``, ``framing``,
+    ``default_base_url``, ``build_request``, ``new_decoder``,
+    ``error_from_body`` and ``is_retryable``; it overrides the rest only where
+    its API differs.
+    """
+
+    name: str = ""
+    framing: str = "sse"
+    api_key_env: Optional[str] = None
+    base_url_env: Optional[str] = None
+    default_base_url: str = ""
+    requires_api_key: bool = True
+    env_vars: Tuple[str, ...] = ()
+    default_model: str = ""
+    supports_continue: Union[bool, str] = False
+    #: Body keys that set the output limit (the last one present wins).
+    output_limit_keys: Tuple[str, ...] = ("max_tokens",)
+    fake_format: str = ""
+    otel_name: str = ""
+    call_options: Tuple[str, ...] = ()
+
+    def normalize_base_url(self, base_url: str) -> str:
+        """Return ``base_url`` without its trailing slash."""
+        return base_url.rstrip("/")
+
+    def api_key_from_env(self, environ: Mapping[str, str]) -> Optional[str]:
+        """``environ[api_key_env]``, or None."""
+        return environ.get(self.api_key_env) if self.api_key_env else None
+
+    def base_url_from_env(self, environ: Mapping[str, str]) -> Optional[str]:
+        """``environ[base_url_env]``, or None."""
+        return environ.get(self.base_url_env) if self.base_url_env else None
+
+    def params_from_env(self, environ: Mapping[str, str]) -> Dict[str, Any]:
+        """None by default."""
+        return {}
+
+    def continue_allowed(self, base_url: str) -> bool:
+        """True: any server of this provider continues alike."""
+        return True
+
+    def continue_request(self, spec: RequestSpec, delivered_text: str) -> RequestSpec:
+        """``spec`` itself: no continuation (resume is a replay)."""
+        return spec
+
+    def split_prefill(self, delivered_text: str) -> Tuple[str, str]:
+        """The whole text is the prefill; nothing is held back."""
+        return delivered_text, ""
+
+    def cursor_request(self, spec: RequestSpec, decoder: ProviderDecoder) -> Optional[Tuple[RequestSpec, ProviderDecoder]]:
+        """None: no cursor of its own (``Last-Event-ID`` still applies when the server sends ids)."""
+        return None
+
+    def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
+        """The value of the last of :attr:`output_limit_keys` present in ``body`` (0 for none)."""
+        output = 0
+        for key in self.output_limit_keys:
+            value = body.get(key) if body else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                output = value
+        return output
+
+    def limit_params(self, max_tokens: int) -> Dict[str, Any]:
+        """``{output_limit_keys[0]: max_tokens}``."""
+        return {self.output_limit_keys[0]: max_tokens}
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """``{"temperature": temperature}``."""
+        return {"temperature": temperature}
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """None: no provider-specific advice."""
+        return None
+
+    def estimate_tokens(self, body: Optional[Mapping[str, Any]]) -> float:
+        """~4 characters per prompt token (the messages, or the whole body), plus the output limit."""
+        if not body:
+            return 1.0
+        prompt_part = body.get("messages") or body.get("input") or body.get("contents") or body
+        prompt = len(json.dumps(prompt_part, ensure_ascii=False, default=str)) / 4
+        return max(1.0, prompt + max(0, self.output_limit(body)))
+
 
 class StreamDecoder:
     """Bytes in, unified events out, for one stream of one provider.
@@ -167,13 +360,15 @@ class StreamDecoder:
         self._inherited_event_id = last_event_id
         self._resume_point: Optional[ProviderDecoder] = None
         self._error: Optional[StreamError] = None
-        self._frames: Union[SSEDecoder, JSONLinesDecoder]
+        self._frames: Union[SSEDecoder, JSONLinesDecoder, SSEWithJSONDecoder]
         if framing == "sse":
             self._frames = SSEDecoder(max_line_length=max_line_length)
         elif framing == "jsonl":
             self._frames = JSONLinesDecoder(max_line_length=max_line_length)
+        elif framing == "sse+json":
+            self._frames = SSEWithJSONDecoder(max_line_length=max_line_length)
         else:
-            raise ValueError(f"unknown framing {framing!r}; expected 'sse' or 'jsonl'")
+            raise ValueError(f"unknown framing {framing!r}; expected 'sse', 'jsonl' or 'sse+json'")
 
     @property
     def last_event_id(self) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, drop_none
 from ._shape import field, optional, token_count
 
 __all__ = ["AnthropicProvider", "AnthropicDecoder"]
@@ -56,7 +56,7 @@ def _excerpt(text: str) -> str:
     return repr(text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else ""))
 
 
-class AnthropicProvider:
+class AnthropicProvider(BaseProvider):
     """The Anthropic Messages API (``POST /v1/messages`` with ``"stream": true``).
 
     The base URL is the host without ``/v1``, as in the ``anthropic`` SDK
@@ -79,6 +79,10 @@ class AnthropicProvider:
     #: The API guarantees that a final assistant message (prefill) is continued,
     #: so resume="auto" tries continue before replay (``_resume.PREFILL_GUARANTEED``).
     supports_continue = "prefill"
+    env_vars = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
+    default_model = "claude-sonnet-4-5"
+    fake_format = "anthropic"
+    otel_name = "anthropic"
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slashes."""

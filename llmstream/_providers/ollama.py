@@ -33,9 +33,11 @@ import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
-from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
+from .._exceptions import (
+    APIConnectionError, IncompleteStreamError, MalformedStreamError, NotFoundError, ProviderError, StreamTimeoutError,
+)
 from .._fastjson import loads as fast_loads
-from ._base import Message, RequestSpec, drop_none
+from ._base import BaseProvider, Message, RequestSpec, drop_none
 from ._shape import malformed, optional, token_count
 
 __all__ = ["OllamaProvider", "OllamaDecoder"]
@@ -54,7 +56,7 @@ _EXCERPT = 80
 _WHERE = "Ollama stream line"
 
 
-class OllamaProvider:
+class OllamaProvider(BaseProvider):
     """A local (or remote) Ollama server's native chat API.
 
     The base URL is the host, as ``OLLAMA_HOST`` gives it to the ``ollama``
@@ -81,6 +83,37 @@ class OllamaProvider:
     #: it open), so resume="continue" works; but it depends on the model's
     #: template, so it is not guaranteed and resume="auto" replays first.
     supports_continue = True
+    env_vars = ("OLLAMA_HOST", "OLLAMA_API_KEY")
+    default_model = "llama3.2"
+    fake_format = "ollama"
+    otel_name = "ollama"
+
+    def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
+        """``options.num_predict`` (Ollama's output limit), or 0."""
+        options = body.get("options") if body else None
+        value = options.get("num_predict") if isinstance(options, Mapping) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def limit_params(self, max_tokens: int) -> Dict[str, Any]:
+        """``{"options": {"num_predict": max_tokens}}``."""
+        return {"options": {"num_predict": max_tokens}}
+
+    def temperature_params(self, temperature: float) -> Dict[str, Any]:
+        """``{"options": {"temperature": temperature}}``: Ollama takes sampling settings in ``options``."""
+        return {"options": {"temperature": temperature}}
+
+    def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
+             environ: Mapping[str, str]) -> Optional[str]:
+        """Start the server when it is unreachable; pull the model when it is not found."""
+        unreachable = isinstance(error, APIConnectionError) or (
+            isinstance(error, StreamTimeoutError) and error.kind == "connect")
+        if unreachable:
+            where = base_url or environ.get("OLLAMA_HOST") or "localhost:11434"
+            return (f"is Ollama running at {where}? Start it (`ollama serve`, or the Ollama app) and pull the model "
+                    f"(`ollama pull {self.default_model}`), or point OLLAMA_HOST or --base-url at it")
+        if isinstance(error, NotFoundError):
+            return f"pull the model first: `ollama pull {model or self.default_model}` (`ollama list` shows the ones you have)"
+        return None
 
     def normalize_base_url(self, base_url: str) -> str:
         """Turn an ``OLLAMA_HOST`` value into a base URL, the way the ``ollama`` client does.

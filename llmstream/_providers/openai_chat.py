@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, drop_none
 from ._shape import expect, json_type, malformed, optional, token_count
 
 __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
@@ -349,7 +349,7 @@ def _check_fragment(value: Any, name: str) -> _Fragment:
     )
 
 
-class OpenAIChatProvider:
+class OpenAIChatProvider(BaseProvider):
     """OpenAI Chat Completions, and any server that speaks it (vLLM, llama.cpp, DeepSeek, Groq...).
 
     ``base_url`` includes the version, as in the official SDK:
@@ -362,9 +362,18 @@ class OpenAIChatProvider:
     base_url_env: Optional[str] = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
     requires_api_key = True
+    env_vars: Tuple[str, ...] = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    default_model = "gpt-4o-mini"
+    output_limit_keys: Tuple[str, ...] = ("max_tokens", "max_completion_tokens")
+    fake_format = "openai"
+    otel_name = "openai"
     #: Whether :meth:`continue_request` can be used (servers implementing vLLM's
-    #: ``continue_final_message``; the caller decides for the official host).
+    #: ``continue_final_message``; :meth:`continue_allowed` rules out the official host).
     supports_continue = True
+
+    def continue_allowed(self, base_url: str) -> bool:
+        """False for OpenAI's own API, which has no assistant prefill; compatible servers (vLLM...) have one."""
+        return "api.openai.com" not in base_url
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slash (``/v1`` is kept as given)."""

@@ -51,7 +51,7 @@ from urllib.parse import quote
 
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
-from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, ProviderDecoder, RequestSpec, ServerSentEvent, drop_none
 from .._fastjson import loads as fast_loads
 from ._shape import field, optional, token_count
 from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_call
@@ -359,7 +359,7 @@ def _function_call_item(event: Dict[str, Any]) -> Optional[Tuple[str, str, Optio
     )
 
 
-class OpenAIResponsesProvider:
+class OpenAIResponsesProvider(BaseProvider):
     """OpenAI Responses API (``POST /responses``), streamed.
 
     Shares the Chat Completions provider's environment, base URL, headers and
@@ -372,8 +372,22 @@ class OpenAIResponsesProvider:
     base_url_env: Optional[str] = "OPENAI_BASE_URL"
     default_base_url = "https://api.openai.com/v1"
     requires_api_key = True
+    env_vars = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    default_model = "gpt-4o-mini"
+    output_limit_keys = ("max_output_tokens",)
+    fake_format = "openai-responses"
+    otel_name = "openai"
 
     _chat = OpenAIChatProvider()
+
+    def cursor_request(self, spec: RequestSpec, decoder: ProviderDecoder) -> Optional[Tuple[RequestSpec, ProviderDecoder]]:
+        """``GET .../responses/{id}?starting_after=N`` and the decoder going on, once the stream told its id and a sequence number."""
+        if not isinstance(decoder, OpenAIResponsesDecoder):
+            return None
+        response_id, sequence = decoder.response_id, decoder.last_sequence_number
+        if response_id is None or sequence is None:
+            return None
+        return self.resume_request(spec, response_id, sequence), decoder.resumed()
 
     def normalize_base_url(self, base_url: str) -> str:
         """Return ``base_url`` without its trailing slash (``/v1`` is kept as given)."""

@@ -38,7 +38,7 @@ import time
 import typing
 from typing import Any, Dict, List, NamedTuple, Optional, TextIO, Tuple
 
-from ._formats import PROVIDERS
+from ._formats import FORMATS, PROVIDERS
 from ._reply import Reply
 from ._server import FakeLLMServer
 from ._state import RecordedRequest
@@ -180,13 +180,18 @@ def parse_args(argv: Optional[List[str]]) -> ServeOptions:
 
 def environment(server: FakeLLMServer) -> Dict[str, str]:
     """The environment variables that point llmstream and the official SDKs at ``server``."""
-    return {
+    env = {
         "OPENAI_BASE_URL": server.base_url("openai"),
         "OPENAI_API_KEY": FAKE_API_KEY,
         "ANTHROPIC_BASE_URL": server.base_url("anthropic"),
         "ANTHROPIC_API_KEY": FAKE_API_KEY,
         "OLLAMA_HOST": server.url.split("://", 1)[1],
     }
+    # The formats that say it themselves (one row may serve several providers: count it once).
+    for fmt in {id(f): f for f in FORMATS.values()}.values():
+        if fmt.environment is not None:
+            env.update(fmt.environment(server.url, FAKE_API_KEY))
+    return env
 
 
 def describe_request(request: RecordedRequest) -> str:

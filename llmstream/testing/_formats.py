@@ -26,7 +26,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
-from . import _anthropic, _ollama, _openai_chat, _openai_responses
+from . import _anthropic, _azure, _gemini, _ollama, _openai_chat, _openai_responses
 from ._reply import Reply
 from ._wire import CREATED_AT, Event, StreamContext, dump, q
 
@@ -51,6 +51,13 @@ class ProviderFormat(NamedTuple):
     streams_by_default: bool = False  #: whether a request without ``"stream"`` streams (Ollama's does)
     json_lines: bool = False  #: one JSON object per line instead of SSE (Ollama)
     keepalive_event: Optional[Event] = None  #: sent while idle instead of an SSE comment (Anthropic's ping)
+    #: for endpoints whose path names the model: ``path -> {"model": ...}`` (``{}``: the body names it), None for another path
+    route: Optional[Callable[[str], Optional[Dict[str, str]]]] = None
+    #: the format's own encoder, ``(line_ending, ids, id_prefix) -> encode(event, index)`` (Gemini's bare error JSON)
+    encode: Optional[Callable[[bytes, bool, str], Callable[[Event, int], bytes]]] = None
+    quiet: bool = False  #: sends nothing while idle (Gemini: its client reads any line but data: as JSON)
+    #: the environment variables that point its SDK at the server: ``(server URL, key) -> {name: value}``
+    environment: Optional[Callable[[str, str], Dict[str, str]]] = None
 
 
 FORMATS: Dict[str, ProviderFormat] = {
@@ -66,7 +73,15 @@ FORMATS: Dict[str, ProviderFormat] = {
     "ollama": ProviderFormat("/api/chat", _ollama.stream, _ollama.complete, _ollama.error_events,
                              _ollama.error_body, _ollama.catalog, {("GET", "/api/tags"): _ollama.tags},
                              "application/x-ndjson", streams_by_default=True, json_lines=True),
+    "gemini": ProviderFormat("/v1beta/models/{model}:streamGenerateContent", _gemini.stream, _gemini.complete,
+                             _gemini.error_events, _gemini.error_body, _gemini.catalog, content_type="text/event-stream",
+                             streams_by_default=True, route=_gemini.route, encode=_gemini.encoder, quiet=True,
+                             environment=_gemini.environment),
+    "azure": ProviderFormat(_azure.PATH, _azure.stream, _azure.complete, _azure.error_events, _azure.error_body,
+                            _azure.catalog, route=_azure.route, environment=_azure.environment),
 }
+#: Gemini on Vertex AI: the same format on Vertex's path (``_gemini.route`` knows both).
+FORMATS["vertex"] = FORMATS["gemini"]
 PROVIDERS = tuple(FORMATS)
 CONTENT_TYPES = {name: fmt.content_type for name, fmt in FORMATS.items()}
 FORMATTERS = {name: fmt.stream for name, fmt in FORMATS.items()}
@@ -94,7 +109,7 @@ def reason(status: int) -> str:
 def keepalive(provider: str, line_ending: bytes) -> bytes:
     """What the provider sends while idle: an SSE comment, or its own event (Anthropic's ping); JSON lines: nothing."""
     fmt = FORMATS[provider]
-    if fmt.json_lines:
+    if fmt.json_lines or fmt.quiet:
         return b""
     if fmt.keepalive_event is not None:
         return encoder(provider, line_ending, ids=False)(fmt.keepalive_event, 0)
@@ -116,6 +131,9 @@ def encoder(provider: str, line_ending: bytes, ids: bool, id_prefix: str = "") -
     With ``ids``, each SSE block has ``id: {id_prefix}{index}`` (UTF-8).
     """
     le = line_ending
+    own = FORMATS[provider].encode
+    if own is not None:
+        return own(line_ending, ids, id_prefix)
     if FORMATS[provider].json_lines:
         return lambda event, index: event.data + le
     if ids:

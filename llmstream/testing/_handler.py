@@ -40,7 +40,7 @@ import socket
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ._faults import plan
 from ._formats import CONTENT_TYPES, FORMATS, FORMATTERS, StreamContext, error_body, reason
@@ -65,6 +65,15 @@ NO_PREFILL = ("This model does not support assistant message prefill. "
               "The conversation must end with a user message.")
 DEFAULT_MODEL = "fake-model"
 _GONE = (ConnectionError, TimeoutError)  # BrokenPipe, ConnectionReset, ConnectionAborted
+
+
+def _route(path: str) -> Tuple[Optional[str], Dict[str, str]]:
+    """The format whose ``route`` takes ``path``, and what the path says (``{"model": ...}``), or (None, {})."""
+    for name, fmt in FORMATS.items():
+        found = fmt.route(path) if fmt.route is not None else None
+        if found is not None:
+            return name, found
+    return None, {}
 
 
 def _style(path: str) -> str:
@@ -191,6 +200,10 @@ class Handler(BaseHTTPRequestHandler):
             method=self.command, path=path, query=query, headers=dict(self.headers.items()), json=body,
             received_at=time.monotonic(), client_port=self.client_address[1]))
         provider = ROUTES.get(path)
+        if provider is None:
+            provider, named = _route(path)
+            if isinstance(body, dict) and "model" in named:
+                body = {**body, "model": named["model"]}  # a path that names the model (Gemini, Azure deployments)
         if self._catalog(path, body):
             return
         if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
