@@ -22,6 +22,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolCall",
     "Usage",
+    "OutputItem",
     "Finish",
     "Retrying",
     "Reset",
@@ -90,15 +91,34 @@ class ToolCall:
 class Usage:
     """Token counts reported by the provider (the latest, cumulative figures).
 
+    Every figure is as the provider reports it, ``None`` when it reports none:
+    ``input_tokens`` is the provider's own prompt count (OpenAI's includes the
+    cached tokens; Anthropic's ``input_tokens`` excludes cache reads and
+    writes), and ``output_tokens`` includes the reasoning tokens.
+
     Attributes:
         input_tokens: tokens in the prompt, if reported.
         output_tokens: tokens generated, if reported.
         raw: the provider's own usage object, unchanged.
+        cached_input_tokens: prompt tokens read from the provider's prompt
+            cache (OpenAI ``prompt_tokens_details.cached_tokens``, DeepSeek
+            ``prompt_cache_hit_tokens``, Responses
+            ``input_tokens_details.cached_tokens``, Anthropic
+            ``cache_read_input_tokens``).
+        cache_write_tokens: prompt tokens written to the cache (Anthropic
+            ``cache_creation_input_tokens``; OpenRouter
+            ``prompt_tokens_details.cache_write_tokens``).
+        reasoning_tokens: output tokens spent on hidden reasoning (OpenAI
+            ``completion_tokens_details.reasoning_tokens``, Responses
+            ``output_tokens_details.reasoning_tokens``).
     """
 
     input_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    cached_input_tokens: Optional[int] = None
+    cache_write_tokens: Optional[int] = None
+    reasoning_tokens: Optional[int] = None
 
     @property
     def total_tokens(self) -> Optional[int]:
@@ -106,6 +126,28 @@ class Usage:
         if self.input_tokens is None or self.output_tokens is None:
             return None
         return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItem:
+    """A finished piece of the assistant's turn, in the provider's own request format.
+
+    Emitted when the provider closes a block or item: an Anthropic ``thinking``
+    block with its ``signature``, a ``redacted_thinking`` block, a ``text`` or
+    ``tool_use`` block; a Responses output item (``reasoning`` with its
+    ``encrypted_content``, ``message``, ``function_call``...). The stream keeps
+    them to build ``StreamResult.message``, so signed thinking survives an
+    agent loop. Bookkeeping, not content: it does not count as progress.
+
+    Attributes:
+        item: the block or item, as the provider's API takes it back.
+        text_key: when set, the key of ``item`` that receives the answer
+            text delivered since the previous item (the decoder does not keep
+            the text itself: that would cost on every token).
+    """
+
+    item: Mapping[str, Any]
+    text_key: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +169,15 @@ class Retrying:
         attempt: the number of the attempt about to start (2 for the first retry).
         delay: seconds waited before it.
         cause: the error that caused the retry.
+        resume: how the next attempt goes on from what was delivered:
+            ``"last-event-id"``, ``"continue"``, ``"replay"``, or ``None``
+            when it starts afresh (nothing had been delivered).
     """
 
     attempt: int
     delay: float
     cause: BaseException
+    resume: Optional[str] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +193,7 @@ class Reset:
     discarded_text: str
 
 
-Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, Retrying, Reset]
+Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, OutputItem, Finish, Retrying, Reset]
 
 #: Events that count as progress for the ``first_token`` and ``idle`` timeouts.
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)
@@ -247,6 +293,15 @@ class StreamResult:
         tool_calls: the complete tool calls, in order.
         attempts: HTTP attempts made (1 when nothing was retried).
         metrics: timings and counts for the stream.
+        message: the assistant's turn in the provider's own request format,
+            signed thinking and tool calls included, so an agent loop can send
+            ``messages + [result.message] + tool_results``: a Chat Completions
+            ``{"role": "assistant", "content", "tool_calls"}``, an Anthropic
+            ``{"role": "assistant", "content": [blocks]}``, an Ollama message;
+            for the Responses API the list of output items
+            (``input + result.message``).
+        messages: the same turn as the items to append to the conversation
+            whatever the provider: ``(message,)``, or the Responses items.
     """
 
     text: str
@@ -255,6 +310,8 @@ class StreamResult:
     tool_calls: Tuple[ToolCall, ...] = ()
     attempts: int = 1
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
+    message: Any = None
+    messages: Tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from typing import Any, Iterator, List, Optional
 from ._events import (
     Event,
     Finish,
+    OutputItem,
     Reset,
+    Retrying,
     StreamMetrics,
     StreamResult,
     TextDelta,
@@ -37,6 +39,7 @@ from ._events import (
     Usage,
 )
 from ._exceptions import ResumeError, StreamBusyError, StreamClosedError, StreamError, StreamTimeoutError
+from ._turn import TurnRecorder, as_messages
 from ._worker import POLL_INTERVAL, Worker
 
 __all__ = ["TokenStream"]
@@ -82,6 +85,7 @@ class TokenStream:
         self._parts: List[str] = []
         self._blocks: List[str] = []
         self._tool_calls: List[ToolCall] = []
+        self._turn = TurnRecorder()
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
         self._status = "streaming"
@@ -140,6 +144,8 @@ class TokenStream:
                 self.close()
 
     def _record(self, event: Event, text_only: bool) -> None:
+        if event.__class__ is OutputItem or event.__class__ is Retrying or event.__class__ is Reset:
+            self._turn.record(event, self._text_length())
         if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
@@ -159,6 +165,10 @@ class TokenStream:
             self._parts.clear()
             self._blocks.clear()
             self._tool_calls.clear()
+
+    def _text_length(self) -> int:
+        # Called per OutputItem (one per block or item), never per token.
+        return sum(map(len, self._blocks)) + sum(map(len, self._parts))
 
     def _compact(self) -> None:
         self._blocks.append("".join(self._parts))
@@ -281,13 +291,18 @@ class TokenStream:
             raise self._error
         if self._status == "closed":
             raise StreamClosedError("this stream was closed before it finished; .text holds what was delivered")
+        text = self.text
+        tool_calls = tuple(self._tool_calls)
+        message = self._worker.provider.assistant_message(self._turn.turn(text, tool_calls))
         return StreamResult(
-            text=self.text,
+            text=text,
             finish_reason=self._finish_reason,
             usage=self._usage,
-            tool_calls=tuple(self._tool_calls),
+            tool_calls=tool_calls,
             attempts=self._worker.stats.attempts,
             metrics=self.metrics,
+            message=message,
+            messages=as_messages(message),
         )
 
     @property

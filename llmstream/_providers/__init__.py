@@ -14,6 +14,8 @@ __all__ = ["PROVIDERS", "get_provider"]
 
 PROVIDERS: Dict[str, Provider] = {
     "openai": OpenAIChatProvider(),
+    # An OpenAI-compatible server whose model writes its reasoning inline in <think>...</think>.
+    "openai-think": OpenAIChatProvider(think_tags=True, name="openai-think"),
     "openai-responses": OpenAIResponsesProvider(),
     "anthropic": AnthropicProvider(),
     "ollama": OllamaProvider(),

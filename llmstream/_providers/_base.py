@@ -34,9 +34,10 @@ from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Union
 from .._events import Event
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
+from .._turn import Turn
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
 
-__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "StreamDecoder", "Message", "ServerSentEvent", "drop_none"]
+__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "StreamDecoder", "Message", "ServerSentEvent", "Turn", "drop_none"]
 
 Message = Mapping[str, Any]
 
@@ -123,6 +124,16 @@ class Provider(Protocol):
 
     def is_retryable(self, error: ProviderError) -> bool:
         """Whether an in-stream error is worth retrying (overloaded, server error...)."""
+        ...
+
+    def assistant_message(self, turn: Turn) -> Any:
+        """The assistant's turn in this provider's request format (``StreamResult.message``).
+
+        A message dict, or a list of input items where the API takes a turn
+        as several (the Responses API), such that ``messages + [message]``
+        (or ``input + items``) followed by the tool results is a valid next
+        request. Signed content (thinking signatures) comes from ``turn.items``.
+        """
         ...
 
 

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import Message, RequestSpec, drop_none
+from ._base import Message, RequestSpec, Turn, drop_none
 from ._shape import malformed, optional, token_count
 
 __all__ = ["OllamaProvider", "OllamaDecoder"]
@@ -176,6 +176,16 @@ class OllamaProvider:
         """False: Ollama's in-stream errors (model failed to load, ran out of memory...) carry no type
         telling a passing condition from a permanent one, and the HTTP status already covers overload."""
         return False
+
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The turn as an ``/api/chat`` message: ``content`` and ``tool_calls`` with object arguments."""
+        message: Dict[str, Any] = {"role": "assistant", "content": turn.text}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, dict) else {}}}
+                for c in turn.tool_calls
+            ]
+        return message
 
 
 def _provider_error(error: Any) -> ProviderError:

@@ -40,6 +40,18 @@ Deliberate deviations, each tested:
     than ``message`` (a vendor keep-alive), is ignored; but non-JSON data on
     an ``error`` event is a :class:`ProviderError`.
   * ``delta.refusal`` is not text of the answer and is not delivered.
+  * ``delta.content`` may be a list of parts (Mistral): ``{"type": "text",
+    "text"}`` parts are text, ``{"type": "thinking", "thinking": [parts]}``
+    parts are thinking; other part types are ignored.
+  * Usage under ``x_groq.usage`` (Groq) counts when the chunk has no ``usage``.
+  * An error chunk's numeric ``code`` (OpenRouter) becomes the error's type
+    (``"429"``); 408, 409, 429, 529 and 5xx are retryable, 402/403 are not.
+  * With ``think_tags=True`` (the ``openai-think`` provider), ``<think>...</think>``
+    inside the text becomes ThinkingDelta (``_think.ThinkTagSplitter``,
+    split-safe); off by default, because the tags may be meant literally.
+  * ``result.message`` is ``{"role": "assistant", "content", "tool_calls"}``
+    (:meth:`OpenAIChatProvider.assistant_message`); reasoning is not sent back
+    (DeepSeek refuses ``reasoning_content`` in input messages).
 
 Never: touch a socket, thread, clock or logger; deliver a piece twice.
 """
@@ -53,8 +65,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import expect, json_type, malformed, optional, token_count
+from ._think import ThinkTagSplitter
 
 __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
 
@@ -65,6 +78,11 @@ __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
 _RETRYABLE_TYPES = frozenset(
     {"server_error", "rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "overloaded_error", "service_unavailable", "timeout"}
 )
+
+#: Numeric error codes (OpenRouter's mid-stream ``{"error": {"code": 429}}``, which
+#: mirror HTTP statuses) worth another attempt: timeout, rate limit, server side.
+#: 402 (out of credits) and 403 (moderation) are not: the same request fails again.
+_RETRYABLE_CODES = frozenset({"408", "409", "429", "529"})
 
 _EXCERPT = 80
 _WHERE = "OpenAI chat chunk"
@@ -147,11 +165,12 @@ class OpenAIChatDecoder:
     :class:`~llmstream._providers._base.StreamDecoder`'s job.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, think_tags: bool = False) -> None:
         self._done = False
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
+        self._think: Optional[ThinkTagSplitter] = ThinkTagSplitter() if think_tags else None
 
     @property
     def finished(self) -> bool:
@@ -195,6 +214,8 @@ class OpenAIChatDecoder:
                 and choice.get("index", 0) == 0
                 and chunk.get("usage") is None
             ):
+                if self._think is not None:
+                    return self._think.feed(content)  # type: ignore[return-value]
                 return [TextDelta(content)] if content else []
         except (KeyError, IndexError, TypeError, AttributeError):
             pass  # not the hot shape (or not a chunk at all): the general path says which
@@ -214,14 +235,18 @@ class OpenAIChatDecoder:
         if self._finish_reason is None:
             raise IncompleteStreamError("stream ended before [DONE]: the answer may be cut short")
         self._done = True
-        return []
+        return self._flush_think()
+
+    def _flush_think(self) -> List[Event]:
+        """Hand over text the ``<think>`` splitter held back (it was not a tag)."""
+        return list(self._think.close()) if self._think is not None else []
 
     # -- general path -----------------------------------------------------
 
     def _not_json(self, message: ServerSentEvent) -> List[Event]:
         data = message.data.strip()
         if data == "[DONE]":
-            out = self._complete_calls()
+            out = self._flush_think() + self._complete_calls()
             self._done = True
             return out
         if message.event == "error":
@@ -251,13 +276,15 @@ class OpenAIChatDecoder:
     @staticmethod
     def _usage(chunk: Mapping[str, Any]) -> Optional[Usage]:
         usage = optional(chunk, "usage", dict, _WHERE)
+        prefix = "usage."
         if usage is None:
-            return None
-        return Usage(
-            input_tokens=token_count(usage, "prompt_tokens", _WHERE, "usage."),
-            output_tokens=token_count(usage, "completion_tokens", _WHERE, "usage."),
-            raw=usage,
-        )
+            # Groq reports usage in its own extension object on the last chunk.
+            groq = optional(chunk, "x_groq", dict, _WHERE)
+            usage = optional(groq, "usage", dict, _WHERE, "x_groq.") if groq is not None else None
+            prefix = "x_groq.usage."
+            if usage is None:
+                return None
+        return chat_usage(usage, prefix)
 
     @staticmethod
     def _check_choice(value: Any, i: int) -> Optional[Tuple[str, str, List[_Fragment], Optional[str]]]:
@@ -271,7 +298,13 @@ class OpenAIChatDecoder:
         prefix = name + ".delta."
         # delta.content is null on tool-call deltas; refusal (not read) is not answer text.
         thinking = optional(delta, "reasoning_content", str, _WHERE, prefix) or optional(delta, "reasoning", str, _WHERE, prefix)
-        content = optional(delta, "content", str, _WHERE, prefix)
+        raw_content = delta.get("content")
+        content: Optional[str]
+        if raw_content.__class__ is list:
+            parts_thinking, content = _content_parts(raw_content, prefix + "content")
+            thinking = (thinking or "") + parts_thinking
+        else:
+            content = optional(delta, "content", str, _WHERE, prefix)
         fragments = optional(delta, "tool_calls", list, _WHERE, prefix) or ()
         calls = [_check_fragment(f, f"{prefix}tool_calls[{j}]") for j, f in enumerate(fragments)]
         return thinking or "", content or "", calls, reason
@@ -280,10 +313,14 @@ class OpenAIChatDecoder:
         if thinking:
             out.append(ThinkingDelta(thinking))
         if content:
-            out.append(TextDelta(content))
+            if self._think is not None:
+                out.extend(self._think.feed(content))
+            else:
+                out.append(TextDelta(content))
         for fragment in calls:
             self._tool_fragment(fragment, out)
         if reason is not None and self._finish_reason is None:
+            out.extend(self._flush_think())
             out.extend(self._complete_calls())
             self._finish_reason = reason
             out.append(Finish(reason))
@@ -343,6 +380,57 @@ def _check_fragment(value: Any, name: str) -> _Fragment:
     )
 
 
+def _content_parts(parts: List[Any], name: str) -> Tuple[str, str]:
+    """Mistral's list-of-parts ``delta.content`` as (thinking, text), every part checked.
+
+    Text parts are ``{"type": "text", "text"}``; a thinking part is
+    ``{"type": "thinking", "thinking": [{"type": "text", "text"}...]}``.
+    Other part types (references, images...) carry no answer text: ignored.
+    """
+    thinking: List[str] = []
+    text: List[str] = []
+    for i, value in enumerate(parts):
+        where = f"{name}[{i}]"
+        part = expect(value, dict, where, _WHERE)
+        kind = optional(part, "type", str, _WHERE, where + ".")
+        if kind == "text":
+            text.append(optional(part, "text", str, _WHERE, where + ".") or "")
+        elif kind == "thinking":
+            inner = optional(part, "thinking", list, _WHERE, where + ".") or ()
+            for j, piece in enumerate(inner):
+                sub = expect(piece, dict, f"{where}.thinking[{j}]", _WHERE)
+                if optional(sub, "type", str, _WHERE, f"{where}.thinking[{j}].") in (None, "text"):
+                    thinking.append(optional(sub, "text", str, _WHERE, f"{where}.thinking[{j}].") or "")
+    return "".join(thinking), "".join(text)
+
+
+def _details(usage: Mapping[str, Any], key: str, prefix: str) -> Mapping[str, Any]:
+    return optional(usage, key, dict, _WHERE, prefix) or {}
+
+
+def chat_usage(usage: Mapping[str, Any], prefix: str = "usage.") -> Usage:
+    """A Chat Completions usage object as :class:`Usage`, with the cache and reasoning details normalized.
+
+    Cached input: ``prompt_tokens_details.cached_tokens`` (OpenAI, Groq,
+    OpenRouter), else DeepSeek's ``prompt_cache_hit_tokens``. Cache writes:
+    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter). Reasoning:
+    ``completion_tokens_details.reasoning_tokens``.
+    """
+    prompt = _details(usage, "prompt_tokens_details", prefix)
+    completion = _details(usage, "completion_tokens_details", prefix)
+    cached = token_count(prompt, "cached_tokens", _WHERE, prefix + "prompt_tokens_details.")
+    if cached is None:
+        cached = token_count(usage, "prompt_cache_hit_tokens", _WHERE, prefix)
+    return Usage(
+        input_tokens=token_count(usage, "prompt_tokens", _WHERE, prefix),
+        output_tokens=token_count(usage, "completion_tokens", _WHERE, prefix),
+        raw=usage,
+        cached_input_tokens=cached,
+        cache_write_tokens=token_count(prompt, "cache_write_tokens", _WHERE, prefix + "prompt_tokens_details."),
+        reasoning_tokens=token_count(completion, "reasoning_tokens", _WHERE, prefix + "completion_tokens_details."),
+    )
+
+
 class OpenAIChatProvider:
     """OpenAI Chat Completions, and any server that speaks it (vLLM, llama.cpp, DeepSeek, Groq...).
 
@@ -350,7 +438,6 @@ class OpenAIChatProvider:
     ``https://api.openai.com/v1``.
     """
 
-    name = "openai"
     framing = "sse"
     api_key_env: Optional[str] = "OPENAI_API_KEY"
     base_url_env: Optional[str] = "OPENAI_BASE_URL"
@@ -417,9 +504,28 @@ class OpenAIChatProvider:
         body["add_generation_prompt"] = False
         return replace(spec, json=body)
 
+    def __init__(self, *, think_tags: bool = False, name: str = "openai") -> None:
+        self.name = name
+        #: Turn inline ``<think>...</think>`` into ThinkingDelta (see the module contract).
+        self.think_tags = think_tags
+
     def new_decoder(self) -> OpenAIChatDecoder:
         """Return a fresh decoder for one stream."""
-        return OpenAIChatDecoder()
+        return OpenAIChatDecoder(think_tags=self.think_tags)
+
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The assistant turn as a Chat Completions message: ``content`` and ``tool_calls``.
+
+        ``content`` is None when the turn is only tool calls (as the API
+        answers it). A call's ``arguments`` are sent as the model wrote them.
+        """
+        message: Dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.raw_arguments}}
+                for call in turn.tool_calls
+            ]
+        return message
 
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"error": {"message", "type", "code"}}`` from a non-2xx body, or return None."""
@@ -430,5 +536,8 @@ class OpenAIChatProvider:
         return error_from_object(obj)
 
     def is_retryable(self, error: ProviderError) -> bool:
-        """True for server errors and rate limits; False for invalid requests and unknown types."""
-        return error.type in _RETRYABLE_TYPES
+        """True for server errors and rate limits (by type, or by numeric code); False for the rest."""
+        kind = error.type
+        if kind is None:
+            return False
+        return kind in _RETRYABLE_TYPES or kind in _RETRYABLE_CODES or (len(kind) == 3 and kind[0] == "5" and kind.isdigit())
