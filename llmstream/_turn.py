@@ -22,7 +22,11 @@ failed are kept when the next attempt goes on from where it stopped
 (``last-event-id``, ``continue``: the server does not repeat them) and
 dropped when it starts again (``replay``, or a fresh start): the new
 attempt's items (with new signatures) replace them. A ``Reset`` drops them
-too, as it drops the text.
+too, as it drops the text. A replay's repeated text is matched and not shown
+again, so an item that closes inside it has no known position: a non-text
+item there is put at the turn's start (where signed thinking and reasoning
+sit); a text block that closed wholly inside the repeated text is the one
+case this does not place exactly (its text goes to the next text block).
 
 Sans-IO: no sockets, threads or clocks.
 """
@@ -30,7 +34,7 @@ Sans-IO: no sockets, threads or clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ._events import OutputItem, Reset, Retrying, ToolCall
 
@@ -59,18 +63,29 @@ class Turn:
 class TurnRecorder:
     """Keeps a stream's :class:`OutputItem` events (and what a retry or Reset does to them)."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_replay_at")
 
     def __init__(self) -> None:
         self._items: List[Tuple[int, OutputItem]] = []
+        # The text length when a replay began, while the replay has not gone past it.
+        self._replay_at: Optional[int] = None
 
     def record(self, event: Any, text_length: int) -> None:
         """Take note of one non-text event; ``text_length`` is the text delivered before it."""
         cls = event.__class__
         if cls is OutputItem:
+            if self._replay_at is not None:
+                if text_length > self._replay_at:
+                    self._replay_at = None
+                elif event.text_key is None:
+                    # A replay's repeated text is matched and swallowed before the
+                    # caller sees it, so where this item sat in it is unknown; signed
+                    # blocks (thinking, reasoning) come first in a turn: put it there.
+                    text_length = 0
             self._items.append((text_length, event))
         elif cls is Reset or (cls is Retrying and event.resume not in _GOES_ON):
             self._items.clear()
+            self._replay_at = text_length if cls is Retrying and event.resume == "replay" else None
 
     def turn(self, text: str, tool_calls: Tuple[ToolCall, ...]) -> Turn:
         """The turn, with each text-taking item given the text delivered since the item before it."""

@@ -35,6 +35,7 @@ from http import HTTPStatus
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ._reply import Reply, split_words
+from ._turns import sign
 
 __all__ = [
     "CONTENT_TYPES", "Event", "FORMATTERS", "PROVIDERS", "StreamContext", "encoder", "error_body",
@@ -148,7 +149,8 @@ class _Seq:
 
 
 def _responses_reasoning(seq: _Seq, ctx: StreamContext, thinking: str, index: int) -> Iterator[Event]:
-    item = {"id": f"rs_fake_{ctx.number}", "type": "reasoning", "summary": []}
+    item = {"id": f"rs_fake_{ctx.number}", "type": "reasoning", "summary": [],
+            "encrypted_content": sign(f"rs_fake_{ctx.number}")}
     where = {"item_id": item["id"], "output_index": index}
     yield seq.event("response.output_item.added", output_index=index, item=item)
     yield seq.event("response.reasoning_summary_part.added", **where, summary_index=0,
@@ -232,7 +234,8 @@ def _responses_output(reply: Reply, ctx: StreamContext, text: str) -> List[Any]:
     output: List[Any] = []
     if reply.thinking:
         output.append({"id": f"rs_fake_{ctx.number}", "type": "reasoning",
-                       "summary": [{"type": "summary_text", "text": reply.thinking}]})
+                       "summary": [{"type": "summary_text", "text": reply.thinking}],
+                       "encrypted_content": sign(f"rs_fake_{ctx.number}")})
     if text:
         output.append({"id": f"msg_fake_{ctx.number}", "type": "message", "status": "completed", "role": "assistant",
                        "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}]})
@@ -269,7 +272,7 @@ def anthropic(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
         for piece in split_words(reply.thinking):
             yield _anthropic("content_block_delta", index=index, delta={"type": "thinking_delta", "thinking": piece})
         yield _anthropic("content_block_delta", index=index,
-                         delta={"type": "signature_delta", "signature": f"fake-signature-{ctx.number}"})
+                         delta={"type": "signature_delta", "signature": sign(reply.thinking)})
         yield _anthropic("content_block_stop", index=index)
         index += 1
     streamed = 0
