@@ -22,6 +22,7 @@ from ._config import CircuitBreaker, RateLimit, Retry, Timeout
 from ._events import (
     Distribution,
     Finish,
+    OutputItem,
     MonitorSnapshot,
     Reset,
     Retrying,
@@ -75,6 +76,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolCall",
     "Usage",
+    "OutputItem",
     "Finish",
     "Retrying",
     "Reset",

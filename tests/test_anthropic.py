@@ -484,3 +484,47 @@ def test_continue_request_extends_an_existing_prefill() -> None:
 def test_continue_request_with_nothing_to_prefill_is_unchanged(delivered: str) -> None:
     spec = build([USER])
     assert PROVIDER.continue_request(spec, delivered) is spec
+
+
+# -- agent loops: the turn as content blocks (issue 12) --------------------------------------
+
+
+def test_redacted_thinking_and_cache_usage_kept() -> None:
+    events = decode("redacted_thinking_cache.txt")
+    items = [e.item for e in events if isinstance(e, OutputItem)]
+    assert items == [
+        {"type": "redacted_thinking",
+         "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB8URv2XqcQSR6zPtMfIhhvJKgg="},
+        {"type": "thinking", "thinking": "I need the weather.", "signature": "ErUBCkYIBRgCIkD1zT9f"},
+        {"type": "tool_use", "id": "toolu_01Hq8Wm3Kx", "name": "get_weather", "input": {"city": "Paris"}},
+    ]
+    usage = [e for e in events if isinstance(e, Usage)][-1]
+    # As Anthropic reports it: input_tokens excludes cache reads and writes.
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens, usage.output_tokens) == (21, 12040, 1890, 74)
+
+
+def test_assistant_message_from_the_turn() -> None:
+    from llmstream._turn import TurnRecorder
+
+    recorder = TurnRecorder()
+    events = decode("redacted_thinking_cache.txt")
+    for event in events:
+        recorder.record(event, 0)
+    calls = tuple(e for e in events if isinstance(e, ToolCall))
+    message = PROVIDER.assistant_message(recorder.turn("", calls))
+    assert message["role"] == "assistant"
+    assert [b["type"] for b in message["content"]] == ["redacted_thinking", "thinking", "tool_use"]
+
+
+def test_assistant_message_text_blocks_take_the_delivered_text() -> None:
+    from llmstream._turn import TurnRecorder
+
+    recorder = TurnRecorder()
+    text = OutputItem({"type": "text", "text": ""}, text_key="text")
+    tool = OutputItem({"type": "tool_use", "id": "t", "name": "f", "input": {}})
+    recorder.record(text, 4)
+    recorder.record(tool, 4)
+    recorder.record(text, 8)
+    recorder.record(OutputItem({"type": "text", "text": ""}, text_key="text"), 8)  # an empty block: left out
+    message = PROVIDER.assistant_message(recorder.turn("Hi. Done", ()))
+    assert message["content"] == [{"type": "text", "text": "Hi. "}, tool.item, {"type": "text", "text": "Done"}]

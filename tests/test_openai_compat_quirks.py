@@ -207,3 +207,16 @@ def test_splitter_holds_back_only_a_possible_tag() -> None:
     assert splitter.thinking
     assert splitter.feed("r</") == [ThinkingDelta("r")]
     assert splitter.close() == [ThinkingDelta("</")]
+
+
+def test_splitter_hostile_tag_fragments_stay_linear_and_lossless() -> None:
+    # 50,000 pieces that each could start a tag, and tags opened and closed in
+    # every piece: nothing lost, nothing held beyond a tag's length.
+    pieces = ["<thi", "x<", "/think", "<think>", "a</thi", "nk>"] * 50_000
+    splitter = ThinkTagSplitter()
+    out: List[Any] = []
+    for piece in pieces:
+        out.extend(splitter.feed(piece))
+        assert len(splitter._held) < len("</think>")
+    out.extend(splitter.close())
+    assert joined(out) == joined(expected("".join(pieces)))

@@ -10,7 +10,7 @@ import llmstream.testing
 
 DESIGN_NAMES = {
     "stream", "complete", "Client", "TokenStream", "Timeout", "Retry",
-    "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Usage", "Finish", "Retrying", "Reset",
+    "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Usage", "OutputItem", "Finish", "Retrying", "Reset",
     "StreamResult", "StreamMetrics",
     "StreamError", "APIStatusError", "BadRequestError", "AuthenticationError", "PermissionDeniedError",
     "NotFoundError", "RateLimitError", "ServerError", "APIConnectionError", "StreamTimeoutError",
