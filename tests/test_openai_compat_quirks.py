@@ -9,6 +9,7 @@ DeepSeek's reasoning and cache-hit usage, tool-call deltas without ``index``.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, List
 
 import pytest
@@ -220,3 +221,34 @@ def test_splitter_hostile_tag_fragments_stay_linear_and_lossless() -> None:
         assert len(splitter._held) < len("</think>")
     out.extend(splitter.close())
     assert joined(out) == joined(expected("".join(pieces)))
+
+
+def chunk(content: Any = None, finish: Any = None, **delta: Any) -> ServerSentEvent:
+    if content is not None:
+        delta["content"] = content
+    return ServerSentEvent(data=json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+
+
+def test_think_decoder_hands_over_a_held_partial_tag_before_the_end() -> None:
+    decoder = THINK.new_decoder()
+    assert decoder.feed(chunk("a <thi")) == [TextDelta("a ")]
+    # a usage chunk between the two halves does not end the text
+    usage = ServerSentEvent(data='{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
+    assert decoder.feed(usage) == [Usage(1, 1, {"prompt_tokens": 1, "completion_tokens": 1})]
+    assert decoder.feed(chunk("s")) == [TextDelta("<this")]
+    assert decoder.feed(chunk(" <")) == [TextDelta(" ")]
+    call = {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}
+    assert decoder.feed(chunk(None, "tool_calls", **call)) == [
+        ToolCallDelta(0, "c", "f", "{}"), TextDelta("<"), ToolCall(0, "c", "f", {}, "{}"), Finish("tool_calls")]
+
+
+@pytest.mark.parametrize("end", ["[DONE]", "close"])
+def test_think_decoder_flushes_at_done_and_close(end: str) -> None:
+    decoder = THINK.new_decoder()
+    assert decoder.feed(chunk("<think>hm</th")) == [ThinkingDelta("hm")]
+    if end == "[DONE]":
+        assert decoder.feed(ServerSentEvent(data="[DONE]")) == [ThinkingDelta("</th")]
+        assert decoder.close() == []
+    else:
+        assert decoder.feed(chunk(None, "stop")) == [ThinkingDelta("</th"), Finish("stop")]
+        assert decoder.close() == []

@@ -69,7 +69,7 @@ from ._base import Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import expect, json_type, malformed, optional, token_count
 from ._think import ThinkTagSplitter
 
-__all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
+__all__ = ["OpenAIChatProvider", "OpenAIChatDecoder", "ThinkTagsDecoder"]
 
 #: In-stream error types worth another attempt. OpenAI reports rate limits with
 #: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
@@ -165,12 +165,11 @@ class OpenAIChatDecoder:
     :class:`~llmstream._providers._base.StreamDecoder`'s job.
     """
 
-    def __init__(self, *, think_tags: bool = False) -> None:
+    def __init__(self) -> None:
         self._done = False
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
-        self._think: Optional[ThinkTagSplitter] = ThinkTagSplitter() if think_tags else None
 
     @property
     def finished(self) -> bool:
@@ -214,8 +213,6 @@ class OpenAIChatDecoder:
                 and choice.get("index", 0) == 0
                 and chunk.get("usage") is None
             ):
-                if self._think is not None:
-                    return self._think.feed(content)  # type: ignore[return-value]
                 return [TextDelta(content)] if content else []
         except (KeyError, IndexError, TypeError, AttributeError):
             pass  # not the hot shape (or not a chunk at all): the general path says which
@@ -235,18 +232,14 @@ class OpenAIChatDecoder:
         if self._finish_reason is None:
             raise IncompleteStreamError("stream ended before [DONE]: the answer may be cut short")
         self._done = True
-        return self._flush_think()
-
-    def _flush_think(self) -> List[Event]:
-        """Hand over text the ``<think>`` splitter held back (it was not a tag)."""
-        return list(self._think.close()) if self._think is not None else []
+        return []
 
     # -- general path -----------------------------------------------------
 
     def _not_json(self, message: ServerSentEvent) -> List[Event]:
         data = message.data.strip()
         if data == "[DONE]":
-            out = self._flush_think() + self._complete_calls()
+            out = self._complete_calls()
             self._done = True
             return out
         if message.event == "error":
@@ -313,14 +306,10 @@ class OpenAIChatDecoder:
         if thinking:
             out.append(ThinkingDelta(thinking))
         if content:
-            if self._think is not None:
-                out.extend(self._think.feed(content))
-            else:
-                out.append(TextDelta(content))
+            out.append(TextDelta(content))
         for fragment in calls:
             self._tool_fragment(fragment, out)
         if reason is not None and self._finish_reason is None:
-            out.extend(self._flush_think())
             out.extend(self._complete_calls())
             self._finish_reason = reason
             out.append(Finish(reason))
@@ -378,6 +367,46 @@ def _check_fragment(value: Any, name: str) -> _Fragment:
         optional(function, "name", str, _WHERE, prefix) or "",
         arguments or "",
     )
+
+
+class ThinkTagsDecoder(OpenAIChatDecoder):
+    """A Chat Completions decoder that turns inline ``<think>...</think>`` into ThinkingDelta.
+
+    A subclass, so that the plain decoder's per-token path does not pay for
+    the option: the text events of each chunk go through
+    :class:`~llmstream._providers._think.ThinkTagSplitter`, which holds back
+    only a possible partial tag. What it holds is handed over before the end
+    of the answer (a ``ToolCall``, the ``Finish``, ``[DONE]``, ``close()``).
+    A stream that breaks loses at most that partial tag (under 8 characters)
+    from ``partial_text``; a retry regenerates it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._think = ThinkTagSplitter()
+
+    def feed(self, message: ServerSentEvent) -> List[Event]:
+        """Decode one SSE event, with the ``<think>`` spans of its text as ThinkingDelta."""
+        events = super().feed(message)
+        return self._split(events, end=self._done) if events or self._done else events
+
+    def close(self) -> List[Event]:
+        """Signal end of input (see :meth:`OpenAIChatDecoder.close`), handing over held-back text."""
+        return self._split(super().close(), end=True)
+
+    def _split(self, events: List[Event], end: bool) -> List[Event]:
+        out: List[Event] = []
+        for event in events:
+            cls = event.__class__
+            if cls is TextDelta:
+                out.extend(self._think.feed(event.text))  # type: ignore[union-attr]
+                continue
+            if cls is ToolCall or cls is Finish:
+                out.extend(self._think.close())  # the answer's text is over
+            out.append(event)
+        if end:
+            out.extend(self._think.close())
+        return out
 
 
 def _content_parts(parts: List[Any], name: str) -> Tuple[str, str]:
@@ -510,8 +539,8 @@ class OpenAIChatProvider:
         self.think_tags = think_tags
 
     def new_decoder(self) -> OpenAIChatDecoder:
-        """Return a fresh decoder for one stream."""
-        return OpenAIChatDecoder(think_tags=self.think_tags)
+        """Return a fresh decoder for one stream (:class:`ThinkTagsDecoder` with ``think_tags``)."""
+        return ThinkTagsDecoder() if self.think_tags else OpenAIChatDecoder()
 
     def assistant_message(self, turn: Turn) -> Dict[str, Any]:
         """The assistant turn as a Chat Completions message: ``content`` and ``tool_calls``.
