@@ -151,3 +151,36 @@ def test_replayed_attempt_replaces_the_failed_attempts_signed_blocks(server: Fak
     assert len([e for e in events if isinstance(e, OutputItem)]) == 3  # thinking; then thinking, text again
     assert [b["type"] for b in result.message["content"]] == ["thinking", "text"]
     assert result.message["content"][1]["text"] == "Let me check the weather."
+
+
+def body_bytes(server: FakeLLMServer, provider: str, reply: Reply) -> bytes:
+    """The body the fake server streams for ``reply`` (to cut a later copy of it at a chosen byte)."""
+    import requests
+
+    server.script(reply)
+    path = {"anthropic": "/v1/messages", "openai-responses": "/v1/responses"}[provider]
+    with requests.post(server.url + path, json={"model": "m", "stream": True, "messages": [USER], "input": [USER]},
+                       timeout=10) as response:
+        return response.content
+
+
+@pytest.mark.parametrize(("provider", "marker"), [
+    ("anthropic", b"event: message_delta"),
+    ("openai-responses", b"event: response.completed"),
+])
+def test_replay_after_a_tool_call_keeps_the_callers_tool_ids(server: FakeLLMServer, provider: str, marker: bytes) -> None:
+    # The first attempt breaks after the whole tool call was delivered; the replay
+    # has its own call ids, but the caller holds the first ones and answers with
+    # them: the turn sent back must carry those, and the loop must go on.
+    reply = Reply(text="", thinking=THINKING, tool_calls=[("get_weather", {"city": "Paris"})])
+    cut = body_bytes(server, provider, reply).index(marker)
+    server.script(Reply(text="", thinking=THINKING, tool_calls=[("get_weather", {"city": "Paris"})], close_after_bytes=cut),
+                  reply, SECOND)
+    with llmstream.Client(provider=provider, base_url=server.base_url(provider), api_key="k",
+                          retry=llmstream.Retry(max_attempts=2, resume="replay", initial_delay=0.01)) as c:
+        first = c.complete(messages=[USER], model="m")
+        assert first.attempts == 2
+        (call,) = first.tool_calls
+        assert call.id.endswith("_2_0")  # the first attempt was request 1 here: body_bytes made it
+        second = c.complete(messages=[USER, *first.messages, *tool_results(provider, call)], model="m")
+    assert second.text == "Sunny, 21 C."

@@ -153,10 +153,17 @@ class AnthropicProvider:
     def assistant_message(self, turn: Turn) -> Dict[str, Any]:
         """The turn as ``{"role": "assistant", "content": [blocks]}``: signed thinking, text, tool_use, in order.
 
-        Empty text blocks are left out (the API refuses them). Without
+        Empty text blocks are left out (the API refuses them). A tool_use
+        block carries the id of the matching ``ToolCall`` (they differ only
+        after a replay, where the caller keeps the first attempt's). Without
         blocks (a decoder that emitted none), the text and tool calls are used.
         """
         blocks = [dict(b) for b in turn.items if not (b.get("type") == "text" and not b.get("text"))]
+        # After a replay the caller's ToolCalls keep the first attempt's ids (the
+        # tool results it builds use them): the tool_use blocks must say the same.
+        uses = [b for b in blocks if b.get("type") == "tool_use"]
+        for block, call in zip(uses, turn.tool_calls):
+            block["id"] = call.id or block.get("id", "")
         if not turn.items:
             blocks = [{"type": "text", "text": turn.text}] if turn.text else []
             blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.arguments)}

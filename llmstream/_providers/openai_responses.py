@@ -443,7 +443,12 @@ class OpenAIResponsesProvider:
         from the text and the tool calls.
         """
         if turn.items:
-            return [dict(item) for item in turn.items]
+            items = [dict(item) for item in turn.items]
+            # After a replay the caller's ToolCalls keep the first attempt's call ids.
+            calls = [item for item in items if item.get("type") == "function_call"]
+            for item, call in zip(calls, turn.tool_calls):
+                item["call_id"] = call.id or item.get("call_id", "")
+            return items
         items: List[Dict[str, Any]] = []
         if turn.text:
             items.append({"type": "message", "role": "assistant",
