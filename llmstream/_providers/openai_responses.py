@@ -442,14 +442,13 @@ class OpenAIResponsesProvider:
         item that preceded it. A server that sent no items gets them built
         from the text and the tool calls.
         """
-        if turn.items:
-            items = [dict(item) for item in turn.items]
+        items: List[Dict[str, Any]] = [dict(item) for item in turn.items]
+        if items:
             # After a replay the caller's ToolCalls keep the first attempt's call ids.
             calls = [item for item in items if item.get("type") == "function_call"]
             for item, call in zip(calls, turn.tool_calls):
                 item["call_id"] = call.id or item.get("call_id", "")
             return items
-        items: List[Dict[str, Any]] = []
         if turn.text:
             items.append({"type": "message", "role": "assistant",
                           "content": [{"type": "output_text", "text": turn.text, "annotations": []}]})
