@@ -184,3 +184,37 @@ def test_replay_after_a_tool_call_keeps_the_callers_tool_ids(server: FakeLLMServ
         assert call.id.endswith("_2_0")  # the first attempt was request 1 here: body_bytes made it
         second = c.complete(messages=[USER, *first.messages, *tool_results(provider, call)], model="m")
     assert second.text == "Sunny, 21 C."
+
+
+THINKING_ON = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
+
+
+def test_anthropic_redacted_thinking_round_trips(server: FakeLLMServer) -> None:
+    server.script(Reply(text="", thinking=THINKING, redacted_thinking=True, tool_calls=[("get_weather", {"city": "Paris"})]),
+                  SECOND)
+    with client(server, "anthropic") as c:
+        first = c.complete(messages=[USER], model="m", **THINKING_ON)
+        assert [b["type"] for b in first.message["content"]] == ["redacted_thinking", "thinking", "tool_use"]
+        second = c.complete(messages=[USER, first.message, *tool_results("anthropic", first.tool_calls[0])],
+                            model="m", **THINKING_ON)
+    assert second.text == "Sunny, 21 C."
+
+
+@pytest.mark.parametrize(("alter", "message"), [
+    pytest.param(lambda blocks: blocks[0].update(data=blocks[0]["data"].replace(".", "x.", 1)),
+                 "messages.1.content.0: Invalid `data` in `redacted_thinking` block", id="altered-redacted-data"),
+    pytest.param(lambda blocks: blocks.__delitem__(slice(0, 2)),
+                 "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found `tool_use`. "
+                 "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+                 "(preceeding the lastmost set of `tool_use` and `tool_result` blocks).", id="thinking-dropped"),
+])
+def test_anthropic_thinking_on_altered_or_dropped_is_refused(server: FakeLLMServer, alter: Any, message: str) -> None:
+    server.script(Reply(text="", thinking=THINKING, redacted_thinking=True, tool_calls=[("get_weather", {"city": "Paris"})]),
+                  SECOND)
+    with client(server, "anthropic") as c:
+        first = c.complete(messages=[USER], model="m", **THINKING_ON)
+        turn = copy.deepcopy(first.message)
+        alter(turn["content"])
+        with pytest.raises(BadRequestError) as caught:
+            c.complete(messages=[USER, turn, *tool_results("anthropic", first.tool_calls[0])], model="m", **THINKING_ON)
+    assert str(caught.value.message).endswith(message)

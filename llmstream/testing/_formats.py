@@ -35,7 +35,7 @@ from http import HTTPStatus
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ._reply import Reply, split_words
-from ._turns import sign
+from ._turns import redacted_data, sign
 
 __all__ = [
     "CONTENT_TYPES", "Event", "FORMATTERS", "PROVIDERS", "StreamContext", "encoder", "error_body",
@@ -266,6 +266,11 @@ def anthropic(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
         "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": inp, "output_tokens": 1}})
     yield _anthropic("ping")
     index = 0
+    if reply.redacted_thinking:
+        yield _anthropic("content_block_start", index=index,
+                         content_block={"type": "redacted_thinking", "data": redacted_data(ctx.number)})
+        yield _anthropic("content_block_stop", index=index)
+        index += 1
     if reply.thinking:
         yield _anthropic("content_block_start", index=index,
                          content_block={"type": "thinking", "thinking": "", "signature": ""})

@@ -9,8 +9,11 @@ message for a 400:
 
   * Anthropic: an assistant ``thinking`` block without a ``signature``, or
     whose signature does not match its text ("Invalid `signature` in
-    `thinking` block"); a ``tool_result`` whose ``tool_use_id`` is not a
-    ``tool_use`` of the previous assistant message.
+    `thinking` block"); a ``redacted_thinking`` block whose ``data`` was
+    altered; with ``thinking`` enabled, a final assistant message with
+    ``tool_use`` that does not start with its thinking block; a
+    ``tool_result`` whose ``tool_use_id`` is not a ``tool_use`` of the
+    previous assistant message.
   * OpenAI chat: a ``tool`` message that answers no ``tool_calls`` id of an
     earlier assistant message.
   * Responses: a ``function_call_output`` without its ``function_call``; a
@@ -23,11 +26,12 @@ Must never: import ``llmstream`` (the fake server is standalone).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-__all__ = ["sign", "check_turns"]
+__all__ = ["sign", "redacted_data", "check_turns"]
 
 #: Fixed so that streams are reproducible; the point is that an altered text or signature fails.
 _KEY = b"llmstream fake server signing key"
@@ -40,10 +44,18 @@ def sign(text: str) -> str:
     return "fakesig_" + hmac.new(_KEY, text.encode("utf-8"), hashlib.sha256).hexdigest()[:40]
 
 
+def redacted_data(number: int) -> str:
+    """The opaque, signed ``data`` of the fake's ``redacted_thinking`` block for request ``number``."""
+    payload = base64.b64encode(f"redacted thinking of request {number}".encode()).decode()
+    return f"{payload}.{sign('redacted:' + payload)}"
+
+
 def check_turns(provider: str, body: Mapping[str, Any], had_reasoning: Callable[[str], bool]) -> Optional[str]:
     """The 400 message for a conversation whose assistant turns were altered, or None if it is valid."""
     if provider == "anthropic":
-        return _anthropic(body.get("messages"))
+        thinking = body.get("thinking")
+        enabled = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+        return _anthropic(body.get("messages")) or (_thinking_first(body.get("messages")) if enabled else None)
     if provider == "openai-responses":
         return _responses(body.get("input"), had_reasoning)
     if provider == "openai":
@@ -74,12 +86,36 @@ def _anthropic(messages: Any) -> Optional[str]:
                     return f"{where}.thinking.signature: Field required"
                 if not hmac.compare_digest(signature, sign(str(block.get("thinking", "")))):
                     return f"{where}: Invalid `signature` in `thinking` block"
+            elif role == "assistant" and kind == "redacted_thinking":
+                payload, _, signature = str(block.get("data", "")).partition(".")
+                if not hmac.compare_digest(signature, sign("redacted:" + payload)):
+                    return f"{where}: Invalid `data` in `redacted_thinking` block"
             elif role == "assistant" and kind == "tool_use":
                 uses.append(str(block.get("id")))
             elif role == "user" and kind == "tool_result" and block.get("tool_use_id") not in previous_uses:
                 return (f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {block.get('tool_use_id')}. "
                         "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
         previous_uses = uses
+    return None
+
+
+def _thinking_first(messages: Any) -> Optional[str]:
+    """With thinking enabled, the final assistant message of a tool loop must start with its thinking."""
+    if not isinstance(messages, list):
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        blocks = [b for b in _blocks(message) if isinstance(b, dict)]
+        if not any(b.get("type") == "tool_use" for b in blocks):
+            return None
+        first = blocks[0].get("type")
+        if first in ("thinking", "redacted_thinking"):
+            return None
+        return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. "
+                "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+                "(preceeding the lastmost set of `tool_use` and `tool_result` blocks).")
     return None
 
 
