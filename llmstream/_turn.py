@@ -28,6 +28,12 @@ item there is put at the turn's start (where signed thinking and reasoning
 sit); a text block that closed wholly inside the repeated text is the one
 case this does not place exactly (its text goes to the next text block).
 
+Adding a provider: its decoder emits an ``OutputItem`` per block or part it
+closes, in the request format (a Gemini ``parts`` entry with its
+``thoughtSignature``, ``text_key="text"`` for a text part), and the provider
+implements ``assistant_message(turn)`` (for Gemini, ``{"role": "model",
+"parts": list(turn.items)}``). Nothing here changes.
+
 Sans-IO: no sockets, threads or clocks.
 """
 
