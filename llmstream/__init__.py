@@ -6,11 +6,11 @@ delivered. See ``README.md`` for the tour.
 This file only re-exports. The layers, each importing only the ones below it:
 
   vocabulary   _exceptions, _events, _config         (imports nothing of llmstream)
-  sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram,
+  sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram, _cost,
                _output_guard, _render, _providers/*
   IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
   consumer API _stream, _client
-  tools        _cli (the command line), notebook and prometheus (optional extras)
+  tools        _cli (the command line), notebook, prometheus and otel (optional extras)
 
 ``llmstream.sse`` (the SSE decoder alone) and ``llmstream.testing`` (a fake LLM
 server) are public modules of their own; ``llmstream.notebook`` and
@@ -19,7 +19,10 @@ server) are public modules of their own; ``llmstream.notebook`` and
 
 from ._client import Client, complete, stream
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout
+from ._cost import Price, Pricing
 from ._events import (
+    AttemptReport,
+    Cost,
     Distribution,
     Finish,
     OutputItem,
@@ -88,6 +91,11 @@ __all__ = [
     "Monitor",
     "MonitorSnapshot",
     "StreamReport",
+    "AttemptReport",
+    # cost (issue 15)
+    "Price",
+    "Pricing",
+    "Cost",
     # errors
     "StreamError",
     "APIStatusError",

@@ -32,7 +32,7 @@ import math
 import time
 from typing import Any, List, Optional, Tuple
 
-from ._events import CONTENT_EVENTS, Event, TextDelta, Usage
+from ._events import CONTENT_EVENTS, Event, Finish, Reset, TextDelta, Usage
 from ._exceptions import StreamTimeoutError
 from ._output_guard import OutputGuard
 from ._providers._base import StreamDecoder
@@ -169,8 +169,8 @@ class BodyReader:
             cls = event.__class__
             if cls is TextDelta:
                 stats.text_deltas += 1
-            elif isinstance(event, Usage):
-                stats.usage = event
+            elif cls is Usage or cls is Finish or cls is Reset:
+                stats.note(event)  # bookkeeping events only: nothing more per text token
         if logger.isEnabledFor(logging.DEBUG):
             for event in events:
                 logger.debug("event %r", event)

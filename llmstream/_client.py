@@ -16,6 +16,7 @@ import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._config import CircuitBreaker, RateLimit, Retry, Timeout, TimeoutTypes
+from ._cost import Pricing
 from ._events import StreamResult
 from ._flow import Flow
 from ._providers import get_provider
@@ -92,6 +93,8 @@ class Client:
             still run at once; the connections beyond it are closed when their
             stream ends instead of being reused, so a web app running hundreds
             of streams should set it to about as many.
+        pricing: a :class:`Pricing` table: each stream's ``cost`` (and
+            ``result.cost``) is then computed over all its attempts.
 
     Usage::
 
@@ -118,7 +121,11 @@ class Client:
         circuit_breaker: Union[CircuitBreaker, bool, None] = None,
         max_output_chars: Optional[int] = None,
         pool_size: Optional[int] = None,
+        pricing: Optional[Pricing] = None,
     ) -> None:
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise TypeError(f"pricing must be a llmstream.Pricing or None, not {type(pricing).__name__}")
+        self.pricing = pricing
         self._provider: Provider = get_provider(provider)
         env_base = os.environ.get(self._provider.base_url_env) if self._provider.base_url_env else None
         self.base_url = self._provider.normalize_base_url(base_url or env_base or self._provider.default_base_url)
@@ -209,6 +216,7 @@ class Client:
             else _check_max_output_chars(max_output_chars),
             # OpenAI's own API has no assistant prefill; compatible servers (vLLM...) do.
             continue_allowed=not (self._provider.name == "openai" and "api.openai.com" in self.base_url),
+            pricing=self.pricing,
         )
         return TokenStream(worker, provider=self._provider.name, model=model)
 

@@ -31,6 +31,8 @@ __all__ = [
     "StreamMetrics",
     "StreamResult",
     "StreamReport",
+    "AttemptReport",
+    "Cost",
     "MonitorSnapshot",
     "CONTENT_EVENTS",
 ]
@@ -248,6 +250,11 @@ class StreamMetrics:
         read_time: seconds each socket read that returned data waited.
         queued: seconds spent waiting for a slot or the rate limiter before
             the first request (``Client(max_concurrent=..., rate_limit=...)``).
+        wasted_output_tokens: output tokens the provider generated (and bills)
+            that the caller did not keep: those of an attempt that failed and
+            was asked again from scratch (a replay or a fresh retry), and those
+            a ``Reset`` discarded. Reported counts where the provider reported
+            them, else text pieces. 0 when nothing was wasted.
     """
 
     time_to_first_token: Optional[float] = None
@@ -262,6 +269,7 @@ class StreamMetrics:
     chunk_size: Distribution = field(default_factory=Distribution)
     read_time: Distribution = field(default_factory=Distribution)
     queued: float = 0.0
+    wasted_output_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -302,6 +310,8 @@ class StreamResult:
             (``input + result.message``).
         messages: the same turn as the items to append to the conversation
             whatever the provider: ``(message,)``, or the Responses items.
+        cost: what the stream cost, over every attempt (a :class:`Cost`), or
+            ``None`` when the client has no ``pricing`` for the model.
     """
 
     text: str
@@ -312,6 +322,73 @@ class StreamResult:
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
     message: Any = None
     messages: Tuple[Mapping[str, Any], ...] = ()
+    cost: Optional["Cost"] = None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a stream cost in US dollars, from the client's ``Pricing``, over every attempt.
+
+    Attributes:
+        total: the whole cost: ``input + cached_input + cache_write + output + reasoning``.
+        input: uncached input (prompt) tokens.
+        cached_input: input tokens read from the provider's cache.
+        cache_write: input tokens written to the provider's cache (Anthropic).
+        output: output tokens other than reasoning.
+        reasoning: reasoning (thinking) output tokens.
+        wasted: the part of ``total`` paid for attempts whose answer the
+            caller did not keep (a failed attempt asked again from scratch, a
+            replay, an answer a ``Reset`` discarded): their input and output.
+        at_least: True when some tokens were not reported by the provider and
+            were counted from what arrived (a stream cut by ``close()``,
+            ``max_output_chars`` or a failure): the cost is at least ``total``.
+        model: the model whose prices were used.
+    """
+
+    total: float
+    input: float = 0.0
+    cached_input: float = 0.0
+    cache_write: float = 0.0
+    output: float = 0.0
+    reasoning: float = 0.0
+    wasted: float = 0.0
+    at_least: bool = False
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """One HTTP attempt of a stream, as the monitor's listeners see it (times from ``time.monotonic``).
+
+    Attributes:
+        number: 1 for the first attempt.
+        started, ended: when it was sent and when it ended.
+        resume: how it went on from the attempt before: ``None`` (a fresh
+            request), ``"last-event-id"``, ``"continue"`` or ``"replay"``.
+        delay: seconds waited before it (the backoff after the attempt before).
+        error: the type name of the error that ended it, or ``None``.
+        usage: the last :class:`Usage` reported during it, or ``None``.
+        text_deltas: text pieces it delivered.
+        first_content: when its first content arrived, or ``None``.
+        reset: when a ``Reset`` discarded the delivered text during it, or ``None``.
+        discarded_chars: how many delivered characters that ``Reset`` discarded.
+        response_id: the provider's id of the answer, when it sent one.
+        response_model: the model that answered, when the provider said.
+    """
+
+    number: int
+    started: float
+    ended: float
+    resume: Optional[str] = None
+    delay: float = 0.0
+    error: Optional[str] = None
+    usage: Optional[Usage] = None
+    text_deltas: int = 0
+    first_content: Optional[float] = None
+    reset: Optional[float] = None
+    discarded_chars: int = 0
+    response_id: Optional[str] = None
+    response_model: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +402,11 @@ class StreamReport:
         outcome: ``"finished"``, ``"failed"`` or ``"closed"`` (by the caller).
         error: the failing error's type name (``"RateLimitError"``...), or ``None``.
         metrics: the stream's final :class:`StreamMetrics`.
+        attempts: each HTTP attempt, in order (:class:`AttemptReport`).
+        usage: the last :class:`Usage` the caller was handed, or ``None``.
+        finish_reason: the provider's finish reason, or ``None``.
+        cost: the stream's :class:`Cost`, or ``None`` without pricing for the model.
+        started_at: ``time.monotonic()`` at the stream's start.
     """
 
     provider: str
@@ -333,6 +415,11 @@ class StreamReport:
     outcome: str
     error: Optional[str]
     metrics: StreamMetrics
+    attempts: Tuple[AttemptReport, ...] = ()
+    usage: Optional[Usage] = None
+    finish_reason: Optional[str] = None
+    cost: Optional[Cost] = None
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -353,6 +440,9 @@ class MonitorSnapshot:
         duration: over ended streams.
         circuits: each circuit breaker's state by base URL:
             ``"closed"``, ``"open"`` or ``"half-open"``.
+        cost: US dollars spent by ended streams that had pricing (``Cost.total``).
+        wasted_output_tokens: output tokens of ended streams that the callers
+            did not keep (``StreamMetrics.wasted_output_tokens``).
     """
 
     started: int = 0
@@ -369,6 +459,8 @@ class MonitorSnapshot:
     time_to_first_token: Distribution = field(default_factory=Distribution)
     duration: Distribution = field(default_factory=Distribution)
     circuits: Mapping[str, str] = field(default_factory=dict)
+    cost: float = 0.0
+    wasted_output_tokens: int = 0
 
     @property
     def success_rate(self) -> Optional[float]:

@@ -27,7 +27,7 @@ summaries are exact).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ._events import Distribution
 
@@ -87,6 +87,14 @@ class Histogram:
             if value is not None:
                 self.min = value if self.min is None else min(self.min, value)
                 self.max = value if self.max is None else max(self.max, value)
+
+    def buckets(self) -> List[Tuple[float, int]]:
+        """Every value recorded, as ``(value, count)`` pairs: each bucket's middle (within 2%), clamped to ``[min, max]``."""
+        if self.min is None or self.max is None:
+            return []
+        lo, hi = self.min, self.max
+        return [(0.0 if key == _ZERO else min(hi, max(lo, GROWTH ** (key + 0.5))), n)
+                for key, n in sorted(self._snapshot().items())]
 
     def quantile(self, q: float) -> Optional[float]:
         """The ``q`` quantile (0..1, nearest rank), or ``None`` when empty."""

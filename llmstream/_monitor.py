@@ -8,6 +8,14 @@ held weakly, so a dropped client's breaker disappears with it.
 
 A listener runs in the worker thread that ended the stream: it must be quick
 and must not raise (an exception is logged and the listener kept).
+
+Observers (``llmstream.otel``): a listener that must see a stream *while* it
+runs — to open a trace span in the caller's context and put a ``traceparent``
+header on each attempt — registers an observer factory with
+:meth:`Monitor.observe`. A stream asks for its observer once, when it is made
+(in the caller's thread), and tells it of each attempt and of its end; with no
+factory registered a stream costs one attribute read, and nothing is done per
+token either way.
 """
 
 from __future__ import annotations
@@ -17,17 +25,91 @@ import logging
 import math
 import threading
 import weakref
-from typing import Any, Callable, Counter, Dict, List
+from dataclasses import dataclass
+from typing import Any, Callable, Counter, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 from ._events import MonitorSnapshot, StreamReport
 from ._histogram import Histogram
 
-__all__ = ["Monitor", "monitor"]
+__all__ = ["Monitor", "monitor", "StreamStart", "StreamObserver", "merge_headers"]
 
 logger = logging.getLogger("llmstream")
 
 Listener = Callable[[StreamReport], None]
 _SEVERITY = {"closed": 0, "half-open": 1, "open": 2}
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """What an observer factory is told of a new stream (in the caller's thread).
+
+    Attributes:
+        provider: the provider's name.
+        model: the model asked for.
+        base_url: the client's base URL, credentials removed.
+        url: the request's URL, query and credentials removed.
+        body: the request's JSON body (the conversation: content, handle with care).
+        started_at: ``time.monotonic()`` at the stream's start.
+    """
+
+    provider: str
+    model: str
+    base_url: str
+    url: str
+    body: Optional[Mapping[str, Any]]
+    started_at: float
+
+
+class StreamObserver(Protocol):
+    """One stream's observer, made by a factory given to :meth:`Monitor.observe`."""
+
+    #: True if the observer wants the delivered text at the end (content capture).
+    wants_text: bool
+
+    def attempt_started(self, number: int, resume: Optional[str]) -> Mapping[str, str]:
+        """An attempt is about to be sent: return headers to add to its request (may be empty)."""
+        ...
+
+    def stream_ended(self, report: StreamReport, gaps: Sequence[Tuple[float, int]], text: Optional[str]) -> None:
+        """The stream ended; ``gaps``: its inter-chunk gaps as (seconds, count); ``text``: if wanted."""
+        ...
+
+
+ObserverFactory = Callable[[StreamStart], Optional[StreamObserver]]
+
+
+class _Observers:
+    """Several observers of one stream, told in turn; a failing one is logged and skipped."""
+
+    def __init__(self, observers: List[StreamObserver]) -> None:
+        self._observers = observers
+        self.wants_text = any(o.wants_text for o in observers)
+
+    def attempt_started(self, number: int, resume: Optional[str]) -> Mapping[str, str]:
+        headers: Dict[str, str] = {}
+        for observer in self._observers:
+            try:
+                headers.update(observer.attempt_started(number, resume))
+            except Exception:  # telemetry must never break a stream
+                logger.exception("llmstream observer %r failed", observer)
+        return headers
+
+    def stream_ended(self, report: StreamReport, gaps: Sequence[Tuple[float, int]], text: Optional[str]) -> None:
+        for observer in self._observers:
+            try:
+                observer.stream_ended(report, gaps, text)
+            except Exception:  # telemetry must never break a stream
+                logger.exception("llmstream observer %r failed", observer)
+
+
+def merge_headers(headers: Mapping[str, Union[str, bytes]], extra: Mapping[str, str]) -> Dict[str, Union[str, bytes]]:
+    """``headers`` plus ``extra``; a header the request already has (any case) is kept as it is."""
+    merged = dict(headers)
+    present = {name.lower() for name in merged}
+    for name, value in extra.items():
+        if name.lower() not in present:
+            merged[name] = value
+    return merged
 
 
 class Monitor:
@@ -48,6 +130,9 @@ class Monitor:
         self._breakers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._active = 0
         self._waiting = 0
+        self._factories: List[ObserverFactory] = []
+        #: True while an observer factory is registered: the one check a stream makes.
+        self.observing = False
         self.reset()
 
     def reset(self) -> None:
@@ -62,6 +147,8 @@ class Monitor:
             self._bytes = 0
             self._ttft = Histogram()
             self._duration = Histogram()
+            self._cost = 0.0
+            self._wasted = 0
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(report)`` at the end of every stream; returns a function that unsubscribes."""
@@ -74,6 +161,39 @@ class Monitor:
                     self._listeners.remove(listener)
 
         return unsubscribe
+
+    def observe(self, factory: ObserverFactory) -> Callable[[], None]:
+        """Call ``factory(start)`` for each new stream; the observer it returns follows the stream.
+
+        Returns a function that removes the factory (streams already started keep their observer).
+        """
+        with self._lock:
+            self._factories.append(factory)
+            self.observing = True
+
+        def remove() -> None:
+            with self._lock:
+                if factory in self._factories:
+                    self._factories.remove(factory)
+                self.observing = bool(self._factories)
+
+        return remove
+
+    def observer_for(self, start: StreamStart) -> Optional[StreamObserver]:
+        """The observers of a new stream (None when no factory wants it); runs in the caller's thread."""
+        with self._lock:
+            factories = list(self._factories)
+        observers: List[StreamObserver] = []
+        for factory in factories:
+            try:
+                observer = factory(start)
+            except Exception:  # telemetry must never break a stream
+                logger.exception("llmstream observer factory %r failed", factory)
+                continue
+            if observer is not None:
+                observers.append(observer)
+        # Wrapped even when alone: an observer that raises is logged, never the stream's failure.
+        return _Observers(observers) if observers else None
 
     def snapshot(self) -> MonitorSnapshot:
         """The counts now, as a frozen :class:`~llmstream.MonitorSnapshot`."""
@@ -90,6 +210,7 @@ class Monitor:
                 attempts=self._attempts, errors=dict(self._errors), retried_errors=dict(self._retried),
                 output_tokens=self._tokens, bytes_received=self._bytes,
                 time_to_first_token=self._ttft.summary(), duration=self._duration.summary(), circuits=circuits,
+                cost=self._cost, wasted_output_tokens=self._wasted,
             )
 
     # -- reports from the IO shell ------------------------------------------------
@@ -129,6 +250,9 @@ class Monitor:
             if m.time_to_first_token is not None:
                 self._ttft.add(m.time_to_first_token)
             self._duration.add(m.duration)
+            if report.cost is not None and math.isfinite(report.cost.total):
+                self._cost += report.cost.total
+            self._wasted += m.wasted_output_tokens
             listeners = list(self._listeners)
         for listener in listeners:
             try:

@@ -156,7 +156,7 @@ class Resumer:
     """Bookkeeping of one stream's delivered content, and the choice of how to resume."""
 
     def __init__(self, provider: Provider, spec: RequestSpec, mode: str, *, max_line_length: int,
-                 continue_allowed: bool = True) -> None:
+                 continue_allowed: bool = True, keep_text: bool = False) -> None:
         self._provider = provider
         self._spec = spec
         self._mode = mode
@@ -165,8 +165,8 @@ class Resumer:
         support = getattr(provider, "supports_continue", False)
         self._continue_allowed = continue_allowed and bool(support)
         self._order = _order(mode, prefill_guaranteed=support == PREFILL_GUARANTEED)
-        # Only replay and continue need the delivered text itself.
-        self._keep_text = mode in ("auto", "continue", "replay")
+        # Only replay and continue need the delivered text itself (and telemetry that captures content).
+        self._keep_text = keep_text or mode in ("auto", "continue", "replay")
         self._text = TextLog()
         self._thinking = TextLog()
         self._calls: Dict[int, _Call] = {}

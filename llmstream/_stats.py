@@ -9,9 +9,10 @@ while the stream runs (the histograms copy their buckets in one C call).
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from ._events import StreamMetrics, Usage
+from ._cost import account
+from ._events import AttemptReport, Finish, Reset, StreamMetrics, Usage
 from ._histogram import Histogram
 
 __all__ = ["WorkerStats"]
@@ -23,6 +24,7 @@ class WorkerStats:
     __slots__ = (
         "attempts", "bytes_received", "chunks", "text_deltas", "usage", "errors", "queued",
         "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times", "_final",
+        "finish_reason", "attempt_log", "next_delay", "_open", "_reset_at", "_discarded",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -42,6 +44,50 @@ class WorkerStats:
         self.chunk_sizes = Histogram()
         self.read_times = Histogram()
         self._final: Optional[StreamMetrics] = None
+        self.finish_reason: Optional[str] = None
+        #: One record per ended attempt (cost accounting, telemetry).
+        self.attempt_log: List[AttemptReport] = []
+        #: The backoff wait before the next attempt, set when a retry is decided.
+        self.next_delay = 0.0
+        # The attempt in progress: (number, resume, delay, started, text_deltas and usage at its start).
+        self._open: Optional[tuple[int, Optional[str], float, float, int, Optional[Usage]]] = None
+        self._reset_at: Optional[float] = None
+        self._discarded = 0
+
+    # -- attempts (once each, never per token) ---------------------------------------
+
+    def begin_attempt(self, resume: Optional[str], now: float) -> None:
+        """An attempt was sent (``attempts`` already counts it)."""
+        self._open = (self.attempts, resume, self.next_delay, now, self.text_deltas, self.usage)
+        self.next_delay = 0.0
+        self._reset_at, self._discarded = None, 0
+
+    def end_attempt(self, error: Optional[str], response_id: Optional[str], response_model: Optional[str]) -> None:
+        """The attempt in progress ended (``error``: the type name of what ended it, else None)."""
+        if self._open is None:
+            return
+        number, resume, delay, started, deltas, usage = self._open
+        self._open = None
+        ended = time.monotonic()
+        first = self.first_content_at
+        self.attempt_log.append(AttemptReport(
+            number=number, started=started, ended=ended, resume=resume, delay=delay, error=error,
+            usage=self.usage if self.usage is not usage else None, text_deltas=self.text_deltas - deltas,
+            first_content=first if first is not None and started <= first <= ended else None,
+            reset=self._reset_at, discarded_chars=self._discarded,
+            response_id=response_id, response_model=response_model,
+        ))
+
+    def note(self, event: Any) -> None:
+        """A bookkeeping event the caller is handed (Usage, Finish, Reset; never a text delta)."""
+        cls = event.__class__
+        if cls is Usage:
+            self.usage = event
+        elif cls is Finish:
+            self.finish_reason = event.reason
+        elif cls is Reset:
+            self._reset_at = time.monotonic()
+            self._discarded += len(event.discarded_text)
 
     def freeze(self, ended_at: float) -> StreamMetrics:
         """The worker's last word: the final metrics, built once and returned by every later call."""
@@ -69,4 +115,5 @@ class WorkerStats:
             chunk_size=self.chunk_sizes.summary(),
             read_time=self.read_times.summary(),
             queued=self.queued,
+            wasted_output_tokens=account(self.attempt_log, complete=False).wasted.output if self.attempts > 1 else 0,
         )

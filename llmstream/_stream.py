@@ -27,6 +27,7 @@ import weakref
 from typing import Any, Iterator, List, Optional
 
 from ._events import (
+    Cost,
     Event,
     Finish,
     OutputItem,
@@ -303,7 +304,18 @@ class TokenStream:
             metrics=self.metrics,
             message=message,
             messages=as_messages(message),
+            cost=self._worker.cost,
         )
+
+    @property
+    def cost(self) -> Optional[Cost]:
+        """What the stream cost (a :class:`~llmstream.Cost`), once it has ended in any way; else ``None``.
+
+        Also after ``close()`` or a failure, when ``result`` raises: then
+        ``cost.at_least`` says the figure is a lower bound. ``None`` while the
+        stream runs, or when the client has no ``pricing`` for the model.
+        """
+        return self._worker.cost
 
     @property
     def metrics(self) -> StreamMetrics:

@@ -56,6 +56,7 @@ stream's finalizer holds the worker only weakly, so a stream the caller drops
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import math
@@ -66,17 +67,18 @@ from typing import Callable, Deque, Generator, List, Optional, Set, Tuple
 
 from ._config import Retry, Timeout
 from ._body import BodyReader, time_left
-from ._events import Event, Retrying, StreamReport
+from ._cost import Pricing, account, price
+from ._events import Cost, Event, Retrying, StreamReport
 from ._exceptions import RateLimitError, StreamError
 from ._flow import Flow, Gate, estimate_tokens
-from ._monitor import monitor
+from ._monitor import StreamStart, merge_headers, monitor
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec, StreamDecoder
 from ._redact import Redactor, redact_error, secrets_in_headers
 from ._resume import Resumer
 from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
-from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport
+from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport, redact_url
 
 __all__ = ["EventQueue", "Worker"]
 
@@ -374,9 +376,19 @@ class Worker:
         model: str = "",
         max_output_chars: Optional[int] = None,
         continue_allowed: bool = True,
+        pricing: Optional[Pricing] = None,
     ) -> None:
         self.queue = EventQueue(max_buffered)
         self.stats = WorkerStats(time.monotonic())
+        self._pricing = pricing
+        #: The stream's cost, set at its end when the client has pricing for the model.
+        self.cost: Optional[Cost] = None
+        # Telemetry (llmstream.otel): asked once, here, in the caller's thread, so
+        # a trace span opens in the caller's context. None when nobody observes.
+        self._observer = monitor.observer_for(StreamStart(
+            provider=provider.name, model=model, base_url=flow.base_url, url=redact_url(spec.url),
+            body=spec.json, started_at=self.stats.started_at,
+        )) if monitor.observing else None
         self._flow = flow
         self._model = model
         self._guard = OutputGuard(max_output_chars) if max_output_chars is not None else None
@@ -397,7 +409,8 @@ class Worker:
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
-                                continue_allowed=continue_allowed)
+                                continue_allowed=continue_allowed,
+                                keep_text=self._observer is not None and self._observer.wants_text)
         self._run = self._main()
         self._done = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -572,10 +585,20 @@ class Worker:
         if usage is not None and usage.input_tokens is not None and usage.output_tokens is not None:
             self._flow.limiter.correct(usage.input_tokens + usage.output_tokens - self._charged)
         outcome = "failed" if error is not None else ("closed" if self._cancel.is_set() else "finished")
-        monitor.stream_ended(StreamReport(
+        if self._pricing is not None:
+            complete = outcome == "finished" and stats.finish_reason != "max_output_chars"
+            self.cost = price(self._pricing, self._model, account(stats.attempt_log, complete=complete))
+        report = StreamReport(
             provider=self._provider.name, base_url=self._flow.base_url, model=self._model, outcome=outcome,
             error=None if error is None else type(error).__name__, metrics=metrics,
-        ))
+            attempts=tuple(stats.attempt_log), usage=usage, finish_reason=stats.finish_reason, cost=self.cost,
+            started_at=stats.started_at,
+        )
+        monitor.stream_ended(report)
+        observer = self._observer
+        if observer is not None:
+            text = self._resumer.delivered_text if observer.wants_text else None
+            observer.stream_ended(report, stats.gaps.buckets(), text)
 
     def _run_in_slot(self) -> Generator[Optional[_Lent], None, None]:
         slots = self._flow.slots
@@ -625,6 +648,7 @@ class Worker:
             next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
         attempt = self.stats.attempts + 1
         self.stats.errors.append(type(exc).__name__)
+        self.stats.next_delay = delay
         # The cause in the Retrying event says, like a raised error, what came before it.
         exc.attempts = self.stats.attempts
         exc.partial_text = self._resumer.delivered_text
@@ -677,10 +701,18 @@ class Worker:
         finally:
             # Also after a failed enter(): a probe that never went out is freed.
             gate.leave(error)
+            failed = isinstance(error, Exception) and not isinstance(error, Cancelled)
+            self.stats.end_attempt(type(error).__name__ if failed else None, *decoder.response_info)
 
     def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> Generator[Optional[_Lent], None, None]:
         self.stats.attempts += 1
         started = time.monotonic()
+        resume = self._resumer.strategy if self.stats.attempts > 1 else None
+        self.stats.begin_attempt(resume, started)
+        if self._observer is not None:
+            extra = self._observer.attempt_started(self.stats.attempts, resume)
+            if extra:  # a W3C traceparent: the provider's own traces join the caller's
+                spec = dataclasses.replace(spec, headers=merge_headers(spec.headers, extra))
         timeout = self._timeout
         first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
         connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf

@@ -23,13 +23,23 @@ carry ``javascript:``.
 The formatting (``_render.py``: ``render_markdown``, ``status_line``,
 ``bundle``) is pure: no IPython, no clock. Needs the ``notebook`` extra (IPython); nothing
 else in llmstream imports this module.
+
+:func:`monitor` shows the process-wide monitor (``llmstream.monitor``) live:
+active and waiting streams, outcomes and success rate, time-to-first-token
+percentiles, errors by type, circuit breaker states, cost. A daemon thread
+takes a snapshot about once a second and updates one output area when the
+view changed (ipykernel sends a display update from any thread; the
+``display_id`` names the area). Every value shown is escaped: error type
+names, base URLs and states come from servers and configuration.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Generator
 from typing import Any, Callable, Optional, Protocol, TextIO
@@ -40,12 +50,14 @@ try:
 except ImportError as exc:  # the optional extra is not installed
     raise ImportError('llmstream.notebook needs IPython: pip install "llmstream[notebook]"') from exc
 
-from ._events import Event, Reset, Retrying, TextDelta, Usage
+from ._events import Distribution, Event, MonitorSnapshot, Reset, Retrying, TextDelta, Usage
 from ._exceptions import StreamError
+from ._monitor import Monitor
+from ._monitor import monitor as process_monitor
 from ._render import Bundle, bundle, status_line
 from ._stream import TokenStream
 
-__all__ = ["show", "display_stream"]
+__all__ = ["show", "display_stream", "monitor", "MonitorView", "monitor_bundle"]
 
 logger = logging.getLogger("llmstream")
 
@@ -279,3 +291,134 @@ class _PrintedOutput:
 
 
 # -- pure formatting ------------------------------------------------------------
+
+
+# -- the live monitor --------------------------------------------------------------------
+
+
+def _ms(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _percentiles(d: Distribution) -> str:
+    return f"p50 {_ms(d.p50)} · p90 {_ms(d.p90)} · p99 {_ms(d.p99)}"
+
+
+def _counts(counts: Any) -> str:
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{name} {n}" for name, n in items) or "none"
+
+
+def monitor_lines(snap: MonitorSnapshot) -> list[tuple[str, str]]:
+    """The rows of the live view, as (label, value) text (unescaped)."""
+    rate = "–" if snap.success_rate is None else f"{snap.success_rate:.1%}"
+    rows = [
+        ("active", f"{snap.active} ({snap.waiting} waiting)"),
+        ("ended", f"{snap.finished} finished · {snap.failed} failed · {snap.closed} closed"),
+        ("success rate", rate),
+        ("time to first token", _percentiles(snap.time_to_first_token)),
+        ("duration", _percentiles(snap.duration)),
+        ("attempts", f"{snap.attempts} ({sum(snap.retried_errors.values())} retried)"),
+        ("errors", _counts(snap.errors)),
+        ("retried errors", _counts(snap.retried_errors)),
+        ("circuits", ", ".join(f"{url} {state}" for url, state in sorted(snap.circuits.items())) or "none"),
+        ("output tokens", f"{snap.output_tokens} ({snap.wasted_output_tokens} wasted)"),
+        ("cost", f"${snap.cost:,.6f}"),
+    ]
+    return rows
+
+
+def monitor_bundle(snap: MonitorSnapshot) -> Bundle:
+    """The live view of a snapshot: escaped HTML (a table) and plain text. Pure: no IPython, no clock."""
+    rows = monitor_lines(snap)
+    cells = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>" for label, value in rows)
+    plain = "\n".join(f"{label}: {value}" for label, value in rows)
+    return {"text/html": f"<table><caption>llmstream monitor</caption>{cells}</table>",
+            "text/plain": f"llmstream monitor\n{plain}"}
+
+
+class MonitorView:
+    """A live view of the process monitor in one output area; made by :func:`monitor`.
+
+    ``stop()`` ends the updates (idempotent); the area keeps the last view.
+    """
+
+    def __init__(self, source: Monitor, interval: float, update: Callable[[Bundle], None], live: bool) -> None:
+        self._source = source
+        self.interval = interval
+        self._update = update
+        self._shown = monitor_bundle(source.snapshot())
+        self._stopped = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if live:
+            self._thread = threading.Thread(target=self._run, name="llmstream-notebook-monitor", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the view is being updated."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def refresh(self) -> None:
+        """Update the area now, if the view changed."""
+        new = monitor_bundle(self._source.snapshot())
+        if new != self._shown:
+            self._shown = new
+            self._update(new)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception:  # a display that cannot be updated (kernel shutting down): stop quietly
+                logger.debug("llmstream monitor view stopped", exc_info=True)
+                return
+
+    def stop(self) -> None:
+        """Stop updating (the last view stays); idempotent."""
+        self._stopped.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.interval + 1.0)
+
+    def _repr_html_(self) -> str:
+        return self._shown["text/html"]
+
+    def __repr__(self) -> str:
+        return self._shown["text/plain"]
+
+
+def monitor(*, interval: float = 1.0, source: Optional[Monitor] = None) -> MonitorView:
+    """Show the process monitor live: active streams, success rate, TTFT percentiles, errors, circuits, cost.
+
+    In a Jupyter kernel one output area is updated about every ``interval``
+    seconds (only when something changed) until :meth:`MonitorView.stop`.
+    Outside a kernel the current view is displayed once.
+
+    Usage::
+
+        view = llmstream.notebook.monitor()
+        ...            # run streams in this or other cells, or in threads
+        view.stop()
+
+    Args:
+        interval: seconds between updates (at least 0.05).
+        source: the monitor to show; default ``llmstream.monitor``.
+    """
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0.05:
+        raise ValueError(f"interval must be a number of seconds >= 0.05, got {interval!r}")
+    watched = process_monitor if source is None else source
+    first = monitor_bundle(watched.snapshot())
+    live = _in_kernel()
+    if live:
+        update = _open_display(first)
+    else:
+        if _get_ipython() is None:
+            print(first["text/plain"])  # plain Python: IPython's display would print the bundle's repr
+        else:
+            _display(first, raw=True)
+
+        def update(bundle: Bundle) -> None:
+            return None
+
+    return MonitorView(watched, float(interval), update, live)

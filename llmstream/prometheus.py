@@ -30,6 +30,12 @@ llmstream_attempts_total                   counter    provider, model           
 llmstream_output_tokens_total              counter    provider, model           output tokens as reported, else
                                                                                 text pieces (StreamMetrics.tokens)
 llmstream_received_bytes_total             counter    provider, model           body bytes, all attempts
+llmstream_cost_usd_total                   counter    provider, model, outcome  US dollars spent, all attempts
+                                                                                (streams whose client has
+                                                                                ``pricing`` for the model)
+llmstream_wasted_output_tokens_total       counter    provider, model           output tokens paid for and not
+                                                                                kept (failed attempts asked
+                                                                                again, replays, resets)
 llmstream_time_to_first_token_seconds      histogram  provider, model           per stream with content: start
                                                                                 to first content
 llmstream_stream_duration_seconds          histogram  provider, model, outcome  per stream: start to end
@@ -79,6 +85,7 @@ imports this module; importing it without prometheus-client raises an
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -177,6 +184,11 @@ class Exporter:
                                "Output tokens as reported by the provider, else text pieces.", by_model, registry=None)
         self._bytes = Counter(f"{namespace}_received_bytes_total", "Response body bytes received, all attempts.",
                               by_model, registry=None)
+        self._cost = Counter(f"{namespace}_cost_usd", "US dollars spent by ended streams, all attempts (with pricing).",
+                             [*by_model, "outcome"], registry=None)
+        self._wasted = Counter(f"{namespace}_wasted_output_tokens_total",
+                               "Output tokens paid for that the caller did not keep (failed attempts asked again, "
+                               "replays, resets).", by_model, registry=None)
         self._ttft = Histogram(f"{namespace}_time_to_first_token_seconds",
                                "Per stream: seconds from its start to its first content.",
                                by_model, buckets=_TTFT_BUCKETS, registry=None)
@@ -194,7 +206,7 @@ class Exporter:
                                 by_model, buckets=_SPEED_BUCKETS, registry=None)
         self._collectors: List[Union[Counter, Histogram, _MonitorCollector]] = [
             self._streams, self._errors, self._retries, self._attempts, self._tokens, self._bytes,
-            self._ttft, self._duration, self._gap, self._gap_max, self._speed,
+            self._cost, self._wasted, self._ttft, self._duration, self._gap, self._gap_max, self._speed,
             _MonitorCollector(namespace, monitor.snapshot),
         ]
 
@@ -264,6 +276,9 @@ class Exporter:
         self._attempts.labels(*labels).inc(m.attempts)
         self._tokens.labels(*labels).inc(m.tokens)
         self._bytes.labels(*labels).inc(m.bytes_received)
+        if report.cost is not None and math.isfinite(report.cost.total):
+            self._cost.labels(*labels, report.outcome).inc(report.cost.total)
+        self._wasted.labels(*labels).inc(m.wasted_output_tokens)
         self._duration.labels(*labels, report.outcome).observe(m.duration)
         _observe(self._ttft, labels, m.time_to_first_token)
         _observe(self._gap, labels, m.inter_token_gap.p50)

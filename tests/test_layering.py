@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "llmstream"
 
 VOCABULARY = {"_exceptions", "_events", "_config", "_version"}
-CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_providers", "_turn"}
+CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_providers", "_cost", "_turn"}
 SHELL = {"_connection", "_transport", "_retry", "_flow", "_monitor", "_stats", "_worker"}
 CONSUMER = {"_stream", "_client"}
 #: Standard modules that do IO, threads or clocks: the sans-IO core must not touch them.
@@ -103,9 +103,9 @@ def test_only_the_transport_catches_http_library_errors() -> None:
 
 
 #: Above the consumer API: the command line and the optional extras' modules.
-TOOLS = {"_cli", "notebook", "prometheus"}
+TOOLS = {"_cli", "notebook", "prometheus", "otel"}
 #: Optional dependencies, and the one module allowed to import each.
-EXTRAS = {"IPython": "notebook.py", "prometheus_client": "prometheus.py"}
+EXTRAS = {"IPython": "notebook.py", "prometheus_client": "prometheus.py", "opentelemetry": "otel.py"}
 
 
 @pytest.mark.parametrize("path", module_files(VOCABULARY | CORE | SHELL | CONSUMER), ids=lambda p: p.name)

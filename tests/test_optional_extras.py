@@ -17,6 +17,8 @@ EXTRAS = [
                  'llmstream.notebook needs IPython: pip install "llmstream[notebook]"', id="notebook"),
     pytest.param("prometheus_client", "llmstream.prometheus",
                  'llmstream.prometheus needs prometheus-client: pip install "llmstream[prometheus]"', id="prometheus"),
+    pytest.param("opentelemetry", "llmstream.otel",
+                 'llmstream.otel needs opentelemetry-api: pip install "llmstream[otel]"', id="otel"),
 ]
 
 

@@ -19,11 +19,13 @@ DESIGN_NAMES = {
 }
 #: Beyond design.md: issue 5 (metrics, monitor) and issue 7 (flow control).
 OBSERVABILITY_NAMES = {"Distribution", "monitor", "Monitor", "MonitorSnapshot", "StreamReport"}
+#: Issue 15: what each stream cost, and each attempt as the monitor's listeners see it.
+COST_NAMES = {"Price", "Pricing", "Cost", "AttemptReport"}
 FLOW_CONTROL_NAMES = {"RateLimit", "CircuitBreaker", "CircuitOpenError"}
 
 
 def test_all_is_exactly_the_public_surface() -> None:
-    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES
+    assert set(llmstream.__all__) == DESIGN_NAMES | OBSERVABILITY_NAMES | FLOW_CONTROL_NAMES | COST_NAMES
     assert len(llmstream.__all__) == len(set(llmstream.__all__))
     public = {n for n in vars(llmstream) if not n.startswith("_")} - {"sse", "testing"}
     # Submodules appear as attributes once imported; everything else public is in __all__.

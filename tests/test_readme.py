@@ -40,6 +40,8 @@ free-port N    the number N in the block is replaced by a free port
 serve          the block serves until Ctrl+C: start, check it answers, SIGINT, exit 0
 pytest N       run the block with pytest; its summary says ``N passed``
 skip REASON    not run; listed in EXPECTED_SKIPS below, and reported as skipped
+newcomer       the "no API key" block: run by ``test_readme_newcomer.py``, which starts
+               the server it names and runs every other block with what it prints
 =============  ======================================================================
 
 Every block that runs must say what it prints (``stdout``/``stdout-re``), so a
@@ -85,7 +87,7 @@ SERVE_TIMEOUT = 10.0
 
 MARKER = re.compile(r"<!--\s*readme-test:\s*(\S+)(?:\s+(.*?))?\s*-->\s*$")
 KEYS = frozenset({"stdout", "stdout-re", "stderr-has", "stderr-re", "script", "default", "check",
-                  "fake-port", "free-port", "serve", "pytest", "skip"})
+                  "fake-port", "free-port", "serve", "pytest", "skip", "newcomer"})
 #: The names a marker's Python expression may use (plus ``server`` for ``check``).
 NAMES: Dict[str, Any] = {"DEFAULT_TEXT": DEFAULT_TEXT, "WORDS": split_words(DEFAULT_TEXT), "Reply": Reply}
 
@@ -306,6 +308,7 @@ def run_serve_block(block: Block, server: FakeLLMServer, shims: Path) -> None:
         # The same options, in-process: the command line serves what the library would.
         with FakeLLMServer(default_reply=options.reply, max_concurrent=options.max_concurrent,
                            limit_retry_after=options.limit_retry_after) as same:
+            same.script(*options.script)
             assert served == outcome(same.base_url("openai")), f"{block.where}: {served!r}"
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=SERVE_TIMEOUT)
@@ -327,6 +330,8 @@ def test_readme_block(block: Block, server: FakeLLMServer, shims: Path, tmp_path
     if block.value("serve") is not None:
         run_serve_block(block, server, shims)
         return
+    if block.value("newcomer") is not None:
+        return  # test_readme_newcomer.py runs it, with every other block against what it serves
     check_run(block, run_block(block, server, shims, tmp_path), server)
 
 

@@ -95,7 +95,7 @@ def check_mechanism(provider: str, mode: str, log: List[RecordedRequest]) -> Non
 @pytest.mark.parametrize("mode", ["last-event-id", "continue", "replay"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_resume_matrix(server: FakeLLMServer, provider: str, mode: str, fault: str) -> None:
-    server.script(Reply(tokens=TOKENS, **FAULTS[fault]), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, **FAULTS[fault], event_ids=True), Reply(tokens=TOKENS, event_ids=True))
     got: List[str] = []
     c = client(server, provider, resume=mode, timeout=Timeout(idle=0.3))
     expected = SUPPORT[(provider, mode)]
@@ -118,7 +118,7 @@ def test_resume_matrix(server: FakeLLMServer, provider: str, mode: str, fault: s
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_never_raises_incomplete_with_partial_text(server: FakeLLMServer, provider: str) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_ids=True), Reply(tokens=TOKENS, event_ids=True))
     with pytest.raises(IncompleteStreamError) as info:
         client(server, provider, resume="never").complete("q", model="m")
     assert info.value.partial_text == DELIVERED
@@ -132,7 +132,7 @@ def test_never_raises_incomplete_with_partial_text(server: FakeLLMServer, provid
      ("ollama", "replay")],
 )
 def test_auto_picks_the_best_mechanism(server: FakeLLMServer, provider: str, mechanism: str) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_ids=True), Reply(tokens=TOKENS, event_ids=True))
     assert client(server, provider).complete("q", model="m").text == TEXT
     check_mechanism(provider, mechanism, server.requests)
 
@@ -172,7 +172,7 @@ def test_prefill_whitespace_is_not_delivered_twice(server: FakeLLMServer) -> Non
 
 
 def test_replay_that_diverges_raises_resume_error(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(text="Paris, of course."))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_ids=True), Reply(text="Paris, of course.", event_ids=True))
     got: List[str] = []
     with pytest.raises(ResumeError) as info:
         for text in client(server, "openai", resume="replay").stream("q", model="m"):
@@ -182,7 +182,7 @@ def test_replay_that_diverges_raises_resume_error(server: FakeLLMServer) -> None
 
 
 def test_replay_that_diverges_emits_reset_in_events(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT), Reply(tokens=["The", " answer", " is", " Paris"]))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_ids=True), Reply(tokens=["The", " answer", " is", " Paris"], event_ids=True))
     s = client(server, "openai", resume="replay").stream("q", model="m")
     events = [e for e in s.events() if isinstance(e, (TextDelta, Reset))]
     resets = [e for e in events if isinstance(e, Reset)]
@@ -224,10 +224,10 @@ def test_tool_call_arguments_are_never_shown_twice(server: FakeLLMServer) -> Non
 @pytest.mark.parametrize("where", ["inside-json", "inside-utf8"])
 @pytest.mark.parametrize("mode", ["last-event-id", "replay"])
 def test_break_at_any_byte_resumes_exactly(server: FakeLLMServer, where: str, mode: str) -> None:
-    body = probe_body(server, Reply(tokens=TOKENS))
+    body = probe_body(server, Reply(tokens=TOKENS, event_ids=True))
     cut = body.index(" Ça".encode()) + 2 if where == "inside-utf8" else body.index(b'"content":" France"') + 5
     assert cut < len(body)
-    server.script(Reply(tokens=TOKENS, close_after_bytes=cut), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, close_after_bytes=cut, event_ids=True), Reply(tokens=TOKENS, event_ids=True))
     assert client(server, "openai", resume=mode).complete("q", model="m").text == TEXT
     assert len(server.requests) == 3
 
@@ -245,7 +245,7 @@ def test_client_errors_are_tried_once(server: FakeLLMServer, status: int, cls: t
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 503, 529])
 def test_retryable_statuses_are_retried(server: FakeLLMServer, status: int) -> None:
-    server.script(Reply(status=status, error="busy"), Reply(tokens=TOKENS))
+    server.script(Reply(status=status, error="busy"), Reply(tokens=TOKENS, event_ids=True))
     s = client(server, "anthropic").stream("q", model="m")
     events = list(s.events())
     retrying = [e for e in events if isinstance(e, Retrying)]
@@ -264,7 +264,7 @@ def test_x_should_retry_false_is_honoured(server: FakeLLMServer) -> None:
 
 @pytest.mark.parametrize(("header", "value", "wait"), [("Retry-After", "1", 1.0), ("retry-after-ms", "400", 0.4)])
 def test_retry_after_is_honoured(server: FakeLLMServer, header: str, value: str, wait: float) -> None:
-    server.script(Reply(status=429, error="slow down", headers={header: value}), Reply(tokens=TOKENS))
+    server.script(Reply(status=429, error="slow down", headers={header: value}), Reply(tokens=TOKENS, event_ids=True))
     assert client(server, "openai").complete("q", model="m").text == TEXT
     first, second = server.requests
     assert second.received_at - first.received_at >= wait
@@ -291,7 +291,7 @@ def test_retryable_provider_error_mid_stream_resumes(server: FakeLLMServer, prov
 
 
 def test_malformed_stream_is_not_retried(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, malformed_at=3), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, malformed_at=3, event_ids=True), Reply(tokens=TOKENS, event_ids=True))
     with pytest.raises(llmstream.MalformedStreamError):
         client(server, "openai").complete("q", model="m")
     assert len(server.requests) == 1
@@ -337,7 +337,7 @@ def test_retry_logs_one_info_line(server: FakeLLMServer, caplog: pytest.LogCaptu
     import logging
 
     caplog.set_level(logging.INFO, logger="llmstream")
-    server.script(Reply(status=500, error="boom"), Reply(tokens=TOKENS))
+    server.script(Reply(status=500, error="boom"), Reply(tokens=TOKENS, event_ids=True))
     client(server, "openai").complete("q", model="m")
     lines = [r.getMessage() for r in caplog.records if r.name == "llmstream" and r.levelno == logging.INFO]
     assert len(lines) == 1
@@ -357,7 +357,7 @@ def test_retry_is_an_immutable_value() -> None:
 
 
 def test_a_retrying_events_cause_says_what_was_delivered(server: FakeLLMServer) -> None:
-    server.script(Reply(text="Paris is big", close_after_tokens=2), Reply(text="Paris is big"))
+    server.script(Reply(text="Paris is big", close_after_tokens=2, event_ids=True), Reply(text="Paris is big", event_ids=True))
     client = Client("anthropic", base_url=server.base_url("anthropic"), api_key="k",
                     retry=Retry(max_attempts=2, initial_delay=0.01))
     with client.stream("q", model="m", max_tokens=5) as s:

@@ -144,8 +144,8 @@ def test_ollama_continue_extends_the_callers_own_prefill(server: FakeLLMServer) 
 @pytest.mark.parametrize("resume", ["last-event-id", "auto"])
 def test_non_latin1_event_id_reconnects_with_its_utf8_bytes(server: FakeLLMServer, provider: str, resume: str) -> None:
     prefix = "résumé-€-"
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=prefix),
-                  Reply(tokens=TOKENS, event_id_prefix=prefix))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=prefix, event_ids=True),
+                  Reply(tokens=TOKENS, event_id_prefix=prefix, event_ids=True))
     assert "".join(collect(server, provider, resume, max_tokens=50)) == TEXT
     sent = server.requests[1].header("Last-Event-ID")
     assert sent is not None
@@ -159,8 +159,8 @@ def test_non_latin1_event_id_reconnects_with_its_utf8_bytes(server: FakeLLMServe
 @pytest.mark.parametrize(("provider", "fallback"), [("openai", "replay"), ("anthropic", "continue")])
 def test_an_id_that_cannot_be_a_header_falls_back_under_auto(server: FakeLLMServer, prefix: str, provider: str,
                                                             fallback: str) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=prefix),
-                  Reply(tokens=TOKENS, event_id_prefix=prefix))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=prefix, event_ids=True),
+                  Reply(tokens=TOKENS, event_id_prefix=prefix, event_ids=True))
     assert "".join(collect(server, provider, "auto", max_tokens=50)) == TEXT
     first, second = server.requests
     assert second.header("Last-Event-ID") is None
@@ -171,7 +171,7 @@ def test_an_id_that_cannot_be_a_header_falls_back_under_auto(server: FakeLLMServ
 
 
 def test_an_id_that_cannot_be_a_header_is_a_resume_error_for_last_event_id(server: FakeLLMServer) -> None:
-    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=" padded-"), Reply(tokens=TOKENS))
+    server.script(Reply(tokens=TOKENS, close_after_tokens=CUT, event_id_prefix=" padded-", event_ids=True), Reply(tokens=TOKENS))
     got: List[str] = []
     with pytest.raises(ResumeError) as info:
         for text in client(server, "openai", "last-event-id").stream("q", model="m"):
@@ -198,7 +198,7 @@ def test_fake_server_ignore_prefill_answers_from_the_beginning(server: FakeLLMSe
 
 def test_fake_server_reads_a_utf8_last_event_id(server: FakeLLMServer) -> None:
     prefix = "résumé-€-"
-    server.script(Reply(tokens=TOKENS[:CUT], event_id_prefix=prefix))
+    server.script(Reply(tokens=TOKENS[:CUT], event_id_prefix=prefix, event_ids=True))
     body = requests.post(server.base_url("openai") + "/chat/completions",
                          json={"model": "m", "messages": [{"role": "user", "content": "q"}], "stream": True},
                          headers={"Last-Event-ID": f"{prefix}2".encode()}, timeout=5).content

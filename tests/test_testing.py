@@ -10,6 +10,7 @@ synchronise (threads are joined, requests are awaited with
 from __future__ import annotations
 
 import gc
+import io
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ import pytest
 import requests
 
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, RecordedRequest, Reply, serve
-from llmstream.testing._cli import parse_args
+from llmstream.testing._cli import DEFAULT_INTERVAL, parse_args
 from llmstream.testing._faults import plan
 from llmstream.testing._formats import FORMATTERS, StreamContext
 
@@ -195,7 +196,7 @@ def handler_threads() -> List[threading.Thread]:
 
 
 def test_openai_chat_exact_bytes(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     resp, data, error = fetch(server, session, "openai")
     assert (resp.status_code, resp.headers["Content-Type"], error) == (200, "text/event-stream; charset=utf-8", None)
     assert data.decode() == (
@@ -213,18 +214,23 @@ def test_openai_chat_include_usage_adds_usage_chunk(server: FakeLLMServer, sessi
     events = frames("openai", data)
     assert [obj["usage"] for _, _, obj in events[:-2]] == [None] * 4
     assert events[-2][2] == json.loads(
-        f'{CHAT}],"usage":{{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}}}')
+        f'{CHAT}],"usage":{{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14,'
+        '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},'
+        '"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,'
+        '"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}')
     assert events[-1][2] == "[DONE]"
 
 
 def test_anthropic_exact_bytes(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     resp, data, _ = fetch(server, session, "anthropic")
     assert resp.headers["request-id"] == "req_fake"
     assert data.decode() == (
         'event: message_start\nid: 1\ndata: {"type":"message_start","message":{"id":"msg_fake_1","type":"message",'
         '"role":"assistant","model":"gpt-test","content":[],"stop_reason":null,"stop_sequence":null,'
-        '"usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
+        '"usage":{"input_tokens":12,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
+        '"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":0},"output_tokens":1,'
+        '"service_tier":"standard"}}}\n\n'
         'event: ping\nid: 2\ndata: {"type":"ping"}\n\n'
         'event: content_block_start\nid: 3\ndata: {"type":"content_block_start","index":0,'
         '"content_block":{"type":"text","text":""}}\n\n'
@@ -252,18 +258,23 @@ def test_ollama_exact_bytes(server: FakeLLMServer, session: requests.Session) ->
 
 
 def test_responses_exact_frames(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi there"))
+    server.script(Reply(text="Hi there", event_ids=True))
     _, data, _ = fetch(server, session, "openai-responses")
     assert blocks(data)[5] == (
         b'event: response.output_text.delta\nid: 6\ndata: {"type":"response.output_text.delta","sequence_number":5,'
         b'"item_id":"msg_fake_1","output_index":0,"content_index":0,"delta":" there","logprobs":[]}\n\n')
     response = {"id": "resp_fake_1", "object": "response", "created_at": 1735689600, "status": "in_progress",
-                "error": None, "incomplete_details": None, "model": "gpt-test", "output": [], "usage": None}
+                "background": False, "error": None, "incomplete_details": None, "model": "gpt-test", "output": [],
+                "instructions": None, "max_output_tokens": None, "max_tool_calls": None, "metadata": {},
+                "parallel_tool_calls": True, "previous_response_id": None,
+                "reasoning": {"effort": None, "summary": None}, "service_tier": "default", "store": True,
+                "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+                "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled", "user": None, "usage": None}
     item = {"id": "msg_fake_1", "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
     part = {"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi there"}
     where = {"item_id": "msg_fake_1", "output_index": 0, "content_index": 0}
     done_item = {**item, "status": "completed", "content": [part]}
-    usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 2,
+    usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 2,
              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 14}
     expected = [
         ("response.created", {"response": response}),
@@ -361,9 +372,13 @@ def test_thinking(server: FakeLLMServer, session: requests.Session, provider: st
 
 
 @pytest.mark.parametrize(("provider", "found"), [
-    pytest.param("openai", {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}, id="openai"),
+    pytest.param("openai", {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
+                            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                          "accepted_prediction_tokens": 0,
+                                                          "rejected_prediction_tokens": 0}}, id="openai"),
     pytest.param("anthropic", {"output_tokens": 7}, id="anthropic"),
-    pytest.param("openai-responses", {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+    pytest.param("openai-responses", {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                                       "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
                                       "total_tokens": 12}, id="openai-responses"),
 ])
@@ -373,7 +388,9 @@ def test_usage(server: FakeLLMServer, session: requests.Session, provider: str, 
     usages = [u for _, _, obj in frames(provider, data) for u in _values(obj, "usage") if u]
     assert usages[-1] == found
     if provider == "anthropic":
-        assert usages[0] == {"input_tokens": 5, "output_tokens": 1}
+        assert usages[0] == {"input_tokens": 5, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                             "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                             "output_tokens": 1, "service_tier": "standard"}
 
 
 def test_ollama_usage_counts(server: FakeLLMServer, session: requests.Session) -> None:
@@ -426,7 +443,7 @@ def test_close_after_bytes_zero_sends_headers_only(server: FakeLLMServer) -> Non
 
 
 def test_stall_before_first_byte(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="Hi", stall_before_first_byte=0.3))
+    server.script(Reply(text="Hi", stall_before_first_byte=0.3, event_ids=True))
     with session.post(server.url + PATHS["openai"], json=_body("openai"), stream=True, timeout=10) as resp:
         headers_at = time.monotonic()
         first = resp.raw.read1(65536)
@@ -505,13 +522,14 @@ def test_omit_end_marker(server: FakeLLMServer, session: requests.Session, provi
     pytest.param("ollama", [("", "", {"error": "Boom"})], id="ollama"),
 ])
 def test_error_event(server: FakeLLMServer, session: requests.Session, provider: str, expected: List[Any]) -> None:
-    server.script(Reply(text="A B C", error_event_at=1, error="Boom"))
+    server.script(Reply(text="A B C", error_event_at=1, error="Boom", event_ids=True))
     _, data, error = fetch(server, session, provider)
     assert (frames(provider, data)[-1:], text_of(provider, data), error) == (expected, "A", None)
 
 
 def test_responses_error_event_then_failed(server: FakeLLMServer, session: requests.Session) -> None:
-    server.script(Reply(text="A B C", error_event_at=1, error_event_type="rate_limit_exceeded", error="Slow down"))
+    server.script(Reply(text="A B C", error_event_at=1, error_event_type="rate_limit_exceeded", error="Slow down",
+                          event_ids=True))
     _, data, _ = fetch(server, session, "openai-responses")
     (_, error_id, error_event), (_, failed_id, failed) = frames("openai-responses", data)[-2:]
     assert error_event == {"type": "error", "sequence_number": 5, "code": "rate_limit_exceeded",
@@ -760,13 +778,20 @@ def test_responses_get_resume(server: FakeLLMServer, session: requests.Session) 
 
 @pytest.mark.parametrize(("path", "status"), [
     pytest.param("/v1/responses/resp_nope?stream=true", 404, id="unknown-id"),
-    pytest.param("/v1/responses/resp_fake_1", 400, id="not-streaming"),
     pytest.param("/v1/responses/resp_fake_1?stream=true&starting_after=x", 400, id="bad-cursor"),
 ])
 def test_responses_get_errors(server: FakeLLMServer, session: requests.Session, path: str, status: int) -> None:
     fetch(server, session, "openai-responses")
     with session.get(server.url + path, timeout=10) as resp:
         assert (resp.status_code, sorted(resp.json()["error"])) == (status, ["code", "message", "param", "type"])
+
+
+def test_responses_get_without_stream_is_the_stored_response(server: FakeLLMServer, session: requests.Session) -> None:
+    fetch(server, session, "openai-responses")
+    with session.get(server.url + "/v1/responses/resp_fake_1", timeout=10) as resp:
+        stored = resp.json()
+    assert (resp.status_code, stored["id"], stored["status"]) == (200, "resp_fake_1", "completed")
+    assert stored["output"][0]["content"][0]["text"] == DEFAULT_TEXT
 
 
 # --- routing -------------------------------------------------------------------------------------------------------
@@ -784,13 +809,13 @@ def test_unknown_path_is_404(server: FakeLLMServer, session: requests.Session, p
         assert (resp.status_code, resp.json()) == (404, body)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-def test_stream_false_is_refused_without_consuming_the_script(server: FakeLLMServer, session: requests.Session,
-                                                              provider: str) -> None:
-    server.script(Reply(text="kept"))
-    resp, data, _ = fetch(server, session, provider, stream=False)
-    assert resp.status_code == 400 and b"this fake server only streams" in data
-    assert text_of(provider, fetch(server, session, provider)[1]) == "kept"
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "openai-responses"])
+def test_sse_ids_only_when_asked(server: FakeLLMServer, session: requests.Session, provider: str) -> None:
+    # As the real APIs: no id lines by default.
+    server.script(Reply(text="Hi there"), Reply(text="Hi there", event_ids=True))
+    plain, with_ids = fetch(server, session, provider)[1], fetch(server, session, provider)[1]
+    assert b"id: " not in plain and {i for _, i, _ in frames(provider, plain)} == {""}
+    assert [i for _, i, _ in frames(provider, with_ids)] == [str(n + 1) for n in range(len(frames(provider, plain)))]
 
 
 def test_wrong_method_is_405(server: FakeLLMServer, session: requests.Session) -> None:
@@ -1011,12 +1036,69 @@ def test_cli_parse_concurrency_limit() -> None:
 
 
 def test_cli_parse_args() -> None:
-    host, port, reply, max_concurrent, _ = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
-                                    "--fault", "stall_before_first_byte=inf", "--fault", "stall_after_tokens=2,1.5",
-                                    "--fault", "chunked=false", "--text", "Hi there"])
-    assert (host, port, max_concurrent) == ("127.0.0.1", 8765, None)
-    assert reply == Reply(text="Hi there", close_after_tokens=5, stall_before_first_byte=float("inf"),
-                          stall_after_tokens=(2, 1.5), chunked=False)
+    options = parse_args(["--port", "8765", "--fault", "close_after_tokens=5",
+                          "--fault", "stall_before_first_byte=inf", "--fault", "stall_after_tokens=2,1.5",
+                          "--fault", "chunked=false", "--text", "Hi there"])
+    assert (options.host, options.port, options.max_concurrent, options.script) == ("127.0.0.1", 8765, None, ())
+    assert options.reply == Reply(text="Hi there", close_after_tokens=5, stall_before_first_byte=float("inf"),
+                                  stall_after_tokens=(2, 1.5), chunked=False, interval=DEFAULT_INTERVAL)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param('text=Hello, world', {"text": "Hello, world"}, id="text-with-commas"),
+    pytest.param('text="a, b"', {"text": "a, b"}, id="json-string"),
+    pytest.param('text=42', {"text": "42"}, id="text-field-keeps-digits"),
+    pytest.param('stall_after_tokens=[2, 1.5]', {"stall_after_tokens": (2, 1.5)}, id="json-list"),
+    pytest.param('tool_calls=[["get_weather", {"city": "Paris"}]]',
+                 {"tool_calls": [("get_weather", {"city": "Paris"})]}, id="tool-calls-list"),
+    pytest.param('tool_calls={"get_weather": {"city": "Paris, France"}}',
+                 {"tool_calls": [("get_weather", {"city": "Paris, France"})]}, id="tool-calls-object"),
+    pytest.param('headers={"Retry-After": "1"}', {"headers": {"Retry-After": "1"}}, id="headers-object"),
+    pytest.param('usage=[5, 7]', {"usage": (5, 7)}, id="usage"),
+    pytest.param('omit_end_marker=True', {"omit_end_marker": True}, id="python-bool"),
+    pytest.param('raw_body="data: x"', {"raw_body": b"data: x"}, id="raw-body-bytes"),
+])
+def test_cli_fault_values_are_json(value: str, expected: Dict[str, Any]) -> None:
+    assert parse_args(["--interval", "0", "--fault", value]).reply == Reply(interval=0, **expected)
+
+
+def test_cli_unknown_field_suggests_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--fault", "close_after_token=5"])
+    err = capsys.readouterr().err
+    assert "unknown Reply field 'close_after_token' (did you mean close_after_tokens?)" in err
+    assert "valid fields: text, tokens, token_count," in err and "ignore_prefill" in err
+
+
+def test_cli_fault_times_break_once_then_recover(session: requests.Session) -> None:
+    argv = ["--port", "0", "--fault", "status=503", "--fault-times", "1", "--interval", "0"]
+    options = parse_args(argv)
+    assert options.script == (Reply(status=503, interval=0),) and options.reply == Reply(interval=0)
+    until = threading.Event()
+    out, err = io.StringIO(), io.StringIO()
+    thread = threading.Thread(target=serve, args=(argv,), kwargs={"out": out, "err": err, "until": until})
+    thread.start()
+    try:
+        url = _wait_for_url(out)
+        statuses = [session.post(url + "/v1/chat/completions", json=_body("openai"), timeout=10).status_code
+                    for _ in range(3)]
+        assert statuses == [503, 200, 200]
+    finally:
+        until.set()
+        thread.join(10)
+    log = err.getvalue().splitlines()
+    pattern = r"\d\d:\d\d:\d\d POST /v1/chat/completions model=gpt-test stream=true"
+    assert len(log) == 3 and all(re.fullmatch(pattern, line) for line in log), log
+
+
+def _wait_for_url(out: io.StringIO) -> str:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (http://\S+)", out.getvalue())
+        if match and "Press Ctrl+C" in out.getvalue():
+            return match[1]
+        time.sleep(0.01)  # the server thread prints into a StringIO: there is no event to wait on
+    raise AssertionError(out.getvalue())
 
 
 @pytest.mark.parametrize("argv", [
@@ -1025,6 +1107,8 @@ def test_cli_parse_args() -> None:
     pytest.param(["--fault", "events_per_write=0"], id="invalid-value"),
     pytest.param(["--port", "99999"], id="port-out-of-range"),
     pytest.param(["--max-concurrent", "0"], id="max-concurrent-zero"),
+    pytest.param(["--fault-times", "-1"], id="fault-times-negative"),
+    pytest.param(["--interval", "-1"], id="interval-negative"),
 ])
 def test_cli_rejects_bad_faults(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc_info:
@@ -1065,4 +1149,4 @@ def test_python_m_runs_until_ctrl_c(session: requests.Session) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    assert (proc.returncode, err) == (0, "")
+    assert (proc.returncode, re.sub(r"\d\d:\d\d:\d\d ", "", err)) == (0, "POST /api/chat model=llama-test stream=true\n")

@@ -8,18 +8,28 @@ the timeline, a summary of ``stream.metrics``, the request and the outcome.
 Then a failure propagates to the CLI's error handler (exit status 1) and an
 interrupt to its Ctrl+C handler (130).
 
-The request is rebuilt by the provider from the same options
-(:meth:`StreamRequest.spec`), so the report is right against real servers;
-it is the first attempt's request (a resumed attempt adds a cursor or the
-delivered text). Secrets are removed three times over: the key never enters
-the spec (a placeholder stands in), secret-looking header values are
-replaced, and the whole report is scrubbed of the environment's keys.
+The report names the model, provider and base URL, then shows every
+attempt's request exactly as sent (recorded by a ``requests`` hook on the
+client's session: a resumed attempt's ``Last-Event-ID`` header or prefilled
+assistant message is there) with the body's values (long strings shortened to
+:data:`BODY_TEXT_WIDTH` characters with their length said), and the answer's
+status and headers (request ids). When the session cannot be reached, the
+first request is rebuilt by the provider from the same options
+(:meth:`StreamRequest.spec`) instead. The error itself is said once, by the
+CLI's error line after the report; the report's outcome only names it.
+
+Secrets are removed three times over: secret-looking header values are
+replaced (``_redact.is_secret_header``), and the whole report passes the
+library's redaction step (:class:`~llmstream._redact.Redactor`) with the
+environment's keys (:meth:`Secrets.scrub`); a rebuilt request never holds the
+key at all (a placeholder stands in).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import List, Mapping, Optional, TextIO, Union
+import json
+from typing import Any, List, Mapping, Optional, TextIO, Union
 
 from .._events import Distribution, StreamMetrics
 from .._providers._base import RequestSpec
@@ -27,7 +37,7 @@ from .._transport import redact_url
 from ._chat import format_ms
 from .._redact import MARKER as REDACTED
 from .._redact import SECRET_HEADER_WORDS, is_secret_header
-from ._session import Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
+from ._session import Exchange, Exchanges, Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
 from ._timeline import Timeline
 
 __all__ = ["add_debug_command", "run_debug", "render_report", "redact_headers", "SECRET_HEADER_WORDS"]
@@ -89,22 +99,69 @@ def _summary(m: StreamMetrics) -> List[str]:
     return [f"  {label:<20} {value}" for label, value in rows]
 
 
+#: Characters of a string in a request body shown before it is shortened.
+BODY_TEXT_WIDTH = 200
+
+
+def shorten_values(value: Any) -> Any:
+    """``value`` with every string longer than :data:`BODY_TEXT_WIDTH` cut, its length said."""
+    if isinstance(value, str) and len(value) > BODY_TEXT_WIDTH:
+        return f"{value[:BODY_TEXT_WIDTH]}... ({len(value)} chars)"
+    if isinstance(value, dict):
+        return {key: shorten_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shorten_values(item) for item in value]
+    return value
+
+
+def _body(body: Union[bytes, str, None, Any]) -> List[str]:
+    if body is None:
+        return []
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    try:
+        shown = json.dumps(shorten_values(json.loads(body)), ensure_ascii=False, indent=2)
+    except (TypeError, ValueError):
+        shown = repr(shorten_values(str(body)))
+    return ["  body:", *(f"    {line}" for line in shown.splitlines())]
+
+
 def _request(spec: RequestSpec) -> List[str]:
     lines = [f"  {spec.method} {redact_url(spec.url)}"]
     lines.extend(f"  {line}" for line in redact_headers(spec.headers))
     if spec.json is not None:
-        lines.append(f"  body: JSON with {', '.join(spec.json)}")
+        lines.extend(_body(json.dumps(spec.json)))
     return lines
 
 
-def render_report(timeline: Timeline, metrics: StreamMetrics, spec: RequestSpec, outcome: str) -> str:
+def _exchange(number: int, exchange: Exchange) -> List[str]:
+    lines = [f"attempt {number}:", f"  {exchange.method} {redact_url(exchange.url)}"]
+    lines.extend(f"  {line}" for line in redact_headers(exchange.headers))
+    lines.extend(_body(exchange.body))
+    lines.append(f"  response: {exchange.status} {exchange.reason}".rstrip())
+    lines.extend(f"    {line}" for line in redact_headers(exchange.response_headers))
+    return lines
+
+
+def render_report(timeline: Timeline, metrics: StreamMetrics, spec: RequestSpec, outcome: str,
+                  exchanges: Optional[Exchanges] = None, model: str = "") -> str:
     """The whole report, one string ending with a line break (not yet scrubbed)."""
-    lines = ["", "llmstream debug report", "timeline (ms since the start):"]
+    lines = ["", "llmstream debug report"]
+    if model:
+        lines.append(model)
+    lines.append("timeline (ms since the start):")
     lines.extend(timeline.lines() or ["  (no events)"])
     lines.append("metrics:")
     lines.extend(_summary(metrics))
-    lines.append("request (first attempt):")
-    lines.extend(_request(spec))
+    if exchanges is None or not exchanges.items:
+        # Nothing recorded (no answer came, or the session was out of reach): the first request, rebuilt.
+        lines.append("request (first attempt):" if exchanges is None else
+                     "request (first attempt, as built; no answer came):")
+        lines.extend(_request(spec))
+    else:
+        lines.append(f"requests ({len(exchanges.items)} answered; an attempt without an answer is in the timeline):")
+        for number, exchange in enumerate(list(exchanges.items), 1):
+            lines.extend(_exchange(number, exchange))
     lines.append(f"outcome: {outcome}")
     return "\n".join(lines) + "\n"
 
@@ -113,7 +170,7 @@ def _outcome(session: Session, error: Optional[BaseException]) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl+C)"
     if error is not None:
-        return f"failed: {type(error).__name__}: {one_line(str(error))}"
+        return f"failed with {type(error).__name__} (the error line below)"
     return f"finished (finish_reason {session.stream.result.finish_reason!r})"
 
 
@@ -121,7 +178,9 @@ def _report(session: Session, timeline: Timeline, error: Optional[BaseException]
             secrets: Secrets) -> None:
     timeline.add("end" if error is None else f"end: {type(error).__name__}")
     spec = session.request.spec(session.client.base_url)
-    report = render_report(timeline, session.stream.metrics, spec, _outcome(session, error))
+    model = (f"model: {session.request.model} (provider {session.request.provider}, "
+             f"base URL {redact_url(session.client.base_url)})")
+    report = render_report(timeline, session.stream.metrics, spec, _outcome(session, error), session.exchanges, model)
     err.write(secrets.scrub(report))
     err.flush()
 
@@ -129,10 +188,10 @@ def _report(session: Session, timeline: Timeline, error: Optional[BaseException]
 def run_debug(args: argparse.Namespace, err: TextIO, secrets: Secrets) -> int:
     """Stream once, print the report; return 0, or re-raise what ended the stream after the report."""
     out = stdout_for_text()
-    with open_stream(args, err) as session:
+    with open_stream(args, err, record=True) as session:
         timeline = Timeline(start=session.started_at)
         try:
-            relay(session.stream, out, timeline.add)
+            relay(session.stream, out, timeline.add, err=err)
         except BaseException as exc:  # report whatever ended the stream (Ctrl+C included), then re-raise it
             session.stream.close()  # after an interrupt it is still streaming: stop it so the metrics are final
             _report(session, timeline, exc, err, secrets)

@@ -269,6 +269,14 @@ class StreamDecoder:
         out.extend(self.decoder.close())
         return out
 
+    @property
+    def response_info(self) -> "tuple[Optional[str], Optional[str]]":
+        """The provider's answer id and the model that answered, when its decoder saw them (telemetry)."""
+        # Read the provider decoder's optional ``response_id``/``response_model``
+        # as the resumer reads ``response_id``: a decoder that has none gives None.
+        decoder = self.decoder
+        return getattr(decoder, "response_id", None), getattr(decoder, "response_model", None)
+
     def resume_point(self) -> ProviderDecoder:
         """The provider decoder as it was after the last complete message (before a failing close)."""
         return self._resume_point if self._resume_point is not None else self.decoder

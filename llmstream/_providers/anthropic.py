@@ -280,6 +280,9 @@ class AnthropicDecoder:
         self._finished = False
         self._start_usage: Dict[str, Any] = {}
         self._stop_reason: Optional[str] = None
+        #: The message ``id`` and ``model`` from ``message_start`` (observability).
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
         self._tools: Dict[int, _ToolBlock] = {}  # keyed by the content block index
         self._blocks: Dict[int, _Block] = {}  # the other open blocks, by index
         self._next_tool_index = 0
@@ -333,6 +336,10 @@ class AnthropicDecoder:
         where = _where(obj)
         message = field(obj, "message", dict, where)
         usage = optional(message, "usage", dict, where, "message.")
+        for name in ("id", "model"):
+            value = message.get(name)
+            if isinstance(value, str) and 0 < len(value) <= 256:
+                setattr(self, f"response_{name}", value)
         if usage is None:
             return []
         event = _usage(usage, where, "message.usage.")

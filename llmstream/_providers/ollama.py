@@ -208,6 +208,9 @@ class OllamaDecoder:
     def __init__(self) -> None:
         self._finished = False
         self._next_tool_index = 0
+        #: The ``model`` of the final line (observability); Ollama gives no answer id.
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -261,6 +264,9 @@ class OllamaDecoder:
             out.extend(self._tool_call(*call))
         if done:
             self._finished = True
+            model = obj.get("model")
+            if isinstance(model, str) and 0 < len(model) <= 256:
+                self.response_model = model
             out.extend(end)
         return out
 

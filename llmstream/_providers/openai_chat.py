@@ -170,6 +170,10 @@ class OpenAIChatDecoder:
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
+        #: The chunk ``id`` and ``model`` (observability), read on the general path only:
+        #: the first chunk (the role) and the last (finish reason, usage) take it.
+        self.response_id: Optional[str] = None
+        self.response_model: Optional[str] = None
 
     @property
     def finished(self) -> bool:
@@ -258,6 +262,9 @@ class OpenAIChatDecoder:
         # Check everything first, then act: a bad chunk changes no state.
         choices = [self._check_choice(c, i) for i, c in enumerate(optional(chunk, "choices", list, _WHERE) or ())]
         usage = self._usage(chunk)
+        if self.response_id is None:
+            self.response_id = _short_str(chunk.get("id"))
+            self.response_model = _short_str(chunk.get("model"))
         out: List[Event] = []
         for choice in choices:
             if choice is not None:
@@ -570,3 +577,8 @@ class OpenAIChatProvider:
         if kind is None:
             return False
         return kind in _RETRYABLE_TYPES or kind in _RETRYABLE_CODES or (len(kind) == 3 and kind[0] == "5" and kind.isdigit())
+
+
+def _short_str(value: Any) -> Optional[str]:
+    """An id or model name for telemetry: a string of reasonable length, else None."""
+    return value if isinstance(value, str) and 0 < len(value) <= 256 else None

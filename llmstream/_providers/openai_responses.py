@@ -102,6 +102,8 @@ class OpenAIResponsesDecoder:
     def __init__(self) -> None:
         self._done = False
         self._response_id: Optional[str] = None
+        #: The model that answered, from ``response.created`` (observability).
+        self.response_model: Optional[str] = None
         self._last_seq: Optional[int] = None
         # Events numbered at or below this were delivered before a resume;
         # -1 (sequence numbers start at 0) drops nothing.
@@ -215,6 +217,9 @@ class OpenAIResponsesDecoder:
         response_id = optional(response, "id", str, where, "response.")
         if response_id is not None:
             self._response_id = response_id
+        model = response.get("model")
+        if isinstance(model, str) and 0 < len(model) <= 256:
+            self.response_model = model
         return []
 
     @staticmethod

@@ -12,9 +12,12 @@ Usage::
 
 Layering: this package is standalone. It imports nothing from ``llmstream``
 (only the standard library), so it can test any client, including a broken
-llmstream. ``_reply`` (what to send) <- ``_formats`` (provider wire formats) <-
-``_faults`` (the write plan) <- ``_writer`` (bytes to the socket) <-
-``_handler`` (HTTP) <- ``_server`` (threads, lifecycle); ``_cli`` runs it.
+llmstream. ``_reply`` (what to send) <- ``_wire`` (what formats share) <- one
+module per provider format (``_openai_chat``, ``_openai_responses``,
+``_anthropic``, ``_ollama``: stream, non-streaming answer, errors, extra
+endpoints) <- ``_formats`` (the table of them, encoders) <- ``_faults`` (the
+write plan) <- ``_writer`` (bytes to the socket) <- ``_handler`` (HTTP) <-
+``_server`` (threads, lifecycle); ``_cli`` runs it.
 """
 
 from ._cli import serve

@@ -8,8 +8,16 @@ keep the connection alive, as real APIs do.
 
 Routes: ``POST /v1/chat/completions`` (openai), ``POST /v1/responses``
 (openai-responses), ``GET /v1/responses/{id}?stream=true&starting_after=N``
-(replay of a Responses stream, fault-free, without consuming the script),
-``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama).
+(replay of a Responses stream, fault-free, without consuming the script; without
+``stream=true``: the stored response object),
+``POST /v1/messages`` (anthropic), ``POST /api/chat`` (ollama). Each answers
+a stream when the body says ``"stream": true`` (Ollama: unless it says
+``false``, as the real server defaults to streaming), else one JSON object in
+the provider's documented non-streaming shape, from the same scripted reply.
+What apps call besides (never consuming the script): ``GET /v1/models`` and
+``GET /v1/models/{id}`` (Anthropic's shape when the request carries
+``anthropic-version``, else OpenAI's), ``POST /v1/messages/count_tokens``,
+``GET /api/tags``.
 
 Natural resume behaviour (not faults):
   * ``Last-Event-ID: N`` (``{event_id_prefix}N``, read as UTF-8) sends only
@@ -25,6 +33,7 @@ logger), or let a client that went away raise out of the handler.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -34,10 +43,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ._faults import plan
-from ._formats import CONTENT_TYPES, FORMATTERS, StreamContext, error_body, reason
+from ._formats import CONTENT_TYPES, FORMATS, FORMATTERS, StreamContext, error_body, reason
 from ._reply import Reply, continuation, fault_free
 from ._state import RecordedRequest, ServerState
 from ._turns import check_turns
+from ._wire import dump
 from ._writer import BodyWriter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,14 +57,11 @@ __all__ = ["Handler"]
 
 logger = logging.getLogger("llmstream.testing")
 
-ROUTES = {
-    "/v1/chat/completions": "openai",
-    "/v1/responses": "openai-responses",
-    "/v1/messages": "anthropic",
-    "/api/chat": "ollama",
-}
+ROUTES = {fmt.path: name for name, fmt in FORMATS.items()}
 RESPONSES_PREFIX = "/v1/responses/"
-ONLY_STREAMS = "this fake server only streams: send \"stream\": true"
+MODELS_PATH = "/v1/models"
+#: The providers' other endpoints: (method, path) -> (provider, answer(body, headers)).
+EXTRA_ENDPOINTS = {key: (name, answer) for name, fmt in FORMATS.items() for key, answer in fmt.endpoints.items()}
 NO_PREFILL = ("This model does not support assistant message prefill. "
               "The conversation must end with a user message.")
 DEFAULT_MODEL = "fake-model"
@@ -106,6 +113,11 @@ def _event_number(header: Optional[str], prefix: str) -> int:
         return 0
     number = value[len(prefix):] if value.startswith(prefix) else ""
     return int(number) if number.isascii() and number.isdigit() else 0
+
+
+def _include_usage(body: Dict[str, Any]) -> bool:
+    stream_options = body.get("stream_options")
+    return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
 
 def _int(value: Optional[str], default: int) -> Optional[int]:
@@ -180,6 +192,8 @@ class Handler(BaseHTTPRequestHandler):
             method=self.command, path=path, query=query, headers=dict(self.headers.items()), json=body,
             received_at=time.monotonic(), client_port=self.client_address[1]))
         provider = ROUTES.get(path)
+        if self._catalog(path, body):
+            return
         if self.command == "GET" and path.startswith(RESPONSES_PREFIX):
             if self._admitted("openai"):
                 try:
@@ -193,8 +207,6 @@ class Handler(BaseHTTPRequestHandler):
             self._error(405, provider, f"Method {self.command} not allowed on {path}; use POST", None)
         elif not isinstance(body, dict):
             self._error(400, provider, "the request body must be a JSON object", None)
-        elif body.get("stream") is False:
-            self._error(400, provider, ONLY_STREAMS, None)
         elif self._admitted(provider):
             try:
                 self._answer(provider, body, number)
@@ -216,17 +228,21 @@ class Handler(BaseHTTPRequestHandler):
         if not 200 <= reply.status < 300:
             self._error(reply.status, provider, reply.error, reply.error_type, reply)
             return
-        stream_options = body.get("stream_options")
+        streams = body.get("stream", FORMATS[provider].streams_by_default) is True
         ctx = StreamContext(
             provider=provider,
             model=body["model"] if isinstance(body.get("model"), str) else DEFAULT_MODEL,
             number=number,
-            include_usage=isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
+            include_usage=_include_usage(body),
             tokens=(reply.iter_tokens if final is None or reply.ignore_prefill or not _continues(provider, body)
                     else lambda: continuation(reply.iter_tokens, final)),
+            body=body,
         )
-        if provider == "openai-responses":
+        if provider == "openai-responses":  # stored, as the API does by default
             self.state.remember(f"resp_fake_{number}", fault_free(reply), ctx)
+        if not streams:
+            self._complete(reply, ctx)
+            return
         # JSON lines carry no ids, so Ollama (like the real one) ignores the header.
         last_id = _event_number(self.headers.get("Last-Event-ID"), reply.event_id_prefix) if provider != "ollama" else 0
         self._stream(reply, ctx, skip_through=last_id)
@@ -235,13 +251,75 @@ class Handler(BaseHTTPRequestHandler):
         stored = self.state.recall(response_id)
         return stored is not None and bool(stored[0].thinking)
 
+    def _complete(self, reply: Reply, ctx: StreamContext) -> None:
+        """Answer a non-streaming request: one JSON object with a Content-Length.
+
+        Of the reply's faults, only those about bytes apply (``stall_before_first_byte``,
+        ``close_after_bytes``, ``drip``/``split_seed``, ``interval``); token positions
+        mean nothing without a stream.
+        """
+        data = reply.raw_body if reply.raw_body is not None else dump(FORMATS[ctx.provider].complete(reply, ctx))
+        self.send_response(reply.status, reason(reply.status))
+        self.send_header("Content-Type", reply.content_type or "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self._request_id_header(ctx.provider)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        conn: socket.socket = self.connection
+        writer = BodyWriter(conn.sendall, dataclasses.replace(reply, chunked=False),
+                            pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep)
+        try:
+            self.end_headers()
+            clean = writer.run([data])
+        except _GONE as exc:
+            logger.debug("client went away mid-answer: %r", exc)
+            clean = False
+        if not clean:
+            self.close_connection = True
+            _hang_up(conn)
+
+    def _catalog(self, path: str, body: Any) -> bool:
+        """Answer the endpoints that list models or count tokens; False when ``path`` is none of them."""
+        anthropic_client = self.headers.get("anthropic-version") is not None
+        style = "anthropic" if anthropic_client else "openai"
+        extra = EXTRA_ENDPOINTS.get((self.command, path))
+        if extra is not None:
+            provider, answer = extra
+            if self.command == "POST" and not isinstance(body, dict):
+                self._error(400, provider, "the request body must be a JSON object", None)
+            else:
+                self._json(provider, answer(body, dict(self.headers.items())))
+        elif path == MODELS_PATH and self.command == "GET":
+            self._json(style, FORMATS[style].catalog(dict(self.headers.items())))
+        elif path.startswith(MODELS_PATH + "/") and self.command == "GET":
+            wanted = urllib.parse.unquote(path[len(MODELS_PATH) + 1:])
+            found = [m for m in FORMATS[style].catalog(dict(self.headers.items()))["data"] if m["id"] == wanted]
+            if found:
+                self._json(style, found[0])
+            else:
+                self._error(404, style, f"The model '{wanted}' does not exist", "not_found_error"
+                            if anthropic_client else "invalid_request_error")
+        else:
+            return False
+        return True
+
+    def _json(self, provider: str, obj: Any) -> None:
+        data = dump(obj)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self._request_id_header(provider)
+        self.end_headers()
+        self.wfile.write(data)
+
     def _replay(self, response_id: str, query: Dict[str, str]) -> None:
         stored = self.state.recall(response_id)
         if stored is None:
             self._error(404, "openai", f"Response with id '{response_id}' not found.", None)
             return
-        if query.get("stream") != "true":
-            self._error(400, "openai", ONLY_STREAMS.replace('"stream": true', "stream=true"), None)
+        if query.get("stream") != "true":  # a retrieve: the stored response object
+            reply, ctx = stored
+            self._json("openai", FORMATS["openai-responses"].complete(reply, ctx))
             return
         starting_after = _int(query.get("starting_after"), -1)
         if starting_after is None:

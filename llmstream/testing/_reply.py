@@ -75,7 +75,11 @@ class Reply:
 
     Every field has a default, so ``Reply()`` streams :data:`DEFAULT_TEXT`
     cleanly. The same reply renders in each provider's wire format; the route
-    of the request picks the format.
+    of the request picks the format. A request that does not ask for a stream
+    gets the same reply as one JSON object in the provider's non-streaming
+    shape; of the faults, only those about bytes apply to it
+    (``stall_before_first_byte``, ``close_after_bytes``), and the framing
+    options only pace or split its writes.
 
     Content:
         text: the answer text (``None``: :data:`DEFAULT_TEXT`; ``""``: no text,
@@ -117,7 +121,8 @@ class Reply:
         keepalive_every: after every N events, an SSE ``: keep-alive`` comment
             (Anthropic: an ``event: ping``; Ollama has none). 0: never.
         event_ids: give each SSE event an ``id:`` (its 1-based index) so a
-            client can reconnect with ``Last-Event-ID``.
+            client can reconnect with ``Last-Event-ID``. Off by default, as
+            the real OpenAI and Anthropic APIs send no ids.
         event_id_prefix: text put before each id's number (``"résumé-€-"``
             sends ``id: résumé-€-1``...). ``Last-Event-ID`` is read as UTF-8,
             as browsers send it; a value that is not the prefix and a number
@@ -172,7 +177,7 @@ class Reply:
     events_per_write: int = 1
     line_ending: str = "\n"
     keepalive_every: int = 0
-    event_ids: bool = True
+    event_ids: bool = False
     event_id_prefix: str = ""
     interval: float = 0.0
     drip: bool = False
