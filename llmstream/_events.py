@@ -24,6 +24,7 @@ __all__ = [
     "ToolCallDelta",
     "ToolCall",
     "Usage",
+    "OutputItem",
     "Finish",
     "Retrying",
     "Reset",
@@ -146,26 +147,52 @@ class ToolCall(Record):
 class Usage(Record):
     """Token counts reported by the provider (the latest, cumulative figures).
 
+    Every figure is as the provider reports it, ``None`` when it reports none:
+    ``input_tokens`` is the provider's own prompt count (OpenAI's includes the
+    cached tokens; Anthropic's ``input_tokens`` excludes cache reads and
+    writes), and ``output_tokens`` includes the reasoning tokens.
+
     Attributes:
         input_tokens: tokens in the prompt, if reported.
         output_tokens: tokens generated, if reported.
         raw: the provider's own usage object, unchanged.
+        cached_input_tokens: prompt tokens read from the provider's prompt
+            cache (OpenAI ``prompt_tokens_details.cached_tokens``, DeepSeek
+            ``prompt_cache_hit_tokens``, Responses
+            ``input_tokens_details.cached_tokens``, Anthropic
+            ``cache_read_input_tokens``).
+        cache_write_tokens: prompt tokens written to the cache (Anthropic
+            ``cache_creation_input_tokens``; OpenRouter
+            ``prompt_tokens_details.cache_write_tokens``).
+        reasoning_tokens: output tokens spent on hidden reasoning (OpenAI
+            ``completion_tokens_details.reasoning_tokens``, Responses
+            ``output_tokens_details.reasoning_tokens``).
     """
 
-    __slots__ = __match_args__ = ("input_tokens", "output_tokens", "raw")
+    __slots__ = __match_args__ = ("input_tokens", "output_tokens", "raw", "cached_input_tokens", "cache_write_tokens",
+                                  "reasoning_tokens")
     input_tokens: Optional[int]
     output_tokens: Optional[int]
     raw: Mapping[str, Any]
+    cached_input_tokens: Optional[int]
+    cache_write_tokens: Optional[int]
+    reasoning_tokens: Optional[int]
 
     def __init__(
         self,
         input_tokens: Optional[int] = None,
         output_tokens: Optional[int] = None,
         raw: Optional[Mapping[str, Any]] = None,
+        cached_input_tokens: Optional[int] = None,
+        cache_write_tokens: Optional[int] = None,
+        reasoning_tokens: Optional[int] = None,
     ) -> None:
         set_field(self, "input_tokens", input_tokens)
         set_field(self, "output_tokens", output_tokens)
         set_field(self, "raw", dict() if raw is None else raw)
+        set_field(self, "cached_input_tokens", cached_input_tokens)
+        set_field(self, "cache_write_tokens", cache_write_tokens)
+        set_field(self, "reasoning_tokens", reasoning_tokens)
 
     @property
     def total_tokens(self) -> Optional[int]:
@@ -173,6 +200,32 @@ class Usage(Record):
         if self.input_tokens is None or self.output_tokens is None:
             return None
         return self.input_tokens + self.output_tokens
+
+
+class OutputItem(Record):
+    """A finished piece of the assistant's turn, in the provider's own request format.
+
+    Emitted when the provider closes a block or item: an Anthropic ``thinking``
+    block with its ``signature``, a ``redacted_thinking`` block, a ``text`` or
+    ``tool_use`` block; a Responses output item (``reasoning`` with its
+    ``encrypted_content``, ``message``, ``function_call``...). The stream keeps
+    them to build ``StreamResult.message``, so signed thinking survives an
+    agent loop. Bookkeeping, not content: it does not count as progress.
+
+    Attributes:
+        item: the block or item, as the provider's API takes it back.
+        text_key: when set, the key of ``item`` that receives the answer
+            text delivered since the previous item (the decoder does not keep
+            the text itself: that would cost on every token).
+    """
+
+    __slots__ = __match_args__ = ("item", "text_key")
+    item: Mapping[str, Any]
+    text_key: Optional[str]
+
+    def __init__(self, item: Mapping[str, Any], text_key: Optional[str] = None) -> None:
+        set_field(self, "item", item)
+        set_field(self, "text_key", text_key)
 
 
 class Finish(Record):
@@ -225,22 +278,28 @@ class Retrying(Record):
         attempt: the number of the attempt about to start (2 for the first retry).
         delay: seconds waited before it.
         cause: the error that caused the retry.
+        resume: how the next attempt goes on from what was delivered:
+            ``"last-event-id"``, ``"continue"``, ``"replay"``, or ``None``
+            when it starts afresh (nothing had been delivered).
     """
 
-    __slots__ = __match_args__ = ("attempt", "delay", "cause")
+    __slots__ = __match_args__ = ("attempt", "delay", "cause", "resume")
     attempt: int
     delay: float
     cause: BaseException
+    resume: Optional[str]
 
     def __init__(
         self,
         attempt: int,
         delay: float,
         cause: BaseException,
+        resume: Optional[str] = None,
     ) -> None:
         set_field(self, "attempt", attempt)
         set_field(self, "delay", delay)
         set_field(self, "cause", cause)
+        set_field(self, "resume", resume)
 
 
 class Reset(Record):
@@ -264,7 +323,7 @@ class Reset(Record):
         set_field(self, "discarded_text", discarded_text)
 
 
-Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, Finish, ContentFilter, Retrying, Reset]
+Event = Union[TextDelta, ThinkingDelta, ToolCallDelta, ToolCall, Usage, OutputItem, Finish, ContentFilter, Retrying, Reset]
 
 #: Events that count as progress for the ``first_token`` and ``idle`` timeouts.
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta, ToolCall)
@@ -455,17 +514,29 @@ class StreamResult(Record):
         tool_calls: the complete tool calls, in order.
         attempts: HTTP attempts made (1 when nothing was retried).
         metrics: timings and counts for the stream.
+        message: the assistant's turn in the provider's own request format,
+            signed thinking and tool calls included, so an agent loop can send
+            ``messages + [result.message] + tool_results``: a Chat Completions
+            ``{"role": "assistant", "content", "tool_calls"}``, an Anthropic
+            ``{"role": "assistant", "content": [blocks]}``, an Ollama message;
+            for the Responses API the list of output items
+            (``input + result.message``).
+        messages: the same turn as the items to append to the conversation
+            whatever the provider: ``(message,)``, or the Responses items.
         cost: what the stream cost, over every attempt (a :class:`Cost`), or
             ``None`` when the client has no ``pricing`` for the model.
     """
 
-    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics", "cost")
+    __slots__ = __match_args__ = ("text", "finish_reason", "usage", "tool_calls", "attempts", "metrics", "message",
+                                  "messages", "cost")
     text: str
     finish_reason: Optional[str]
     usage: Optional[Usage]
     tool_calls: Tuple[ToolCall, ...]
     attempts: int
     metrics: StreamMetrics
+    message: Any
+    messages: Tuple[Mapping[str, Any], ...]
     cost: Optional["Cost"]
 
     def __init__(
@@ -476,6 +547,8 @@ class StreamResult(Record):
         tool_calls: Tuple[ToolCall, ...] = (),
         attempts: int = 1,
         metrics: Optional[StreamMetrics] = None,
+        message: Any = None,
+        messages: Tuple[Mapping[str, Any], ...] = (),
         cost: Optional["Cost"] = None,
     ) -> None:
         set_field(self, "text", text)
@@ -484,6 +557,8 @@ class StreamResult(Record):
         set_field(self, "tool_calls", tool_calls)
         set_field(self, "attempts", attempts)
         set_field(self, "metrics", StreamMetrics() if metrics is None else metrics)
+        set_field(self, "message", message)
+        set_field(self, "messages", messages)
         set_field(self, "cost", cost)
 
 

@@ -37,7 +37,9 @@ from ._events import (
     Cost,
     Event,
     Finish,
+    OutputItem,
     Reset,
+    Retrying,
     StreamMetrics,
     StreamResult,
     TextDelta,
@@ -52,6 +54,7 @@ from ._exceptions import (
     StreamTimeoutError,
     TextNotKeptError,
 )
+from ._turn import TurnRecorder, as_messages
 from ._worker import POLL_INTERVAL, Worker
 
 __all__ = ["Sink", "TokenStream"]
@@ -108,6 +111,7 @@ class TokenStream:
         self._epoch = 0
         self._sink = sink_function
         self._tool_calls: List[ToolCall] = []
+        self._turn = TurnRecorder()
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
         self._status = "streaming"
@@ -203,6 +207,8 @@ class TokenStream:
     def _record(self, event: Event, text_only: bool) -> None:
         if self._callbacks is not None:
             self._callbacks.observe(event, self)
+        if event.__class__ is OutputItem or event.__class__ is Retrying or event.__class__ is Reset:
+            self._turn.record(event, self._text_length())
         if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
@@ -226,6 +232,10 @@ class TokenStream:
             if self._log is not None:
                 self._log.release(self._epoch)
             self._tool_calls.clear()
+
+    def _text_length(self) -> int:
+        # The characters the caller has taken (called per OutputItem, never per token).
+        return self._consumed
 
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
@@ -423,13 +433,18 @@ class TokenStream:
             raise self._error
         if self._status == "closed":
             raise StreamClosedError("this stream was closed before it finished; .text holds what was delivered")
+        text = self._delivered()  # "" when the stream keeps no text
+        tool_calls = tuple(self._tool_calls)
+        message = self._worker.provider.assistant_message(self._turn.turn(text, tool_calls))
         return StreamResult(
-            text=self._delivered(),
+            text=text,
             finish_reason=self._finish_reason,
             usage=self._usage,
-            tool_calls=tuple(self._tool_calls),
+            tool_calls=tool_calls,
             attempts=self._worker.stats.attempts,
             metrics=self.metrics,
+            message=message,
+            messages=as_messages(message),
             cost=self._worker.cost,
         )
 

@@ -426,6 +426,11 @@ class Worker:
         self._consumer: Optional[int] = None
 
     @property
+    def provider(self) -> Provider:
+        """The provider this stream speaks (its ``assistant_message`` builds ``result.message``)."""
+        return self._provider
+
+    @property
     def total_deadline(self) -> float:
         """The ``time.monotonic()`` value past which the stream fails with ``total``."""
         return self._total_deadline
@@ -669,7 +674,8 @@ class Worker:
             attempt, self._retry.max_attempts, delay, type(exc).__name__, exc.message,
         )
         inline = threading.get_ident() == self._consumer
-        self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc)], block=not inline)
+        self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc, resume=self._resumer.strategy)],
+                       block=not inline)
         if inline:
             # The caller runs this segment itself: let it have the Retrying event
             # before the wait, as a worker thread's caller would (yield a pause);

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from helpers import feed_all_ways, load_fixture
-from llmstream._events import Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from llmstream._events import Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from llmstream._providers._base import RequestSpec, StreamDecoder
 from llmstream._providers.anthropic import AnthropicDecoder, AnthropicProvider
@@ -27,7 +27,10 @@ def decode(name: str) -> List[Any]:
 
 def start_usage(input_tokens: int, output_tokens: int) -> Usage:
     raw = {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": output_tokens}
-    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, raw=raw)
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, raw=raw, cached_input_tokens=0, cache_write_tokens=0)
+
+
+TEXT_ITEM = OutputItem({"type": "text", "text": ""}, text_key="text")
 
 
 def final_usage(input_tokens: int, output_tokens: int) -> Usage:
@@ -45,6 +48,7 @@ FIXTURES = [
             TextDelta("Ça va"),
             TextDelta(" — 日本"),
             TextDelta("語 🎉"),
+            TEXT_ITEM,
             final_usage(25, 15),
             Finish("end_turn"),
         ],
@@ -55,6 +59,7 @@ FIXTURES = [
         [
             start_usage(472, 2),
             TextDelta("Okay, let me check."),
+            TEXT_ITEM,
             ToolCallDelta(0, "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", ""),
             ToolCallDelta(0, None, None, '{"location": "San Fra'),
             ToolCallDelta(0, None, None, 'ncisco, CA", "unit": "fahr'),
@@ -66,9 +71,12 @@ FIXTURES = [
                 {"location": "San Francisco, CA", "unit": "fahrenheit"},
                 '{"location": "San Francisco, CA", "unit": "fahrenheit"}',
             ),
+            OutputItem({"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather",
+                        "input": {"location": "San Francisco, CA", "unit": "fahrenheit"}}),
             # a tool without arguments streams no input_json_delta: arguments {}
             ToolCallDelta(1, "toolu_02Ab3cD4eF5gH6iJ7kL8mN9o", "get_time", ""),
             ToolCall(1, "toolu_02Ab3cD4eF5gH6iJ7kL8mN9o", "get_time", {}, ""),
+            OutputItem({"type": "tool_use", "id": "toolu_02Ab3cD4eF5gH6iJ7kL8mN9o", "name": "get_time", "input": {}}),
             final_usage(472, 89),
             Finish("tool_use"),
         ],
@@ -80,15 +88,20 @@ FIXTURES = [
             start_usage(36, 4),
             ThinkingDelta("Let me solve this step by step:\n\n1. First break down 27 * 453"),
             ThinkingDelta("\n2. 453 = 400 + 50 + 3"),
+            # the signature_delta is kept: the block goes back signed (result.message)
+            OutputItem({"type": "thinking",
+                        "thinking": "Let me solve this step by step:\n\n1. First break down 27 * 453\n2. 453 = 400 + 50 + 3",
+                        "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"}),
             TextDelta("27 * 453 = 12,231"),
+            TEXT_ITEM,
             final_usage(36, 180),
             Finish("end_turn"),
         ],
-        id="thinking-signature-ignored",
+        id="thinking-signature-kept",
     ),
     pytest.param(
         "pings_and_unknown_events.txt",
-        [start_usage(10, 1), TextDelta("Hi"), TextDelta("!"), final_usage(10, 3), Finish("end_turn")],
+        [start_usage(10, 1), TextDelta("Hi"), TextDelta("!"), TEXT_ITEM, final_usage(10, 3), Finish("end_turn")],
         id="pings-and-unknown-types-ignored",
     ),
     pytest.param(
@@ -96,9 +109,12 @@ FIXTURES = [
         [
             start_usage(30, 1),
             TextDelta("Calling the tool:"),
+            TEXT_ITEM,
             ToolCallDelta(0, "toolu_03Zz", "write_file", ""),
             ToolCallDelta(0, None, None, '{"path": "notes.txt", "content": "Once upon'),
             ToolCall(0, "toolu_03Zz", "write_file", None, '{"path": "notes.txt", "content": "Once upon'),
+            # arguments cut short are no object: the block goes back with an empty input
+            OutputItem({"type": "tool_use", "id": "toolu_03Zz", "name": "write_file", "input": {}}),
             final_usage(30, 64),
             Finish("max_tokens"),
         ],
@@ -167,7 +183,7 @@ def test_overloaded_error_after_text() -> None:
 
 def test_missing_message_stop_delivers_everything_first() -> None:
     events, error = events_before_error("missing_message_stop.txt")
-    assert events == [start_usage(25, 1), TextDelta("Hello"), final_usage(25, 2)]
+    assert events == [start_usage(25, 1), TextDelta("Hello"), TEXT_ITEM, final_usage(25, 2)]
     assert isinstance(error, IncompleteStreamError)
 
 
@@ -211,13 +227,15 @@ def test_message_delta_input_tokens_override_message_start() -> None:
     ]
 
 
-def test_input_json_delta_of_a_server_tool_is_ignored() -> None:
+def test_input_json_delta_of_a_server_tool_is_no_tool_call_but_goes_back_whole() -> None:
     decoder = AnthropicDecoder()
     start = '{"type":"content_block_start","index":0,"content_block":{"type":"server_tool_use","id":"srvtoolu_1","name":"web_search"}}'
     delta = '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\\"q\\": 1}"}}'
     assert decoder.feed(sse("content_block_start", start)) == []
     assert decoder.feed(sse("content_block_delta", delta)) == []
-    assert decoder.feed(sse("content_block_stop", '{"type":"content_block_stop","index":0}')) == []
+    assert decoder.feed(sse("content_block_stop", '{"type":"content_block_stop","index":0}')) == [
+        OutputItem({"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"q": 1}})
+    ]
 
 
 def test_events_after_message_stop_are_ignored() -> None:
@@ -466,3 +484,47 @@ def test_continue_request_extends_an_existing_prefill() -> None:
 def test_continue_request_with_nothing_to_prefill_is_unchanged(delivered: str) -> None:
     spec = build([USER])
     assert PROVIDER.continue_request(spec, delivered) is spec
+
+
+# -- agent loops: the turn as content blocks (issue 12) --------------------------------------
+
+
+def test_redacted_thinking_and_cache_usage_kept() -> None:
+    events = decode("redacted_thinking_cache.txt")
+    items = [e.item for e in events if isinstance(e, OutputItem)]
+    assert items == [
+        {"type": "redacted_thinking",
+         "data": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rLVyIwxtE3rAFBa8cr3qpPkNRj2YfWXGmKDxH4mPnZ5sQ7vB8URv2XqcQSR6zPtMfIhhvJKgg="},
+        {"type": "thinking", "thinking": "I need the weather.", "signature": "ErUBCkYIBRgCIkD1zT9f"},
+        {"type": "tool_use", "id": "toolu_01Hq8Wm3Kx", "name": "get_weather", "input": {"city": "Paris"}},
+    ]
+    usage = [e for e in events if isinstance(e, Usage)][-1]
+    # As Anthropic reports it: input_tokens excludes cache reads and writes.
+    assert (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens, usage.output_tokens) == (21, 12040, 1890, 74)
+
+
+def test_assistant_message_from_the_turn() -> None:
+    from llmstream._turn import TurnRecorder
+
+    recorder = TurnRecorder()
+    events = decode("redacted_thinking_cache.txt")
+    for event in events:
+        recorder.record(event, 0)
+    calls = tuple(e for e in events if isinstance(e, ToolCall))
+    message = PROVIDER.assistant_message(recorder.turn("", calls))
+    assert message["role"] == "assistant"
+    assert [b["type"] for b in message["content"]] == ["redacted_thinking", "thinking", "tool_use"]
+
+
+def test_assistant_message_text_blocks_take_the_delivered_text() -> None:
+    from llmstream._turn import TurnRecorder
+
+    recorder = TurnRecorder()
+    text = OutputItem({"type": "text", "text": ""}, text_key="text")
+    tool = OutputItem({"type": "tool_use", "id": "t", "name": "f", "input": {}})
+    recorder.record(text, 4)
+    recorder.record(tool, 4)
+    recorder.record(text, 8)
+    recorder.record(OutputItem({"type": "text", "text": ""}, text_key="text"), 8)  # an empty block: left out
+    message = PROVIDER.assistant_message(recorder.turn("Hi. Done", ()))
+    assert message["content"] == [{"type": "text", "text": "Hi. "}, tool.item, {"type": "text", "text": "Done"}]

@@ -180,7 +180,8 @@ def test_report_carries_the_attempts(server: FakeLLMServer) -> None:
     first, second = report.attempts
     assert (first.number, first.error, first.usage, first.text_deltas) == (1, "ServerError", None, 0)
     assert (second.number, second.error, second.text_deltas) == (2, None, 7)
-    assert second.usage == llmstream.Usage(12, 7, raw=second.usage.raw if second.usage else {})
+    # The fake server reports cached and reasoning tokens (0) as OpenAI does: Usage carries them (issue 12).
+    assert second.usage == llmstream.Usage(12, 7, raw=second.usage.raw if second.usage else {}, cached_input_tokens=0, reasoning_tokens=0)
     assert report.finish_reason == "stop" and report.cost == report.cost
     assert first.ended <= second.started
 

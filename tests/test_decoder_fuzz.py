@@ -19,15 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import DATA_DIR, split_points
-from llmstream._events import ContentFilter, Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from llmstream._events import (ContentFilter, Event, Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall,
+                              ToolCallDelta, Usage)
 from llmstream._exceptions import StreamError
 from llmstream._providers import PROVIDERS
 from llmstream._providers._base import StreamDecoder
 from llmstream._providers._shape import MAX_TOKENS
 
 #: Fixture directory -> provider name.
-_DIRS = {"openai_chat": "openai", "openai_responses": "openai-responses", "anthropic": "anthropic", "ollama": "ollama",
-         "gemini": "gemini", "azure": "azure"}
+_DIRS = {"openai_chat": "openai", "openai_think": "openai-think", "openai_responses": "openai-responses",
+         "anthropic": "anthropic", "ollama": "ollama", "gemini": "gemini", "azure": "azure"}
 TRANSCRIPTS: List[Tuple[str, str, bytes]] = [
     (_DIRS[path.parent.name], f"{path.parent.name}/{path.name}", path.read_bytes())
     for path in sorted(DATA_DIR.glob("*/*.txt"))
@@ -52,10 +53,15 @@ def check_events(events: Sequence[Event]) -> None:
         elif isinstance(event, ToolCall):
             assert type(event.raw_arguments) is str and type(event.id) is str and type(event.name) is str
         elif isinstance(event, Usage):
-            for count in (event.input_tokens, event.output_tokens):
+            for count in (event.input_tokens, event.output_tokens, event.cached_input_tokens,
+                          event.cache_write_tokens, event.reasoning_tokens):
                 assert count is None or (type(count) is int and 0 <= count <= MAX_TOKENS)
         elif isinstance(event, ContentFilter):
             assert type(event.source) is str and type(event.reason) is str and type(event.blocked) is bool
+        elif isinstance(event, OutputItem):
+            assert type(event.item) is dict and (event.text_key is None or type(event.text_key) is str)
+            if event.item.get("type") == "thinking":  # signed thinking goes back as strings
+                assert type(event.item["thinking"]) is str and type(event.item["signature"]) is str
         else:
             assert isinstance(event, Finish) and type(event.reason) is str
 

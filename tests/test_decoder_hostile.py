@@ -15,7 +15,7 @@ from typing import Any, List, Tuple
 import pytest
 
 from llmstream import RateLimit
-from llmstream._events import Event, Finish, StreamMetrics, StreamReport, TextDelta, ToolCall, ToolCallDelta, Usage
+from llmstream._events import Event, Finish, OutputItem, StreamMetrics, StreamReport, TextDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._exceptions import MalformedStreamError, StreamError
 from llmstream._fastjson import JSONNestingError, MAX_DEPTH, loads
 from llmstream._flow import RateLimiter
@@ -30,6 +30,7 @@ COUNT = "a token count (a whole number from 0 to 1000000000)"
 #: One valid text message per provider, and the event it gives.
 GOOD = {
     "openai": '{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}',
+    "openai-think": '{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}',
     "openai-responses": '{"type":"response.output_text.delta","sequence_number":1,"delta":"Hi"}',
     "anthropic": '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}',
     "ollama": '{"message":{"role":"assistant","content":"Hi"},"done":false}',
@@ -107,6 +108,22 @@ WRONG_TYPES = [
     pytest.param("openai", '{"choices": [], "usage": {"prompt_tokens": 2.5}}', W_CHAT + f'expected "usage.prompt_tokens" to be {COUNT}, got 2.5', id="chat-usage-fraction"),
     pytest.param("openai", '{"choices": [], "usage": {"prompt_tokens": "12"}}', W_CHAT + f'expected "usage.prompt_tokens" to be {COUNT}, got string', id="chat-usage-string-count"),
     pytest.param("openai", '{"choices": [], "usage": {"prompt_tokens": true}}', W_CHAT + f'expected "usage.prompt_tokens" to be {COUNT}, got boolean', id="chat-usage-bool"),
+    # -- OpenAI-compatible quirks (issue 12): Mistral parts, Groq usage, cache and reasoning counts
+    pytest.param("openai", chat(delta={"content": [{"type": "text", "text": []}]}), W_CHAT + 'expected "choices[0].delta.content[0].text" to be a string, got list', id="chat-part-text-list"),
+    pytest.param("openai", chat(delta={"content": [7]}), W_CHAT + 'expected "choices[0].delta.content[0]" to be an object, got integer', id="chat-part-int"),
+    pytest.param("openai", chat(delta={"content": [{"type": "thinking", "thinking": [{"text": 1}]}]}), W_CHAT + 'expected "choices[0].delta.content[0].thinking[0].text" to be a string, got integer', id="chat-part-thinking-int"),
+    pytest.param("openai", '{"choices": [], "x_groq": {"usage": "lots"}}', W_CHAT + 'expected "x_groq.usage" to be an object, got string', id="chat-groq-usage-string"),
+    pytest.param("openai", '{"choices": [], "x_groq": {"usage": {"prompt_tokens": 1e999}}}', W_CHAT + f'expected "x_groq.usage.prompt_tokens" to be {COUNT}, got inf', id="chat-groq-usage-inf"),
+    pytest.param("openai", '{"choices": [], "usage": {"prompt_tokens_details": {"cached_tokens": -3}}}', W_CHAT + f'expected "usage.prompt_tokens_details.cached_tokens" to be {COUNT}, got -3', id="chat-cached-negative"),
+    pytest.param("openai", '{"choices": [], "usage": {"prompt_cache_hit_tokens": 1e999}}', W_CHAT + f'expected "usage.prompt_cache_hit_tokens" to be {COUNT}, got inf', id="chat-deepseek-cache-inf"),
+    pytest.param("openai", '{"choices": [], "usage": {"completion_tokens_details": {"reasoning_tokens": "9"}}}', W_CHAT + f'expected "usage.completion_tokens_details.reasoning_tokens" to be {COUNT}, got string', id="chat-reasoning-string"),
+    pytest.param("openai", '{"choices": [], "usage": {"prompt_tokens_details": []}}', W_CHAT + 'expected "usage.prompt_tokens_details" to be an object, got list', id="chat-details-list"),
+    pytest.param("openai-responses", '{"type": "response.completed", "response": {"usage": {"input_tokens_details": {"cached_tokens": 1e999}}}}', f"OpenAI Responses 'response.completed' event: expected \"response.usage.input_tokens_details.cached_tokens\" to be {COUNT}, got inf", id="resp-cached-inf"),
+    pytest.param("openai-responses", resp("response.output_item.done", item="x"), "OpenAI Responses 'response.output_item.done' event: expected \"item\" to be an object, got string", id="resp-item-done-string"),
+    pytest.param("anthropic", '{"type": "message_start", "message": {"usage": {"cache_read_input_tokens": -1}}}', f"Anthropic 'message_start' event: expected \"message.usage.cache_read_input_tokens\" to be {COUNT}, got -1", id="ant-cache-read-negative"),
+    pytest.param("anthropic", ant("content_block_delta", index=0, delta={"type": "signature_delta", "signature": 5}), W_ANT + 'expected "delta.signature" to be a string, got integer', id="ant-signature-int"),
+    pytest.param("anthropic", ant("content_block_start", index=0, content_block={"type": "thinking", "signature": []}), "Anthropic 'content_block_start' event: expected \"content_block.signature\" to be a string, got list", id="ant-start-signature-list"),
+    pytest.param("anthropic", ant("content_block_start", index=0, content_block={"type": "redacted_thinking", "data": 5}), "Anthropic 'content_block_start' event: expected \"content_block.data\" to be a string, got integer", id="ant-redacted-data-int"),
     # -- OpenAI Responses
     pytest.param("openai-responses", '{"type": ["x"]}', 'OpenAI Responses event: expected "type" to be a string, got list', id="resp-type-list"),
     pytest.param("openai-responses", '{"type": "x", "sequence_number": "3"}', 'OpenAI Responses event: expected "sequence_number" to be an integer, got string', id="resp-seq-string"),
@@ -224,7 +241,7 @@ def deep_arguments_stream(provider: str) -> Tuple[List[str], List[Event]]:
         raw = json.dumps(args)
         line = json.dumps({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": args}}]}, "index": 0}]})
         return [line], [ToolCallDelta(0, "", "f", raw), ToolCall(0, "", "f", args, raw)]
-    if provider in ("openai", "azure"):
+    if provider in ("openai", "azure", "openai-think"):
         fragment = {"index": 0, "id": "c", "function": {"name": "f", "arguments": DEEP}}
         return [chat(delta={"tool_calls": [fragment]}), chat(delta={}, finish_reason="tool_calls")], \
             [ToolCallDelta(0, "c", "f", DEEP), call, Finish("tool_calls")]
@@ -235,7 +252,8 @@ def deep_arguments_stream(provider: str) -> Tuple[List[str], List[Event]]:
     if provider == "anthropic":
         return [ant("content_block_start", index=0, content_block={"type": "tool_use", "id": "c", "name": "f"}),
                 ant("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": DEEP}),
-                ant("content_block_stop", index=0)], [ToolCallDelta(0, "c", "f", ""), ToolCallDelta(0, None, None, DEEP), call]
+                ant("content_block_stop", index=0)], [ToolCallDelta(0, "c", "f", ""), ToolCallDelta(0, None, None, DEEP), call,
+                                                      OutputItem({"type": "tool_use", "id": "c", "name": "f", "input": {}})]
     line = json.dumps({"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": DEEP}}]}, "done": False})
     return [line], [ToolCallDelta(0, "c", "f", DEEP), call]
 

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "llmstream"
 
 VOCABULARY = {"_exceptions", "_events", "_config", "_version", "_record"}
-CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_options", "_providers", "_cost"}
+CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_options", "_providers", "_cost", "_turn"}
 SHELL = {"_connection", "_transport", "_retry", "_flow", "_monitor", "_stats", "_textlog", "_worker", "_redis_state"}
 CONSUMER = {"_stream", "_client", "_async", "_runs", "relay"}
 #: Standard modules that do IO, threads or clocks: the sans-IO core must not touch them.
@@ -58,7 +58,7 @@ def test_core_is_sans_io(path: Path) -> None:
     imports = imports_of(path)
     assert imports & IO_MODULES == set()
     # Providers import their siblings as ".x" (from inside _providers) or the vocabulary as "..x" -> ".x".
-    allowed = VOCABULARY | CORE | {"_base", "_shape", "openai_chat", "openai_responses", "anthropic", "ollama", "gemini", "azure", "_sse_json", ""}
+    allowed = VOCABULARY | CORE | {"_base", "_shape", "_think", "openai_chat", "openai_responses", "anthropic", "ollama", "gemini", "azure", "_sse_json", ""}
     assert local(imports) - allowed == set()
 
 

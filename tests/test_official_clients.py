@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
+from llmstream.testing._turns import sign
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -137,7 +138,8 @@ def test_anthropic_non_streaming(server: FakeLLMServer, anthropic_client: Any) -
     server.script(Reply(text="Paris.", thinking="Easy.", tool_calls=[WEATHER], usage=(9, 4)))
     message = anthropic_client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES)
     assert [block.type for block in message.content] == ["thinking", "text", "tool_use"]
-    assert (message.content[0].thinking, message.content[0].signature) == ("Easy.", "fake-signature-1")
+    # Signed as the fake server signs thinking (an agent loop sends it back verified).
+    assert (message.content[0].thinking, message.content[0].signature) == ("Easy.", sign("Easy."))
     assert message.content[1].text == "Paris."
     assert (message.content[2].name, message.content[2].input) == WEATHER
     assert (message.stop_reason, message.usage.input_tokens, message.usage.output_tokens) == ("tool_use", 9, 4)

@@ -39,7 +39,7 @@ def usage(prompt: int, completion: int) -> Usage:
             "rejected_prediction_tokens": 0,
         },
     }
-    return Usage(input_tokens=prompt, output_tokens=completion, raw=raw)
+    return Usage(input_tokens=prompt, output_tokens=completion, raw=raw, cached_input_tokens=0, reasoning_tokens=0)
 
 
 def chunk(delta: Dict[str, Any], finish: Any = None, index: int = 0) -> ServerSentEvent:

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import pytest
 
 from helpers import feed_all_ways, load_fixture
-from llmstream._events import Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from llmstream._events import Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from llmstream._providers._base import RequestSpec, StreamDecoder
 from llmstream._providers.openai_responses import OpenAIResponsesDecoder, OpenAIResponsesProvider
@@ -24,8 +24,13 @@ def make_decoder() -> StreamDecoder:
     return StreamDecoder(PROVIDER.new_decoder(), framing=PROVIDER.framing)
 
 
-def decode(name: str) -> List[Any]:
+def decode_all(name: str) -> List[Any]:
     return feed_all_ways(make_decoder, load_fixture("openai_responses", name))
+
+
+def decode(name: str) -> List[Any]:
+    """The fixture's events but the OutputItems (checked apart, by test_fixture_output_items)."""
+    return [e for e in decode_all(name) if not isinstance(e, OutputItem)]
 
 
 def usage(input_tokens: int, output_tokens: int, reasoning: int = 0) -> Usage:
@@ -36,7 +41,8 @@ def usage(input_tokens: int, output_tokens: int, reasoning: int = 0) -> Usage:
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": input_tokens + output_tokens,
     }
-    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, raw=raw)
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, raw=raw,
+                 cached_input_tokens=0, reasoning_tokens=reasoning)
 
 
 def event(type: str, seq: int, **fields: Any) -> ServerSentEvent:
@@ -152,7 +158,9 @@ def test_resume_delivers_each_piece_once() -> None:
     assert first.last_sequence_number == 6
     # the second connection replays sequence number 6 once more: it must be dropped
     second = feed_all_ways(lambda: StreamDecoder(first.resumed(), framing="sse"), load_fixture("openai_responses", "resume_second.txt"))
-    assert events + second == [*HAPPY, usage(14, 9), Finish("stop")]
+    items = [e for e in events + second if isinstance(e, OutputItem)]
+    assert [e for e in events + second if not isinstance(e, OutputItem)] == [*HAPPY, usage(14, 9), Finish("stop")]
+    assert [item.item["type"] for item in items] == ["message"]  # once, though the server replayed an event
 
 
 def test_resume_continues_a_function_call() -> None:
@@ -179,7 +187,8 @@ def test_output_item_done_completes_a_call_once() -> None:
     assert decoder.feed(event("response.output_item.added", 0, output_index=0, item=item)) == [ToolCallDelta(0, "call_1", "f", "")]
     done = dict(item, arguments='{"x": [1]}', status="completed")
     assert decoder.feed(event("response.output_item.done", 1, output_index=0, item=done)) == [
-        ToolCall(0, "call_1", "f", {"x": [1]}, '{"x": [1]}')
+        ToolCall(0, "call_1", "f", {"x": [1]}, '{"x": [1]}'),
+        OutputItem(done),  # as it came: it goes back in result.message
     ]
     assert decoder.feed(event("response.function_call_arguments.done", 2, item_id="fc_1", output_index=0, arguments='{"x": [1]}')) == []
 
@@ -335,3 +344,22 @@ def test_provider_attributes_and_errors() -> None:
     assert PROVIDER.error_from_body("Bad Gateway") is None
     assert PROVIDER.is_retryable(ProviderError("x", type="server_error"))
     assert not PROVIDER.is_retryable(ProviderError("x", type="invalid_prompt"))
+
+
+@pytest.mark.parametrize(("name", "kinds"), [
+    ("happy_text.txt", ["message"]),
+    ("function_calls_parallel.txt", ["function_call", "function_call"]),
+    ("reasoning_summary.txt", ["reasoning", "message"]),
+    ("incomplete_max_tokens.txt", ["message"]),
+])
+def test_fixture_output_items(name: str, kinds: List[str]) -> None:
+    # Every response.output_item.done gives its item whole, in order, for result.message.
+    items = [e for e in decode_all(name) if isinstance(e, OutputItem)]
+    assert [item.item["type"] for item in items] == kinds
+    assert all(item.text_key is None for item in items)  # the server repeats the text in the item
+
+
+def test_reasoning_item_keeps_encrypted_content() -> None:
+    decoder = OpenAIResponsesDecoder()
+    item = {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": "gAAAAB..."}
+    assert decoder.feed(event("response.output_item.done", 0, output_index=0, item=item)) == [OutputItem(item)]

@@ -11,7 +11,7 @@ import llmstream.testing
 
 DESIGN_NAMES = {
     "stream", "complete", "Client", "TokenStream", "Timeout", "Retry",
-    "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Usage", "Finish", "ContentFilter", "Retrying", "Reset",
+    "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Usage", "OutputItem", "Finish", "ContentFilter", "Retrying", "Reset",
     "StreamResult", "StreamMetrics",
     "StreamError", "APIStatusError", "BadRequestError", "AuthenticationError", "PermissionDeniedError",
     "NotFoundError", "RateLimitError", "ServerError", "APIConnectionError", "StreamTimeoutError",

@@ -44,7 +44,8 @@ def test_values_are_frozen_equal_by_fields_and_survive_pickle_and_copy(value: ob
 
 def test_repr_eq_hash_replace_and_match_as_dataclasses() -> None:
     assert repr(TextDelta("hi")) == "TextDelta(text='hi')"
-    assert repr(Usage(1, 2)) == "Usage(input_tokens=1, output_tokens=2, raw={})"
+    assert repr(Usage(1, 2)) == ("Usage(input_tokens=1, output_tokens=2, raw={}, cached_input_tokens=None, "
+                                 "cache_write_tokens=None, reasoning_tokens=None)")
     assert TextDelta("a") == TextDelta("a") and TextDelta("a") != TextDelta("b")
     assert TextDelta("a") != ThinkingDelta("a") and hash(TextDelta("a")) == hash(TextDelta("a"))  # same fields, other class
     assert ToolCallDelta(0, None, None, "x").replace(id="c") == ToolCallDelta(0, "c", None, "x")

@@ -102,7 +102,8 @@ def test_events_are_typed_and_in_order(server: FakeLLMServer) -> None:
         Usage(3, 3, {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                                   "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}),
+                                                   "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
+              cached_input_tokens=0, reasoning_tokens=0),
     ]
 
 

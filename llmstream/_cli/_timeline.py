@@ -19,7 +19,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional, Tuple, Union
 
-from .._events import Event, Finish, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._events import Event, Finish, OutputItem, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from ._session import one_line
 
 __all__ = ["Timeline", "describe", "short", "COLLAPSE_ABOVE", "HEAD", "TAIL"]
@@ -68,6 +68,8 @@ def describe(event: Union[Event, str]) -> str:
         return f"Usage input_tokens={event.input_tokens} output_tokens={event.output_tokens}"
     if isinstance(event, Finish):
         return f"Finish reason={event.reason!r}"
+    if isinstance(event, OutputItem):  # the block's content (a signature, whole texts) is not shown
+        return f"OutputItem type={str(event.item.get('type'))[:40]!r}"
     return repr(event)  # an event this CLI does not know yet
 
 

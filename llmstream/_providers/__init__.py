@@ -19,6 +19,8 @@ DEFAULT_PROVIDER = "openai"
 #: name -> (module, class), in the order the CLI lists them.
 _WHERE = {
     "openai": ("openai_chat", "OpenAIChatProvider"),
+    # An OpenAI-compatible server whose model writes its reasoning inline in <think>...</think>.
+    "openai-think": ("openai_chat", "OpenAIThinkTagsProvider"),
     "openai-responses": ("openai_responses", "OpenAIResponsesProvider"),
     "anthropic": ("anthropic", "AnthropicProvider"),
     "ollama": ("ollama", "OllamaProvider"),

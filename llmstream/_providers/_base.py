@@ -35,10 +35,11 @@ from .._events import Event
 from .._record import Record, set_field
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
+from .._turn import Turn
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
 from ._sse_json import SSEWithJSONDecoder
 
-__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message",
+__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message", "Turn",
            "ServerSentEvent", "drop_none", "PREFILL_GUARANTEED"]
 
 #: The value of a provider's ``supports_continue`` when its API guarantees that a
@@ -225,6 +226,16 @@ class Provider(Protocol):
     def call_options(self) -> Tuple[str, ...]:
         """Per-call options this provider takes out of the call's parameters (Vertex's
         ``project``, ``location``), which llmstream's check of misplaced options lets through."""
+        ...
+
+    def assistant_message(self, turn: Turn) -> Any:
+        """The assistant's turn in this provider's request format (``StreamResult.message``).
+
+        A message dict, or a list of input items where the API takes a turn
+        as several (the Responses API), such that ``messages + [message]``
+        (or ``input + items``) followed by the tool results is a valid next
+        request. Signed content (thinking signatures) comes from ``turn.items``.
+        """
         ...
 
     # -- the fake server -------------------------------------------------------------------

@@ -16,6 +16,14 @@ SDKs switch on, so it wins; the SSE name is the fallback. One stream is::
 
 with ``ping`` events anywhere and ``error`` events in place of the rest.
 
+Agent loops: at each ``content_block_stop`` the block is emitted whole as an
+:class:`OutputItem` in the request format -- ``thinking`` with its text and
+the ``signature`` of its ``signature_delta``, ``redacted_thinking`` with its
+``data``, ``text`` (its text filled in by the stream), ``tool_use`` with the
+parsed ``input`` -- so ``result.message`` sends signed thinking back
+unchanged; the API answers 400 to a thinking block whose signature is
+missing or altered.
+
 Invariants:
   * ``message_stop`` is the only end marker: ``close()`` before it raises
     ``IncompleteStreamError``, whatever else arrived.
@@ -35,10 +43,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._events import Event, Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import field, optional, token_count
 
 __all__ = ["AnthropicProvider", "AnthropicDecoder"]
@@ -146,6 +154,26 @@ class AnthropicProvider(BaseProvider):
         """True for ``overloaded_error``, ``api_error`` and ``rate_limit_error``."""
         return error.type in RETRYABLE_ERROR_TYPES
 
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The turn as ``{"role": "assistant", "content": [blocks]}``: signed thinking, text, tool_use, in order.
+
+        Empty text blocks are left out (the API refuses them). A tool_use
+        block carries the id of the matching ``ToolCall`` (they differ only
+        after a replay, where the caller keeps the first attempt's). Without
+        blocks (a decoder that emitted none), the text and tool calls are used.
+        """
+        blocks = [dict(b) for b in turn.items if not (b.get("type") == "text" and not b.get("text"))]
+        # After a replay the caller's ToolCalls keep the first attempt's ids (the
+        # tool results it builds use them): the tool_use blocks must say the same.
+        uses = [b for b in blocks if b.get("type") == "tool_use"]
+        for block, call in zip(uses, turn.tool_calls):
+            block["id"] = call.id or block.get("id", "")
+        if not turn.items:
+            blocks = [{"type": "text", "text": turn.text}] if turn.text else []
+            blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.arguments)}
+                       for c in turn.tool_calls]
+        return {"role": "assistant", "content": blocks}
+
     @staticmethod
     def split_prefill(delivered_text: str) -> Tuple[str, str]:
         """Split delivered text into the prefill to send and the whitespace held back.
@@ -224,6 +252,20 @@ class _ToolBlock:
     parts: List[str] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass
+class _Block:
+    """A content block other than tool_use, while it streams: kept whole for ``result.message``."""
+
+    item: Dict[str, Any]
+    #: The thinking text so far (thinking blocks only; text blocks take the stream's text).
+    parts: List[str] = dataclasses.field(default_factory=list)
+
+
+def _input(arguments: Any) -> Dict[str, Any]:
+    """A tool_use block's ``input``: the parsed arguments, or ``{}`` when they are not a JSON object."""
+    return arguments if isinstance(arguments, dict) else {}
+
+
 def _where(event: Mapping[str, Any]) -> str:
     return f"Anthropic {event.get('type')!r} event"
 
@@ -246,6 +288,7 @@ class AnthropicDecoder:
         self.response_id: Optional[str] = None
         self.response_model: Optional[str] = None
         self._tools: Dict[int, _ToolBlock] = {}  # keyed by the content block index
+        self._blocks: Dict[int, _Block] = {}  # the other open blocks, by index
         self._next_tool_index = 0
         self._handlers: Dict[str, Callable[[Dict[str, Any]], List[Event]]] = {
             "message_start": self._message_start,
@@ -322,10 +365,18 @@ class AnthropicDecoder:
         # A text or thinking block starts empty in practice; keep any text it does carry.
         if kind == "text":
             text = optional(block, "text", str, where, "content_block.")
+            self._blocks[index] = _Block({"type": "text", "text": ""})
             return [TextDelta(text)] if text else []
         if kind == "thinking":
             thinking = optional(block, "thinking", str, where, "content_block.")
+            signature = optional(block, "signature", str, where, "content_block.") or ""
+            self._blocks[index] = _Block({"type": "thinking", "thinking": "", "signature": signature},
+                                         [thinking] if thinking else [])
             return [ThinkingDelta(thinking)] if thinking else []
+        if kind == "redacted_thinking":
+            optional(block, "data", str, where, "content_block.")  # checked: it goes back as it came
+        # redacted_thinking, server tool blocks and future types go back as they started.
+        self._blocks[index] = _Block(dict(block))
         return []
 
     def _block_delta(self, obj: Dict[str, Any]) -> List[Event]:
@@ -345,25 +396,51 @@ class AnthropicDecoder:
             fragment = field(delta, "partial_json", str, where, "delta.")
             tool = self._tools.get(index)
             if tool is None or not fragment:
-                return []  # a server tool's input, or the empty fragment that often opens a call
+                # A server tool's input is no ToolCall, but it goes back whole in result.message.
+                block = self._blocks.get(index)
+                if block is not None and fragment:
+                    block.parts.append(fragment)
+                return []
             tool.parts.append(fragment)
             return [ToolCallDelta(tool.index, None, None, fragment)]
         if kind == "thinking_delta":
             thinking = field(delta, "thinking", str, where, "delta.")
+            block = self._blocks.get(index)
+            if block is not None and thinking:
+                block.parts.append(thinking)
             return [ThinkingDelta(thinking)] if thinking else []
-        return []  # signature_delta, citations_delta and future delta types carry no text
+        if kind == "signature_delta":
+            signature = field(delta, "signature", str, where, "delta.")
+            block = self._blocks.get(index)
+            if block is not None:
+                block.item["signature"] = block.item.get("signature", "") + signature
+        return []  # citations_delta and future delta types carry no text
 
     def _block_stop(self, obj: Dict[str, Any]) -> List[Event]:
-        tool = self._tools.pop(field(obj, "index", int, _where(obj)), None)
+        index = field(obj, "index", int, _where(obj))
+        tool = self._tools.pop(index, None)
         if tool is None:
-            return []
+            block = self._blocks.pop(index, None)
+            if block is None:
+                return []
+            if block.item.get("type") == "text":
+                return [OutputItem(block.item, text_key="text")]
+            if block.item.get("type") == "thinking":
+                block.item["thinking"] = "".join(block.parts)
+            elif block.parts:
+                try:
+                    block.item["input"] = fast_loads("".join(block.parts))
+                except ValueError:
+                    pass  # cut short: the block goes back with the input it started with
+            return [OutputItem(block.item)]
         raw = "".join(tool.parts)
         try:
             # A call without arguments streams no fragment at all: that means {}.
             arguments = fast_loads(raw) if raw else {}
         except ValueError:
             arguments = None  # cut short (max_tokens), invalid or nested too deeply: the raw text is kept
-        return [ToolCall(tool.index, tool.id, tool.name, arguments, raw)]
+        item = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": _input(arguments)}
+        return [ToolCall(tool.index, tool.id, tool.name, arguments, raw), OutputItem(item)]
 
     def _message_delta(self, obj: Dict[str, Any]) -> List[Event]:
         where = _where(obj)
@@ -387,8 +464,11 @@ class AnthropicDecoder:
 
 
 def _usage(raw: Dict[str, Any], where: str, prefix: str) -> Usage:
+    # Anthropic's input_tokens excludes the cache: reads and writes are counted apart.
     return Usage(
         input_tokens=token_count(raw, "input_tokens", where, prefix),
         output_tokens=token_count(raw, "output_tokens", where, prefix),
         raw=raw,
+        cached_input_tokens=token_count(raw, "cache_read_input_tokens", where, prefix),
+        cache_write_tokens=token_count(raw, "cache_creation_input_tokens", where, prefix),
     )

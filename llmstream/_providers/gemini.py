@@ -56,7 +56,7 @@ from urllib.parse import quote
 from .._events import ContentFilter, Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import BaseProvider, BearerToken, Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, BearerToken, Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import expect, json_type, optional, token_count
 
 __all__ = ["GeminiProvider", "VertexProvider", "GeminiDecoder", "error_from_object", "to_contents"]
@@ -343,6 +343,24 @@ class GeminiProvider(BaseProvider):
     def new_decoder(self) -> GeminiDecoder:
         """Return a fresh decoder for one stream."""
         return GeminiDecoder()
+
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The assistant turn as Gemini ``contents`` entry: ``{"role": "model", "parts": [...]}``.
+
+        The parts the decoder emitted as items when there are any; otherwise
+        a text part and one ``functionCall`` part per call, each call with the
+        ``thoughtSignature`` it came with (Gemini refuses a function call
+        turn sent back without it).
+        """
+        if turn.items:
+            return {"role": "model", "parts": [dict(item) for item in turn.items]}
+        parts: List[Dict[str, Any]] = [{"text": turn.text}] if turn.text else []
+        for call in turn.tool_calls:
+            part: Dict[str, Any] = {"functionCall": {"name": call.name, "args": call.arguments or {}}}
+            if call.signature is not None:
+                part["thoughtSignature"] = call.signature
+            parts.append(part)
+        return {"role": "model", "parts": parts}
 
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"error": {"code", "message", "status"}}`` from a non-2xx body, or return None."""

@@ -37,7 +37,7 @@ from .._exceptions import (
     APIConnectionError, IncompleteStreamError, MalformedStreamError, NotFoundError, ProviderError, StreamTimeoutError,
 )
 from .._fastjson import loads as fast_loads
-from ._base import BaseProvider, Message, RequestSpec, drop_none
+from ._base import BaseProvider, Message, RequestSpec, Turn, drop_none
 from ._shape import malformed, optional, token_count
 
 __all__ = ["OllamaProvider", "OllamaDecoder"]
@@ -208,6 +208,16 @@ class OllamaProvider(BaseProvider):
         """False: Ollama's in-stream errors (model failed to load, ran out of memory...) carry no type
         telling a passing condition from a permanent one, and the HTTP status already covers overload."""
         return False
+
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The turn as an ``/api/chat`` message: ``content`` and ``tool_calls`` with object arguments."""
+        message: Dict[str, Any] = {"role": "assistant", "content": turn.text}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {"function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, dict) else {}}}
+                for c in turn.tool_calls
+            ]
+        return message
 
 
 def _provider_error(error: Any) -> ProviderError:

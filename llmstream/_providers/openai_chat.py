@@ -40,6 +40,18 @@ Deliberate deviations, each tested:
     than ``message`` (a vendor keep-alive), is ignored; but non-JSON data on
     an ``error`` event is a :class:`ProviderError`.
   * ``delta.refusal`` is not text of the answer and is not delivered.
+  * ``delta.content`` may be a list of parts (Mistral): ``{"type": "text",
+    "text"}`` parts are text, ``{"type": "thinking", "thinking": [parts]}``
+    parts are thinking; other part types are ignored.
+  * Usage under ``x_groq.usage`` (Groq) counts when the chunk has no ``usage``.
+  * An error chunk's numeric ``code`` (OpenRouter) becomes the error's type
+    (``"429"``); 408, 409, 429, 529 and 5xx are retryable, 402/403 are not.
+  * With ``think_tags=True`` (the ``openai-think`` provider), ``<think>...</think>``
+    inside the text becomes ThinkingDelta (``_think.ThinkTagSplitter``,
+    split-safe); off by default, because the tags may be meant literally.
+  * ``result.message`` is ``{"role": "assistant", "content", "tool_calls"}``
+    (:meth:`OpenAIChatProvider.assistant_message`); reasoning is not sent back
+    (DeepSeek refuses ``reasoning_content`` in input messages).
 
 Never: touch a socket, thread, clock or logger; deliver a piece twice.
 """
@@ -52,10 +64,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import expect, json_type, malformed, optional, token_count
+from ._think import ThinkTagSplitter
 
-__all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
+__all__ = ["OpenAIChatProvider", "OpenAIChatDecoder", "ThinkTagsDecoder"]
 
 #: In-stream error types worth another attempt. OpenAI reports rate limits with
 #: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
@@ -64,6 +77,11 @@ __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder"]
 _RETRYABLE_TYPES = frozenset(
     {"server_error", "rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "overloaded_error", "service_unavailable", "timeout"}
 )
+
+#: Numeric error codes (OpenRouter's mid-stream ``{"error": {"code": 429}}``, which
+#: mirror HTTP statuses) worth another attempt: timeout, rate limit, server side.
+#: 402 (out of credits) and 403 (moderation) are not: the same request fails again.
+_RETRYABLE_CODES = frozenset({"408", "409", "429", "529"})
 
 _EXCERPT = 80
 _WHERE = "OpenAI chat chunk"
@@ -257,13 +275,15 @@ class OpenAIChatDecoder:
     @staticmethod
     def _usage(chunk: Mapping[str, Any]) -> Optional[Usage]:
         usage = optional(chunk, "usage", dict, _WHERE)
+        prefix = "usage."
         if usage is None:
-            return None
-        return Usage(
-            input_tokens=token_count(usage, "prompt_tokens", _WHERE, "usage."),
-            output_tokens=token_count(usage, "completion_tokens", _WHERE, "usage."),
-            raw=usage,
-        )
+            # Groq reports usage in its own extension object on the last chunk.
+            groq = optional(chunk, "x_groq", dict, _WHERE)
+            usage = optional(groq, "usage", dict, _WHERE, "x_groq.") if groq is not None else None
+            prefix = "x_groq.usage."
+            if usage is None:
+                return None
+        return chat_usage(usage, prefix)
 
     @staticmethod
     def _check_choice(value: Any, i: int) -> Optional[Tuple[str, str, List[_Fragment], Optional[str]]]:
@@ -277,7 +297,13 @@ class OpenAIChatDecoder:
         prefix = name + ".delta."
         # delta.content is null on tool-call deltas; refusal (not read) is not answer text.
         thinking = optional(delta, "reasoning_content", str, _WHERE, prefix) or optional(delta, "reasoning", str, _WHERE, prefix)
-        content = optional(delta, "content", str, _WHERE, prefix)
+        raw_content = delta.get("content")
+        content: Optional[str]
+        if raw_content.__class__ is list:
+            parts_thinking, content = _content_parts(raw_content, prefix + "content")
+            thinking = (thinking or "") + parts_thinking
+        else:
+            content = optional(delta, "content", str, _WHERE, prefix)
         fragments = optional(delta, "tool_calls", list, _WHERE, prefix) or ()
         calls = [_check_fragment(f, f"{prefix}tool_calls[{j}]") for j, f in enumerate(fragments)]
         return thinking or "", content or "", calls, reason
@@ -346,6 +372,97 @@ def _check_fragment(value: Any, name: str) -> _Fragment:
         optional(fragment, "id", str, _WHERE, name + ".") or "",
         optional(function, "name", str, _WHERE, prefix) or "",
         arguments or "",
+    )
+
+
+class ThinkTagsDecoder(OpenAIChatDecoder):
+    """A Chat Completions decoder that turns inline ``<think>...</think>`` into ThinkingDelta.
+
+    A subclass, so that the plain decoder's per-token path does not pay for
+    the option: the text events of each chunk go through
+    :class:`~llmstream._providers._think.ThinkTagSplitter`, which holds back
+    only a possible partial tag. What it holds is handed over before the end
+    of the answer (a ``ToolCall``, the ``Finish``, ``[DONE]``, ``close()``).
+    A stream that breaks loses at most that partial tag (under 8 characters)
+    from ``partial_text``; a retry regenerates it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._think = ThinkTagSplitter()
+
+    def feed(self, message: ServerSentEvent) -> List[Event]:
+        """Decode one SSE event, with the ``<think>`` spans of its text as ThinkingDelta."""
+        events = super().feed(message)
+        return self._split(events, end=self._done) if events or self._done else events
+
+    def close(self) -> List[Event]:
+        """Signal end of input (see :meth:`OpenAIChatDecoder.close`), handing over held-back text."""
+        return self._split(super().close(), end=True)
+
+    def _split(self, events: List[Event], end: bool) -> List[Event]:
+        out: List[Event] = []
+        for event in events:
+            cls = event.__class__
+            if cls is TextDelta:
+                out.extend(self._think.feed(event.text))  # type: ignore[union-attr]
+                continue
+            if cls is ToolCall or cls is Finish:
+                out.extend(self._think.close())  # the answer's text is over
+            out.append(event)
+        if end:
+            out.extend(self._think.close())
+        return out
+
+
+def _content_parts(parts: List[Any], name: str) -> Tuple[str, str]:
+    """Mistral's list-of-parts ``delta.content`` as (thinking, text), every part checked.
+
+    Text parts are ``{"type": "text", "text"}``; a thinking part is
+    ``{"type": "thinking", "thinking": [{"type": "text", "text"}...]}``.
+    Other part types (references, images...) carry no answer text: ignored.
+    """
+    thinking: List[str] = []
+    text: List[str] = []
+    for i, value in enumerate(parts):
+        where = f"{name}[{i}]"
+        part = expect(value, dict, where, _WHERE)
+        kind = optional(part, "type", str, _WHERE, where + ".")
+        if kind == "text":
+            text.append(optional(part, "text", str, _WHERE, where + ".") or "")
+        elif kind == "thinking":
+            inner = optional(part, "thinking", list, _WHERE, where + ".") or ()
+            for j, piece in enumerate(inner):
+                sub = expect(piece, dict, f"{where}.thinking[{j}]", _WHERE)
+                if optional(sub, "type", str, _WHERE, f"{where}.thinking[{j}].") in (None, "text"):
+                    thinking.append(optional(sub, "text", str, _WHERE, f"{where}.thinking[{j}].") or "")
+    return "".join(thinking), "".join(text)
+
+
+def _details(usage: Mapping[str, Any], key: str, prefix: str) -> Mapping[str, Any]:
+    return optional(usage, key, dict, _WHERE, prefix) or {}
+
+
+def chat_usage(usage: Mapping[str, Any], prefix: str = "usage.") -> Usage:
+    """A Chat Completions usage object as :class:`Usage`, with the cache and reasoning details normalized.
+
+    Cached input: ``prompt_tokens_details.cached_tokens`` (OpenAI, Groq,
+    OpenRouter), else DeepSeek's ``prompt_cache_hit_tokens``. Cache writes:
+    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter). Reasoning:
+    ``completion_tokens_details.reasoning_tokens``.
+    """
+    prompt = _details(usage, "prompt_tokens_details", prefix)
+    completion = _details(usage, "completion_tokens_details", prefix)
+    cached = token_count(prompt, "cached_tokens", _WHERE, prefix + "prompt_tokens_details.")
+    if cached is None:
+        cached = token_count(usage, "prompt_cache_hit_tokens", _WHERE, prefix)
+    return Usage(
+        input_tokens=token_count(usage, "prompt_tokens", _WHERE, prefix),
+        output_tokens=token_count(usage, "completion_tokens", _WHERE, prefix),
+        raw=usage,
+        cached_input_tokens=cached,
+        cache_write_tokens=token_count(prompt, "cache_write_tokens", _WHERE, prefix + "prompt_tokens_details."),
+        reasoning_tokens=token_count(completion, "reasoning_tokens", _WHERE, prefix + "completion_tokens_details."),
     )
 
 
@@ -432,9 +549,29 @@ class OpenAIChatProvider(BaseProvider):
         body["add_generation_prompt"] = False
         return spec.replace(json=body)
 
+    def __init__(self, *, think_tags: bool = False, name: Optional[str] = None) -> None:
+        if name is not None:  # else the class's own (a subclass, as Azure, keeps its name)
+            self.name = name
+        #: Turn inline ``<think>...</think>`` into ThinkingDelta (see the module contract).
+        self.think_tags = think_tags
+
     def new_decoder(self) -> OpenAIChatDecoder:
-        """Return a fresh decoder for one stream."""
-        return OpenAIChatDecoder()
+        """Return a fresh decoder for one stream (:class:`ThinkTagsDecoder` with ``think_tags``)."""
+        return ThinkTagsDecoder() if self.think_tags else OpenAIChatDecoder()
+
+    def assistant_message(self, turn: Turn) -> Dict[str, Any]:
+        """The assistant turn as a Chat Completions message: ``content`` and ``tool_calls``.
+
+        ``content`` is None when the turn is only tool calls (as the API
+        answers it). A call's ``arguments`` are sent as the model wrote them.
+        """
+        message: Dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+        if turn.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.raw_arguments}}
+                for call in turn.tool_calls
+            ]
+        return message
 
     def error_from_body(self, body: str) -> Optional[ProviderError]:
         """Parse ``{"error": {"message", "type", "code"}}`` from a non-2xx body, or return None."""
@@ -445,10 +582,24 @@ class OpenAIChatProvider(BaseProvider):
         return error_from_object(obj)
 
     def is_retryable(self, error: ProviderError) -> bool:
-        """True for server errors and rate limits; False for invalid requests and unknown types."""
-        return error.type in _RETRYABLE_TYPES
+        """True for server errors and rate limits (by type, or by numeric code); False for the rest."""
+        kind = error.type
+        if kind is None:
+            return False
+        return kind in _RETRYABLE_TYPES or kind in _RETRYABLE_CODES or (len(kind) == 3 and kind[0] == "5" and kind.isdigit())
 
 
 def _short_str(value: Any) -> Optional[str]:
     """An id or model name for telemetry: a string of reasonable length, else None."""
     return value if isinstance(value, str) and 0 < len(value) <= 256 else None
+
+
+class OpenAIThinkTagsProvider(OpenAIChatProvider):
+    """``provider="openai-think"``: an OpenAI-compatible server whose model writes its reasoning inline.
+
+    The text between ``<think>`` and ``</think>`` comes as ThinkingDelta (see
+    :class:`ThinkTagsDecoder`); everything else is :class:`OpenAIChatProvider`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(think_tags=True, name="openai-think")

@@ -18,7 +18,9 @@ The events this decoder uses:
   response.output_item.added             a function_call item: first ToolCallDelta (call_id, name)
   response.function_call_arguments.delta ToolCallDelta (arguments fragment)
   response.function_call_arguments.done  ToolCall (parsed arguments)
-  response.output_item.done              ToolCall, if ``.done`` above did not come
+  response.output_item.done              ToolCall, if ``.done`` above did not come; then
+                                         OutputItem(item) for every item type (reasoning
+                                         with its encrypted_content, message, function_call...)
   response.completed                     Usage, Finish("stop" or "tool_calls"); end
   response.incomplete                    Usage, Finish(incomplete_details.reason); end
   response.failed                        ProviderError(error.message, type=error.code)
@@ -49,9 +51,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
-from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from .._events import Event, Finish, OutputItem, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
-from ._base import BaseProvider, Message, ProviderDecoder, RequestSpec, ServerSentEvent, drop_none
+from ._base import BaseProvider, Message, ProviderDecoder, RequestSpec, ServerSentEvent, Turn, drop_none
 from .._fastjson import loads as fast_loads
 from ._shape import field, optional, token_count
 from .openai_chat import OpenAIChatProvider, error_from_object, excerpt, tool_call
@@ -276,14 +278,17 @@ class OpenAIResponsesDecoder:
         return self._finish_call(self._call_for(event), arguments)
 
     def _item_done(self, event: Dict[str, Any]) -> List[Event]:
+        # Every finished item goes back as it came in the next request's input
+        # (a reasoning item keeps its id and encrypted_content): result.message.
+        whole = OutputItem(field(event, "item", dict, _where(event)))
         item = _function_call_item(event)
         if item is None:
-            return []
+            return [whole]
         call_id, name, arguments = item
         call = self._call_for(event)
         call.call_id = call.call_id or call_id
         call.name = call.name or name
-        return self._finish_call(call, arguments)
+        return [*self._finish_call(call, arguments), whole]
 
     def _finish_call(self, call: _FunctionCall, arguments: Optional[str]) -> List[Event]:
         if call.done:
@@ -310,10 +315,15 @@ class OpenAIResponsesDecoder:
         usage = optional(response, "usage", dict, where, "response.")
         counted: Optional[Usage] = None
         if usage is not None:  # checked before any state changes
+            prefix = "response.usage."
+            inputs = optional(usage, "input_tokens_details", dict, where, prefix) or {}
+            outputs = optional(usage, "output_tokens_details", dict, where, prefix) or {}
             counted = Usage(
-                input_tokens=token_count(usage, "input_tokens", where, "response.usage."),
-                output_tokens=token_count(usage, "output_tokens", where, "response.usage."),
+                input_tokens=token_count(usage, "input_tokens", where, prefix),
+                output_tokens=token_count(usage, "output_tokens", where, prefix),
                 raw=usage,
+                cached_input_tokens=token_count(inputs, "cached_tokens", where, prefix + "input_tokens_details."),
+                reasoning_tokens=token_count(outputs, "reasoning_tokens", where, prefix + "output_tokens_details."),
             )
         out: List[Event] = []
         for call in sorted(self._calls.values(), key=lambda c: c.index):
@@ -445,3 +455,26 @@ class OpenAIResponsesProvider(BaseProvider):
     def is_retryable(self, error: ProviderError) -> bool:
         """True for server errors and rate limits (``server_error``, ``rate_limit_exceeded``...)."""
         return self._chat.is_retryable(error)
+
+    def assistant_message(self, turn: Turn) -> List[Dict[str, Any]]:
+        """The turn as the Responses API takes it back: its output items, in order (``input + items``).
+
+        Reasoning items keep their ``id`` and ``encrypted_content`` (ask for it
+        with ``include=["reasoning.encrypted_content"]`` when ``store`` is
+        false): the API refuses a function call sent without the reasoning
+        item that preceded it. A server that sent no items gets them built
+        from the text and the tool calls.
+        """
+        items: List[Dict[str, Any]] = [dict(item) for item in turn.items]
+        if items:
+            # After a replay the caller's ToolCalls keep the first attempt's call ids.
+            calls = [item for item in items if item.get("type") == "function_call"]
+            for item, call in zip(calls, turn.tool_calls):
+                item["call_id"] = call.id or item.get("call_id", "")
+            return items
+        if turn.text:
+            items.append({"type": "message", "role": "assistant",
+                          "content": [{"type": "output_text", "text": turn.text, "annotations": []}]})
+        items += [{"type": "function_call", "call_id": c.id, "name": c.name, "arguments": c.raw_arguments}
+                  for c in turn.tool_calls]
+        return items

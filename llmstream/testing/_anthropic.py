@@ -11,6 +11,7 @@ import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from ._reply import Reply, split_words
+from ._turns import redacted_data, sign
 from ._wire import CREATED_AT, MODELS, Event, estimate_tokens, StreamContext, chain, dump, fragments, q, text_of, usage_of
 
 
@@ -26,13 +27,18 @@ def stream(reply: Reply, ctx: StreamContext) -> Iterator[Event]:
         "stop_reason": None, "stop_sequence": None, "usage": _usage(inp, 1)})
     yield _anthropic("ping")
     index = 0
+    if reply.redacted_thinking:
+        yield _anthropic("content_block_start", index=index,
+                         content_block={"type": "redacted_thinking", "data": redacted_data(ctx.number)})
+        yield _anthropic("content_block_stop", index=index)
+        index += 1
     if reply.thinking:
         yield _anthropic("content_block_start", index=index,
                          content_block={"type": "thinking", "thinking": "", "signature": ""})
         for piece in split_words(reply.thinking):
             yield _anthropic("content_block_delta", index=index, delta={"type": "thinking_delta", "thinking": piece})
         yield _anthropic("content_block_delta", index=index,
-                         delta={"type": "signature_delta", "signature": f"fake-signature-{ctx.number}"})
+                         delta={"type": "signature_delta", "signature": sign(reply.thinking)})
         yield _anthropic("content_block_stop", index=index)
         index += 1
     streamed = 0
@@ -71,8 +77,10 @@ def complete(reply: Reply, ctx: StreamContext) -> Dict[str, Any]:
     """The non-streaming answer: one ``message`` object with every content block."""
     text, count = text_of(ctx)
     content: List[Dict[str, Any]] = []
+    if reply.redacted_thinking:
+        content.append({"type": "redacted_thinking", "data": redacted_data(ctx.number)})
     if reply.thinking:
-        content.append({"type": "thinking", "thinking": reply.thinking, "signature": f"fake-signature-{ctx.number}"})
+        content.append({"type": "thinking", "thinking": reply.thinking, "signature": sign(reply.thinking)})
     if text:
         content.append({"type": "text", "text": text})
     for number, (name, arguments) in enumerate(reply.tool_calls):

@@ -46,6 +46,7 @@ from ._faults import plan
 from ._formats import CONTENT_TYPES, FORMATS, FORMATTERS, StreamContext, error_body, reason
 from ._reply import Reply, continuation, fault_free
 from ._state import RecordedRequest, ServerState
+from ._turns import check_turns
 from ._wire import dump
 from ._writer import BodyWriter
 
@@ -226,6 +227,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.stream_ended()
 
     def _answer(self, provider: str, body: Dict[str, Any], number: int) -> None:
+        # An agent loop's turn sent back altered (a thinking signature dropped...) is refused
+        # as the real API refuses it, before a scripted reply is used up.
+        problem = check_turns(provider, body, self._had_reasoning)
+        if problem is not None:
+            self._error(400, provider, problem, "invalid_request_error")
+            return
         reply = self.state.next_reply()
         final = _final_assistant(body)
         if reply.refuse_prefill and final is not None:
@@ -252,6 +259,10 @@ class Handler(BaseHTTPRequestHandler):
         # JSON lines carry no ids, so Ollama (like the real one) ignores the header.
         last_id = _event_number(self.headers.get("Last-Event-ID"), reply.event_id_prefix) if provider != "ollama" else 0
         self._stream(reply, ctx, skip_through=last_id)
+
+    def _had_reasoning(self, response_id: str) -> bool:
+        stored = self.state.recall(response_id)
+        return stored is not None and bool(stored[0].thinking)
 
     def _complete(self, reply: Reply, ctx: StreamContext) -> None:
         """Answer a non-streaming request: one JSON object with a Content-Length.

@@ -13,6 +13,7 @@ import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ._reply import Reply, split_words
+from ._turns import sign
 from . import _openai_chat
 from ._wire import CREATED, Event, StreamContext, chain, dump, fragments, q, text_of, usage_of
 
@@ -53,7 +54,8 @@ class _Seq:
 
 
 def _responses_reasoning(seq: _Seq, ctx: StreamContext, thinking: str, index: int) -> Iterator[Event]:
-    item = {"id": f"rs_fake_{ctx.number}", "type": "reasoning", "summary": []}
+    item = {"id": f"rs_fake_{ctx.number}", "type": "reasoning", "summary": [],
+            "encrypted_content": sign(f"rs_fake_{ctx.number}")}
     where = {"item_id": item["id"], "output_index": index}
     yield seq.event("response.output_item.added", output_index=index, item=item)
     yield seq.event("response.reasoning_summary_part.added", **where, summary_index=0,
@@ -136,7 +138,8 @@ def _responses_output(reply: Reply, ctx: StreamContext, text: str) -> List[Any]:
     output: List[Any] = []
     if reply.thinking:
         output.append({"id": f"rs_fake_{ctx.number}", "type": "reasoning",
-                       "summary": [{"type": "summary_text", "text": reply.thinking}]})
+                       "summary": [{"type": "summary_text", "text": reply.thinking}],
+                       "encrypted_content": sign(f"rs_fake_{ctx.number}")})
     if text:
         output.append({"id": f"msg_fake_{ctx.number}", "type": "message", "status": "completed", "role": "assistant",
                        "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}]})

@@ -94,6 +94,8 @@ class Reply:
         thinking: reasoning text streamed before the answer (Anthropic
             thinking block, Ollama ``thinking``, chat ``reasoning_content``,
             Responses reasoning summary).
+        redacted_thinking: Anthropic only: open the answer with a
+            ``redacted_thinking`` block (opaque, signed ``data``).
         finish_reason: the provider's stop reason; default ``stop`` /
             ``end_turn`` / ``completed``, or ``tool_calls`` / ``tool_use`` when
             there are tool calls.
@@ -162,6 +164,7 @@ class Reply:
     token_count: Optional[int] = None
     tool_calls: Sequence[Tuple[str, Mapping[str, Any]]] = field(default=(), hash=False)
     thinking: Optional[str] = None
+    redacted_thinking: bool = False
     finish_reason: Optional[str] = None
     usage: Optional[Tuple[int, int]] = None
     status: int = 200
@@ -212,6 +215,7 @@ class Reply:
             if self.text is not None and "".join(tokens) != self.text:
                 raise ValueError("Reply.tokens joined must equal Reply.text; give only one of them")
             self._set("tokens", tokens)
+        _check_bool("redacted_thinking", self.redacted_thinking)
         for name in ("text", "thinking", "finish_reason"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
