@@ -165,17 +165,18 @@ class TokenStream:
                 "this stream is being iterated by another thread; give each consumer its own stream"
             )
         self._iterating = threading.get_ident()
+        # The position lives in locals while the loop runs (no attribute store per
+        # event) and is written back when the generator ends, stops or is dropped.
+        batch = self._batch
+        pos = self._pos
         try:
             self._check_open()
             sink = self._sink
             while True:
-                batch = self._batch
-                pos = self._pos
                 end = len(batch)
                 while pos < end:
                     event = batch[pos]
                     pos += 1
-                    self._pos = pos
                     if event.__class__ is TextDelta:
                         # The text itself is in the worker's log (kept once);
                         # the stream counts how much of it its caller took.
@@ -198,9 +199,10 @@ class TokenStream:
                     raise
                 if batches is None:
                     return
-                self._batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
-                self._pos = 0
+                batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
+                pos = 0
         finally:
+            self._batch, self._pos = batch, pos
             self._iterating = None
             self._busy.release()
 

@@ -94,10 +94,13 @@ class ServerSentEvent(Record):
 # assignment, which Python allows between classes of identical layout (about
 # 120 ns). The result is an ordinary, frozen ServerSentEvent: type(e) is
 # ServerSentEvent, and eq, hash, repr and pickle are unchanged.
-# Its base is Record too (layouts must match), with object's own __setattr__,
-# which CPython uses directly (no Python-level call per store).
+# Its base is Record too (layouts must match), with object's own __setattr__
+# AND __delattr__: both share one C slot, so with Record's Python __delattr__
+# still inherited CPython would call through a Python-level lookup on every
+# store (370 ns an event instead of 110, measured).
 _Unfrozen = type("_UnfrozenServerSentEvent", (Record,),
-                 {"__slots__": ServerSentEvent.__slots__, "__setattr__": object.__setattr__})
+                 {"__slots__": ServerSentEvent.__slots__, "__setattr__": object.__setattr__,
+                  "__delattr__": object.__delattr__})
 
 
 def _data_values(region: bytes, complete: bool) -> Optional[List[str]]:
