@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, List
 
@@ -376,3 +377,35 @@ def test_google_genai_streams_from_the_fake_server() -> None:
 
 def test_stream_error_classes_are_stream_errors() -> None:
     assert issubclass(ProviderError, StreamError)
+
+
+def test_google_genai_sends_the_fake_servers_signed_call_back_and_is_accepted() -> None:
+    # google-genai reads a thoughtSignature as bytes (base64) and writes it back
+    # re-encoded: the fake's signatures must survive that, as the API's do.
+    genai = pytest.importorskip("google.genai")
+    from google.genai import errors, types
+
+    with FakeLLMServer() as server:
+        server.script(Reply(text="", thinking="Need the weather", tool_calls=[("get_weather", {"city": "Paris"})]),
+                      Reply(text="Sunny."), Reply(text="unused"))
+        client = genai.Client(api_key="AIza-test", http_options=types.HttpOptions(base_url=server.base_url("gemini")))
+        user = types.Content(role="user", parts=[types.Part(text="Weather in Paris?")])
+        chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user]))
+        parts = [p for c in chunks for p in (c.candidates[0].content.parts or []) if p.function_call or p.thought]
+        call = next(p for p in parts if p.function_call)
+        assert call.thought_signature is not None and call.thought_signature.startswith(b"fake:1:")
+        model = types.Content(role="model", parts=parts)
+        answer = types.Content(role="user", parts=[types.Part.from_function_response(
+            name="get_weather", response={"sky": "sunny"})])
+        second = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user, model, answer]))
+        assert "".join(p.text or "" for c in second for p in c.candidates[0].content.parts) == "Sunny."
+        sent = server.requests[-1].json["contents"][1]["parts"][-1]
+        # It writes URL-safe base64 (the server streamed standard base64): the same bytes, another string.
+        assert sent["thoughtSignature"] != base64.b64encode(call.thought_signature).decode()
+        assert base64.urlsafe_b64decode(sent["thoughtSignature"]) == call.thought_signature
+        # The same turn with the signature altered is refused as the API refuses it.
+        call.thought_signature = call.thought_signature[:-1] + bytes([call.thought_signature[-1] ^ 1])
+        with pytest.raises(errors.ClientError) as caught:
+            list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user, model, answer]))
+        assert (caught.value.code, caught.value.message) == (400, "Corrupted thought signature.")
+        client.close()
