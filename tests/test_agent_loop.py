@@ -139,14 +139,15 @@ def test_responses_altered_encrypted_content_is_refused(server: FakeLLMServer) -
     assert str(caught.value.message).endswith("The encrypted content for item rs_fake_1 could not be verified.")
 
 
-def test_chat_tool_result_without_the_assistant_tool_calls_is_refused(server: FakeLLMServer) -> None:
+@pytest.mark.parametrize("provider", ["openai", "azure"])  # Azure: the same chat format, the same check
+def test_chat_tool_result_without_the_assistant_tool_calls_is_refused(server: FakeLLMServer, provider: str) -> None:
     server.script(FIRST, SECOND)
-    with client(server, "openai") as c:
+    with client(server, provider) as c:
         first = c.complete(messages=[USER], model="m")
         assert first.message == {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_fake_1_0", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
         with pytest.raises(BadRequestError) as caught:
-            c.complete(messages=[USER, *tool_results("openai", first.tool_calls[0])], model="m")
+            c.complete(messages=[USER, *tool_results(provider, first.tool_calls[0])], model="m")
     assert "must be a response to a preceeding message with 'tool_calls'" in str(caught.value.message)
 
 
