@@ -366,3 +366,24 @@ def test_gemini_replay_after_a_retry_sends_back_the_replays_signed_call_once(ser
         call["thoughtSignature"] = signature
         second = c.complete(messages=[USER, first.message, *tool_results("gemini", first.tool_calls[-1])], model="m")
     assert second.text == "Sunny, 21 C."
+
+
+def test_gemini_replay_after_the_signed_text_part_keeps_the_text_once_and_the_replays_signature(
+        server: FakeLLMServer) -> None:
+    # The first attempt breaks after its signed first text part and two more tokens. The
+    # replay's repeated text is matched, not shown again, so where its parts closed inside
+    # it is unknown (``_turn.py``): the signed part takes the text up to the break. The turn's
+    # text is still the answer, once, its signature the replay's, and the next request passes.
+    answer = "It is sunny today and warm."
+    server.script(Reply(text=answer, thinking=THINKING, close_after_tokens=3), Reply(text=answer, thinking=THINKING),
+                  SECOND)
+    with llmstream.Client(provider="gemini", base_url=server.base_url("gemini"), api_key="k",
+                          retry=llmstream.Retry(max_attempts=2, resume="replay", initial_delay=0.01)) as c:
+        first = c.complete(messages=[USER], model="m")
+        assert (first.text, first.attempts) == (answer, 2)
+        thought, signed, rest = first.message["parts"]
+        assert thought == {"text": THINKING, "thought": True}
+        assert signed["text"] + rest["text"] == answer and "thoughtSignature" not in rest
+        assert base64.b64decode(signed["thoughtSignature"]).startswith(b"fake:2:")
+        second = c.complete(messages=[USER, first.message, {"role": "user", "content": "Thanks"}], model="m")
+    assert second.text == "Sunny, 21 C."

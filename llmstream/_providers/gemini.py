@@ -27,7 +27,11 @@ copied per token), unsigned thought parts in a row one ``{"text": ...,
 "thought": true}`` part; a part with a ``thoughtSignature`` (text, thought or
 ``functionCall``) is its own item, the part exactly as it came (Google: never
 merge a signed part with another). A text or thought run closes at the next
-part of another kind and at the finish.
+part of another kind and at the finish. After a replay (``Retry(resume="replay")``)
+that broke past a signed text part, that part takes the text up to the break
+(the repeated text is matched before the caller sees it, so where the part
+ended in it is unknown, see ``_turn.py``): the turn's text is exact, once, and
+its signature is the replay's, but the split between that part and the next differs.
 
 End of stream: there is no ``[DONE]``. The chunk with a ``finishReason`` (or
 a blocked prompt: ``promptFeedback.blockReason`` and no candidates) ends the
