@@ -17,6 +17,7 @@ from llmstream import (
     CircuitOpenError,
     Client,
     Finish,
+    IncompleteStreamError,
     RateLimit,
     RateLimitError,
     Retry,
@@ -363,7 +364,8 @@ def test_200_streams_from_32_threads_against_a_limiting_server(client_limit: int
             try:
                 result: Any = client.complete(f"p{i}", model="m").text
             except StreamError as exc:
-                result = exc
+                # Kept as (type, attempts, partial text), not the exception: its traceback holds the stream.
+                result = (type(exc), exc.attempts, exc.partial_text)
             with lock:
                 results[i] = result
 
@@ -373,7 +375,12 @@ def test_200_streams_from_32_threads_against_a_limiting_server(client_limit: int
         after = llmstream.monitor.snapshot()
         assert len(results) == 200
         for i, result in results.items():
-            assert result == DEFAULT_TEXT or isinstance(result, RateLimitError), (i, result)
+            # A stream either gets its exact text, or used all six attempts: over-limit 429s,
+            # scripted 429s and scripted breaks may together exhaust them (the last one says which).
+            assert result == DEFAULT_TEXT or (
+                result[0] in (RateLimitError, IncompleteStreamError) and result[1] == 6
+                and DEFAULT_TEXT.startswith(result[2])
+            ), (i, result)
         assert server.max_active_connections <= min(client_limit, server_limit)
         if client_limit < server_limit:
             assert server.rejected_over_limit == 0
