@@ -208,7 +208,8 @@ class OutputItem(Record):
     Emitted when the provider closes a block or item: an Anthropic ``thinking``
     block with its ``signature``, a ``redacted_thinking`` block, a ``text`` or
     ``tool_use`` block; a Responses output item (``reasoning`` with its
-    ``encrypted_content``, ``message``, ``function_call``...). The stream keeps
+    ``encrypted_content``, ``message``, ``function_call``...); a Gemini part
+    (``{"text": ...}``, a ``thought`` part, ``functionCall``, with its ``thoughtSignature``). The stream keeps
     them to build ``StreamResult.message``, so signed thinking survives an
     agent loop. Bookkeeping, not content: it does not count as progress.
 

@@ -622,3 +622,15 @@ def test_debug_shows_the_resume_header(server: FakeLLMServer, capsys: pytest.Cap
     assert main(["debug", "hi", "--base-url", server.base_url()]) == 0
     first, second = capsys.readouterr().err.split("attempt 2:\n")
     assert "Last-Event-ID" not in first and "  Last-Event-ID: 3\n" in second
+
+
+def test_timeline_names_an_output_item_by_its_type_or_its_part_kind() -> None:
+    from llmstream._cli._timeline import describe
+
+    assert [describe(llmstream.OutputItem(item)) for item in (
+        {"type": "thinking", "thinking": "x", "signature": "s"},
+        {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"},  # a Gemini part: no type
+        {"thoughtSignature": "c2ln", "text": "Hi"},
+        {"text": "hmm", "thought": True},
+    )] == ["OutputItem type='thinking'", "OutputItem type='functionCall'", "OutputItem type='text'",
+           "OutputItem type='thought'"]

@@ -240,7 +240,8 @@ def deep_arguments_stream(provider: str) -> Tuple[List[str], List[Event]]:
         args = {"s": DEEP}
         raw = json.dumps(args)
         line = json.dumps({"candidates": [{"content": {"parts": [{"functionCall": {"name": "f", "args": args}}]}, "index": 0}]})
-        return [line], [ToolCallDelta(0, "", "f", raw), ToolCall(0, "", "f", args, raw)]
+        return [line], [ToolCallDelta(0, "", "f", raw), ToolCall(0, "", "f", args, raw),
+                        OutputItem({"functionCall": {"name": "f", "args": args}})]
     if provider in ("openai", "azure", "openai-think"):
         fragment = {"index": 0, "id": "c", "function": {"name": "f", "arguments": DEEP}}
         return [chat(delta={"tool_calls": [fragment]}), chat(delta={}, finish_reason="tool_calls")], \

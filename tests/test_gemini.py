@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, List
 
@@ -9,7 +10,7 @@ import pytest
 
 import llmstream
 from helpers import feed_all_ways, load_fixture
-from llmstream import ContentFilter, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from llmstream import ContentFilter, Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._exceptions import (
     IncompleteStreamError, MalformedStreamError, ProviderError, RateLimitError, ServerError, StreamError,
 )
@@ -20,6 +21,8 @@ from llmstream.testing import FakeLLMServer, Reply
 
 GEMINI = PROVIDERS["gemini"]
 VERTEX = PROVIDERS["vertex"]
+#: The unsigned text part, closed by the finish: it takes the text delivered since the previous item.
+TEXT_PART = OutputItem({"text": ""}, text_key="text")
 FAST = llmstream.Retry(max_attempts=3, initial_delay=0.01, max_delay=0.02)
 
 
@@ -42,7 +45,9 @@ def usage(p: int, o: int, t: int = 0) -> Usage:
 def test_text_crlf_last_usage_and_signature_on_a_text_part() -> None:
     assert decode("text.txt") == [
         TextDelta("The capital"), TextDelta(" of France is Paris"),
+        OutputItem({"text": ""}, text_key="text"),  # the unsigned run, closed by the signed part
         ThinkingDelta("", signature="CiQB0e2Kb0vA=="), TextDelta("."),
+        OutputItem({"text": ".", "thoughtSignature": "CiQB0e2Kb0vA=="}, text_key="text"),  # as it came
         usage(8, 8), Finish("STOP"),
     ]
 
@@ -50,7 +55,10 @@ def test_text_crlf_last_usage_and_signature_on_a_text_part() -> None:
 def test_thought_parts_are_thinking_and_the_signature_is_kept() -> None:
     assert decode("thinking.txt") == [
         ThinkingDelta("**Weighing the question**\n"), ThinkingDelta("It is Paris."),
-        ThinkingDelta("", signature="EjQKMgEMOdbHsig=="), TextDelta("Paris"), TextDelta("."),
+        OutputItem({"text": "**Weighing the question**\nIt is Paris.", "thought": True}),  # one part for the run
+        ThinkingDelta("", signature="EjQKMgEMOdbHsig=="), TextDelta("Paris"),
+        OutputItem({"text": "Paris", "thoughtSignature": "EjQKMgEMOdbHsig=="}, text_key="text"),
+        TextDelta("."), OutputItem({"text": ""}, text_key="text"),
         usage(10, 2, 61), Finish("STOP"),
     ]
 
@@ -60,8 +68,11 @@ def test_whole_function_calls_with_their_signature() -> None:
     assert decode("function_call.txt") == [
         ToolCallDelta(0, "", "get_weather", weather),
         ToolCall(0, "", "get_weather", {"city": "Paris", "unit": "celsius"}, weather, signature="CtgBAVSoXO4="),
+        OutputItem({"functionCall": {"name": "get_weather", "args": {"city": "Paris", "unit": "celsius"}},
+                    "thoughtSignature": "CtgBAVSoXO4="}),
         ToolCallDelta(1, "", "get_time", '{"tz": "Europe/Paris"}'),
         ToolCall(1, "", "get_time", {"tz": "Europe/Paris"}, '{"tz": "Europe/Paris"}'),
+        OutputItem({"functionCall": {"name": "get_time", "args": {"tz": "Europe/Paris"}}}),
         usage(51, 25), Finish("STOP"),
     ]
 
@@ -70,13 +81,13 @@ def test_safety_finish_is_a_blocked_completion() -> None:
     ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}]
     assert decode("safety.txt") == [
-        TextDelta("Here is how"), ContentFilter("completion", "SAFETY", True, ratings), usage(9, 3), Finish("SAFETY"),
+        TextDelta("Here is how"), TEXT_PART, ContentFilter("completion", "SAFETY", True, ratings), usage(9, 3), Finish("SAFETY"),
     ]
 
 
 def test_recitation_finish_is_told_apart_from_safety() -> None:
     assert decode("recitation.txt") == [
-        TextDelta("It was the best of times"), ContentFilter("completion", "RECITATION", True, None), usage(9, 6),
+        TextDelta("It was the best of times"), TEXT_PART, ContentFilter("completion", "RECITATION", True, None), usage(9, 6),
         Finish("RECITATION"),
     ]
 
@@ -89,7 +100,7 @@ def test_blocked_prompt_has_no_candidates() -> None:
 
 
 def test_max_tokens() -> None:
-    assert decode("max_tokens.txt") == [TextDelta("One, two"), TextDelta(", three"), usage(5, 5), Finish("MAX_TOKENS")]
+    assert decode("max_tokens.txt") == [TextDelta("One, two"), TextDelta(", three"), TEXT_PART, usage(5, 5), Finish("MAX_TOKENS")]
 
 
 def test_error_object_outside_data_lines_is_a_retryable_provider_error() -> None:
@@ -175,7 +186,7 @@ def test_only_candidate_zero_and_nothing_after_the_finish() -> None:
     ]
     data = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
     assert feed_all_ways(lambda: StreamDecoder(GEMINI.new_decoder(), framing=GEMINI.framing), data) == [
-        TextDelta("a"), Finish("STOP"), Usage(1, 2, {"promptTokenCount": 1, "candidatesTokenCount": 2})]
+        TextDelta("a"), TEXT_PART, Finish("STOP"), Usage(1, 2, {"promptTokenCount": 1, "candidatesTokenCount": 2})]
 
 
 def test_bare_json_text_is_bounded() -> None:
@@ -366,3 +377,35 @@ def test_google_genai_streams_from_the_fake_server() -> None:
 
 def test_stream_error_classes_are_stream_errors() -> None:
     assert issubclass(ProviderError, StreamError)
+
+
+def test_google_genai_sends_the_fake_servers_signed_call_back_and_is_accepted() -> None:
+    # google-genai reads a thoughtSignature as bytes (base64) and writes it back
+    # re-encoded: the fake's signatures must survive that, as the API's do.
+    genai = pytest.importorskip("google.genai")
+    from google.genai import errors, types
+
+    with FakeLLMServer() as server:
+        server.script(Reply(text="", thinking="Need the weather", tool_calls=[("get_weather", {"city": "Paris"})]),
+                      Reply(text="Sunny."), Reply(text="unused"))
+        client = genai.Client(api_key="AIza-test", http_options=types.HttpOptions(base_url=server.base_url("gemini")))
+        user = types.Content(role="user", parts=[types.Part(text="Weather in Paris?")])
+        chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user]))
+        parts = [p for c in chunks for p in (c.candidates[0].content.parts or []) if p.function_call or p.thought]
+        call = next(p for p in parts if p.function_call)
+        assert call.thought_signature is not None and call.thought_signature.startswith(b"fake:1:")
+        model = types.Content(role="model", parts=parts)
+        answer = types.Content(role="user", parts=[types.Part.from_function_response(
+            name="get_weather", response={"sky": "sunny"})])
+        second = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user, model, answer]))
+        assert "".join(p.text or "" for c in second for p in c.candidates[0].content.parts) == "Sunny."
+        sent = server.requests[-1].json["contents"][1]["parts"][-1]
+        # It writes URL-safe base64 (the server streamed standard base64): the same bytes, another string.
+        assert sent["thoughtSignature"] != base64.b64encode(call.thought_signature).decode()
+        assert base64.urlsafe_b64decode(sent["thoughtSignature"]) == call.thought_signature
+        # The same turn with the signature altered is refused as the API refuses it.
+        call.thought_signature = call.thought_signature[:-1] + bytes([call.thought_signature[-1] ^ 1])
+        with pytest.raises(errors.ClientError) as caught:
+            list(client.models.generate_content_stream(model="gemini-2.5-flash", contents=[user, model, answer]))
+        assert (caught.value.code, caught.value.message) == (400, "Corrupted thought signature.")
+        client.close()

@@ -37,9 +37,7 @@ for _name, _format in FORMATS.items():
 #: shared endpoints: model lists, error pages, request ids); new providers must not be named there.
 BUILT_IN = {"openai", "openai-responses", "anthropic", "ollama"}
 LEGACY_FAKE_FORMATS = {"testing/_handler.py": BUILT_IN, "testing/_server.py": BUILT_IN, "testing/_cli.py": BUILT_IN,
-                       "testing/_wire.py": BUILT_IN,
-                       # the signature checks of the agent-loop round trip (to move into each format module)
-                       "testing/_turns.py": BUILT_IN}
+                       "testing/_wire.py": BUILT_IN}
 
 
 def words(name: str) -> Set[str]:

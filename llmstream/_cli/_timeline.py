@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, List, Optional, Tuple, Union
 
 from .._events import Event, Finish, OutputItem, Reset, Retrying, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from ._session import one_line
@@ -47,6 +47,15 @@ def short(text: str) -> str:
     return f"{text[:TEXT_WIDTH]!r}... ({len(text)} chars)"
 
 
+def item_kind(item: Any) -> Any:
+    """An output item's kind: its ``type``, else (a part without one) its first key but a signature, or ``thought``."""
+    if item.get("type") is not None:
+        return item["type"]
+    if item.get("thought") is True:
+        return "thought"
+    return next((key for key in item if key != "thoughtSignature"), None)
+
+
 def describe(event: Union[Event, str]) -> str:
     """One line for one event (a ``str`` is a line of the CLI's own, such as the end)."""
     if isinstance(event, str):
@@ -69,7 +78,7 @@ def describe(event: Union[Event, str]) -> str:
     if isinstance(event, Finish):
         return f"Finish reason={event.reason!r}"
     if isinstance(event, OutputItem):  # the block's content (a signature, whole texts) is not shown
-        return f"OutputItem type={str(event.item.get('type'))[:40]!r}"
+        return f"OutputItem type={str(item_kind(event.item))[:40]!r}"
     return repr(event)  # an event this CLI does not know yet
 
 

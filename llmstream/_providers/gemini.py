@@ -20,6 +20,19 @@ A ``thoughtSignature`` is kept on the event of its part (``ThinkingDelta`` or
 ``ToolCall``; on a text part, an empty ``ThinkingDelta`` carrying only the
 signature goes before the text) so an agent loop can send it back.
 
+The turn (``StreamResult.message``, see ``_turn.py``): an :class:`OutputItem`
+per part the decoder closes, in the request format -- unsigned text parts in
+a row are one ``{"text": ...}`` part (``text_key="text"``: the text is not
+copied per token), unsigned thought parts in a row one ``{"text": ...,
+"thought": true}`` part; a part with a ``thoughtSignature`` (text, thought or
+``functionCall``) is its own item, the part exactly as it came (Google: never
+merge a signed part with another). A text or thought run closes at the next
+part of another kind and at the finish. After a replay (``Retry(resume="replay")``)
+that broke past a signed text part, that part takes the text up to the break
+(the repeated text is matched before the caller sees it, so where the part
+ended in it is unknown, see ``_turn.py``): the turn's text is exact, once, and
+its signature is the replay's, but the split between that part and the next differs.
+
 End of stream: there is no ``[DONE]``. The chunk with a ``finishReason`` (or
 a blocked prompt: ``promptFeedback.blockReason`` and no candidates) ends the
 answer; the end of the body after it is the end. A body that ends before is
@@ -53,7 +66,7 @@ import json
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
-from .._events import ContentFilter, Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
+from .._events import ContentFilter, Event, Finish, OutputItem, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
 from ._base import BaseProvider, BearerToken, Message, RequestSpec, ServerSentEvent, Turn, drop_none
@@ -124,7 +137,7 @@ class _Chunk:
     __slots__ = ("parts", "finish", "candidate", "usage", "feedback")
 
     def __init__(self) -> None:
-        self.parts: List[Tuple[str, Any, Optional[str]]] = []  # (kind, value, signature)
+        self.parts: List[Tuple[str, Any, Optional[str], Dict[str, Any]]] = []  # (kind, value, signature, part)
         self.finish: Optional[str] = None
         self.candidate: Dict[str, Any] = {}
         self.usage: Optional[Usage] = None
@@ -142,6 +155,11 @@ class GeminiDecoder:
         self._finished = False
         self._usage: Optional[Usage] = None
         self._calls = 0
+        # The part being gathered for the turn (``OutputItem``): unsigned text parts
+        # in a row are one part (its text is the caller's, never copied here), unsigned
+        # thought parts in a row another; at most one of the two is open.
+        self._text_open = False
+        self._thought: Optional[List[str]] = None
 
     @property
     def finished(self) -> bool:
@@ -181,34 +199,65 @@ class GeminiDecoder:
         if self._finished:
             # Nothing is delivered after the finish; a later usage figure still counts.
             return [chunk.usage] if chunk.usage is not None else []
-        for kind, value, signature in chunk.parts:
-            if kind == "thought":
-                out.append(ThinkingDelta(value, signature=signature))
+        for kind, value, signature, part in chunk.parts:
+            if kind == "text" and signature is None:
+                if value:
+                    # The per-token path: one test, no copy of the text.
+                    if not self._text_open:
+                        self._close(out)
+                        self._text_open = True
+                    out.append(TextDelta(value))
             elif kind == "text":
-                if signature is not None:
-                    out.append(ThinkingDelta("", signature=signature))
+                # A signed part goes back as it came: never merged with another.
+                self._close(out)
+                out.append(ThinkingDelta("", signature=signature))
                 if value:
                     out.append(TextDelta(value))
+                out.append(OutputItem(part, text_key="text"))
+            elif kind == "thought":
+                if signature is None:
+                    if self._thought is None:
+                        self._close(out)
+                        self._thought = []
+                    self._thought.append(value)
+                    out.append(ThinkingDelta(value))
+                else:
+                    self._close(out)
+                    out.append(ThinkingDelta(value, signature=signature))
+                    out.append(OutputItem(part))
             else:
+                self._close(out)
                 name, args, call_id = value
                 raw = json.dumps(args, ensure_ascii=False)
                 index, self._calls = self._calls, self._calls + 1
                 out.append(ToolCallDelta(index, call_id, name, raw))
                 out.append(ToolCall(index, call_id, name, args, raw, signature=signature))
+                out.append(OutputItem(part))
         if chunk.feedback is not None and chunk.feedback.get("blockReason") is not None and not chunk.candidate:
             self._finished = True
+            self._close(out)
             out.append(ContentFilter("prompt", str(chunk.feedback["blockReason"]), True, chunk.feedback))
             if self._usage is not None:
                 out.append(self._usage)
             out.append(Finish(PROMPT_BLOCKED))
         elif chunk.finish is not None:
             self._finished = True
+            self._close(out)
             if chunk.finish in FILTERED:
                 out.append(ContentFilter("completion", chunk.finish, True, chunk.candidate.get("safetyRatings")))
             if self._usage is not None:
                 out.append(self._usage)
             out.append(Finish(chunk.finish))
         return out
+
+    def _close(self, out: List[Event]) -> None:
+        """Emit the open text or thought part as an ``OutputItem`` (the text part takes the text delivered since)."""
+        if self._text_open:
+            self._text_open = False
+            out.append(OutputItem({"text": ""}, text_key="text"))
+        elif self._thought is not None:
+            out.append(OutputItem({"text": "".join(self._thought), "thought": True}))
+            self._thought = None
 
     def _check(self, obj: Any) -> _Chunk:
         if not isinstance(obj, dict):
@@ -241,7 +290,7 @@ class GeminiDecoder:
         return chunk
 
     @staticmethod
-    def _part(value: Any, name: str) -> Tuple[str, Any, Optional[str]]:
+    def _part(value: Any, name: str) -> Tuple[str, Any, Optional[str], Dict[str, Any]]:
         part = expect(value, dict, name, _WHERE)
         signature = optional(part, "thoughtSignature", str, _WHERE, name + ".")
         call = optional(part, "functionCall", dict, _WHERE, name + ".")
@@ -251,10 +300,10 @@ class GeminiDecoder:
                 raise MalformedStreamError(f'{_WHERE}: expected "{name}.functionCall.name" to be a non-empty string')
             args = optional(call, "args", dict, _WHERE, name + ".functionCall.") or {}
             call_id = optional(call, "id", str, _WHERE, name + ".functionCall.") or ""
-            return "call", (fname, args, call_id), signature
+            return "call", (fname, args, call_id), signature, part
         text = optional(part, "text", str, _WHERE, name + ".") or ""
         thought = optional(part, "thought", bool, _WHERE, name + ".")
-        return ("thought" if thought else "text"), text, signature
+        return ("thought" if thought else "text"), text, signature, part
 
 
 class GeminiProvider(BaseProvider):
@@ -347,8 +396,8 @@ class GeminiProvider(BaseProvider):
     def assistant_message(self, turn: Turn) -> Dict[str, Any]:
         """The assistant turn as Gemini ``contents`` entry: ``{"role": "model", "parts": [...]}``.
 
-        The parts the decoder emitted as items when there are any; otherwise
-        a text part and one ``functionCall`` part per call, each call with the
+        The parts the decoder emitted as items (signatures exactly as they
+        came) when there are any; otherwise a text part and one ``functionCall`` part per call, each call with the
         ``thoughtSignature`` it came with (Gemini refuses a function call
         turn sent back without it).
         """

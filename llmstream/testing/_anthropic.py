@@ -7,11 +7,13 @@ Non-streaming: https://docs.anthropic.com/en/api/messages (a ``message`` object)
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from ._reply import Reply, split_words
-from ._turns import redacted_data, sign
+from ._turns import HadReasoning, sign
 from ._wire import CREATED_AT, MODELS, Event, estimate_tokens, StreamContext, chain, dump, fragments, q, text_of, usage_of
 
 
@@ -119,3 +121,80 @@ def catalog(headers: Mapping[str, str]) -> Dict[str, Any]:
     """``GET /v1/models`` asked by an Anthropic client (it sends ``anthropic-version``)."""
     data = [{"type": "model", "id": name, "display_name": name, "created_at": CREATED_AT} for name in MODELS["anthropic"]]
     return {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+
+
+def redacted_data(number: int) -> str:
+    """The opaque, signed ``data`` of the fake's ``redacted_thinking`` block for request ``number``."""
+    payload = base64.b64encode(f"redacted thinking of request {number}".encode()).decode()
+    return f"{payload}.{sign('redacted:' + payload)}"
+
+
+def check_turns(body: Mapping[str, Any], had_reasoning: HadReasoning) -> Optional[str]:
+    """The 400 message for assistant turns sent back altered, as the Messages API refuses them, or None.
+
+    An assistant ``thinking`` block without a ``signature``, or whose
+    signature does not match its text; a ``redacted_thinking`` block whose
+    ``data`` was altered; with ``thinking`` enabled, a final assistant message
+    with ``tool_use`` that does not start with its thinking block; a
+    ``tool_result`` whose ``tool_use_id`` is not a ``tool_use`` of the
+    previous assistant message.
+    """
+    thinking = body.get("thinking")
+    enabled = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    return _signed(body.get("messages")) or (_thinking_first(body.get("messages")) if enabled else None)
+
+
+def _blocks(message: Any) -> List[Any]:
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, list) else []
+
+
+def _signed(messages: Any) -> Optional[str]:
+    if not isinstance(messages, list):
+        return None
+    previous_uses: List[str] = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        uses: List[str] = []
+        for j, block in enumerate(_blocks(message)):
+            if not isinstance(block, dict):
+                continue
+            where = f"messages.{i}.content.{j}"
+            kind = block.get("type")
+            if role == "assistant" and kind == "thinking":
+                signature = block.get("signature")
+                if not isinstance(signature, str) or not signature:
+                    return f"{where}.thinking.signature: Field required"
+                if not hmac.compare_digest(signature, sign(str(block.get("thinking", "")))):
+                    return f"{where}: Invalid `signature` in `thinking` block"
+            elif role == "assistant" and kind == "redacted_thinking":
+                payload, _, signature = str(block.get("data", "")).partition(".")
+                if not hmac.compare_digest(signature, sign("redacted:" + payload)):
+                    return f"{where}: Invalid `data` in `redacted_thinking` block"
+            elif role == "assistant" and kind == "tool_use":
+                uses.append(str(block.get("id")))
+            elif role == "user" and kind == "tool_result" and block.get("tool_use_id") not in previous_uses:
+                return (f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {block.get('tool_use_id')}. "
+                        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+        previous_uses = uses
+    return None
+
+
+def _thinking_first(messages: Any) -> Optional[str]:
+    """With thinking enabled, the final assistant message of a tool loop must start with its thinking."""
+    if not isinstance(messages, list):
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        blocks = [b for b in _blocks(message) if isinstance(b, dict)]
+        if not any(b.get("type") == "tool_use" for b in blocks):
+            return None
+        first = blocks[0].get("type")
+        if first in ("thinking", "redacted_thinking"):
+            return None
+        return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. "
+                "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+                "(preceeding the lastmost set of `tool_use` and `tool_result` blocks).")
+    return None

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Opt
 
 from . import _anthropic, _azure, _gemini, _ollama, _openai_chat, _openai_responses
 from ._reply import Reply
+from ._turns import TurnCheck
 from ._wire import CREATED_AT, Event, StreamContext, dump, q
 
 __all__ = [
@@ -58,27 +59,31 @@ class ProviderFormat(NamedTuple):
     quiet: bool = False  #: sends nothing while idle (Gemini: its client reads any line but data: as JSON)
     #: the environment variables that point its SDK at the server: ``(server URL, key) -> {name: value}``
     environment: Optional[Callable[[str, str], Dict[str, str]]] = None
+    #: how the API checks the assistant turns a request sends back (signatures...): the 400 message, or None
+    check_turns: Optional[TurnCheck] = None
 
 
 FORMATS: Dict[str, ProviderFormat] = {
     "openai": ProviderFormat("/v1/chat/completions", _openai_chat.stream, _openai_chat.complete,
-                             _openai_chat.error_events, _openai_chat.error_body, _openai_chat.catalog),
+                             _openai_chat.error_events, _openai_chat.error_body, _openai_chat.catalog,
+                             check_turns=_openai_chat.check_turns),
     "openai-responses": ProviderFormat("/v1/responses", _openai_responses.stream, _openai_responses.complete,
                                        _openai_responses.error_events, _openai_responses.error_body,
-                                       _openai_responses.catalog),
+                                       _openai_responses.catalog, check_turns=_openai_responses.check_turns),
     "anthropic": ProviderFormat("/v1/messages", _anthropic.stream, _anthropic.complete, _anthropic.error_events,
                                 _anthropic.error_body, _anthropic.catalog,
                                 {("POST", "/v1/messages/count_tokens"): _anthropic.count_tokens},
-                                keepalive_event=Event(b'{"type": "ping"}', b"ping")),
+                                keepalive_event=Event(b'{"type": "ping"}', b"ping"), check_turns=_anthropic.check_turns),
     "ollama": ProviderFormat("/api/chat", _ollama.stream, _ollama.complete, _ollama.error_events,
                              _ollama.error_body, _ollama.catalog, {("GET", "/api/tags"): _ollama.tags},
                              "application/x-ndjson", streams_by_default=True, json_lines=True),
     "gemini": ProviderFormat("/v1beta/models/{model}:streamGenerateContent", _gemini.stream, _gemini.complete,
                              _gemini.error_events, _gemini.error_body, _gemini.catalog, content_type="text/event-stream",
                              streams_by_default=True, route=_gemini.route, encode=_gemini.encoder, quiet=True,
-                             environment=_gemini.environment),
+                             environment=_gemini.environment, check_turns=_gemini.check_turns),
     "azure": ProviderFormat(_azure.PATH, _azure.stream, _azure.complete, _azure.error_events, _azure.error_body,
-                            _azure.catalog, route=_azure.route, environment=_azure.environment),
+                            _azure.catalog, route=_azure.route, environment=_azure.environment,
+                            check_turns=_openai_chat.check_turns),  # the same chat format, the same check
 }
 #: Gemini on Vertex AI: the same format on Vertex's path (``_gemini.route`` knows both).
 FORMATS["vertex"] = FORMATS["gemini"]

@@ -46,7 +46,6 @@ from ._faults import plan
 from ._formats import CONTENT_TYPES, FORMATS, FORMATTERS, StreamContext, error_body, reason
 from ._reply import Reply, continuation, fault_free
 from ._state import RecordedRequest, ServerState
-from ._turns import check_turns
 from ._wire import dump
 from ._writer import BodyWriter
 
@@ -229,9 +228,10 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, provider: str, body: Dict[str, Any], number: int) -> None:
         # An agent loop's turn sent back altered (a thinking signature dropped...) is refused
         # as the real API refuses it, before a scripted reply is used up.
-        problem = check_turns(provider, body, self._had_reasoning)
+        check = FORMATS[provider].check_turns
+        problem = check(body, self._had_reasoning) if check is not None else None
         if problem is not None:
-            self._error(400, provider, problem, "invalid_request_error")
+            self._error(400, provider, problem, None)  # the format's own 400 type
             return
         reply = self.state.next_reply()
         final = _final_assistant(body)

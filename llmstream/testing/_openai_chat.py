@@ -9,7 +9,7 @@ Non-streaming: https://platform.openai.com/docs/api-reference/chat/object
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ._reply import Reply, split_words
 from ._wire import CREATED, MODELS, Event, StreamContext, dump, fragments, q, text_of, usage_of
@@ -96,3 +96,25 @@ def catalog(headers: Mapping[str, str]) -> Dict[str, Any]:
     """``GET /v1/models``: the model list."""
     return {"object": "list", "data": [{"id": name, "object": "model", "created": CREATED, "owned_by": "llmstream"}
                                        for name in MODELS["openai"]]}
+
+
+def check_turns(body: Mapping[str, Any], had_reasoning: Callable[[str], bool]) -> Optional[str]:
+    """The 400 message for a ``tool`` message that answers no ``tool_calls`` id of an earlier assistant message, or None."""
+    return _chat(body.get("messages"))
+
+
+def _chat(messages: Any) -> Optional[str]:
+    if not isinstance(messages, list):
+        return None
+    calls: List[str] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "assistant":
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    calls.append(str(call.get("id")))
+        elif message.get("role") == "tool" and message.get("tool_call_id") not in calls:
+            return (f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                    f"with 'tool_calls'. (messages[{i}])")
+    return None

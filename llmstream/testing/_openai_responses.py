@@ -9,8 +9,9 @@ complete enough for the openai SDK's ``Response.model_validate``.
 
 from __future__ import annotations
 
+import hmac
 import json
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ._reply import Reply, split_words
 from ._turns import sign
@@ -173,3 +174,42 @@ def error_events(ctx: StreamContext, error_type: Optional[str], message: Optiona
 
 error_body = _openai_chat.error_body
 catalog = _openai_chat.catalog
+
+
+def check_turns(body: Mapping[str, Any], had_reasoning: Callable[[str], bool]) -> Optional[str]:
+    """The 400 message for output items sent back altered, or None.
+
+    A ``function_call_output`` without its ``function_call``; a function call
+    of a response that reasoned, sent back without that reasoning item before
+    it; a reasoning item whose ``encrypted_content`` does not verify.
+    """
+    return _responses(body.get("input"), had_reasoning)
+
+
+def _responses(items: Any, had_reasoning: Callable[[str], bool]) -> Optional[str]:
+    if not isinstance(items, list):
+        return None
+    reasoning: Dict[str, bool] = {}
+    calls: List[str] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        item_id = str(item.get("id", ""))
+        if kind == "reasoning":
+            content = item.get("encrypted_content")
+            if content is not None and not hmac.compare_digest(str(content), sign(item_id)):
+                return f"The encrypted content for item {item_id} could not be verified."
+            reasoning[item_id] = True
+        elif kind == "function_call":
+            calls.append(str(item.get("call_id")))
+            # fc_fake_{N}_{k} came from response N; rs_fake_{N} is its reasoning item.
+            parts = item_id.split("_")
+            if len(parts) == 4 and parts[:2] == ["fc", "fake"]:
+                needed = f"rs_fake_{parts[2]}"
+                if had_reasoning(f"resp_fake_{parts[2]}") and needed not in reasoning:
+                    return (f"Item '{item_id}' of type 'function_call' was provided without its required "
+                            f"'reasoning' item: '{needed}'.")
+        elif kind == "function_call_output" and item.get("call_id") not in calls:
+            return f"No tool call found for function call output with call_id {item.get('call_id')}."
+    return None
