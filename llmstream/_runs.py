@@ -212,6 +212,12 @@ class Run:
         """The id of the newest event (0 before any)."""
         return self._last_id
 
+    @property
+    def first_id(self) -> int:
+        """The id of the oldest kept event (1 before any)."""
+        with self._cond:
+            return self._events[0][0] if self._events else 1
+
     def events_after(self, cursor: int) -> List[RelayEvent]:
         """The kept events whose id is above ``cursor`` (non-blocking).
 
