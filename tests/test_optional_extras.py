@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError as exc:
     print(exc)
 """)
-    assert f'pip install "llmstream[{extra}]"' in out
+    assert f'pip install "llmstream-sdk[{extra}]"' in out
 
 
 def block(package: str) -> str:
