@@ -75,7 +75,7 @@ def latency(base_url: str) -> List[float]:
 
 def main() -> None:
     tokens, runs = 20_000, 5
-    proc, url = start_server(f"token_count={tokens}")
+    proc, url = start_server(f"token_count={tokens}", "interval=0")  # as fast as the server can (its CLI paces by default)
     try:
         client = llmstream.Client(base_url=url, api_key="k")
         plain, relayed = [], []

@@ -149,12 +149,30 @@ class Run:
     def _pump(self) -> None:
         stream, redact = self.stream, self._redact
         status = "finished"
+        # Text pieces already in the stream's current batch are joined here,
+        # without the lock, and appended once the batch is used up (when the
+        # next event would have to be waited for): one lock round per batch,
+        # not per token, and no piece waits for one that has not arrived.
+        pending: List[str] = []
+        pending_name = "text"
         try:
             for event in stream.events():
                 cls = event.__class__
                 if cls is TextDelta or cls is ThinkingDelta:  # the hot path: no dict per token
-                    self._append_text("text" if cls is TextDelta else "thinking", event.text)  # type: ignore[union-attr]
+                    name = "text" if cls is TextDelta else "thinking"
+                    if name != pending_name and pending:
+                        self._append_text(pending_name, "".join(pending))
+                        pending.clear()
+                    pending_name = name
+                    pending.append(event.text)  # type: ignore[union-attr]
+                    if stream._pos < len(stream._batch):  # more of this batch is here already
+                        continue
+                    self._append_text(name, pending[0] if len(pending) == 1 else "".join(pending))
+                    pending.clear()
                     continue
+                if pending:
+                    self._append_text(pending_name, "".join(pending))
+                    pending.clear()
                 converted = convert(event, redact)
                 if converted is not None:
                     self._append(*converted)
@@ -162,6 +180,8 @@ class Run:
                 status = "closed"
         except BaseException as exc:  # every failure becomes an error frame, never a cut body
             status = "failed"
+            if pending:  # delivered text: it goes before the error
+                self._append_text(pending_name, "".join(pending))
             self._append("error", describe_error(exc, stream.text, redact))
         finally:
             stream.close()
@@ -211,6 +231,12 @@ class Run:
     def last_id(self) -> int:
         """The id of the newest event (0 before any)."""
         return self._last_id
+
+    @property
+    def first_id(self) -> int:
+        """The id of the oldest kept event (1 before any)."""
+        with self._cond:
+            return self._events[0][0] if self._events else 1
 
     def events_after(self, cursor: int) -> List[RelayEvent]:
         """The kept events whose id is above ``cursor`` (non-blocking).

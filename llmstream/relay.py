@@ -48,11 +48,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Union
 
 from ._runs import MemoryRunStore, NotResumableError, RelayEvent, Run, RunSource, RunStore
 from ._stream import TokenStream
 from ._version import DISTRIBUTION
+
+if TYPE_CHECKING:
+    from ._redis_runs import RedisRunStore, RunStoreError
 
 __all__ = [
     "Body",
@@ -69,7 +72,19 @@ __all__ = [
     "django_response",
     "starlette_response",
     "SSE_HEADERS",
+    "RedisRunStore",
+    "RunStoreError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The Redis store is loaded on first use: this module imports nothing of
+    # the redis extra (the store itself imports redis only when made).
+    if name in ("RedisRunStore", "RunStoreError"):
+        from ._redis_runs import RedisRunStore, RunStoreError
+
+        return RedisRunStore if name == "RedisRunStore" else RunStoreError
+    raise AttributeError(f"module 'llmstream.relay' has no attribute {name!r}")
 
 #: Headers of a relayed body: no cache, and no buffering by nginx (``X-Accel-Buffering``).
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -141,7 +156,10 @@ class Body:
         self._heartbeat = heartbeat
         self._retry_ms = retry_ms
         self._error = error
-        self.status = 204 if run is not None and run.finished and after >= run.last_id else 200
+        try:
+            self.status = 204 if run is not None and run.finished and after >= run.last_id else 200
+        except NotResumableError as exc:  # a store that cannot be reached (RunStoreError): an error frame
+            self.status, self._error = 200, str(exc)
 
     def _not_resumable(self, message: str, cursor: Optional[int] = None) -> bytes:
         data = {"class": "NotResumableError", "message": message, "delivered": None}
@@ -194,6 +212,10 @@ class Body:
             return
         if self.status == 204:
             return
+        if getattr(run, "blocking_reads", False):
+            async for chunk in self._aiter_blocking(run):
+                yield chunk
+            return
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         waiting = [False]
@@ -234,6 +256,39 @@ class Body:
                 await asyncio.sleep(max(0.0, last_write + self._interval - loop.time()))
         finally:
             run.detach(wake)
+            if self._owns_run:
+                run.stop()
+
+
+    async def _aiter_blocking(self, run: RunSource) -> AsyncIterator[bytes]:
+        # A store with no waker (Redis: the events come from another process):
+        # each wait runs in a worker thread, at most a second at a time, so a
+        # cancelled body leaves no wait behind for longer than that.
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, run.attach)
+        try:
+            yield _preamble(self.format, self._retry_ms)
+            cursor, last_write = self._after, loop.time()
+            while True:
+                wait = min(1.0, max(0.0, last_write + self._heartbeat - loop.time()))
+                try:
+                    events = await loop.run_in_executor(None, run.wait_after, cursor, wait)
+                except NotResumableError as exc:
+                    yield self._not_resumable(str(exc), cursor)
+                    return
+                now = loop.time()
+                if events:
+                    cursor = events[-1][0]
+                    yield self._frames(events)
+                    if events[-1][1] == "done":
+                        return
+                    last_write = now
+                    await asyncio.sleep(max(0.0, now + self._interval - loop.time()))
+                elif now - last_write >= self._heartbeat:
+                    yield _heartbeat(self.format)
+                    last_write = now
+        finally:
+            run.detach()
             if self._owns_run:
                 run.stop()
 

@@ -79,6 +79,7 @@ CI_RUN = ROOT / ".ci" / "run"
 #: decision: it must be added here too.
 EXPECTED_SKIPS: Dict[str, str] = {
     "the-chat-examples-1": "served and checked by tests/test_examples.py",
+    "resumable-runs-2": "route fragments; served against a real redis-server by tests/test_redis_runs.py",
 }
 #: The README's opening block; CI runs these commands (``test_first_block_is_what_ci_runs``).
 INSTALL_COMMANDS = 'pip install . && llmstream chat "hello"\npip install ".[test]" && python -m pytest\n'

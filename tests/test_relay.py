@@ -375,3 +375,21 @@ def test_json_payload_is_one_data_line(server: FakeLLMServer) -> None:
         assert block.count(b"data:") <= 1 and b"\r" not in block
     texts = [json.loads(line[6:]).get("text") for line in data.split(b"\n") if line.startswith(b"data: ")]
     assert "".join(t for t in texts if isinstance(t, str)) == "a\nb\r\nc"  # however the frames were coalesced
+
+
+def test_text_before_a_failure_mid_batch_reaches_the_browser_before_the_error(server: FakeLLMServer) -> None:
+    # The pump joins a batch's pieces before appending them: a failure in the
+    # middle of a batch (here a callback's) must not lose the pieces before it.
+    server.script(Reply(text=TEXT, tokens=TOKENS, events_per_write=len(TOKENS)))
+    seen: List[str] = []
+
+    def on_text(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 4:
+            raise ValueError("boom")
+
+    events = parse_sse(body_bytes(relay.sse(client_for(server).stream("hi", model="m", on_text=on_text))))
+    error = [d for _, n, d in events if n == "error"][0]
+    assert error["class"] == "CallbackError"
+    assert text_of(events) == "".join(TOKENS[:3])
+    assert [n for _, n, _ in events][-2:] == ["error", "done"]
