@@ -165,18 +165,19 @@ class TokenStream:
                 "this stream is being iterated by another thread; give each consumer its own stream"
             )
         self._iterating = threading.get_ident()
-        # The position lives in locals while the loop runs (no attribute store per
-        # event) and is written back when the generator ends, stops or is dropped.
-        batch = self._batch
-        pos = self._pos
         try:
             self._check_open()
             sink = self._sink
             while True:
+                batch = self._batch
+                pos = self._pos
                 end = len(batch)
                 while pos < end:
                     event = batch[pos]
                     pos += 1
+                    # Stored per event: the relay's pump reads it to know whether more
+                    # of this batch is already in hand (see _runs.Run._pump).
+                    self._pos = pos
                     if event.__class__ is TextDelta:
                         # The text itself is in the worker's log (kept once);
                         # the stream counts how much of it its caller took.
@@ -199,10 +200,9 @@ class TokenStream:
                     raise
                 if batches is None:
                     return
-                batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
-                pos = 0
+                self._batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
+                self._pos = 0
         finally:
-            self._batch, self._pos = batch, pos
             self._iterating = None
             self._busy.release()
 
