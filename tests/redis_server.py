@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from typing import Iterator
 
+import pytest
 import redis
 
 
@@ -44,3 +48,19 @@ class RedisServer:
             self.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
             self.proc.kill()
         self.proc.wait(10)
+
+
+#: Skipped on a machine without redis-server, except in CI (CI=true), where .ci/run
+#: installs it: there a missing server must fail these tests, not hide them.
+needs_redis_server = pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true",
+                                        reason="redis-server is not installed (.ci/run installs it)")
+
+
+@pytest.fixture()
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for one test, stopped after it."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,26 +19,16 @@ pytest.importorskip("redis")
 import llmstream  # noqa: E402
 from llmstream import relay  # noqa: E402
 from llmstream.testing import FakeLLMServer, Reply  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from redis_server import RedisServer, free_port, needs_redis_server, redis_server  # noqa: E402,F401 (redis_server: a fixture)
 from relay_servers import parse_sse, text_of, wait_until  # noqa: E402
+
+pytestmark = needs_redis_server
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TOKENS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 TEXT = "".join(TOKENS)
 
-# Skipped without redis-server, except in CI (CI=true), where .ci/run installs it.
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true",
-                                reason="redis-server is not installed (.ci/run installs it)")
-
-
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -46,22 +45,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NO_RETRY = Retry(max_attempts=1)
 
-# Skipped on a machine without redis-server, except in CI (CI=true), where .ci/run
-# installs it: there a missing server must fail these tests, not hide them.
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and os.environ.get("CI") != "true",
-                                reason="redis-server is not installed (.ci/run installs it)")
 
 
-from redis_server import RedisServer, free_port  # noqa: E402,F401
+from redis_server import RedisServer, free_port, needs_redis_server, redis_server  # noqa: E402,F401 (redis_server: a fixture)
 
-
-@pytest.fixture()
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+pytestmark = needs_redis_server
 
 
 @pytest.fixture()
