@@ -42,24 +42,17 @@ __all__ = ["Exchange", "Exchanges", "Secrets", "StreamRequest", "Session", "Wait
 MIN_SECRET_LENGTH = 6
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -91,11 +84,11 @@ def add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name (default: a common model of the provider)")
     parser.add_argument("--base-url", help="the provider's base URL (default: from the environment)")
     parser.add_argument("--system", help="a system prompt")
-    parser.add_argument("--max-tokens", type=_positive_int, help="limit the answer's length")
+    parser.add_argument("--max-tokens", type=_int_at_least(1), help="limit the answer's length")
     parser.add_argument("--temperature", type=_temperature, metavar="T", help="sampling temperature (0 to 2)")
     parser.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                         help="the longest wait to connect, for the first token and between tokens")
-    parser.add_argument("--retries", type=_non_negative_int, metavar="N",
+    parser.add_argument("--retries", type=_int_at_least(0), metavar="N",
                         help="retry a failed stream up to N times (0: never; default 2)")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and the llmstream debug log")
 
