@@ -1151,3 +1151,18 @@ def test_python_m_runs_until_ctrl_c(session: requests.Session) -> None:
             if stream is not None:
                 stream.close()
     assert (proc.returncode, re.sub(r"\d\d:\d\d:\d\d ", "", err)) == (0, "POST /api/chat model=llama-test stream=true\n")
+
+
+def test_a_request_received_just_before_ctrl_c_is_still_logged(session: requests.Session,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI once sent Ctrl+C after the answer and before the log loop woke up to print its line.
+    # Here Ctrl+C lands exactly there: the request is recorded, the log loop is interrupted.
+    def interrupted(self: FakeLLMServer, n: int, timeout: float = 5.0) -> List[RecordedRequest]:
+        with session.post(self.url + "/api/chat", json=_body("ollama"), timeout=10) as resp:
+            assert resp.status_code == 200
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakeLLMServer, "wait_for_requests", interrupted)
+    err = io.StringIO()
+    assert serve(["--port", "0"], out=io.StringIO(), err=err) == 0
+    assert re.sub(r"\d\d:\d\d:\d\d ", "", err.getvalue()) == "POST /api/chat model=llama-test stream=true\n"

@@ -231,22 +231,29 @@ def serve(argv: Optional[List[str]] = None, *, out: Optional[TextIO] = None, err
         for name, value in environment(server).items():
             print(f"  export {name}={value}", file=out)
         print("Press Ctrl+C to stop.", file=out, flush=True)
-        try:
-            _log_requests(server, stop, None if options.quiet else err)
-        except KeyboardInterrupt:
-            pass
+        _log_requests(server, stop, None if options.quiet else err)
     return 0
 
 
 def _log_requests(server: FakeLLMServer, stop: threading.Event, err: Optional[TextIO]) -> None:
+    """Print one line per request until ``stop`` is set or Ctrl+C; every request received is logged."""
     seen = 0
-    while not stop.is_set():
-        try:
-            # Short waits keep Ctrl+C and ``until`` responsive on every platform.
-            log = server.wait_for_requests(seen + 1, timeout=0.5)
-        except TimeoutError:
-            continue
-        if err is not None:
-            for request in log[seen:]:
-                print(describe_request(request), file=err, flush=True)
-        seen = len(log)
+    try:
+        while not stop.is_set():
+            try:
+                # Short waits keep Ctrl+C and ``until`` responsive on every platform.
+                log = server.wait_for_requests(seen + 1, timeout=0.5)
+            except TimeoutError:
+                continue
+            seen = _print_new(log, seen, err)
+    except KeyboardInterrupt:
+        # Ctrl+C can land after a request was recorded and before its line was printed
+        # (a loaded machine): print what was received, then stop.
+        _print_new(server.requests, seen, err)
+
+
+def _print_new(log: List[RecordedRequest], seen: int, err: Optional[TextIO]) -> int:
+    if err is not None:
+        for request in log[seen:]:
+            print(describe_request(request), file=err, flush=True)
+    return len(log)
