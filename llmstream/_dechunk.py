@@ -118,6 +118,18 @@ class Dechunker:
         """
         if self._error is not None:
             raise MalformedStreamError(self._error)
+        if self._state == _SIZE and not self._buf:
+            # The usual read of a slow stream: exactly one whole chunk
+            # (size line, data, CRLF). Judged by the same rules as _decode's
+            # size step, and the state stays as it was: waiting for a size.
+            eol = data.find(b"\r\n")
+            if 0 < eol <= self.MAX_LINE:
+                match = _SIZE_LINE.fullmatch(data, 0, eol)
+                if match is not None:
+                    start = eol + 2
+                    stop = start + int(match.group(1), 16)
+                    if stop > start and len(data) == stop + 2 and data.endswith(b"\r\n"):
+                        return data[start:stop]
         buf = self._buf + data if self._buf else data
         out: List[bytes] = []
         try:

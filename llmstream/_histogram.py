@@ -13,9 +13,9 @@ Invariants:
     bucket of their own that reports 0.0.
 
 Cost: ``add`` is on the per-read hot path of every stream, so it only appends
-to a short list (and keeps count, total, min and max exact); the logarithms
-and the bucket updates are done for :data:`FOLD_EVERY` values at once, or
-when a summary is asked for.
+to a short list; count, total, min, max, the logarithms and the bucket
+updates are done for :data:`FOLD_EVERY` values at once (by C builtins where
+they can), or when a summary is asked for.
 
 Never: a clock, a lock or a thread. The caller owns concurrency; reading a
 snapshot while one thread adds is safe in CPython because ``summary()``
@@ -27,6 +27,8 @@ summaries are exact).
 from __future__ import annotations
 
 import math
+from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper
+from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ._events import Distribution
@@ -45,90 +47,130 @@ FOLD_EVERY = 32
 class Histogram:
     """Counts of values in 2%-wide buckets, with exact count, total, min and max."""
 
-    __slots__ = ("_buckets", "_pending", "count", "total", "min", "max")
+    __slots__ = ("_buckets", "_pending", "_count", "_total", "_min", "_max")
 
     def __init__(self) -> None:
         self._buckets: Dict[int, int] = {}
         self._pending: List[float] = []
-        self.count = 0
-        self.total = 0.0
-        self.min: Optional[float] = None
-        self.max: Optional[float] = None
+        # Of the folded values only; the pending ones are added when asked for.
+        self._count = 0
+        self._total = 0.0
+        self._min: Optional[float] = None
+        self._max: Optional[float] = None
 
     def add(self, value: float) -> None:
         """Record one value."""
+        # Only an append per value: count, total, min and max are updated at
+        # the fold, by C builtins over the pending list (issue 17: three adds per read).
         pending = self._pending
         pending.append(value)
         if len(pending) >= FOLD_EVERY:
             self._fold()
-        self.count += 1
-        self.total += value
-        if self.min is None or value < self.min:
-            self.min = value
-        if self.max is None or value > self.max:
-            self.max = value
 
     def _fold(self) -> None:
+        # The swap first: a reader in another thread then misses the values
+        # being folded rather than counting them twice.
         pending, self._pending = self._pending, []
+        self._count, self._total, self._min, self._max = _totals(
+            pending, self._count, self._total, self._min, self._max)
         _bucket_into(self._buckets, pending)
 
-    def _snapshot(self) -> Dict[int, int]:
+    def _state(self) -> Tuple[Dict[int, int], int, float, Optional[float], Optional[float]]:
+        """Buckets, count, total, min and max of every value so far, pending ones included (a copy)."""
+        pending = self._pending.copy()
         buckets = self._buckets.copy()
-        _bucket_into(buckets, self._pending.copy())
-        return buckets
+        _bucket_into(buckets, pending)
+        return (buckets, *_totals(pending, self._count, self._total, self._min, self._max))
+
+    @property
+    def count(self) -> int:
+        """How many values were recorded."""
+        return self._count + len(self._pending)
+
+    @property
+    def total(self) -> float:
+        """The sum of the values recorded."""
+        return self._state()[2]
+
+    @property
+    def min(self) -> Optional[float]:
+        """The smallest value recorded (None if none)."""
+        return self._state()[3]
+
+    @property
+    def max(self) -> Optional[float]:
+        """The largest value recorded (None if none)."""
+        return self._state()[4]
 
     def merge(self, other: "Histogram") -> None:
         """Add every value of ``other`` to this histogram."""
-        for key, n in other._snapshot().items():
+        self._fold()
+        buckets, count, total, low, high = other._state()
+        for key, n in buckets.items():
             self._buckets[key] = self._buckets.get(key, 0) + n
-        self.count += other.count
-        self.total += other.total
-        for value in (other.min, other.max):
+        self._count += count
+        self._total += total
+        for value in (low, high):
             if value is not None:
-                self.min = value if self.min is None else min(self.min, value)
-                self.max = value if self.max is None else max(self.max, value)
+                self._min = value if self._min is None else min(self._min, value)
+                self._max = value if self._max is None else max(self._max, value)
 
     def buckets(self) -> List[Tuple[float, int]]:
         """Every value recorded, as ``(value, count)`` pairs: each bucket's middle (within 2%), clamped to ``[min, max]``."""
-        if self.min is None or self.max is None:
+        buckets, _, _, lo, hi = self._state()
+        if lo is None or hi is None:
             return []
-        lo, hi = self.min, self.max
         return [(0.0 if key == _ZERO else min(hi, max(lo, GROWTH ** (key + 0.5))), n)
-                for key, n in sorted(self._snapshot().items())]
+                for key, n in sorted(buckets.items())]
 
     def quantile(self, q: float) -> Optional[float]:
         """The ``q`` quantile (0..1, nearest rank), or ``None`` when empty."""
-        value: Optional[float] = self._quantiles(self._snapshot(), (q,))[0]
+        buckets, _, _, lo, hi = self._state()
+        value: Optional[float] = _quantiles(buckets, (q,), lo, hi)[0]
         return value
 
     def summary(self) -> Distribution:
         """A frozen :class:`~llmstream.Distribution` of what was recorded so far."""
-        buckets = self._snapshot()
-        p50, p90, p99 = self._quantiles(buckets, (0.50, 0.90, 0.99))
-        return Distribution(count=self.count, total=self.total, min=self.min,
-                            p50=p50, p90=p90, p99=p99, max=self.max)
+        buckets, count, total, lo, hi = self._state()
+        p50, p90, p99 = _quantiles(buckets, (0.50, 0.90, 0.99), lo, hi)
+        return Distribution(count=count, total=total, min=lo, p50=p50, p90=p90, p99=p99, max=hi)
 
-    def _quantiles(self, buckets: Dict[int, int], qs: Sequence[float]) -> List[Optional[float]]:
-        count = sum(buckets.values())
-        if not count or self.min is None or self.max is None:
-            return [None] * len(qs)
-        lo, hi = self.min, self.max
-        keys = sorted(buckets)
-        results: List[Optional[float]] = []
-        for q in qs:
-            rank = max(1, math.ceil(q * count))
-            seen = 0
-            for key in keys:
-                seen += buckets[key]
-                if seen >= rank:
-                    break
-            # The bucket's geometric middle, clamped: exact for a constant series.
-            value = 0.0 if key == _ZERO else GROWTH ** (key + 0.5)
-            results.append(min(hi, max(lo, value)))
-        return results
+
+def _totals(values: List[float], count: int, total: float, low: Optional[float],
+            high: Optional[float]) -> Tuple[int, float, Optional[float], Optional[float]]:
+    """Count, total, min and max with ``values`` added."""
+    if not values:
+        return count, total, low, high
+    least, most = min(values), max(values)
+    return (count + len(values), total + sum(values),
+            least if low is None or least < low else low, most if high is None or most > high else high)
+
+
+def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float],
+               hi: Optional[float]) -> List[Optional[float]]:
+    count = sum(buckets.values())
+    if not count or lo is None or hi is None:
+        return [None] * len(qs)
+    keys = sorted(buckets)
+    results: List[Optional[float]] = []
+    for q in qs:
+        rank = max(1, math.ceil(q * count))
+        seen = 0
+        for key in keys:
+            seen += buckets[key]
+            if seen >= rank:
+                break
+        # The bucket's geometric middle, clamped: exact for a constant series.
+        value = 0.0 if key == _ZERO else GROWTH ** (key + 0.5)
+        results.append(min(hi, max(lo, value)))
+    return results
 
 
 def _bucket_into(buckets: Dict[int, int], values: List[float]) -> None:
+    if values and min(values) > 0:
+        # The usual case, in C: log base GROWTH, floored, counted (Counter's helper).
+        _count_elements(buckets, map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
+        return
     log, floor, get = math.log, math.floor, buckets.get
     for value in values:
         key = floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO

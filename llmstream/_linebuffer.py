@@ -162,6 +162,20 @@ class LineBuffer:
         buf[:] = view[end + 1 :]
         return region
 
+    def whole_lines(self, data: bytes) -> Optional[bytes]:
+        """``feed_region(data)`` for the usual read, or None (nothing changed) for any other.
+
+        The usual read: whole LF-terminated lines, no CR, none too long, with
+        nothing held from before and past the stream's start. Then the lines
+        are ``data`` without its last LF, and nothing is held after it: the
+        same region and state as :meth:`feed_region`, for a few checks
+        instead of its general path (issue 17: one read per token).
+        """
+        if (self._buf or self._trailing_cr or self._at_start or self._failure is not None or self._closed
+                or data[-1:] != b"\n" or b"\r" in data or len(data) > self.max_line_length + 1):
+            return None
+        return data[:-1]
+
     def close(self) -> List[str]:
         """Signal end of input; return the final line if it had no line ending.
 

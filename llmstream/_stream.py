@@ -55,7 +55,7 @@ from ._exceptions import (
     TextNotKeptError,
 )
 from ._turn import TurnRecorder, as_messages
-from ._worker import POLL_INTERVAL, Worker
+from ._worker import POLL_INTERVAL, Worker, _Lent
 
 __all__ = ["Sink", "TokenStream"]
 
@@ -121,6 +121,8 @@ class TokenStream:
         # Where consumption stands: events of the current batch from _pos on are not handed out yet.
         self._batch: List[Event] = []
         self._pos = 0
+        # The body the worker lent this stream's consumer, while it reads it (see _next_batches).
+        self._lent: Optional[_Lent] = None
         self._lock = threading.Lock()
         # Cancels the worker if the caller drops the stream without closing it.
         # Through a weak reference: the finalizer registry is global, and a
@@ -241,6 +243,17 @@ class TokenStream:
 
     def _next_batches(self) -> Optional[List[List[Event]]]:
         """The next batches, or None at a normal end or after close; raises on failure."""
+        lent = self._lent
+        while lent is not None:
+            # The per-token path of a body lent to this thread (issue 17): one
+            # read step, none of the hand-over's checks. A body that went back
+            # (its end, a failure, close() from any thread) steps to None, and
+            # the general path below takes over.
+            events = lent.step()
+            if events:
+                return [events]
+            if events is None:
+                self._lent = lent = None
         worker = self._worker
         queue = worker.queue
         deadline = worker.total_deadline + TOTAL_GRACE
@@ -260,6 +273,7 @@ class TokenStream:
             if lent is not None:
                 # The worker lent us the body: read it in this thread (one
                 # wake-up per token instead of two); the read's own deadlines apply.
+                self._lent = lent
                 events = lent.step()
                 if events:
                     return [events]

@@ -205,9 +205,24 @@ class SSEDecoder:
                 (and on every call after that).
             RuntimeError: called after ``close()``.
         """
-        region = self._lines.feed_region(data)
+        if data[:6] == b"data: " and not self._data and not self._event:
+            region = self._lines.whole_lines(data)
+            if region is not None and region.find(b"\n") == len(region) - 1:
+                # One read, one "data: X" line and its blank line: one event
+                # (the shape of a slow stream's every read; issue 17).
+                try:
+                    text = region[6:-1].decode()
+                except UnicodeDecodeError:
+                    pass  # the general path replaces the invalid bytes
+                else:
+                    self._last_event_id = last_id = self._id
+                    return _message_events([text], last_id)
+        else:
+            region = None
         if region is None:
-            return []
+            region = self._lines.feed_region(data)
+            if region is None:
+                return []
         if region[:6] == b"data: " and not self._data and not self._event:
             events = self._feed_data_blocks(region)
             if events is not None:

@@ -467,3 +467,27 @@ SSE_FIXTURES = sorted(
 def test_recorded_streams_split_anywhere(path: Path) -> None:
     out = events(path.read_bytes())
     assert all(type(event) is ServerSentEvent for event in out)
+
+
+# -- the one-event-per-read fast path (issue 17) keeps the line buffer's state exact ----------
+
+
+def _feed_each(chunks: List[bytes]) -> List[str]:
+    decoder = SSEDecoder()
+    return [event.data for chunk in chunks for event in decoder.feed(chunk)]
+
+
+def test_a_bom_after_the_first_read_is_not_stripped() -> None:
+    # The BOM is stripped only at the stream's start: later it makes "\ufeffdata" an unknown field.
+    assert _feed_each([b"data: a\n\n", b"\xef\xbb\xbfdata: b\n\n", b"data: c\n\n"]) == ["a", "c"]
+
+
+def test_a_read_after_a_trailing_cr_clears_it() -> None:
+    # "a" ends in CR CR: the last CR may pair with an LF that starts the next read.
+    # "data: b" starts it instead, so a LF starting a later read is a blank line again.
+    assert _feed_each([b"data: a\r\r", b"data: b\n\n", b"data: c\n", b"\n"]) == ["a", "b", "c"]
+
+
+def test_one_event_reads_and_whole_block_reads_agree() -> None:
+    chunks = [b"data: x\n\n", b"data: caf\xc3\xa9\n\n", b"data: \xff\n\n", b"data: y\n\ndata: z\n\n", b"data: w\n\n"]
+    assert _feed_each(chunks) == ["x", "café", "\ufffd", "y", "z", "w"]
