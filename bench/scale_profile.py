@@ -38,7 +38,7 @@ BUCKETS: List[Tuple[str, Tuple[str, ...]]] = [
         "Resumer.__init__", "new_decoder", "TokenStream.__init__", "finalize", "close", "build_request",
         "http/", "email/", "idna", "encodings", "socket.py:socket", "_collections_abc", "_weakrefset", "weakref",
         "genericpath", "posixpath", "netrc", "urllib/", "_client.py", "_flow.py", "_config.py")),
-    ("hand-over (Condition/lock)", ("threading.py", "EventQueue", "_thread.", "lock", "RLock", "_next_batches")),
+    ("hand-over (Condition/lock)", ("threading.py", "EventQueue", "_thread.", "lock", "RLock", "_next_batch")),
     ("settimeout syscall", ("settimeout",)),
     ("time.monotonic", ("monotonic",)),
     ("stats (histogram adds)", ("Histogram", "math.", "log", "floor")),

@@ -128,14 +128,13 @@ class BodyReader:
             self.done = decoder.error is None
             return events
         arrived = time.monotonic()
-        stats.bytes_received += len(data)
-        stats.chunks += 1
         stats.chunk_sizes.add(len(data))
         stats.read_times.add(arrived - before)
         events = decoder.feed(data)
         if not events:
             return events
-        if _has_content(events):
+        # The usual step of a slow stream (one token) first: no loop for it.
+        if events[0].__class__ is TextDelta or _has_content(events):
             if stats.first_content_at is None:
                 stats.first_content_at = arrived
             else:
@@ -165,12 +164,15 @@ class BodyReader:
                 logger.info("max_output_chars=%d reached: the stream ends here", self._guard.limit)
                 self.done = self.limited = True
         stats = self._stats
-        for event in events:
-            cls = event.__class__
-            if cls is TextDelta:
-                stats.text_deltas += 1
-            elif cls is Usage or cls is Finish or cls is Reset:
-                stats.note(event)  # bookkeeping events only: nothing more per text token
+        if len(events) == 1 and events[0].__class__ is TextDelta:
+            stats.text_deltas += 1  # a slow stream's every read: no loop
+        else:
+            for event in events:
+                cls = event.__class__
+                if cls is TextDelta:
+                    stats.text_deltas += 1
+                elif cls is Usage or cls is Finish or cls is Reset:
+                    stats.note(event)  # bookkeeping events only: nothing more per text token
         if logger.isEnabledFor(logging.DEBUG):
             for event in events:
                 logger.debug("event %r", event)

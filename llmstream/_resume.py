@@ -336,6 +336,12 @@ class Resumer:
         """Drop what the caller already has; record what passes."""
         if self._filter is not None:
             events = self._filter.filter(events)
+        if len(events) == 1 and events[0].__class__ is TextDelta:
+            # The hottest path: a slow stream's read, one text delta.
+            self._delivered_content = True
+            if self._text is not None:
+                self._text.append(events[0].text)
+            return events
         # The hot path: a batch of text deltas, recorded with one call.
         texts = [event.text for event in events if isinstance(event, TextDelta)]
         if texts and len(texts) == len(events):

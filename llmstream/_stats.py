@@ -22,15 +22,13 @@ class WorkerStats:
     """Counters the worker updates (alone) and the stream reads for its metrics."""
 
     __slots__ = (
-        "attempts", "bytes_received", "chunks", "text_deltas", "usage", "errors", "queued",
+        "attempts", "text_deltas", "usage", "errors", "queued",
         "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times", "_final",
         "finish_reason", "attempt_log", "next_delay", "_open", "_reset_at", "_discarded",
     )
 
     def __init__(self, started_at: float) -> None:
         self.attempts = 0
-        self.bytes_received = 0
-        self.chunks = 0
         self.text_deltas = 0
         self.usage: Optional[Usage] = None
         self.errors: List[str] = []
@@ -102,17 +100,19 @@ class WorkerStats:
         end = self.ended_at if self.ended_at is not None else time.monotonic()
         first = self.first_content_at
         usage = self.usage
+        # Reads and bytes are the chunk-size histogram's count and total: one add per read, not three.
+        sizes = self.chunk_sizes.summary()
         return StreamMetrics(
             time_to_first_token=None if first is None else first - self.started_at,
             duration=end - self.started_at,
             text_deltas=self.text_deltas,
             output_tokens=None if usage is None else usage.output_tokens,
-            chunks=self.chunks,
-            bytes_received=self.bytes_received,
+            chunks=sizes.count,
+            bytes_received=int(sizes.total),
             attempts=self.attempts,
             errors=tuple(self.errors),
             chunk_gap=self.gaps.summary(),
-            chunk_size=self.chunk_sizes.summary(),
+            chunk_size=sizes,
             read_time=self.read_times.summary(),
             queued=self.queued,
             wasted_output_tokens=account(self.attempt_log, complete=False).wasted.output if self.attempts > 1 else 0,

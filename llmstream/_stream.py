@@ -121,7 +121,7 @@ class TokenStream:
         # Where consumption stands: events of the current batch from _pos on are not handed out yet.
         self._batch: List[Event] = []
         self._pos = 0
-        # The body the worker lent this stream's consumer, while it reads it (see _next_batches).
+        # The body the worker lent this stream's consumer, while it reads it (see _next_batch).
         self._lent: Optional[_Lent] = None
         self._lock = threading.Lock()
         # Cancels the worker if the caller drops the stream without closing it.
@@ -193,16 +193,16 @@ class TokenStream:
                         if not text_only:
                             yield event
                 try:
-                    batches = self._next_batches()
+                    more = self._next_batch()
                 except (StreamError, GeneratorExit):
                     raise
                 except BaseException:
                     # An interrupt (Ctrl+C) or a crash while waiting: stop the stream.
                     self.close()
                     raise
-                if batches is None:
+                if more is None:
                     return
-                self._batch = batches[0] if len(batches) == 1 else [e for b in batches for e in b]
+                self._batch = more
                 self._pos = 0
         finally:
             self._iterating = None
@@ -241,8 +241,8 @@ class TokenStream:
         # The characters the caller has taken (called per OutputItem, never per token).
         return self._consumed
 
-    def _next_batches(self) -> Optional[List[List[Event]]]:
-        """The next batches, or None at a normal end or after close; raises on failure."""
+    def _next_batch(self) -> Optional[List[Event]]:
+        """The next events (at least one), or None at a normal end or after close; raises on failure."""
         lent = self._lent
         while lent is not None:
             # The per-token path of a body lent to this thread (issue 17): one
@@ -251,7 +251,7 @@ class TokenStream:
             # the general path below takes over.
             events = lent.step()
             if events:
-                return [events]
+                return events
             if events is None:
                 self._lent = lent = None
         worker = self._worker
@@ -269,14 +269,14 @@ class TokenStream:
                 self._fail(StreamTimeoutError("total timeout: the stream took longer than Timeout.total", kind="total"))
             batches, ended, error, lent = queue.get(min(POLL_INTERVAL, left) if _SLICED_WAITS else left)
             if batches:
-                return batches
+                return batches[0] if len(batches) == 1 else [e for b in batches for e in b]
             if lent is not None:
                 # The worker lent us the body: read it in this thread (one
                 # wake-up per token instead of two); the read's own deadlines apply.
                 self._lent = lent
                 events = lent.step()
                 if events:
-                    return [events]
+                    return events
                 continue
             if ended:
                 if error is not None:
