@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import llmstream
 from llmstream import relay

@@ -120,8 +120,19 @@ class BodyReader:
             self._content_handed = False
             stats.ready_at = before
             self._deadline, self._kind = (before + self._idle if self._idle is not None else math.inf), "idle"
-        left, why = self._wait_for(before)
-        data = self.response.read(left, why)
+        # time_left(), inline (once per read): the nearer of the step's deadline and total.
+        deadline, why = self._deadline, self._kind
+        if self._total_deadline <= deadline:
+            deadline, why = self._total_deadline, "total"
+        left: Optional[float] = None
+        if deadline != math.inf:
+            left = deadline - before
+            if left <= 0:
+                # Nobody read while the deadline passed (a caller that started
+                # iterating late): what already arrived still counts, so poll
+                # once; an empty socket then raises the timeout from the read.
+                left = LAST_POLL
+        data = self.response.read(left, why, now=before)
         if not data:
             events = self._deliverable(decoder.close())  # raises if the end marker is missing
             # A failure after the last events is raised by the next step.
@@ -143,15 +154,6 @@ class BodyReader:
         if decoder.finished and decoder.error is None:
             self.done = True
         return self._deliverable(events)
-
-    def _wait_for(self, now: float) -> Tuple[Optional[float], str]:
-        try:
-            return time_left(self._deadline, self._kind, self._total_deadline, now)
-        except StreamTimeoutError as exc:
-            # Nobody read while the deadline passed (a caller that started
-            # iterating late): what already arrived still counts, so poll once;
-            # an empty socket then raises the timeout from the read.
-            return LAST_POLL, exc.kind
 
     def _deliverable(self, events: List[Any]) -> List[Event]:
         """What the caller is handed of ``events``: nothing twice, nothing past ``max_output_chars``."""

@@ -89,7 +89,7 @@ class Dechunker:
     Chunk extensions and trailer fields are checked against the grammar, then ignored.
     """
 
-    __slots__ = ("_buf", "_left", "_state", "_error", "done")
+    __slots__ = ("_buf", "_left", "_state", "_error", "done", "failed")
 
     #: The longest chunk-size or trailer line accepted, without its line end.
     MAX_LINE = 4096
@@ -101,6 +101,9 @@ class Dechunker:
         self._error: Optional[str] = None
         #: True once the last chunk and the trailer section have been read.
         self.done = False
+        #: True once the bytes were found malformed: every later ``feed`` raises
+        #: (an attribute, not a property: it is read at every read).
+        self.failed = False
 
     def feed(self, data: bytes) -> bytes:
         """Return the payload that ``data`` completes; set ``done`` at the body's end.
@@ -140,11 +143,6 @@ class Dechunker:
             # Payload decoded before the fault was received all the same: hand
             # it over; the fault is raised by the next call.
         return out[0] if len(out) == 1 else b"".join(out)
-
-    @property
-    def failed(self) -> bool:
-        """True once the bytes were found malformed: every later ``feed`` raises."""
-        return self._error is not None
 
     def _decode(self, buf: bytes, out: List[bytes]) -> bytes:
         """Append the payload ``buf`` completes to ``out``; return the bytes of a line not yet whole."""
@@ -236,5 +234,6 @@ class Dechunker:
     def _fail(self, message: str) -> MalformedStreamError:
         """Enter the failed state (h11's ERROR): every later feed raises ``message`` again."""
         self._error = message
+        self.failed = True
         self._buf = b""
         return MalformedStreamError(message)

@@ -30,11 +30,10 @@ the three parts above; ``Client(shared=...)`` takes a :class:`SharedState`
 from __future__ import annotations
 
 import collections
-import json
 import math
 import threading
 import time
-from typing import Any, Deque, Mapping, Optional, Tuple
+from typing import Deque, Optional, Tuple
 
 from ._config import CircuitBreaker, RateLimit
 from ._exceptions import (

@@ -191,15 +191,6 @@ def translate(exc: BaseException, url: str, *, cancelled: Callable[[], bool], ph
 TIMEOUT_SLACK = 0.005
 
 
-def _close_enough(wanted: Optional[float], current: Optional[float]) -> bool:
-    # In a fast stream the time left is "idle" minus microseconds at every read,
-    # so the timeout set at the previous read is kept: it fires at most
-    # TIMEOUT_SLACK before or after the exact deadline.
-    if wanted is None or current is None:
-        return wanted is current
-    return abs(wanted - current) <= TIMEOUT_SLACK
-
-
 class OpenResponse:
     """A streaming response, read and closed by one thread at a time.
 
@@ -233,18 +224,26 @@ class OpenResponse:
         """The response headers (case-insensitive)."""
         return self._response.headers
 
-    def read(self, timeout: Optional[float], kind: str) -> bytes:
+    def read(self, timeout: Optional[float], kind: str, now: Optional[float] = None) -> bytes:
         """Return the next bytes (b"" at the end), waiting at most ``timeout`` seconds.
 
         Everything already received is returned at once, so one hand-over to
         the caller carries it (see :class:`Dechunker` for chunked bodies).
+        ``now`` is ``time.monotonic()`` as the caller just read it (saves a clock read).
 
         Raises ``StreamTimeoutError(kind=kind)`` if nothing arrives in time.
         """
-        self._set_timeout(timeout)
+        current = self._timeout_set
+        # Setting the timeout is a system call's worth of work per read. In a
+        # slow stream the time left is "idle" minus microseconds at every read,
+        # so the timeout set at the previous read is kept when it is within
+        # TIMEOUT_SLACK of the exact one: it fires at most that much off.
+        if (timeout is not current if timeout is None or current is None
+                else not -TIMEOUT_SLACK <= timeout - current <= TIMEOUT_SLACK):
+            self._set_timeout(timeout)
         try:
             if self._dechunk is not None:
-                data = self._read_dechunked(self._dechunk, timeout, kind)
+                data = self._read_dechunked(self._dechunk, timeout, kind, now)
             else:
                 size = self._read_size
                 data = self._raw.read1(size, decode_content=True)
@@ -256,10 +255,6 @@ class OpenResponse:
         return data
 
     def _set_timeout(self, timeout: Optional[float]) -> None:
-        # Setting the timeout is a system call's worth of work per read; a
-        # difference under TIMEOUT_SLACK changes nothing a caller could notice.
-        if _close_enough(timeout, self._timeout_set):
-            return
         sock = self._sockets.sock
         if sock is None:
             # A connection llmstream does not track (through a SOCKS proxy):
@@ -271,26 +266,29 @@ class OpenResponse:
             sock.settimeout(timeout)
             self._timeout_set = timeout
 
-    def _read_dechunked(self, dechunk: Dechunker, timeout: Optional[float], kind: str) -> bytes:
+    def _read_dechunked(self, dechunk: Dechunker, timeout: Optional[float], kind: str, now: Optional[float]) -> bytes:
         """The payload of everything received so far (at least one byte), b"" after the last chunk.
 
         Reads that bring only framing (size lines, trailers) share the one
-        ``timeout``: a server dripping framing bytes cannot stretch the wait.
+        ``timeout``, counted from ``now``: a server dripping framing bytes
+        cannot stretch the wait.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        if dechunk.failed:
+            dechunk.feed(b"")  # raises the fault met after the payload last returned
+        started = time.monotonic() if now is None else now
         first = True
         while not dechunk.done:
-            if dechunk.failed:
-                dechunk.feed(b"")  # raises the fault met after the payload last returned
-            if not first and deadline is not None:
-                left = deadline - time.monotonic()
+            if not first and timeout is not None:
+                left = started + timeout - time.monotonic()
                 if left <= 0:
                     raise StreamTimeoutError(f"{kind} timeout waiting for {redact_url(self._url)}", kind=kind)
                 self._set_timeout(left)
             first = False
             size = self._read_size
             raw: bytes = self._reader.read1(size)
-            self._read_size = next_read_size(size, len(raw))
+            got = len(raw)
+            if got >= size or got < size >> 3:  # else the size stays (next_read_size's rule)
+                self._read_size = next_read_size(size, got)
             if not raw:
                 raise IncompleteStreamError(
                     f"connection to {redact_url(self._url)} closed before the chunked body's last chunk"

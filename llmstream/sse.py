@@ -47,7 +47,7 @@ touch IO, threads or clocks. No deliberate deviations from the spec.
 from __future__ import annotations
 
 import json
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from ._linebuffer import DEFAULT_MAX_LINE_LENGTH, LineBuffer
 from ._record import Record

@@ -3,7 +3,6 @@ that never fall into the body, transport options, messages' shape, peeking."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import ssl

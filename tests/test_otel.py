@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -190,7 +190,7 @@ def test_failure_sets_error_type_and_status(otel: Telemetry, server: FakeLLMServ
     assert span.attributes["llmstream.outcome"] == "failed"
     assert span.attributes["gen_ai.response.finish_reasons"] == ("error",)
     assert span.status.status_code == trace.StatusCode.ERROR
-    (unit, points), = [otel.metrics()["gen_ai.client.operation.duration"]]
+    (_, points), = [otel.metrics()["gen_ai.client.operation.duration"]]
     assert [attrs.get("error.type") for attrs, _ in points] == ["NotFoundError"]
 
 

@@ -22,12 +22,10 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-import pytest
 
 from helpers import read_until
 from test_readme import (BLOCKS, PROVIDER_ENV_PREFIXES, ROOT, RUN_TIMEOUT, Block, command, evaluate, free_port,

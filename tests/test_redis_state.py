@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,7 +46,7 @@ NO_RETRY = Retry(max_attempts=1)
 
 
 
-from redis_server import RedisServer, free_port, needs_redis_server, redis_server  # noqa: E402,F401 (redis_server: a fixture)
+from redis_server import RedisServer, needs_redis_server, redis_server  # noqa: E402,F401 (redis_server: a fixture)
 
 pytestmark = needs_redis_server
 

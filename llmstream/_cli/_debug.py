@@ -37,7 +37,7 @@ from .._transport import redact_url
 from ._chat import format_ms
 from .._redact import MARKER as REDACTED
 from .._redact import SECRET_HEADER_WORDS, is_secret_header
-from ._session import Exchange, Exchanges, Secrets, Session, add_stream_options, one_line, open_stream, relay, stdout_for_text
+from ._session import Exchange, Exchanges, Secrets, Session, add_stream_options, open_stream, relay, stdout_for_text
 from ._timeline import Timeline
 
 __all__ = ["add_debug_command", "run_debug", "render_report", "redact_headers", "SECRET_HEADER_WORDS"]

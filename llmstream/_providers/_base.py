@@ -370,7 +370,9 @@ class StreamDecoder:
         # EventSource keeps it), so a resumed decoder starts from the old one.
         self._inherited_event_id = last_event_id
         self._resume_point: Optional[ProviderDecoder] = None
-        self._error: Optional[StreamError] = None
+        #: The failure met after the events last returned, to raise once they are
+        #: delivered (an attribute, not a property: it is read at every read).
+        self.error: Optional[StreamError] = None
         self._frames: Union[SSEDecoder, JSONLinesDecoder, SSEWithJSONDecoder]
         if framing == "sse":
             self._frames = SSEDecoder(max_line_length=max_line_length)
@@ -394,26 +396,22 @@ class StreamDecoder:
         """True once the provider's end-of-stream marker was seen."""
         return self.decoder.finished
 
-    @property
-    def error(self) -> Optional[StreamError]:
-        """The failure met after the events last returned, to raise once they are delivered."""
-        return self._error
 
     def _deliver_then_fail(self, out: List[Event], exc: StreamError) -> List[Event]:
         # Events decoded before the failure in the same piece of input were
         # received all the same: hand them over first, fail afterwards. The
         # error is kept either way: from now on every call raises it again.
-        self._error = exc
+        self.error = exc
         if not out:
             raise exc
         return out
 
     def _raise_again(self) -> NoReturn:
-        assert self._error is not None
+        assert self.error is not None
         # A copy, chained to the original, so that raising it again and again
         # does not pile tracebacks onto one object.
-        again = copy.copy(self._error)
-        raise again from self._error
+        again = copy.copy(self.error)
+        raise again from self.error
 
     def feed(self, data: bytes) -> List[Event]:
         """Feed bytes as they arrive; return the events they complete.
@@ -422,7 +420,7 @@ class StreamDecoder:
         JSON...), the events before it are returned and the failure is kept
         in :attr:`error`; it is raised by the next ``feed``/``close``.
         """
-        if self._error is not None:
+        if self.error is not None:
             self._raise_again()
         feed = self.decoder.feed
         out: List[Event] = []
@@ -444,7 +442,7 @@ class StreamDecoder:
         As with :meth:`feed`, events before a failure are returned first and
         the failure kept in :attr:`error`.
         """
-        if self._error is not None:
+        if self.error is not None:
             self._raise_again()
         out: List[Event] = []
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from ._reply import Reply, split_words
