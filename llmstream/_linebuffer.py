@@ -69,7 +69,7 @@ class LineBuffer:
             that may be buffered; a longer one raises ``MalformedStreamError``.
     """
 
-    __slots__ = ("max_line_length", "_buf", "_trailing_cr", "_at_start", "_failure", "_closed")
+    __slots__ = ("max_line_length", "_buf", "_trailing_cr", "_at_start", "_failure", "_closed", "failed")
 
     def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if max_line_length < 1:
@@ -83,6 +83,9 @@ class LineBuffer:
         self._at_start = True
         # The message of the error raised, repeated by every later call.
         self._failure: Optional[str] = None
+        #: True once a line was too long: lines before it were returned, every later
+        #: call raises (an attribute, not a property: the framing reads it at every read).
+        self.failed = False
         self._closed = False
 
     def feed(self, data: bytes) -> List[str]:
@@ -220,14 +223,10 @@ class LineBuffer:
                 return -1
             start = end + 1
 
-    @property
-    def failed(self) -> bool:
-        """True once a line was too long: lines before it were returned, every later call raises."""
-        return self._failure is not None
-
     def _set_failure(self) -> None:
         self._buf.clear()
         self._failure = f"line longer than the maximum of {self.max_line_length} bytes"
+        self.failed = True
 
     def _fail(self) -> NoReturn:
         self._set_failure()

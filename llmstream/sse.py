@@ -216,7 +216,12 @@ class SSEDecoder:
                     pass  # the general path replaces the invalid bytes
                 else:
                     self._last_event_id = last_id = self._id
-                    return _message_events([text], last_id)
+                    event: Any = _Unfrozen()  # built as in _message_events
+                    event.event = "message"
+                    event.data = text
+                    event.id = last_id
+                    event.__class__ = ServerSentEvent
+                    return [event]
         else:
             region = None
         if region is None:
