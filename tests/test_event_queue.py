@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from llmstream import TextDelta
-from llmstream._worker import EventQueue, _Lent
+from llmstream._lending import LentBody as _Lent
+from llmstream._queue import EventQueue
 
 
 def _lent() -> _Lent:
