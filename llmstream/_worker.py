@@ -76,8 +76,8 @@ from ._stats import WorkerStats
 from ._textlog import SharedText
 from ._transport import Cancelled, Transport, redact_url
 
-# POLL_INTERVAL: the caller's wait slices (``_queue.py``), imported from here by ``_stream.py``.
-__all__ = ["EventQueue", "POLL_INTERVAL", "Worker"]
+# POLL_INTERVAL belongs to the queue (``_queue.py``); ``_stream.py`` imports it from here.
+__all__ = ["POLL_INTERVAL", "Worker"]
 
 logger = logging.getLogger("llmstream")
 
@@ -135,8 +135,14 @@ _starter = _Starter()
 _LENDING: Set["Worker"] = set()
 _LENDING_LOCK = threading.Lock()
 
+
 class Worker:
-    """Runs one stream's attempts in a daemon thread and fills an :class:`EventQueue`."""
+    """Owns one stream's run: who runs its segments, its cancellation, its end and its report.
+
+    The caller's side is :attr:`queue`; the run's attempts are
+    ``_attempt.Attempt`` objects, and what follows a failed one is
+    ``_next_attempt.RetryDecision``'s to decide.
+    """
 
     def __init__(
         self,
@@ -184,13 +190,13 @@ class Worker:
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
                                 continue_allowed=continue_allowed, text=self.text, keep_text=keep_text)
-        self._attempts = AttemptContext(
+        self._attempt_context = AttemptContext(
             transport=transport, provider=provider, flow=flow, cancel=self._cancel, timeout=timeout,
             total_deadline=self._total_deadline, stats=self.stats, resumer=self._resumer,
             guard=OutputGuard(max_output_chars) if max_output_chars is not None else None,
             observer=self._observer, redact=self._redact, queue=self.queue, on_return=self._resume,
         )
-        #: The attempt under way (None between attempts): what cancel() interrupts.
+        #: The current attempt, what cancel() interrupts (None once the run is past it).
         self._attempt: Optional[Attempt] = None
         self._run = self._main()
         self._done = threading.Event()
@@ -322,7 +328,7 @@ class Worker:
             return self._done.is_set()
         return self._done.wait(timeout)
 
-    # -- the thread ----------------------------------------------------------
+    # -- the run (a generator: see _segment) -----------------------------------
 
     def _main(self) -> Generator[Optional[LentBody], None, None]:
         """The whole stream, as a generator that yields when it lends the body (see :class:`LentBody`)."""
@@ -409,7 +415,7 @@ class Worker:
         spec = self._spec
         while True:
             decoder = self._resumer.new_decoder()
-            attempt = Attempt(self._attempts, spec, decoder, self._lease)
+            attempt = Attempt(self._attempt_context, spec, decoder, self._lease)
             self._attempt = attempt  # before it opens a socket: cancel() must find it (see Attempt.interrupt)
             try:
                 yield from attempt.run()
