@@ -8,7 +8,8 @@ This file only re-exports. The layers, each importing only the ones below it:
   vocabulary   _exceptions, _events, _config         (imports nothing of llmstream)
   sans-IO core _linebuffer, sse, _jsonl, _fastjson, _dechunk, _resume, _histogram, _cost,
                _output_guard, _render, _providers/*
-  IO shell     _transport, _retry, _flow, _monitor, _stats, _worker   (requests, urllib3, threads)
+  IO shell     _transport, _retry, _next_attempt, _flow, _monitor, _stats, _body, _lending,
+               _queue, _attempt, _worker   (requests, urllib3, threads)
   consumer API _stream, _client, _async, _runs
   tools        _cli (the command line), notebook, prometheus and otel (optional extras),
                _redis_state (RedisState: the optional extra redis, imported when made)

@@ -1,56 +1,50 @@
-"""The worker thread and the bounded queue it fills: one of each per stream.
+"""The worker: who runs one stream, when, and in which thread; its cancellation, its end and its report.
 
 Strategy:
-  * The worker owns one stream's attempts: flow control, the request, the
-    retry and resume decisions. The body of each attempt is read one step at
-    a time by ``_body.BodyReader`` (one socket read, decoded, filtered).
-  * Who runs it: the stream's run is a generator (:meth:`Worker._main`) driven
-    one *segment* at a time by whoever claims it — the caller's thread if it
-    iterates within ``START_GRACE`` (then no thread is made at all), else a
-    thread the shared starter gives it. Until the caller consumes, the run
-    reads ahead and puts each read's events onto the queue as ONE batch. Once
-    the caller consumes, the run *lends* it the body (:class:`_Lent`) and its
-    segment ends: the caller's ``next()`` runs the read steps itself. A slow
-    stream then costs one thread wake-up per token, not two — what lets
-    hundreds of streams share one process (issue 17). The body comes back at
-    its end, on a failure (the next segment decides on a retry) or on
-    ``cancel()``; the next segment runs in the caller's loop, or in a thread
-    when the caller is not there to run it.
-  * Backpressure: ``put`` blocks while the queue holds ``max_buffered`` events
-    or more; a lent body is read only when the caller asks. Either way an
-    unread socket lets TCP flow control slow the server, and memory stays
-    bounded however slow the caller is.
-  * Timeouts: before each read the step computes its deadline (first token,
-    idle or total) and hands the time left to the socket. Only content events
-    move the idle clock; keep-alive comments and pings do not. The clock
-    restarts when the next step starts (after ``put`` returned, or when the
-    caller asked for more), so time spent on a slow caller never counts as
-    server idleness.
-  * Cancellation: ``cancel()`` (any thread) sets an Event, shuts down the
-    attempt's socket (``_connection.AttemptSockets``: connecting, waiting for
-    headers or reading, all are woken), recalls a lent body and wakes a
-    blocked ``put`` or backoff wait. The worker then ends without reporting
-    an error.
-  * Redaction: every error leaves this thread (raised, or as a ``Retrying``
-    event's cause, or in a log line) through the stream's ``Redactor``, which
-    knows the request's credentials: servers echo keys back.
-  * Retries: a failed attempt that may be retried waits on the cancel Event
-    (never ``time.sleep``) and tries again; the resume rules of
-    ``_resume.py`` make sure nothing is delivered twice or lost.
-  * Flow control (``_flow.py``, shared by a client's workers): the worker
-    takes a concurrency slot before its first attempt and keeps it to its
-    end; before each attempt it asks the circuit breaker and the rate limiter.
-    A 429 pauses the whole client. ``max_output_chars`` cuts the answer at
-    that many characters, ends it with ``Finish("max_output_chars")`` and
-    closes the socket without reading further.
+  * The stream's run is a generator (:meth:`Worker._main`): the concurrency
+    slot, then attempts (``_attempt.Attempt``: one request and its body) until
+    one ends the stream, each failure decided by ``_next_attempt.RetryDecision``
+    (retry, resume, or the end). The queue (``_queue.EventQueue``) carries its
+    events to the caller.
+  * Who runs it: the run is driven one *segment* at a time by whoever claims
+    it — the caller's thread if it iterates within ``START_GRACE`` (then no
+    thread is made at all), else a thread the shared starter gives it. A
+    segment ends when the attempt lends the caller its body
+    (``_lending.LentBody``): the caller's ``next()`` then runs the read steps
+    itself, so a slow stream costs one thread wake-up per token, not two —
+    what lets hundreds of streams share one process (issue 17). The body
+    comes back at its end, on a failure (the next segment decides on a
+    retry) or on ``cancel()``; the next segment runs in the caller's loop, or
+    in a thread when the caller is not there to run it.
+  * Cancellation: ``cancel()`` (any thread) sets an Event, interrupts the
+    current attempt (its sockets are shut, a lent body is recalled) and wakes
+    a blocked ``put``, a flow-control wait or a backoff wait. The run then
+    ends without reporting an error.
+  * Retries: the worker tells the caller (a ``Retrying`` event) and waits on
+    the cancel Event (never ``time.sleep``), so ``close()`` interrupts the
+    wait at once.
+  * Flow control (``_flow.py``, shared by a client's workers): the run takes
+    a concurrency slot before its first attempt and keeps it to its end
+    (each attempt passes the breaker and the rate limiter itself); the
+    tokens charged are corrected against the reported usage at the end.
   * Metrics: counters and histograms (``_stats.WorkerStats``) are updated by
     the thread that holds the body (never two at once); the caller reads a
     snapshot. At its end the worker reports the stream to the process-wide
-    monitor.
+    monitor (and the stream's observer, and its cost).
 
-The worker never references the ``TokenStream`` that owns it, and the
-stream's finalizer holds the worker only weakly, so a stream the caller drops
-(or that failed) is collected, and its finalizer cancels the worker.
+Rules:
+  * Redaction: every error leaves the run (raised, or as a ``Retrying``
+    event's cause, or in a log line) through the stream's ``Redactor``,
+    which knows the request's credentials: servers echo keys back.
+  * The end is put on the queue whatever happens in the report: the caller
+    must see it.
+  * Exactly one segment runs at a time: a segment is claimed under the
+    owner lock, and a lent body's return makes the next one due only once
+    the segment that lent it has left the generator.
+
+Never: a reference to the ``TokenStream`` that owns it (the stream's
+finalizer holds the worker only weakly, so a stream the caller drops, or
+that failed, is collected, and its finalizer cancels the worker).
 """
 
 from __future__ import annotations
@@ -62,249 +56,32 @@ import math
 import threading
 import time
 import weakref
-from typing import Callable, Deque, Generator, List, Optional, Set, Tuple
+from typing import Deque, Generator, Optional, Set, Tuple
 
+from ._attempt import Attempt, AttemptContext
 from ._config import Retry, Timeout
-from ._body import BodyReader, time_left
 from ._cost import Pricing, account, price
-from ._events import Cost, Event, Retrying, StreamReport
-from ._exceptions import RateLimitError, StreamError
-from ._flow import FlowControl, Gate
-from ._monitor import StreamStart, merge_headers, monitor
+from ._events import Cost, Retrying, StreamReport
+from ._exceptions import StreamError
+from ._flow import FlowControl
+from ._lending import LentBody
+from ._monitor import StreamStart, monitor
+from ._next_attempt import NextAttempt, RetryDecision
 from ._output_guard import OutputGuard
-from ._providers._base import Provider, RequestSpec, StreamDecoder
+from ._providers._base import Provider, RequestSpec
+from ._queue import POLL_INTERVAL, EventQueue, Signal
 from ._redact import Redactor, redact_error, secrets_in_request
 from ._resume import Resumer
-from ._retry import RetrySchedule, is_retryable
 from ._stats import WorkerStats
 from ._textlog import SharedText
-from ._transport import AttemptSockets, Cancelled, OpenResponse, Transport, redact_url
+from ._transport import Cancelled, Transport, redact_url
 
-__all__ = ["EventQueue", "Worker"]
+# POLL_INTERVAL belongs to the queue (``_queue.py``); ``_stream.py`` imports it from here.
+__all__ = ["POLL_INTERVAL", "Worker"]
 
 logger = logging.getLogger("llmstream")
 
-#: Where signals cannot interrupt a blocked lock (Windows), the caller waits in
-#: slices this long, so Ctrl+C is seen promptly.
-POLL_INTERVAL = 0.1
-#: After the end marker, how long to wait for the body's end so the connection
-#: can go back to the pool; past that it is closed instead.
-DRAIN_TIMEOUT = 0.5
-
 _thread_ids = itertools.count(1)
-
-
-class _Signal:
-    """A one-slot wake-up between two threads: cheaper than a ``Condition``.
-
-    ``set()`` (from any thread) leaves one wake-up pending; ``wait()`` takes it
-    or blocks until one comes. A wake-up may be stale (set while nobody
-    waited): waiters re-check their condition in a loop, so it costs one extra
-    turn, never a missed event. Built on a bare lock, which a finalizer may
-    release from any thread without the deadlock a held Condition could cause.
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-
-    def set(self) -> None:
-        """Leave a wake-up for the waiter (idempotent while one is pending)."""
-        try:
-            self._lock.release()
-        except RuntimeError:
-            # Released already: a wake-up is pending, which is all set() promises.
-            return
-
-    def wait(self, timeout: Optional[float]) -> None:
-        """Take the pending wake-up, waiting at most ``timeout`` seconds (None: no limit)."""
-        if timeout is None or timeout >= threading.TIMEOUT_MAX:
-            self._lock.acquire()
-        else:
-            self._lock.acquire(timeout=max(0.0, timeout))
-
-
-class EventQueue:
-    """Bounded hand-over of event batches from the worker to the caller.
-
-    One producer (the worker) and one consumer (the caller). The hand-over
-    takes no lock: ``deque.append``/``popleft`` are atomic, each counter is
-    written by one thread only, and a thread is woken only when the other side
-    has said it is waiting (a flag set *before* it re-checks the queue, so
-    either the producer sees the flag or the consumer sees the batch). This
-    relies on the GIL's sequential consistency: a free-threaded Python would
-    need a lock here. A stream whose caller keeps up costs one wake-up per
-    batch, not a lock/notify/allocation round.
-    """
-
-    __slots__ = ("_max", "_batches", "_put", "_taken", "_caller_waiting", "_worker_waiting",
-                 "_wake_caller", "_wake_worker", "_ended", "_error", "_closed", "_lent", "consuming")
-
-    def __init__(self, max_events: int) -> None:
-        self._max = max_events
-        self._batches: Deque[List[Event]] = collections.deque()
-        self._put = 0  # events appended (worker only)
-        self._taken = 0  # events taken (caller only)
-        self._caller_waiting = False
-        self._worker_waiting = False
-        self._wake_caller = _Signal()
-        self._wake_worker = _Signal()
-        self._ended = False
-        self._error: Optional[BaseException] = None
-        self._closed = False
-        self._lent: Optional[_Lent] = None
-        #: Set by the caller's first ``get``: from then on the worker lends it the body.
-        self.consuming = False
-
-    def lend(self, lent: Optional["_Lent"]) -> None:
-        """Offer the caller a body to read in its own thread (None: take the offer back)."""
-        self._lent = lent
-        self._wake_caller.set()  # once per attempt: a stale wake-up costs one turn of the caller's loop
-
-    @property
-    def lent(self) -> Optional["_Lent"]:
-        """The body the worker lent the caller, while it is still the caller's to read."""
-        lent = self._lent
-        return lent if lent is not None and not lent.returned else None
-
-    def put(self, batch: List[Event], *, block: bool = True) -> None:
-        """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed.
-
-        ``block=False`` is for the consumer's own thread (a segment it runs
-        itself): it would wait for itself; it drains the queue right after.
-        """
-        while block and self._put - self._taken >= self._max and not self._closed:
-            self._worker_waiting = True
-            if self._put - self._taken >= self._max and not self._closed:
-                self._wake_worker.wait(None)  # close() and every get() that takes wake it
-            self._worker_waiting = False
-        if self._closed:
-            raise Cancelled()
-        self._batches.append(batch)
-        self._put += len(batch)
-        if self._caller_waiting:
-            self._wake_caller.set()
-
-    def end(self, error: Optional[BaseException]) -> None:
-        """Mark the end of the stream (with its error, if any); never blocks."""
-        self._error = error
-        self._ended = True  # after the error, and after every batch: get() reads it first
-        self._wake_caller.set()
-
-    def close(self) -> None:
-        """Wake everyone: a blocked ``put`` raises ``Cancelled``, ``get`` returns."""
-        self._closed = True
-        self._wake_caller.set()
-        self._wake_worker.set()
-
-    def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException], Optional["_Lent"]]:
-        """Take every queued batch, waiting at most ``timeout`` seconds (None: no limit) for one.
-
-        Returns ``(batches, ended, error, lent)``: ``ended`` is True once the
-        worker is done and everything it queued is in ``batches`` or was taken
-        before; ``lent`` is a body lent to the caller, given only with no
-        batch, so the caller reads it only after every batch queued before it.
-        Returns at once while a body is lent.
-        """
-        self.consuming = True
-        queued = self._batches
-        if not queued and not self._ended and not self._closed and self.lent is None:
-            self._caller_waiting = True
-            if not queued and not self._ended and not self._closed and self.lent is None:
-                self._wake_caller.wait(timeout)
-            self._caller_waiting = False
-        # Read "lent" and "ended" before taking: every batch the worker queued
-        # was appended before it lent a body or marked the end.
-        lent = self.lent
-        ended, error = self._ended, self._error
-        batches = []
-        taken = 0
-        while queued:
-            batch = queued.popleft()
-            batches.append(batch)
-            taken += len(batch)
-        if taken:
-            self._taken += taken
-            if self._worker_waiting:
-                self._wake_worker.set()
-            return batches, ended, error, None
-        return batches, ended, error, lent
-
-
-class _Lent:
-    """A body lent to the caller, whose thread runs its read steps until the body ends.
-
-    No thread waits while the caller reads: the worker's run is a generator
-    that *yields* the lent body, and its segment ends. The body comes back
-    when it ends, when a step fails (the failure is the outcome, raised in the
-    worker, which decides on a retry), or when ``cancel()`` recalls it; then
-    ``on_return`` makes the run's next segment due (for the caller's loop or a
-    thread), exactly once, and only after the segment that lent the body has
-    left the generator.
-    A step in progress finishes before the worker goes on (the ``busy``
-    lock), so two threads never touch the response at once; a recalled step
-    ends promptly because ``cancel()`` shut the socket first.
-    """
-
-    __slots__ = ("reader", "returned", "outcome", "_busy", "_lock", "_back", "_detached", "_on_return")
-
-    def __init__(self, reader: BodyReader, on_return: Callable[[], None]) -> None:
-        self.reader = reader
-        self.returned = False
-        self.outcome: Optional[BaseException] = None
-        self._busy = threading.Lock()
-        self._lock = threading.Lock()
-        self._back = False
-        self._detached = False
-        self._on_return = on_return
-
-    def step(self) -> Optional[List[Event]]:
-        """Run one read step in the caller's thread; None once the body went back to the worker."""
-        with self._busy:
-            if self.returned:
-                return None
-            try:
-                events = self.reader.step()
-            except Exception as exc:  # not swallowed: the worker raises it, or retries a StreamError
-                # A StreamError is the worker's to retry; anything else (a bug)
-                # ends the stream as failed, raised to the caller by the worker.
-                self._give_back(exc)
-                return []
-            if self.reader.done:
-                self._give_back(None)
-            return events
-
-    def _give_back(self, outcome: Optional[BaseException]) -> None:
-        self.outcome = outcome
-        self.returned = True
-        self.recall()
-
-    def recall(self) -> None:
-        """The body goes back to the worker (its end, a failure, or ``cancel()``): any thread, idempotent."""
-        with self._lock:
-            if self._back:
-                return
-            self._back = True
-            ready = self._detached
-        if ready:
-            self._on_return()
-
-    def detached(self) -> None:
-        """The segment that lent the body has left the generator: the next one may run."""
-        with self._lock:
-            self._detached = True
-            ready = self._back
-        if ready:
-            self._on_return()
-
-    def take_back(self) -> Optional[BaseException]:
-        """The worker's side, once resumed: end the lending; return the failure the caller met, if any."""
-        with self._busy:  # a step in progress ends first
-            self.returned = True
-        outcome, self.outcome = self.outcome, None
-        return outcome
 
 
 #: How long a new stream waits for its caller to iterate (and run the request
@@ -320,7 +97,7 @@ class _Starter:
         # Weak: a stream dropped before its start is simply collected (nothing was
         # sent), and one whose caller ran it is not held here for the grace period.
         self._due: Deque[Tuple[float, "weakref.ref[Worker]"]] = collections.deque()
-        self._wake = _Signal()
+        self._wake = Signal()
         self._thread: Optional[threading.Thread] = None
 
     def schedule(self, worker: "Worker") -> None:
@@ -360,7 +137,12 @@ _LENDING_LOCK = threading.Lock()
 
 
 class Worker:
-    """Runs one stream's attempts in a daemon thread and fills an :class:`EventQueue`."""
+    """Owns one stream's run: who runs its segments, its cancellation, its end and its report.
+
+    The caller's side is :attr:`queue`; the run's attempts are
+    ``_attempt.Attempt`` objects, and what follows a failed one is
+    ``_next_attempt.RetryDecision``'s to decide.
+    """
 
     def __init__(
         self,
@@ -394,27 +176,28 @@ class Worker:
         )) if monitor.observing else None
         self._flow = flow
         self._model = model
-        self._guard = OutputGuard(max_output_chars) if max_output_chars is not None else None
-        self._charged = 0.0
+        self._charged = 0.0  # tokens the last attempt to pass the rate limiter was charged
         self._lease: object = None  # the flow's concurrency lease, while the stream holds one
         self._corrected = False
         self._failure: Optional[BaseException] = None
-        self._transport = transport
         self._provider = provider
         self._spec = spec
-        self._timeout = timeout
         self._retry = retry
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
         self._cancel = threading.Event()
-        # Reentrant: a finalizer (a dropped stream) may call cancel() in this very thread.
-        self._sockets_lock = threading.RLock()
-        self._sockets: Optional[AttemptSockets] = None
-        self._lent: Optional[_Lent] = None
         self._redact = Redactor(secrets_in_request(spec.headers, spec.url))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
                                 continue_allowed=continue_allowed, text=self.text, keep_text=keep_text)
+        self._attempt_context = AttemptContext(
+            transport=transport, provider=provider, flow=flow, cancel=self._cancel, timeout=timeout,
+            total_deadline=self._total_deadline, stats=self.stats, resumer=self._resumer,
+            guard=OutputGuard(max_output_chars) if max_output_chars is not None else None,
+            observer=self._observer, redact=self._redact, queue=self.queue, on_return=self._resume,
+        )
+        #: The current attempt, what cancel() interrupts (None once the run is past it).
+        self._attempt: Optional[Attempt] = None
         self._run = self._main()
         self._done = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -529,14 +312,9 @@ class Worker:
         self.due()  # a segment was due and nobody ran it: end the stream properly
         self.queue.close()
         self._flow.wake()
-        with self._sockets_lock:
-            sockets, lent = self._sockets, self._lent
-        try:
-            if sockets is not None:
-                sockets.shutdown()  # first: it ends a read the caller may be blocked in
-        finally:
-            if lent is not None:
-                lent.recall()
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.interrupt()
 
     def fail(self, error: BaseException) -> None:
         """Stop the stream because the caller's side failed it (so it is reported as failed, not closed)."""
@@ -550,10 +328,10 @@ class Worker:
             return self._done.is_set()
         return self._done.wait(timeout)
 
-    # -- the thread ----------------------------------------------------------
+    # -- the run (a generator: see _segment) -----------------------------------
 
-    def _main(self) -> Generator[Optional[_Lent], None, None]:
-        """The whole stream, as a generator that yields when it lends the body (see :class:`_Lent`)."""
+    def _main(self) -> Generator[Optional[LentBody], None, None]:
+        """The whole stream, as a generator that yields when it lends the body (see :class:`LentBody`)."""
         error: Optional[BaseException] = None
         monitor.stream_started()
         try:
@@ -611,7 +389,7 @@ class Worker:
             return None
         return usage.input_tokens + usage.output_tokens - self._charged
 
-    def _run_in_slot(self) -> Generator[Optional[_Lent], None, None]:
+    def _run_in_slot(self) -> Generator[Optional[LentBody], None, None]:
         flow = self._flow
         if not flow.has_slots:
             yield from self._run_attempts()
@@ -632,36 +410,30 @@ class Worker:
             self._corrected = correction is not None
             flow.release_slot(lease, correction)
 
-    def _run_attempts(self) -> Generator[Optional[_Lent], None, None]:
-        schedule = RetrySchedule(self._retry)
+    def _run_attempts(self) -> Generator[Optional[LentBody], None, None]:
+        decision = RetryDecision(self._retry, self._provider, self._resumer, self._total_deadline)
         spec = self._spec
         while True:
             decoder = self._resumer.new_decoder()
+            attempt = Attempt(self._attempt_context, spec, decoder, self._lease)
+            self._attempt = attempt  # before it opens a socket: cancel() must find it (see Attempt.interrupt)
             try:
-                yield from self._attempt(spec, decoder)
+                yield from attempt.run()
                 return
             except StreamError as exc:
-                if isinstance(exc, RateLimitError):
-                    # One stream's 429 slows every stream of the client.
-                    pause = exc.retry_after if exc.retry_after is not None else self._retry.initial_delay
-                    self._flow.pause(min(pause, self._retry.max_retry_after))
-                spec = yield from self._prepare_retry(exc, schedule, decoder)
+                pause = decision.flow_pause(exc)
+                if pause is not None:
+                    self._flow.pause(pause)
+                following = decision.after(exc, decoder, attempts=self.stats.attempts, now=time.monotonic())
+                spec = yield from self._retry_after(exc, following)
+            finally:
+                self._attempt = None
+                if attempt.charged is not None:
+                    self._charged = attempt.charged
 
-    def _prepare_retry(self, exc: StreamError, schedule: RetrySchedule,
-                       decoder: StreamDecoder) -> Generator[Optional[_Lent], None, RequestSpec]:
-        """Wait before the next attempt and return its request, or raise ``exc``."""
-        if self.stats.attempts >= self._retry.max_attempts:
-            raise exc
-        # A server that refuses a resume request (a prefill answered with 400...)
-        # is asked again at once in the next way, without a backoff wait.
-        next_spec = self._resumer.fallback(exc, decoder)
-        delay = 0.0
-        if next_spec is None:
-            wait = schedule.delay_for(exc) if is_retryable(exc, self._provider) else None
-            if wait is None or time.monotonic() + wait >= self._total_deadline:
-                raise exc
-            delay = wait
-            next_spec = self._resumer.next_request(exc, decoder)  # raises if it cannot resume
+    def _retry_after(self, exc: StreamError, following: NextAttempt) -> Generator[Optional[LentBody], None, RequestSpec]:
+        """Tell the caller about the retry, wait its delay (or until cancel()), and return its request."""
+        delay = following.delay
         attempt = self.stats.attempts + 1
         self.stats.errors.append(type(exc).__name__)
         self.stats.next_delay = delay
@@ -683,115 +455,4 @@ class Worker:
             yield None
         if self._cancel.wait(delay):
             raise Cancelled()
-        return next_spec
-
-    def _set_sockets(self, sockets: Optional[AttemptSockets]) -> None:
-        with self._sockets_lock:
-            self._sockets = sockets
-        if sockets is not None and self._cancel.is_set():
-            sockets.shutdown()  # cancel() came first: the attempt must not open a socket
-
-    def _attempt(self, spec: RequestSpec, decoder: StreamDecoder) -> Generator[Optional[_Lent], None, None]:
-        """One attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
-        gate = Gate(self._flow, self._cancel, self._total_deadline, self._lease)
-        error: Optional[BaseException] = None
-        try:
-            tokens = self._provider.estimate_tokens(spec.json) if self._flow.counts_tokens else 0.0
-            waited = gate.enter(tokens)
-            self._charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
-            if self.stats.attempts == 0:
-                self.stats.queued += waited
-            yield from self._send_and_read(spec, decoder, gate)
-        except StreamError as exc:
-            if self._cancel.is_set():
-                # A shut socket looks like a broken stream: it was our doing (close(),
-                # or the caller's side failed), so it is neither retried nor held
-                # against the server by the circuit breaker.
-                error = Cancelled()
-                raise error from exc
-            error = exc
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            # Also after a failed enter(): a probe that never went out is freed.
-            gate.leave(error)
-            failed = isinstance(error, Exception) and not isinstance(error, Cancelled)
-            self.stats.end_attempt(type(error).__name__ if failed else None, *decoder.response_info)
-
-    def _send_and_read(self, spec: RequestSpec, decoder: StreamDecoder, gate: Gate) -> Generator[Optional[_Lent], None, None]:
-        self.stats.attempts += 1
-        started = time.monotonic()
-        resume = self._resumer.strategy if self.stats.attempts > 1 else None
-        self.stats.begin_attempt(resume, started)
-        if self._observer is not None:
-            extra = self._observer.attempt_started(self.stats.attempts, resume)
-            if extra:  # a W3C traceparent: the provider's own traces join the caller's
-                spec = spec.replace(headers=merge_headers(spec.headers, extra))
-        timeout = self._timeout
-        first_deadline = started + timeout.first_token if timeout.first_token is not None else math.inf
-        connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf
-        connect, _ = time_left(connect_deadline, "connect", self._total_deadline, started)
-        wait, wait_kind = time_left(first_deadline, "first_token", self._total_deadline, started)
-        sockets = AttemptSockets()
-        self._set_sockets(sockets)
-        try:
-            response = self._transport.open(
-                spec, self._provider, connect_timeout=connect, response_timeout=wait, response_timeout_kind=wait_kind,
-                cancelled=self._cancel.is_set, sockets=sockets, redact=self._redact,
-            )
-            gate.answered()
-            with response:
-                reader = BodyReader(
-                    response, decoder, stats=self.stats, resumer=self._resumer, guard=self._guard,
-                    idle=timeout.idle, first_deadline=first_deadline, total_deadline=self._total_deadline,
-                )
-                yield from self._serve_body(reader)
-                if not reader.limited:  # max_output_chars: the socket is closed unread
-                    self._drain(response)
-        finally:
-            self._set_sockets(None)
-
-    def _serve_body(self, reader: BodyReader) -> Generator[Optional[_Lent], None, None]:
-        """Read ahead into the queue until the caller consumes, then lend it the body."""
-        queue = self.queue
-        while not reader.done:
-            if queue.consuming:
-                yield from self._lend(reader)
-                return
-            events = reader.step()
-            if events:
-                queue.put(events)
-
-    def _lend(self, reader: BodyReader) -> Generator[Optional[_Lent], None, None]:
-        """Let the caller's thread read the body; go on when it comes back, and raise what it met."""
-        lent = _Lent(reader, self._resume)
-        with self._sockets_lock:
-            self._lent = lent
-        if self._cancel.is_set():
-            lent.recall()
-        self.queue.lend(lent)
-        try:
-            yield lent  # this thread ends here; the body's return starts the next segment
-            outcome = lent.take_back()
-        finally:
-            self.queue.lend(None)
-            with self._sockets_lock:
-                self._lent = None
-        if self._cancel.is_set():
-            raise Cancelled()
-        if outcome is not None:
-            raise outcome
-
-    def _drain(self, response: OpenResponse) -> None:
-        """Read to the body's end after the end marker so the connection is reused."""
-        end = time.monotonic() + DRAIN_TIMEOUT
-        try:
-            while response.read(max(0.001, end - time.monotonic()), "idle"):
-                if time.monotonic() >= end:
-                    return
-        except StreamError:
-            # The answer is complete; a server that keeps the body open after its
-            # end marker only costs us the connection, which close() discards.
-            return
+        return following.request

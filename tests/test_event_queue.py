@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from llmstream import TextDelta
-from llmstream._worker import EventQueue, _Lent
+from llmstream._lending import LentBody
+from llmstream._queue import EventQueue
 
 
-def _lent() -> _Lent:
-    return _Lent(reader=None, on_return=lambda: None)  # type: ignore[arg-type]
+def _lent() -> LentBody:
+    return LentBody(reader=None, on_return=lambda: None)  # type: ignore[arg-type]
 
 
 def test_batches_come_out_in_order_and_all_at_once() -> None:

@@ -173,6 +173,23 @@ def test_tokens_per_minute_charges_the_output_limit(server: FakeLLMServer) -> No
     assert all(b - a >= 0.09 for a, b in zip(times, times[1:])), times
 
 
+def test_the_reported_usage_corrects_the_charge_of_the_attempt_that_ended_the_stream(server: FakeLLMServer) -> None:
+    # A bucket that refills 1 token/s, so the level after the stream is what was
+    # charged and corrected. Each attempt is charged its estimate E when it goes
+    # out; the last one's E is then replaced by the usage reported (150), and
+    # the failed first attempt's E stays charged: capacity - E - 150.
+    server.script(Reply(status=500), Reply(usage=(50, 100)))
+    client = client_for(server, retry=Retry(max_attempts=2, initial_delay=0.01),
+                        rate_limit=RateLimit(tokens_per_minute=60, burst_seconds=60_000))
+    limiter = client._flow.limiter  # type: ignore[attr-defined]
+    capacity = limiter._tokens.capacity
+    result = client.complete("q", model="m", max_tokens=1000)
+    assert result.attempts == 2
+    estimate = client._provider.estimate_tokens(server.requests[0].json)  # type: ignore[attr-defined]
+    assert estimate > 1000
+    assert capacity - estimate - 150 <= limiter._tokens.level <= capacity - estimate - 150 + 5  # + the refill
+
+
 def test_rate_limit_config_is_validated() -> None:
     with pytest.raises(ValueError, match="requests_per_minute must be a number > 0"):
         RateLimit(requests_per_minute=0)
@@ -260,6 +277,21 @@ def test_closing_streams_early_does_not_open_the_circuit(server: FakeLLMServer) 
                 break
     assert client.circuit_state == "closed"
     assert client._flow.breaker.consecutive_failures == 0  # type: ignore[union-attr]
+
+
+def test_closing_a_stream_read_ahead_in_its_own_thread_does_not_count_against_the_server(server: FakeLLMServer) -> None:
+    # Nobody iterates: a thread of the worker's waits for the body when close()
+    # shuts the socket. The read it was in fails like a broken stream, but that
+    # was our doing: no failure for the breaker, no retry.
+    client = client_for(server, retry=Retry(max_attempts=3, initial_delay=0.01),
+                        circuit_breaker=CircuitBreaker(failure_threshold=1, cooldown=60))
+    server.script(STALL)
+    s = client.stream("q", model="m")
+    wait_until(lambda: len(server.requests) == 1, what="the request")
+    s.close()
+    assert client.circuit_state == "closed"
+    assert client._flow.breaker.consecutive_failures == 0  # type: ignore[attr-defined]
+    assert len(server.requests) == 1
 
 
 def test_a_failed_probe_opens_the_circuit_again(server: FakeLLMServer) -> None:

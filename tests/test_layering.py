@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llmstream"
 
 VOCABULARY = {"_exceptions", "_events", "_config", "_version", "_record"}
 CORE = {"_linebuffer", "sse", "_jsonl", "_fastjson", "_dechunk", "_redact", "_resume", "_resume_match", "_histogram", "_render", "_output_guard", "_options", "_providers", "_cost", "_turn"}
-SHELL = {"_connection", "_transport", "_retry", "_flow", "_monitor", "_stats", "_textlog", "_worker", "_redis_state"}
+SHELL = {"_connection", "_transport", "_retry", "_next_attempt", "_flow", "_monitor", "_stats", "_textlog", "_body",
+         "_lending", "_queue", "_attempt", "_worker", "_redis_state"}
 CONSUMER = {"_stream", "_client", "_async", "_runs", "_redis_runs", "relay"}
 #: Standard modules that do IO, threads or clocks: the sans-IO core must not touch them.
 IO_MODULES = {"requests", "urllib3", "socket", "threading", "time", "queue", "select", "asyncio", "logging", "backoff"}

@@ -1,0 +1,179 @@
+"""The bounded queue between a stream's run and its caller: batches of events, handed over.
+
+Strategy:
+  * One producer (the stream's run, in a worker thread or in the caller's
+    own) and one consumer (the caller). The run puts each read's events as
+    ONE batch; the caller takes every queued batch at once.
+  * The hand-over takes no lock: ``deque.append``/``popleft`` are atomic,
+    each counter is written by one thread only, and a thread is woken only
+    when the other side has said it is waiting (see :class:`EventQueue`).
+  * Besides batches, the queue carries the offer of a body lent to the caller
+    (``_lending.LentBody``), given only once every batch queued before it was
+    taken, so the lent body's text never overtakes queued text.
+
+Rules:
+  * Backpressure: ``put`` blocks while the queue holds ``max_buffered``
+    events or more. The run then stops reading the socket, TCP flow control
+    slows the server, and memory stays bounded however slow the caller is.
+  * ``close()`` (any thread) wakes everyone: a blocked ``put`` raises
+    ``Cancelled``, a waiting ``get`` returns.
+  * The end (with its error) is seen only with or after the last batch.
+
+Never: a lock or a condition per hand-over (the per-token path), a ``put``
+that blocks forever on a closed queue, or a wake-up that can be missed.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Deque, List, Optional, Tuple
+
+from ._connection import Cancelled
+from ._events import Event
+from ._lending import LentBody
+
+__all__ = ["EventQueue", "POLL_INTERVAL", "Signal"]
+
+#: Where signals cannot interrupt a blocked lock (Windows), the caller waits in
+#: slices this long, so Ctrl+C is seen promptly.
+POLL_INTERVAL = 0.1
+
+
+class Signal:
+    """A one-slot wake-up between two threads: cheaper than a ``Condition``.
+
+    ``set()`` (from any thread) leaves one wake-up pending; ``wait()`` takes it
+    or blocks until one comes. A wake-up may be stale (set while nobody
+    waited): waiters re-check their condition in a loop, so it costs one extra
+    turn, never a missed event. Built on a bare lock, which a finalizer may
+    release from any thread without the deadlock a held Condition could cause.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Leave a wake-up for the waiter (idempotent while one is pending)."""
+        try:
+            self._lock.release()
+        except RuntimeError:
+            # Released already: a wake-up is pending, which is all set() promises.
+            return
+
+    def wait(self, timeout: Optional[float]) -> None:
+        """Take the pending wake-up, waiting at most ``timeout`` seconds (None: no limit)."""
+        if timeout is None or timeout >= threading.TIMEOUT_MAX:
+            self._lock.acquire()
+        else:
+            self._lock.acquire(timeout=max(0.0, timeout))
+
+
+class EventQueue:
+    """Bounded hand-over of event batches from the worker to the caller.
+
+    One producer (the worker) and one consumer (the caller). The hand-over
+    takes no lock: ``deque.append``/``popleft`` are atomic, each counter is
+    written by one thread only, and a thread is woken only when the other side
+    has said it is waiting (a flag set *before* it re-checks the queue, so
+    either the producer sees the flag or the consumer sees the batch). This
+    relies on the GIL's sequential consistency: a free-threaded Python would
+    need a lock here. A stream whose caller keeps up costs one wake-up per
+    batch, not a lock/notify/allocation round.
+    """
+
+    __slots__ = ("_max", "_batches", "_put", "_taken", "_caller_waiting", "_worker_waiting",
+                 "_wake_caller", "_wake_worker", "_ended", "_error", "_closed", "_lent", "consuming")
+
+    def __init__(self, max_events: int) -> None:
+        self._max = max_events
+        self._batches: Deque[List[Event]] = collections.deque()
+        self._put = 0  # events appended (worker only)
+        self._taken = 0  # events taken (caller only)
+        self._caller_waiting = False
+        self._worker_waiting = False
+        self._wake_caller = Signal()
+        self._wake_worker = Signal()
+        self._ended = False
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        self._lent: Optional[LentBody] = None
+        #: Set by the caller's first ``get``: from then on the worker lends it the body.
+        self.consuming = False
+
+    def lend(self, lent: Optional[LentBody]) -> None:
+        """Offer the caller a body to read in its own thread (None: take the offer back)."""
+        self._lent = lent
+        self._wake_caller.set()  # once per attempt: a stale wake-up costs one turn of the caller's loop
+
+    @property
+    def lent(self) -> Optional[LentBody]:
+        """The body the worker lent the caller, while it is still the caller's to read."""
+        lent = self._lent
+        return lent if lent is not None and not lent.returned else None
+
+    def put(self, batch: List[Event], *, block: bool = True) -> None:
+        """Append a batch, blocking while the queue is full; raise ``Cancelled`` if closed.
+
+        ``block=False`` is for the consumer's own thread (a segment it runs
+        itself): it would wait for itself; it drains the queue right after.
+        """
+        while block and self._put - self._taken >= self._max and not self._closed:
+            self._worker_waiting = True
+            if self._put - self._taken >= self._max and not self._closed:
+                self._wake_worker.wait(None)  # close() and every get() that takes wake it
+            self._worker_waiting = False
+        if self._closed:
+            raise Cancelled()
+        self._batches.append(batch)
+        self._put += len(batch)
+        if self._caller_waiting:
+            self._wake_caller.set()
+
+    def end(self, error: Optional[BaseException]) -> None:
+        """Mark the end of the stream (with its error, if any); never blocks."""
+        self._error = error
+        self._ended = True  # after the error, and after every batch: get() reads it first
+        self._wake_caller.set()
+
+    def close(self) -> None:
+        """Wake everyone: a blocked ``put`` raises ``Cancelled``, ``get`` returns."""
+        self._closed = True
+        self._wake_caller.set()
+        self._wake_worker.set()
+
+    def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException], Optional[LentBody]]:
+        """Take every queued batch, waiting at most ``timeout`` seconds (None: no limit) for one.
+
+        Returns ``(batches, ended, error, lent)``: ``ended`` is True once the
+        worker is done and everything it queued is in ``batches`` or was taken
+        before; ``lent`` is a body lent to the caller, given only with no
+        batch, so the caller reads it only after every batch queued before it.
+        Returns at once while a body is lent.
+        """
+        self.consuming = True
+        queued = self._batches
+        if not queued and not self._ended and not self._closed and self.lent is None:
+            self._caller_waiting = True
+            if not queued and not self._ended and not self._closed and self.lent is None:
+                self._wake_caller.wait(timeout)
+            self._caller_waiting = False
+        # Read "lent" and "ended" before taking: every batch the worker queued
+        # was appended before it lent a body or marked the end.
+        lent = self.lent
+        ended, error = self._ended, self._error
+        batches = []
+        taken = 0
+        while queued:
+            batch = queued.popleft()
+            batches.append(batch)
+            taken += len(batch)
+        if taken:
+            self._taken += taken
+            if self._worker_waiting:
+                self._wake_worker.set()
+            return batches, ended, error, None
+        return batches, ended, error, lent
