@@ -55,7 +55,8 @@ from ._exceptions import (
     TextNotKeptError,
 )
 from ._turn import TurnRecorder, as_messages
-from ._worker import POLL_INTERVAL, Worker, _Lent
+from ._lending import LentBody
+from ._worker import POLL_INTERVAL, Worker
 
 __all__ = ["Sink", "TokenStream"]
 
@@ -122,7 +123,7 @@ class TokenStream:
         self._batch: List[Event] = []
         self._pos = 0
         # The body the worker lent this stream's consumer, while it reads it (see _next_batch).
-        self._lent: Optional[_Lent] = None
+        self._lent: Optional[LentBody] = None
         self._lock = threading.Lock()
         # Cancels the worker if the caller drops the stream without closing it.
         # Through a weak reference: the finalizer registry is global, and a
