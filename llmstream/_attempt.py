@@ -49,7 +49,7 @@ from typing import Callable, Generator, Optional
 from ._body import BodyReader, time_left
 from ._config import Timeout
 from ._exceptions import StreamError
-from ._flow import FlowControl, Gate
+from ._flow import CancelFlag, FlowControl, Gate
 from ._lending import LentBody
 from ._monitor import StreamObserver, merge_headers
 from ._output_guard import OutputGuard
@@ -79,7 +79,7 @@ class AttemptContext:
         transport: Transport,
         provider: Provider,
         flow: FlowControl,
-        cancel: threading.Event,
+        cancel: CancelFlag,
         timeout: Timeout,
         total_deadline: float,
         stats: WorkerStats,

@@ -6,7 +6,7 @@ decide what the caller is handed (exactly-once resume, ``max_output_chars``).
 It is driven one :meth:`~BodyReader.step` at a time and does not know which
 thread drives it: the worker reads ahead while the caller has not started
 consuming, then lends the body to the caller, whose ``next()`` runs the steps
-itself (see ``_worker.py``). One socket wake-up per token instead of two is
+itself (see ``_attempt.py`` and ``_lending.py``). One socket wake-up per token instead of two is
 what lets hundreds of slow streams share one process (issue 17).
 
 Deadlines (design.md, Timeout):
@@ -22,7 +22,7 @@ received through: the read is then a non-blocking poll, and only an empty
 socket is a timeout.
 
 IO shell: the socket is behind ``_transport.OpenResponse``; this module does
-no thread coordination (that is ``_worker.py``'s).
+no thread coordination (that is ``_worker.py``'s, ``_lending.py``'s and ``_queue.py``'s).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import collections
 import math
 import threading
 import time
-from typing import Deque, Optional, Tuple
+from typing import Deque, Optional, Protocol, Tuple
 
 from ._config import CircuitBreaker, RateLimit
 from ._exceptions import (
@@ -50,7 +50,17 @@ from ._exceptions import (
 from ._monitor import monitor
 from ._transport import Cancelled
 
-__all__ = ["FlowControl", "SharedState", "Flow", "Gate", "Slots", "RateLimiter", "Breaker", "counts_as_failure"]
+
+class CancelFlag(Protocol):
+    """What flow control needs of a stream's cancel flag (``threading.Event`` fits; streams use a ``Latch``)."""
+
+    def is_set(self) -> bool:
+        """True once the stream was cancelled."""
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until cancelled or ``timeout`` seconds passed; return :meth:`is_set`."""
+
+__all__ = ["CancelFlag", "FlowControl", "SharedState", "Flow", "Gate", "Slots", "RateLimiter", "Breaker", "counts_as_failure"]
 
 
 
@@ -88,7 +98,7 @@ class Slots:
         """Streams waiting for a slot right now."""
         return len(self._waiters)
 
-    def acquire(self, cancel: threading.Event, deadline: float) -> None:
+    def acquire(self, cancel: CancelFlag, deadline: float) -> None:
         """Take a slot, waiting in line; raise ``Cancelled`` or a ``total`` ``StreamTimeoutError``."""
         with self._cond:
             if self._free and not self._waiters:
@@ -165,7 +175,7 @@ class RateLimiter:
         """True when a request can go at once: no budget configured and no pause running."""
         return self._requests is None and self._tokens is None and self._paused_until <= time.monotonic()
 
-    def acquire(self, tokens: float, cancel: threading.Event, deadline: float) -> float:
+    def acquire(self, tokens: float, cancel: CancelFlag, deadline: float) -> float:
         """Wait for room for one request of ``tokens``, take it; return the seconds waited."""
         started = time.monotonic()
         while True:
@@ -296,7 +306,7 @@ class FlowControl:
     #: True when there is a concurrency limit (the worker takes a slot per stream).
     has_slots: bool = False
 
-    def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
+    def acquire_slot(self, cancel: CancelFlag, deadline: float) -> object:
         """Wait in line for a concurrency slot and return the lease to give back to :meth:`release_slot`."""
         raise NotImplementedError
 
@@ -307,7 +317,7 @@ class FlowControl:
     def wake(self) -> None:
         """Wake every waiter so that a cancelled one notices at once."""
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+    def enter(self, tokens: float, cancel: CancelFlag, deadline: float,
               lease: object = None) -> Tuple[float, bool]:
         """Admit one attempt: breaker, pause, rate budgets. Return (seconds waited, whether it is the breaker's probe).
 
@@ -362,7 +372,7 @@ class Flow(FlowControl):
         if self.breaker is not None:
             monitor.register_breaker(self.breaker)
 
-    def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
+    def acquire_slot(self, cancel: CancelFlag, deadline: float) -> object:
         """Take a local slot (FIFO); the lease is ``None``."""
         if self.slots is not None:
             self.slots.acquire(cancel, deadline)
@@ -380,7 +390,7 @@ class Flow(FlowControl):
         if self.slots is not None:
             self.slots.wake_all()
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+    def enter(self, tokens: float, cancel: CancelFlag, deadline: float,
               lease: object = None) -> Tuple[float, bool]:
         """The breaker admits the attempt (or raises ``CircuitOpenError``), then the rate limiter lets it go."""
         probe = self.breaker.admit() if self.breaker is not None else False
@@ -429,7 +439,7 @@ class Gate:
 
     __slots__ = ("_flow", "_cancel", "_deadline", "_lease", "_probe")
 
-    def __init__(self, flow: FlowControl, cancel: threading.Event, deadline: float, lease: object = None) -> None:
+    def __init__(self, flow: FlowControl, cancel: CancelFlag, deadline: float, lease: object = None) -> None:
         self._flow = flow
         self._cancel = cancel
         self._deadline = deadline

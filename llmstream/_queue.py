@@ -33,11 +33,59 @@ from ._connection import Cancelled
 from ._events import Event
 from ._lending import LentBody
 
-__all__ = ["EventQueue", "POLL_INTERVAL", "Signal"]
+__all__ = ["EventQueue", "Latch", "POLL_INTERVAL", "Signal"]
 
 #: Where signals cannot interrupt a blocked lock (Windows), the caller waits in
 #: slices this long, so Ctrl+C is seen promptly.
 POLL_INTERVAL = 0.1
+
+
+class Latch:
+    """Set once, never cleared: ``threading.Event``'s ``set``/``is_set``/``wait`` in a fraction of its memory.
+
+    Every stream has two (cancelled, done); an Event is a Condition, a lock
+    and a deque, about 1 KiB each — with hundreds of streams (issue 17) that
+    is memory for nothing. Here a bare lock is held from creation and
+    ``set()`` releases it: each waiter acquires and at once releases it, so
+    every waiter, and every later ``wait``, passes. Any thread may ``set``;
+    ``set`` is idempotent.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self) -> bool:
+        """True once :meth:`set` was called."""
+        return self._set
+
+    def set(self) -> None:
+        """Set the latch and wake every waiter (any thread, idempotent)."""
+        if self._set:
+            return
+        self._set = True
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # two set() calls raced: the other one released it
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until set or ``timeout`` seconds passed (None: no limit); return :meth:`is_set`."""
+        if self._set:
+            return True
+        if timeout is None or timeout >= threading.TIMEOUT_MAX:
+            got = self._lock.acquire()
+        else:
+            got = self._lock.acquire(timeout=max(0.0, timeout))
+        if got:
+            try:
+                self._lock.release()  # for the next waiter
+            except RuntimeError:
+                pass  # a racing set() released it already
+        return self._set
 
 
 class Signal:
@@ -90,7 +138,9 @@ class EventQueue:
 
     def __init__(self, max_events: int) -> None:
         self._max = max_events
-        self._batches: Deque[List[Event]] = collections.deque()
+        # Made by the first put: a stream whose caller iterates at once is read in
+        # the caller's thread and never queues a batch (a deque is ~600 B, issue 17).
+        self._batches: Optional[Deque[List[Event]]] = None
         self._put = 0  # events appended (worker only)
         self._taken = 0  # events taken (caller only)
         self._caller_waiting = False
@@ -128,7 +178,10 @@ class EventQueue:
             self._worker_waiting = False
         if self._closed:
             raise Cancelled()
-        self._batches.append(batch)
+        batches = self._batches
+        if batches is None:  # only this thread (the producer) makes it
+            batches = self._batches = collections.deque()
+        batches.append(batch)
         self._put += len(batch)
         if self._caller_waiting:
             self._wake_caller.set()
@@ -165,6 +218,7 @@ class EventQueue:
         # was appended before it lent a body or marked the end.
         lent = self.lent
         ended, error = self._ended, self._error
+        queued = self._batches  # again: the first put may have made it meanwhile
         batches = []
         taken = 0
         while queued:

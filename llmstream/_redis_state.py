@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from ._config import CircuitBreaker, RateLimit
 from ._exceptions import APIStatusError, CircuitOpenError, SharedStateError, StreamError, StreamTimeoutError
-from ._flow import Breaker, Flow, FlowControl, SharedState, counts_as_failure
+from ._flow import Breaker, CancelFlag, Flow, FlowControl, SharedState, counts_as_failure
 from ._monitor import monitor
 from ._transport import Cancelled, redact_url
 
@@ -580,7 +580,7 @@ class RedisFlow(FlowControl):
 
     # -- concurrency ------------------------------------------------------------------
 
-    def acquire_slot(self, cancel: threading.Event, deadline: float) -> object:
+    def acquire_slot(self, cancel: CancelFlag, deadline: float) -> object:
         """A lease to take with the stream's first attempt (:meth:`enter`): no round-trip of its own."""
         state = self._state
         lease_id = state.new_lease_id()
@@ -626,7 +626,7 @@ class RedisFlow(FlowControl):
 
     # -- attempts ---------------------------------------------------------------------
 
-    def enter(self, tokens: float, cancel: threading.Event, deadline: float,
+    def enter(self, tokens: float, cancel: CancelFlag, deadline: float,
               lease: object = None) -> Tuple[float, bool]:
         """One script per try: (the lease,) the fleet pause, the shared breaker and the shared budgets at once."""
         local_breaker = self._local.breaker
@@ -639,7 +639,7 @@ class RedisFlow(FlowControl):
             raise
         return waited, probe or shared_probe
 
-    def _enter_shared(self, tokens: float, cancel: threading.Event, deadline: float,
+    def _enter_shared(self, tokens: float, cancel: CancelFlag, deadline: float,
                       lease: object) -> Tuple[float, bool]:
         started = time.monotonic()
         state = self._state
@@ -708,7 +708,7 @@ class RedisFlow(FlowControl):
                     self._waiters.pop(pending.id, None)
 
     def _wait_in_line(self, lease: _Lease, rank: int, free: int, woken: threading.Event,
-                      cancel: threading.Event, deadline: float) -> None:
+                      cancel: CancelFlag, deadline: float) -> None:
         """Wait before asking for the lease again; leave the line when cancelled or out of time."""
         with self._waiters_lock:
             self._waiters[lease.id] = (rank, woken)
@@ -725,7 +725,7 @@ class RedisFlow(FlowControl):
         woken.wait(min(poll, left))
         woken.clear()
 
-    def _enter_locally(self, tokens: float, cancel: threading.Event, deadline: float,
+    def _enter_locally(self, tokens: float, cancel: CancelFlag, deadline: float,
                        started: float) -> Tuple[float, bool]:
         probe = self._fallback_breaker.admit() if self._fallback_breaker is not None else False
         limiter = self._local.limiter

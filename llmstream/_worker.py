@@ -69,7 +69,7 @@ from ._monitor import StreamStart, monitor
 from ._next_attempt import NextAttempt, RetryDecision
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec
-from ._queue import POLL_INTERVAL, EventQueue, Signal
+from ._queue import POLL_INTERVAL, EventQueue, Latch, Signal
 from ._redact import Redactor, redact_error, secrets_in_request
 from ._resume import Resumer
 from ._stats import WorkerStats
@@ -184,7 +184,7 @@ class Worker:
         self._spec = spec
         self._retry = retry
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
-        self._cancel = threading.Event()
+        self._cancel = Latch()
         self._redact = Redactor(secrets_in_request(spec.headers, spec.url))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
@@ -199,7 +199,7 @@ class Worker:
         #: The current attempt, what cancel() interrupts (None once the run is past it).
         self._attempt: Optional[Attempt] = None
         self._run = self._main()
-        self._done = threading.Event()
+        self._done = Latch()
         self._thread: Optional[threading.Thread] = None
         # Who runs the next segment of the stream: "runnable" means a segment
         # is due and nobody has claimed it (see _claim).
