@@ -20,6 +20,9 @@ warm-up stream (imports, first connection):
   inline      (with --clients, not by default) llmstream's Transport + StreamDecoder
               driven by the caller thread, no worker or queue: private names, the
               lower bound of the "caller reads while it waits" change in SCALE_NOTES.md.
+  llmstream-async  (with --clients) llmstream's asyncio facade: one loop, one task per
+              stream, ``async for text in client.astream(...)`` (each stream is read by a
+              thread of its own that hands items to the loop; see ``_async.py``).
   httpx       ``httpx.AsyncClient`` + ``httpx_sse.aconnect_sse`` on one asyncio
               loop, one task per stream (bench-only deps, not the project's:
               ``pip install httpx httpx-sse`` into the venv).
@@ -57,7 +60,7 @@ sys.path.insert(0, HERE)
 from _scale_server import expected_text  # noqa: E402
 
 MODEL = "gpt-4o-mini"
-CLIENTS = ("llmstream", "requests", "httpx", "inline")
+CLIENTS = ("llmstream", "requests", "httpx", "llmstream-async", "inline")
 WARMUP_TOKENS = 5
 
 
@@ -221,6 +224,41 @@ def run_httpx(base_url: str, n: int, tokens: int, rate: float, timings: Optional
         raise RuntimeError(f"warm-up failed: {box.errors[0]}")
 
 
+def run_llmstream_async(base_url: str, n: int, tokens: int, rate: float, timings: Optional[Timings]) -> None:
+    """llmstream's asyncio facade: one loop, one task per stream, ``async for`` over ``client.astream``."""
+    import asyncio
+
+    import llmstream
+
+    global _LLM_ASYNC_CLIENT
+    if timings is None:
+        _LLM_ASYNC_CLIENT = llmstream.Client("openai", base_url=base_url, api_key="x", pool_size=max(n, 32))
+    client = _LLM_ASYNC_CLIENT
+    box = timings if timings is not None else Timings(n)
+
+    async def one(i: int) -> None:
+        box.start[i] = time.perf_counter()
+        try:
+            parts = []
+            async for text in client.astream("bench", model=MODEL, bench_seed=i, bench_tokens=tokens,
+                                             bench_rate=rate):
+                if not parts:
+                    box.first[i] = time.perf_counter()
+                    box.threads = max(box.threads, threading.active_count())
+                parts.append(text)
+            box.texts[i] = "".join(parts)
+        except Exception as exc:  # reported by the parent as a failed run
+            box.errors.append(f"stream {i}: {type(exc).__name__}: {exc}")
+        box.end[i] = time.perf_counter()
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    asyncio.run(main())
+    if timings is None and box.errors:
+        raise RuntimeError(f"warm-up failed: {box.errors[0]}")
+
+
 def run_inline(base_url: str, n: int, tokens: int, rate: float, timings: Optional[Timings]) -> None:
     """llmstream's own transport and decoder driven by the caller thread: no worker thread, no queue.
 
@@ -258,7 +296,8 @@ def run_inline(base_url: str, n: int, tokens: int, rate: float, timings: Optiona
     _run_threads(n, lambda i: lambda: stream(i), timings)
 
 
-RUNNERS = {"llmstream": run_llmstream, "requests": run_requests, "httpx": run_httpx, "inline": run_inline}
+RUNNERS = {"llmstream": run_llmstream, "requests": run_requests, "httpx": run_httpx, "inline": run_inline,
+           "llmstream-async": run_llmstream_async}
 
 
 def _cpu() -> float:
@@ -328,14 +367,14 @@ def print_table(n: int, args: argparse.Namespace, results: Dict[str, List[Dict[s
     ideal = args.tokens / args.rate
     print(f"\n== {n} streams x {args.tokens} tokens at {args.rate:g} tokens/s (ideal wall {ideal:.1f} s + connect); "
           f"median of {args.repeat}, every text checked exactly")
-    print(f"{'client':<10} {'CPU s':>7} {'us/token':>9} {'peak RSS +MiB':>14} {'wall s':>7} {'wall-ideal':>10} "
+    print(f"{'client':<15} {'CPU s':>7} {'us/token':>9} {'peak RSS +MiB':>14} {'wall s':>7} {'wall-ideal':>10} "
           f"{'spread s':>9} {'lag p50 ms':>11} {'lag max ms':>11} {'threads':>8} {'CPU vs req':>11} {'CPU vs httpx':>13}")
     base = {name: _median(results[name], "cpu") for name in ("requests", "httpx") if name in results}
     for name, runs in results.items():
         cpu = _median(runs, "cpu")
         wall = _median(runs, "wall")
         ratios = [f"{cpu / base[b]:.2f}x" if b in base else "-" for b in ("requests", "httpx")]
-        print(f"{name:<10} {cpu:>7.2f} {cpu / (n * args.tokens) * 1e6:>9.0f} "
+        print(f"{name:<15} {cpu:>7.2f} {cpu / (n * args.tokens) * 1e6:>9.0f} "
               f"{_median(runs, 'peak_growth_kib') / 1024:>14.1f} {wall:>7.2f} {wall - ideal:>+10.2f} "
               f"{_median(runs, 'spread'):>9.2f} {_median(runs, 'lag_p50') * 1e3:>11.0f} "
               f"{_median(runs, 'lag_max') * 1e3:>11.0f} {max(r['threads_peak'] for r in runs):>8} "

@@ -245,7 +245,7 @@ class TokenStream:
     def _next_batch(self) -> Optional[List[Event]]:
         """The next events (at least one), or None at a normal end or after close; raises on failure."""
         lent = self._lent
-        while lent is not None:
+        while lent is not None and self._status != "closed":  # closed: nothing more, even what was received
             # The per-token path of a body lent to this thread (issue 17): one
             # read step, none of the hand-over's checks. A body that went back
             # (its end, a failure, close() from any thread) steps to None, and
@@ -260,6 +260,7 @@ class TokenStream:
         deadline = worker.total_deadline + TOTAL_GRACE
         while True:
             if self._status == "closed":
+                self._lent = None
                 return None
             # A segment of the stream that is due (the request, a retry, the
             # end of an attempt) runs here, in the consumer's thread, unless a
