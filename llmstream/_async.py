@@ -4,12 +4,12 @@ Strategy: no second transport. The stream is an ordinary ``TokenStream``
 consumed by one *reader thread* (never the event loop's thread: a stream
 iterated at once runs its request and its read steps in the consuming thread,
 see ``_worker.py``, and those block). The reader hands each item over to the
-loop through a small pipe (:class:`_Pipe`): a deque, a flag that says the
-loop is waiting, and ``call_soon_threadsafe`` only when it is, so a consumer
-that keeps up costs one loop wake-up per wait, not one per token.
+loop through a small pipe (:class:`_Pipe`): a deque, and a future only while
+the loop waits, resolved by the loop's one :class:`_Waker`, which wakes every
+stream whose item came since its last drain with one ``call_soon_threadsafe``.
 
 Backpressure: the pipe holds at most ``max_buffered`` items; past that the
-reader blocks, stops pulling from the stream, the worker stops reading the
+reader blocks (on a bare-lock ``Signal``, woken by the loop's next pop), stops pulling from the stream, the worker stops reading the
 socket, and TCP flow control slows the server, as with a slow sync caller.
 
 Cancellation: ``aclose()``, leaving ``async with``, cancelling the task that
@@ -30,6 +30,7 @@ from typing import Any, AsyncIterator, Callable, Deque, Optional, Tuple
 
 from ._events import Event, StreamResult
 from ._exceptions import StreamBusyError, StreamClosedError
+from ._queue import Signal
 from ._stream import TokenStream
 
 __all__ = ["AsyncTokenStream", "spawn"]
@@ -71,33 +72,93 @@ def spawn(target: Callable[..., None], args: Tuple[Any, ...], name: str) -> None
 _END = object()
 
 
+class _Waker:
+    """Wakes an event loop's waiting async streams, many per loop wake-up: one per loop.
+
+    A reader thread with an item for a waiting consumer hands its future here;
+    the loop is asked to run :meth:`_drain` only when no drain is due yet
+    (``call_soon_threadsafe`` writes to the loop's self-pipe: a system call).
+    With hundreds of slow streams one drain wakes every stream whose token
+    came meanwhile (issue 17).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weakly: the waker is the value of a weak-keyed table keyed by the loop.
+        self._loop = weakref.ref(loop)
+        self._due: Deque["asyncio.Future[None]"] = collections.deque()
+        self._scheduled = False
+
+    def wake(self, future: "asyncio.Future[None]") -> None:
+        """Resolve ``future`` in the loop soon (any thread)."""
+        self._due.append(future)
+        if not self._scheduled:
+            # Seen False: the running drain (if any) has stopped looking at the
+            # deque's end, or will still pop this future; a second drain is harmless.
+            self._scheduled = True
+            loop = self._loop()
+            if loop is None:
+                return  # the loop is gone: nobody is left to wake
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                return  # the loop was closed: nobody is left to wake
+
+    def _drain(self) -> None:
+        self._scheduled = False  # first: a future added from now on schedules a drain, or is popped below
+        due = self._due
+        while due:
+            future = due.popleft()
+            if not future.done():  # its task may have been cancelled meanwhile
+                future.set_result(None)
+
+
+_wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker]" = weakref.WeakKeyDictionary()
+
+
+def _waker_for(loop: asyncio.AbstractEventLoop) -> _Waker:
+    waker = _wakers.get(loop)
+    if waker is None:  # only the loop's own thread gets here, once
+        waker = _wakers[loop] = _Waker(loop)
+    return waker
+
+
 class _Pipe:
-    """Items from the reader thread to the event loop; shared by both, owned by neither."""
+    """Items from the reader thread to the event loop; shared by both, owned by neither.
+
+    One producer (the reader thread) appends, one consumer (the loop) pops;
+    each side sleeps only after saying so, and the other wakes it only then
+    (as ``_queue.EventQueue``), so a consumer that keeps up costs no lock,
+    semaphore or loop wake-up of its own per token.
+    """
 
     def __init__(self, max_items: int) -> None:
         self.items: Deque[Any] = collections.deque()
         self.error: Optional[BaseException] = None
-        self.space = threading.Semaphore(max_items)
+        self.max_items = max_items
         self.closing = False
-        self.waiting = False
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.ready: Optional[asyncio.Event] = None
+        #: The future the loop awaits while the pipe is empty (None: not waiting).
+        self.waiter: Optional["asyncio.Future[None]"] = None
+        self.waker: Optional[_Waker] = None
+        #: The reader waits for space (the loop lags): the loop's next pop wakes it.
+        self.reader_waiting = False
+        self.space = Signal()
 
     def push(self, item: Any) -> None:
         self.items.append(item)
-        if self.waiting:  # set by the loop before it re-checks the deque: no missed wake-up
-            loop, ready = self.loop, self.ready
-            if loop is not None and ready is not None:
-                try:
-                    loop.call_soon_threadsafe(ready.set)
-                except RuntimeError:
-                    return  # the loop was closed: nobody is left to wake
+        waiter = self.waiter  # set by the loop before it re-checks the deque: no missed wake-up
+        if waiter is not None and self.waker is not None:
+            self.waker.wake(waiter)
 
     def read(self, stream: TokenStream, text_only: bool) -> None:
         """The reader thread: pull items from the stream until its end, the consumer's close, or a failure."""
+        items, limit = self.items, self.max_items
         try:
             for item in (iter(stream) if text_only else stream.events()):
-                self.space.acquire()  # blocks while the loop lags: backpressure
+                while len(items) >= limit and not self.closing:  # the loop lags: backpressure
+                    self.reader_waiting = True
+                    if len(items) >= limit and not self.closing:
+                        self.space.wait(None)
+                    self.reader_waiting = False
                 if self.closing:
                     break
                 self.push(item)
@@ -106,11 +167,16 @@ class _Pipe:
         finally:
             self.push(_END)
 
+    def took(self) -> None:
+        """The loop took an item: wake a reader waiting for space."""
+        if self.reader_waiting:
+            self.space.set()
+
     def close(self, stream: TokenStream, then: Optional[Callable[[], None]] = None) -> None:
         """Close from any thread without waiting: the stream is closed by a helper thread, then ``then()``."""
         first, self.closing = not self.closing, True
         if first:
-            self.space.release()  # a reader blocked on space wakes and sees "closing"
+            self.space.set()  # a reader blocked on space wakes and sees "closing"
         if stream.status != "streaming":
             if then is not None:
                 then()
@@ -178,19 +244,18 @@ class AsyncTokenStream:
             raise StreamClosedError("this stream was closed; start a new stream to ask again")
         self._started = True
         pipe = self._pipe
-        pipe.loop = asyncio.get_running_loop()
-        pipe.ready = asyncio.Event()
+        pipe.waker = _waker_for(asyncio.get_running_loop())
         spawn(pipe.read, (self._stream, text_only), f"llmstream-async-{next(_reader_ids)}")
 
     async def _consume(self, text_only: bool) -> AsyncIterator[Any]:
         self._start(text_only)
         pipe = self._pipe
-        ready = pipe.ready
-        assert ready is not None
+        items = pipe.items
+        create_future = asyncio.get_running_loop().create_future
         try:
             while True:
-                if pipe.items:
-                    item = pipe.items.popleft()
+                if items:
+                    item = items.popleft()
                     if item is _END:
                         # Taken out of the pipe: the pipe outlives this frame (the
                         # finalizer holds it), and the error's traceback holds the frame.
@@ -198,14 +263,13 @@ class AsyncTokenStream:
                         if error is not None:
                             raise error
                         return
-                    pipe.space.release()
+                    pipe.took()
                     yield item
                     continue
-                ready.clear()
-                pipe.waiting = True
-                if not pipe.items:
-                    await ready.wait()
-                pipe.waiting = False
+                waiter = pipe.waiter = create_future()
+                if not items:  # again, after saying we wait: the reader wakes us from now on
+                    await waiter
+                pipe.waiter = None
         finally:
             # Cancelled, broken out of, or failed: close (nothing happens after a normal end).
             if self._stream.status == "streaming":
