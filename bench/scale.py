@@ -396,9 +396,12 @@ def main() -> None:
     args = parser.parse_args()
     server = Server()
     try:
-        import llmstream
+        # The library the children import (--root first on their path), not this process's.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.root, os.environ.get("PYTHONPATH")])))
+        where = subprocess.run([sys.executable, "-c", "import llmstream; print(llmstream.__file__)"], env=env, cwd=os.sep,
+                               capture_output=True, text=True, check=True, timeout=60).stdout.strip()
         print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, server pid {server.proc.pid} (own process), "
-              f"llmstream {llmstream.__file__}, stack size {args.stack_size or 'default'} KiB")
+              f"llmstream {where}, stack size {args.stack_size or 'default'} KiB")
         for n in args.streams:
             results: Dict[str, List[Dict[str, Any]]] = {name: [] for name in args.clients}
             for _ in range(args.repeat):
