@@ -125,6 +125,21 @@ class Timings:
             self.errors.append(f"stream {i}: {type(exc).__name__}: {exc}")
         self.end[i] = time.perf_counter()
 
+    async def arun(self, i: int, pieces: Callable[[], Any]) -> None:
+        """As :meth:`run`, for an async iterator of text pieces (asyncio clients)."""
+        self.start[i] = time.perf_counter()
+        try:
+            parts = []
+            async for text in pieces():
+                if not parts:
+                    self.first[i] = time.perf_counter()
+                    self.threads = max(self.threads, threading.active_count())
+                parts.append(text)
+            self.texts[i] = "".join(parts)
+        except Exception as exc:  # reported by the parent as a failed run, never hidden
+            self.errors.append(f"stream {i}: {type(exc).__name__}: {exc}")
+        self.end[i] = time.perf_counter()
+
 
 def _threads(n: int, target: Callable[[int], None]) -> None:
     threads = [threading.Thread(target=target, args=(i,), name=f"bench-caller-{i}", daemon=True) for i in range(n)]
@@ -192,31 +207,21 @@ def run_httpx(base_url: str, n: int, tokens: int, rate: float, timings: Optional
     box = timings if timings is not None else Timings(n)
     url = base_url + "/chat/completions"
 
-    async def one(client: httpx.AsyncClient, i: int) -> None:
-        box.start[i] = time.perf_counter()
-        box.threads = max(box.threads, threading.active_count())
-        try:
-            parts = []
-            async with aconnect_sse(client, "POST", url, json=_body(i, tokens, rate)) as source:
-                async for sse in source.aiter_sse():
-                    if sse.data == "[DONE]":
-                        break
-                    choices = json.loads(sse.data)["choices"]
-                    if choices:
-                        text = choices[0]["delta"].get("content")
-                        if text:
-                            if not parts:
-                                box.first[i] = time.perf_counter()
-                            parts.append(text)
-            box.texts[i] = "".join(parts)
-        except Exception as exc:  # reported by the parent as a failed run
-            box.errors.append(f"stream {i}: {type(exc).__name__}: {exc}")
-        box.end[i] = time.perf_counter()
+    async def texts(client: httpx.AsyncClient, i: int) -> Any:
+        async with aconnect_sse(client, "POST", url, json=_body(i, tokens, rate)) as source:
+            async for sse in source.aiter_sse():
+                if sse.data == "[DONE]":
+                    return
+                choices = json.loads(sse.data)["choices"]
+                if choices:
+                    text = choices[0]["delta"].get("content")
+                    if text:
+                        yield text
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=max(n, 10), max_keepalive_connections=max(n, 10))
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-            await asyncio.gather(*(one(client, i) for i in range(n)))
+            await asyncio.gather(*(box.arun(i, lambda i=i: texts(client, i)) for i in range(n)))
 
     # A fresh loop per call: the warm-up's loop is gone, as are its connections.
     asyncio.run(main())
@@ -236,23 +241,9 @@ def run_llmstream_async(base_url: str, n: int, tokens: int, rate: float, timings
     client = _LLM_ASYNC_CLIENT
     box = timings if timings is not None else Timings(n)
 
-    async def one(i: int) -> None:
-        box.start[i] = time.perf_counter()
-        try:
-            parts = []
-            async for text in client.astream("bench", model=MODEL, bench_seed=i, bench_tokens=tokens,
-                                             bench_rate=rate):
-                if not parts:
-                    box.first[i] = time.perf_counter()
-                    box.threads = max(box.threads, threading.active_count())
-                parts.append(text)
-            box.texts[i] = "".join(parts)
-        except Exception as exc:  # reported by the parent as a failed run
-            box.errors.append(f"stream {i}: {type(exc).__name__}: {exc}")
-        box.end[i] = time.perf_counter()
-
     async def main() -> None:
-        await asyncio.gather(*(one(i) for i in range(n)))
+        await asyncio.gather(*(box.arun(i, lambda i=i: client.astream(
+            "bench", model=MODEL, bench_seed=i, bench_tokens=tokens, bench_rate=rate)) for i in range(n)))
 
     asyncio.run(main())
     if timings is None and box.errors:
