@@ -71,8 +71,11 @@ READ_SIZE = 65536
 #: The fewest, and the size a body's first read asks for. ``read1(n)``
 #: allocates ``n`` bytes before it waits in ``recv``: with hundreds of slow
 #: streams, each waiting for a 100-byte token, asking for 64 KiB held 64 KiB
-#: per stream (heap fragmentation: ~30 KiB RSS per stream measured).
-MIN_READ_SIZE = 2048
+#: per stream (heap fragmentation: ~30 KiB RSS per stream measured), and
+#: 2 KiB still ~4 KiB more per streaming stream than 512 (300 streams,
+#: bench/memory_per_stream.py). A token's event (200-400 bytes) fits; a larger
+#: one fills the read, and the next asks for four times as much.
+MIN_READ_SIZE = 512
 
 
 def next_read_size(size: int, got: int) -> int:
