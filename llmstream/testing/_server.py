@@ -46,6 +46,10 @@ class FakeHTTPServer(socketserver.TCPServer):
     # option means something else (port stealing), so keep it off there.
     allow_reuse_address = sys.platform != "win32"
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of clients (50 streams started
+    # at once) while the accepting thread waits for the CPU overflows it, and the kernel
+    # drops their SYNs (a 1 s retransmit) or resets them. The kernel caps this at somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: Tuple[str, int], state: ServerState) -> None:
         self.state = state
