@@ -1170,6 +1170,27 @@ def test_a_request_received_just_before_ctrl_c_is_still_logged(session: requests
     assert re.sub(r"\d\d:\d\d:\d\d ", "", err.getvalue()) == "POST /api/chat model=llama-test stream=true\n"
 
 
+def test_ctrl_c_while_the_banner_is_printed_stops_cleanly_and_logs(session: requests.Session,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client may use the server as soon as the first line names its URL, while the rest of
+    # the banner is still being printed (a loaded machine): Ctrl+C lands there, before the log loop.
+    import llmstream.testing._cli as cli
+
+    def interrupted(server: FakeLLMServer) -> Dict[str, str]:
+        with session.post(server.url + "/api/chat", json=_body("ollama"), timeout=10) as resp:
+            assert resp.status_code == 200
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "environment", interrupted)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        status = serve(["--port", "0"], out=out, err=err)
+    except KeyboardInterrupt:  # uncaught, it would stop the whole pytest session
+        pytest.fail("Ctrl+C during the banner escaped serve()")
+    assert status == 0 and "Press Ctrl+C" not in out.getvalue()
+    assert re.sub(r"\d\d:\d\d:\d\d ", "", err.getvalue()) == "POST /api/chat model=llama-test stream=true\n"
+
+
 def test_a_burst_of_connections_waits_in_the_listen_queue(monkeypatch: pytest.MonkeyPatch) -> None:
     # 50 clients connect at once while the accepting thread is busy (as on a loaded machine):
     # the kernel must queue them all, not drop their SYNs (a 1 s retransmit) or reset them.
