@@ -154,11 +154,20 @@ def test_a_429_on_another_client_does_not_pause_this_one(server: FakeLLMServer) 
 
 def test_requests_per_minute_spaces_requests_out(server: FakeLLMServer) -> None:
     # 600/min with a 0.1 s burst: a bucket of one request refilled every 0.1 s.
-    client = client_for(server, rate_limit=RateLimit(requests_per_minute=600, burst_seconds=0.1))
-    for i in range(4):
-        assert client.complete(f"q{i}", model="m").text == DEFAULT_TEXT
-    times = [r.received_at for r in server.requests]
-    assert all(b - a >= 0.09 for a, b in zip(times, times[1:])), times
+    # Measured when each request left the client (its attempt's start): the server's
+    # receive times add a connection and a thread start, which vary on a loaded machine
+    # (CI once saw two requests received 45 ms apart, though sent 0.1 s apart).
+    reports: List[llmstream.StreamReport] = []
+    unsubscribe = llmstream.monitor.subscribe(reports.append)
+    try:
+        client = client_for(server, rate_limit=RateLimit(requests_per_minute=600, burst_seconds=0.1))
+        for i in range(4):
+            assert client.complete(f"q{i}", model="m").text == DEFAULT_TEXT
+    finally:
+        unsubscribe()
+    assert len(server.requests) == 4
+    times = sorted(attempt.started for r in reports if r.base_url == server.base_url("openai") for attempt in r.attempts)
+    assert len(times) == 4 and all(b - a >= 0.09 for a, b in zip(times, times[1:])), times
 
 
 def test_tokens_per_minute_charges_the_output_limit(server: FakeLLMServer) -> None:
