@@ -115,13 +115,18 @@ def test_waiting_for_a_slot_counts_against_the_total_timeout(server: FakeLLMServ
 
 
 def test_queued_time_is_in_the_metrics(server: FakeLLMServer) -> None:
+    # The first stream holds the one slot until the second has waited 0.15 s at least
+    # (timed from when it joined the line, so a slow test thread cannot shorten the wait).
     client = client_for(server, max_concurrent=1)
-    server.script(Reply(stall_before_first_byte=0.2))
+    server.script(Reply(stall_before_first_byte=float("inf")))
     first = client.stream("first", model="m")
     server.wait_for_requests(1)
     second = client.stream("second", model="m")
-    assert first.result.metrics.queued < 0.1
-    assert second.result.metrics.queued >= 0.1
+    wait_until(lambda: client._flow.slots.waiting == 1, what="the second stream in line")
+    time.sleep(0.15)  # the queued time to measure
+    first.close()
+    assert second.result.metrics.queued >= 0.15
+    assert first.metrics.queued < 0.1
 
 
 # -- the shared rate limiter ----------------------------------------------------------------
