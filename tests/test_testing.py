@@ -1240,3 +1240,30 @@ def test_a_burst_of_connections_waits_in_the_listen_queue(monkeypatch: pytest.Mo
             release.set()
             for sock in clients:
                 sock.close()
+
+
+@pytest.mark.parametrize("streamed,last_write", [(True, "finish"), (False, "run")], ids=["stream", "complete"])
+def test_max_concurrent_frees_the_slot_before_the_client_can_see_the_end(monkeypatch: pytest.MonkeyPatch,
+                                                                        streamed: bool, last_write: str) -> None:
+    # A client that read an answer to its end may send its next request at once. On a loaded
+    # machine that request can arrive while the server's thread, descheduled right after its
+    # answer's last write, has not yet done its bookkeeping: it is not one request too many.
+    from llmstream.testing._writer import BodyWriter
+
+    next_answered = threading.Event()
+    original = getattr(BodyWriter, last_write)
+
+    def descheduled(self: BodyWriter, *args: Any) -> Any:
+        result = original(self, *args)
+        next_answered.wait(5)  # this thread runs again only once the next request was answered
+        return result
+
+    monkeypatch.setattr(BodyWriter, last_write, descheduled)
+    with FakeLLMServer(max_concurrent=1) as server, requests.Session() as one, requests.Session() as other:
+        try:
+            first = one.post(server.url + PATHS["openai"], json=_body("openai", stream=streamed), timeout=10)
+            following = other.post(server.url + PATHS["openai"], json=_body("openai", stream=streamed), timeout=10)
+        finally:
+            next_answered.set()
+        assert (first.status_code, following.status_code, server.rejected_over_limit) == (200, 200, 0), following.text
+        assert first.content == following.content.replace(b"chatcmpl-fake-2", b"chatcmpl-fake-1")
