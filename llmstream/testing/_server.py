@@ -126,7 +126,10 @@ class FakeLLMServer:
         default_reply: the reply used when the script is empty (default ``Reply()``).
         max_concurrent: stream at most this many answers at once; a request
             beyond that gets ``429`` with ``Retry-After: limit_retry_after``
-            (as a real API's concurrency limit). ``None``: no limit.
+            (as a real API's concurrency limit). ``None``: no limit. A request
+            counts until just before the last piece of its answer is sent, so a
+            client that keeps to the same limit is never refused, however loaded
+            the machine.
         limit_retry_after: the ``Retry-After`` seconds of those 429 answers.
 
     Usage::
