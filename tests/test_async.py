@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 import llmstream
 from llmstream.testing import FakeLLMServer, Reply
+from helpers import read_until
 from relay_servers import wait_until
 
 TOKENS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
@@ -135,14 +137,12 @@ def remote_server() -> Iterator[str]:
     """The fake server in a process of its own, as a real LLM server is: its 200 writer threads
     do not compete for this process's GIL."""
     proc = subprocess.Popen([sys.executable, "-m", "llmstream.testing", "--fault", "token_count=40",
-                             "--fault", "interval=0.005"], stdout=subprocess.PIPE, text=True)
+                             "--fault", "interval=0.005"], stdout=subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        while "openai" not in line:
-            line = proc.stdout.readline()
-            assert line, "the fake server did not start"
-        yield line.split("base_url=")[1].strip()
+        banner = read_until(proc, b"Press Ctrl+C to stop.").decode()  # bounded, unlike readline()
+        match = re.search(r"^  openai +base_url=(\S+)$", banner, re.MULTILINE)
+        assert match, banner
+        yield match[1]
     finally:
         proc.terminate()
         proc.wait(10)
