@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -24,6 +25,27 @@ def wait_no_worker_threads(timeout: float = 3.0) -> list:
         alive[0].join(max(0.0, deadline - time.monotonic()))
         alive = worker_threads()
     return alive
+
+
+def wait_thread_in(function: str, threads: Optional[Sequence[threading.Thread]] = None, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until one of ``threads`` (default: the llmstream workers) runs ``function``.
+
+    ``function`` is the name of the thread's innermost Python frame: ``"readinto"``
+    (socket.py) for a socket read, ``"_create_tracked_connection"`` for ``connect()``.
+    A test that closes a stream "in the middle of a read" waits for this instead of
+    sleeping, so a loaded machine cannot make it close in another phase. (A stream
+    iterated in a thread reads in that thread, not in a worker.)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        frames = sys._current_frames()
+        for thread in worker_threads() if threads is None else threads:
+            frame = frames.get(thread.ident) if thread.ident is not None else None
+            if frame is not None and frame.f_code.co_name == function:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
 
 
 @pytest.fixture

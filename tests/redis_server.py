@@ -24,7 +24,17 @@ class RedisServer:
     """A real redis-server on a free loopback port, no persistence; stopped (and reaped) by ``stop()``."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        # redis-server cannot listen on port 0: the port is picked here and may be taken
+        # before redis-server binds it (by another process, or by an outgoing connection of
+        # this suite). Then redis-server exits, or another process's server answers on it:
+        # take a new port (a bounded number of times) until the server that answers is ours.
+        for _ in range(5):
+            if self._start(free_port()):
+                return
+        raise RuntimeError("redis-server did not start")
+
+    def _start(self, port: int) -> bool:
+        self.port = port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -34,10 +44,15 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                self.client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
+                if self.client.info("server")["process_id"] == self.proc.pid:
+                    return True
+                self.stop()  # someone else's server holds the port; ours failed to bind
+                return False
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):  # not up yet, or not a redis
+                if self.proc.poll() is not None:  # could not bind
+                    self.stop()
+                    return False
+                if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("redis-server did not start")
                 time.sleep(0.02)

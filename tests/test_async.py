@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 import llmstream
 from llmstream.testing import FakeLLMServer, Reply
+from helpers import read_until
 from relay_servers import wait_until
 
 TOKENS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
@@ -135,14 +137,12 @@ def remote_server() -> Iterator[str]:
     """The fake server in a process of its own, as a real LLM server is: its 200 writer threads
     do not compete for this process's GIL."""
     proc = subprocess.Popen([sys.executable, "-m", "llmstream.testing", "--fault", "token_count=40",
-                             "--fault", "interval=0.005"], stdout=subprocess.PIPE, text=True)
+                             "--fault", "interval=0.005"], stdout=subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        while "openai" not in line:
-            line = proc.stdout.readline()
-            assert line, "the fake server did not start"
-        yield line.split("base_url=")[1].strip()
+        banner = read_until(proc, b"Press Ctrl+C to stop.").decode()  # bounded, unlike readline()
+        match = re.search(r"^  openai +base_url=(\S+)$", banner, re.MULTILINE)
+        assert match, banner
+        yield match[1]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -182,9 +182,12 @@ def test_200_streams_never_block_the_loop(remote_server: str) -> None:
         await beat
         return list(texts)
 
-    # Best of three runs: on a shared 2-core machine another process can hold the
-    # CPU for tens of ms; a library that blocks the loop (a Thread.start() or a
-    # join on it) shows ~1 s in every run.
+    # Best of three runs, under 200 ms: on a shared 2-core machine other processes
+    # hold the CPU for tens of ms (measured: ~70 ms worst lag in every run with the
+    # suite and two busy processes pinned to one core). A library that blocks the
+    # loop (a Thread.start() per stream, measured: 430-760 ms worst lag in every
+    # run, unloaded) is still far above.
+    bound = 0.2
     worst = []
     for _ in range(3):
         lags: List[float] = []
@@ -193,9 +196,9 @@ def test_200_streams_never_block_the_loop(remote_server: str) -> None:
         assert texts == [" ".join(f"tok{i}" for i in range(40))] * 200
         assert running[1] >= 150, running  # they did run concurrently
         worst.append(max(lags))
-        if worst[-1] < 0.05:
+        if worst[-1] < bound:
             break
-    assert min(worst) < 0.05, f"worst loop lag per run: {[round(w * 1000, 1) for w in worst]} ms"
+    assert min(worst) < bound, f"worst loop lag per run: {[round(w * 1000, 1) for w in worst]} ms"
 
 
 def test_backpressure_holds(server: FakeLLMServer) -> None:

@@ -19,7 +19,7 @@ import pytest
 import llmstream
 from llmstream.testing import FakeLLMServer, Reply
 
-from conftest import wait_no_worker_threads
+from conftest import wait_no_worker_threads, wait_thread_in
 
 KEY = "sk-test-" + "x" * 32
 
@@ -64,7 +64,7 @@ def test_the_staged_connect_really_hangs(unanswered_port: int) -> None:
 def test_close_while_connecting_ends_the_worker_at_once(unanswered_port: int) -> None:
     with _client(unanswered_port, connect=30, first_token=30) as client:
         stream = client.stream("hi", model="m")
-        time.sleep(0.3)  # the worker is now blocked in connect() (see the test above)
+        assert wait_thread_in("_create_tracked_connection")  # blocked in connect() (see the test above)
         started = time.monotonic()
         stream.close()
         assert time.monotonic() - started < 0.1

@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 import requests
 
+from helpers import read_until
 from relay_servers import parse_ndjson, parse_sse, text_of
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "chat"
@@ -21,10 +22,9 @@ from common import FAKE_TEXT  # noqa: E402
 def start_example(script: str, *extra: str) -> Iterator[str]:
     env = {k: v for k, v in __import__("os").environ.items() if k != "OPENAI_API_KEY"}
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / script), "--port", "0", "--fake-interval", "0.002", *extra],
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, env=env)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = read_until(proc, b"\n").decode()  # bounded, unlike readline()
         assert line.startswith("chat page on http://"), line
         yield line.split()[3].rstrip("/")
     finally:

@@ -115,13 +115,18 @@ def test_waiting_for_a_slot_counts_against_the_total_timeout(server: FakeLLMServ
 
 
 def test_queued_time_is_in_the_metrics(server: FakeLLMServer) -> None:
+    # The first stream holds the one slot until the second has waited 0.15 s at least
+    # (timed from when it joined the line, so a slow test thread cannot shorten the wait).
     client = client_for(server, max_concurrent=1)
-    server.script(Reply(stall_before_first_byte=0.2))
+    server.script(Reply(stall_before_first_byte=float("inf")))
     first = client.stream("first", model="m")
     server.wait_for_requests(1)
     second = client.stream("second", model="m")
-    assert first.result.metrics.queued < 0.1
-    assert second.result.metrics.queued >= 0.1
+    wait_until(lambda: client._flow.slots.waiting == 1, what="the second stream in line")
+    time.sleep(0.15)  # the queued time to measure
+    first.close()
+    assert second.result.metrics.queued >= 0.15
+    assert first.metrics.queued < 0.1
 
 
 # -- the shared rate limiter ----------------------------------------------------------------
@@ -154,11 +159,20 @@ def test_a_429_on_another_client_does_not_pause_this_one(server: FakeLLMServer) 
 
 def test_requests_per_minute_spaces_requests_out(server: FakeLLMServer) -> None:
     # 600/min with a 0.1 s burst: a bucket of one request refilled every 0.1 s.
-    client = client_for(server, rate_limit=RateLimit(requests_per_minute=600, burst_seconds=0.1))
-    for i in range(4):
-        assert client.complete(f"q{i}", model="m").text == DEFAULT_TEXT
-    times = [r.received_at for r in server.requests]
-    assert all(b - a >= 0.09 for a, b in zip(times, times[1:])), times
+    # Measured when each request left the client (its attempt's start): the server's
+    # receive times add a connection and a thread start, which vary on a loaded machine
+    # (CI once saw two requests received 45 ms apart, though sent 0.1 s apart).
+    reports: List[llmstream.StreamReport] = []
+    unsubscribe = llmstream.monitor.subscribe(reports.append)
+    try:
+        client = client_for(server, rate_limit=RateLimit(requests_per_minute=600, burst_seconds=0.1))
+        for i in range(4):
+            assert client.complete(f"q{i}", model="m").text == DEFAULT_TEXT
+    finally:
+        unsubscribe()
+    assert len(server.requests) == 4
+    times = sorted(attempt.started for r in reports if r.base_url == server.base_url("openai") for attempt in r.attempts)
+    assert len(times) == 4 and all(b - a >= 0.09 for a, b in zip(times, times[1:])), times
 
 
 def test_tokens_per_minute_charges_the_output_limit(server: FakeLLMServer) -> None:

@@ -71,8 +71,17 @@ class Kernel:
         while reply["parent_header"].get("msg_id") != msg_id:
             reply = self.kc.get_shell_msg(timeout=30)
         assert reply["content"]["status"] == "ok", reply["content"]
-        self.drain(0.0)
-        return reply
+        # IOPub is another channel than the reply's: the cell's outputs can arrive after
+        # the reply (a loaded machine). The kernel's "idle" for this request comes after them.
+        deadline = time.monotonic() + 30
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "the kernel never went idle after the cell"
+            msg = self.kc.get_iopub_msg(timeout=left)
+            self.seen.append(msg)
+            if (msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") == msg_id
+                    and msg["content"]["execution_state"] == "idle"):
+                return reply
 
     def drain(self, timeout: float) -> None:
         import queue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any, List
 
@@ -13,6 +14,7 @@ import requests
 import llmstream
 from llmstream import relay
 from llmstream.testing import FakeLLMServer, Reply
+from hostile_server import Send, Wait, chunked, head, openai_transcript
 from relay_servers import Uvicorn, Werkzeug, parse_ndjson, parse_sse, text_of, wait_until
 
 TOKENS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
@@ -309,11 +311,19 @@ def test_run_past_its_kept_events_is_not_resumable(server: FakeLLMServer) -> Non
     assert [n for _, n, _ in tail] == ["usage", "done"]
 
 
-def test_expired_run_is_forgotten(server: FakeLLMServer) -> None:
+def test_expired_run_is_forgotten(serve) -> None:
+    # The upstream holds the end of its answer until the run is in hand: a run that finished
+    # and outlived its 50 ms before the first get() (a loaded machine) would be gone already.
+    gate = threading.Event()
+    events = openai_transcript(TOKENS)
+    upstream = serve([[Send(head(framing="chunked") + chunked(events[:1], last=False)), Wait(event=gate),
+                       Send(chunked(events[1:]))]])
     store = relay.MemoryRunStore(ttl=0.05)
-    server.script(Reply(text=TEXT, tokens=TOKENS))
-    run_id = store.start(client_for(server).stream("hi", model="m"))
-    assert store.get(run_id).join(10)
+    client = llmstream.Client(base_url=f"{upstream.url}/v1", api_key="test-key")
+    run_id = store.start(client.stream("hi", model="m"))
+    run = store.get(run_id)
+    gate.set()
+    assert run.join(10)
     time.sleep(0.1)  # the time-to-live itself is what is tested
     with pytest.raises(relay.NotResumableError):
         store.get(run_id)

@@ -36,7 +36,7 @@ from llmstream import (
 )
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 
-from conftest import wait_no_worker_threads, worker_threads
+from conftest import wait_no_worker_threads, wait_thread_in, worker_threads
 
 PROVIDERS = ["openai", "openai-responses", "anthropic", "ollama"]
 TEXT = "Paris is the capital of France — ça va? 日本語 🎉"
@@ -155,7 +155,11 @@ def test_buffered_events_are_handed_over_together(server: FakeLLMServer) -> None
         it = iter(s)
         next(it)
         server.wait_for_requests(1)
-        time.sleep(0.3)  # let the whole answer arrive while the queue is full
+        # The whole answer arrives while the queue is full: the server's handler has written
+        # it all once it waits for the connection's next request.
+        handlers = [t for t in threading.enumerate()
+                    if t.name.startswith("llmstream-fake-server-") and not t.name.endswith("-accept")]
+        assert wait_thread_in("readinto", handlers)
         rest = list(it)
     assert len(rest) == 299
     assert s.metrics.chunks < 100, s.metrics.chunks

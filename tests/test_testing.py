@@ -9,11 +9,13 @@ synchronise (threads are joined, requests are awaited with
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
 import json
 import logging
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -1166,3 +1168,102 @@ def test_a_request_received_just_before_ctrl_c_is_still_logged(session: requests
     err = io.StringIO()
     assert serve(["--port", "0"], out=io.StringIO(), err=err) == 0
     assert re.sub(r"\d\d:\d\d:\d\d ", "", err.getvalue()) == "POST /api/chat model=llama-test stream=true\n"
+
+
+def test_ctrl_c_while_the_banner_is_printed_stops_cleanly_and_logs(session: requests.Session,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client may use the server as soon as the first line names its URL, while the rest of
+    # the banner is still being printed (a loaded machine): Ctrl+C lands there, before the log loop.
+    import llmstream.testing._cli as cli
+
+    def interrupted(server: FakeLLMServer) -> Dict[str, str]:
+        with session.post(server.url + "/api/chat", json=_body("ollama"), timeout=10) as resp:
+            assert resp.status_code == 200
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "environment", interrupted)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        status = serve(["--port", "0"], out=out, err=err)
+    except KeyboardInterrupt:  # uncaught, it would stop the whole pytest session
+        pytest.fail("Ctrl+C during the banner escaped serve()")
+    assert status == 0 and "Press Ctrl+C" not in out.getvalue()
+    assert re.sub(r"\d\d:\d\d:\d\d ", "", err.getvalue()) == "POST /api/chat model=llama-test stream=true\n"
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 50 clients connect at once while the accepting thread is busy (as on a loaded machine):
+    # the kernel must queue them all, not drop their SYNs (a 1 s retransmit) or reset them.
+    from llmstream.testing._server import FakeHTTPServer
+
+    held, release = threading.Event(), threading.Event()
+    process_request = FakeHTTPServer.process_request
+
+    def busy_acceptor(self: FakeHTTPServer, request: Any, client_address: Any) -> None:
+        if not held.is_set():
+            held.set()
+            release.wait(10)
+        process_request(self, request, client_address)
+
+    monkeypatch.setattr(FakeHTTPServer, "process_request", busy_acceptor)
+    body = json.dumps(_body("openai")).encode()
+    request = (f"POST {PATHS['openai']} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with FakeLLMServer() as server:
+        first = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        clients = [first]
+        try:
+            assert held.wait(5)  # the acceptor holds the first connection and accepts no other
+            for _ in range(49):
+                sock = socket.socket()
+                sock.setblocking(False)
+                assert sock.connect_ex(("127.0.0.1", server.port)) in (0, errno.EINPROGRESS)
+                clients.append(sock)
+            # While nobody accepts, every handshake completes from the listen queue.
+            # (A dropped SYN is retransmitted after 1 s and dropped again while the acceptor is held.)
+            pending, deadline = set(clients[1:]), time.monotonic() + 5
+            while pending:
+                pending -= set(select.select([], list(pending), [], 0.05)[1])
+                if time.monotonic() > deadline:
+                    break
+            assert len(pending) == 0, f"{len(pending)} of 49 connections not queued while the acceptor was busy"
+            release.set()
+            for sock in clients:
+                sock.settimeout(10)
+                sock.sendall(request)
+            for sock in clients:
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), answer[-200:]
+        finally:
+            release.set()
+            for sock in clients:
+                sock.close()
+
+
+@pytest.mark.parametrize("streamed,last_write", [(True, "finish"), (False, "run")], ids=["stream", "complete"])
+def test_max_concurrent_frees_the_slot_before_the_client_can_see_the_end(monkeypatch: pytest.MonkeyPatch,
+                                                                        streamed: bool, last_write: str) -> None:
+    # A client that read an answer to its end may send its next request at once. On a loaded
+    # machine that request can arrive while the server's thread, descheduled right after its
+    # answer's last write, has not yet done its bookkeeping: it is not one request too many.
+    from llmstream.testing._writer import BodyWriter
+
+    next_answered = threading.Event()
+    original = getattr(BodyWriter, last_write)
+
+    def descheduled(self: BodyWriter, *args: Any) -> Any:
+        result = original(self, *args)
+        next_answered.wait(5)  # this thread runs again only once the next request was answered
+        return result
+
+    monkeypatch.setattr(BodyWriter, last_write, descheduled)
+    with FakeLLMServer(max_concurrent=1) as server, requests.Session() as one, requests.Session() as other:
+        try:
+            first = one.post(server.url + PATHS["openai"], json=_body("openai", stream=streamed), timeout=10)
+            following = other.post(server.url + PATHS["openai"], json=_body("openai", stream=streamed), timeout=10)
+        finally:
+            next_answered.set()
+        assert (first.status_code, following.status_code, server.rejected_over_limit) == (200, 200, 0), following.text
+        assert first.content == following.content.replace(b"chatcmpl-fake-2", b"chatcmpl-fake-1")

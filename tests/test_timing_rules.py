@@ -82,12 +82,14 @@ def test_slow_caller_is_not_an_idle_server_while_the_server_is_still_writing(ser
 
 
 def test_the_idle_clock_starts_when_the_caller_asks_for_more(serve) -> None:
-    # The server's gap (0.4 s) is longer than idle (0.2 s), but the caller
-    # spends 0.3 s on each token: it asks for the next one 0.1 s before the
-    # server sends it. From the caller's side the wait is 0.1 s, so no timeout.
-    # Measured from the previous token's arrival instead, the clock would run
-    # out while the caller was busy (a clock that counts a slow caller).
-    gap, idle, caller = 0.4, 0.2, 0.3
+    # The server's gap (0.4 s) is longer than idle (0.3 s), but the caller
+    # spends 0.35 s on each token: it asks for the next one 0.05 s before the
+    # server sends it. From the caller's side the wait is 0.05 s, so no timeout
+    # (0.25 s to spare for a server thread that waits for the CPU on a loaded
+    # machine). Measured from the previous token's arrival instead, the clock
+    # would run out while the caller was busy (a clock that counts a slow
+    # caller): 0.4 s > 0.3 s, and any delay only makes that wait longer.
+    gap, idle, caller = 0.4, 0.3, 0.35
     steps: List[Step] = [Send(head(framing="chunked"))]
     for word in WORDS[:4]:
         steps += [Send(_chunk(openai_event(word))), Wait(gap)]

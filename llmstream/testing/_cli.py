@@ -224,36 +224,40 @@ def serve(argv: Optional[List[str]] = None, *, out: Optional[TextIO] = None, err
     with FakeLLMServer(options.host, options.port, default_reply=options.reply,
                        max_concurrent=options.max_concurrent, limit_retry_after=options.limit_retry_after) as server:
         server.script(*options.script)
-        print(f"llmstream fake LLM server listening on {server.url}", file=out)
-        for provider in PROVIDERS:
-            print(f"  {provider:<17} base_url={server.base_url(provider)}", file=out)
-        print("Point llmstream and the official SDKs at it (any key works):", file=out)
-        for name, value in environment(server).items():
-            print(f"  export {name}={value}", file=out)
-        print("Press Ctrl+C to stop.", file=out, flush=True)
-        _log_requests(server, stop, None if options.quiet else err)
+        log = None if options.quiet else err
+        logged = [0]  # requests whose line was printed: read again after Ctrl+C
+        try:
+            print(f"llmstream fake LLM server listening on {server.url}", file=out)
+            for provider in PROVIDERS:
+                print(f"  {provider:<17} base_url={server.base_url(provider)}", file=out)
+            print("Point llmstream and the official SDKs at it (any key works):", file=out)
+            for name, value in environment(server).items():
+                print(f"  export {name}={value}", file=out)
+            print("Press Ctrl+C to stop.", file=out, flush=True)
+            _log_requests(server, stop, log, logged)
+        except KeyboardInterrupt:
+            # Ctrl+C is the way to stop, wherever it lands once the server runs: while the
+            # banner is still printed (a client that read the first line may already have
+            # been served), or after a request was recorded and before its line was printed
+            # (a loaded machine). Print what was received, then stop.
+            _print_new(server.requests, logged, log)
     return 0
 
 
-def _log_requests(server: FakeLLMServer, stop: threading.Event, err: Optional[TextIO]) -> None:
-    """Print one line per request until ``stop`` is set or Ctrl+C; every request received is logged."""
-    seen = 0
-    try:
-        while not stop.is_set():
-            try:
-                # Short waits keep Ctrl+C and ``until`` responsive on every platform.
-                log = server.wait_for_requests(seen + 1, timeout=0.5)
-            except TimeoutError:
-                continue
-            seen = _print_new(log, seen, err)
-    except KeyboardInterrupt:
-        # Ctrl+C can land after a request was recorded and before its line was printed
-        # (a loaded machine): print what was received, then stop.
-        _print_new(server.requests, seen, err)
+def _log_requests(server: FakeLLMServer, stop: threading.Event, err: Optional[TextIO], logged: List[int]) -> None:
+    """Print one line per request until ``stop`` is set; ``logged[0]`` counts the lines printed."""
+    while not stop.is_set():
+        try:
+            # Short waits keep Ctrl+C and ``until`` responsive on every platform.
+            log = server.wait_for_requests(logged[0] + 1, timeout=0.5)
+        except TimeoutError:
+            continue
+        _print_new(log, logged, err)
 
 
-def _print_new(log: List[RecordedRequest], seen: int, err: Optional[TextIO]) -> int:
-    if err is not None:
-        for request in log[seen:]:
+def _print_new(log: List[RecordedRequest], logged: List[int], err: Optional[TextIO]) -> None:
+    """Print the requests of ``log`` past ``logged[0]``, counting each once its line is out."""
+    for request in log[logged[0]:]:
+        if err is not None:
             print(describe_request(request), file=err, flush=True)
-    return len(log)
+        logged[0] += 1

@@ -145,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "llmstream-fake-server"
     sys_version = ""
     server: "FakeHTTPServer"
+    #: True from admission under ``max_concurrent`` until ``_release()`` (per request).
+    _in_flight = False
 
     def version_string(self) -> str:
         """The ``Server`` header value."""
@@ -211,7 +213,7 @@ class Handler(BaseHTTPRequestHandler):
                 try:
                     self._replay(path[len(RESPONSES_PREFIX):], query)
                 finally:
-                    self.state.stream_ended()
+                    self._release()
         elif provider is None:
             self._error(404, _style(path), f"Unknown request URL: {self.command} {path}", "not_found_error"
                         if _style(path) == "anthropic" else "invalid_request_error")
@@ -223,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 self._answer(provider, body, number)
             finally:
-                self.state.stream_ended()
+                self._release()
 
     def _answer(self, provider: str, body: Dict[str, Any], number: int) -> None:
         # An agent loop's turn sent back altered (a thinking signature dropped...) is refused
@@ -280,7 +282,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         conn: socket.socket = self.connection
         writer = BodyWriter(conn.sendall, dataclasses.replace(reply, chunked=False),
-                            pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep)
+                            pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep, before_end=self._release)
         try:
             self.end_headers()
             clean = writer.run([data])
@@ -289,6 +291,7 @@ class Handler(BaseHTTPRequestHandler):
             clean = False
         if not clean:
             self.close_connection = True
+            self._release()
             _hang_up(conn)
 
     def _catalog(self, path: str, body: Any) -> bool:
@@ -322,6 +325,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self._request_id_header(provider)
+        self._release()
         self.end_headers()
         self.wfile.write(data)
 
@@ -353,6 +357,7 @@ class Handler(BaseHTTPRequestHandler):
         self._request_id_header(provider)
         for name, value in [*(reply.headers.items() if reply else ()), *(headers or {}).items()]:
             self.send_header(name, value)
+        self._release()
         self.end_headers()
         self.wfile.write(data)
 
@@ -365,11 +370,25 @@ class Handler(BaseHTTPRequestHandler):
     def _admitted(self, provider: str) -> bool:
         """Count the request in flight, or answer 429 over ``max_concurrent`` (consuming no scripted reply)."""
         if self.state.stream_started():
+            self._in_flight = True
             return True
         # As a real API's concurrency limit answers.
         self._error(429, provider, "Too many concurrent requests; retry later.", None,
                     headers={"Retry-After": f"{self.state.limit_retry_after:g}"})
         return False
+
+    def _release(self) -> None:
+        """Stop counting this request against ``max_concurrent`` (once).
+
+        Called before the client can see its answer end (the last piece of the
+        body, the hang-up, or the answer's headers when the body goes in one
+        write), not after: a client that saw the end may send its next request
+        at once, and on a loaded machine that request can arrive before this
+        thread runs again. Counted until then, it was refused as one too many.
+        """
+        if self._in_flight:
+            self._in_flight = False
+            self.state.stream_ended()
 
     def _stream(self, reply: Reply, ctx: StreamContext, skip_through: int) -> None:
         self.send_response(reply.status, reason(reply.status))
@@ -381,7 +400,8 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         conn: socket.socket = self.connection
-        writer = BodyWriter(conn.sendall, reply, pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep)
+        writer = BodyWriter(conn.sendall, reply, pause=lambda s: self.state.pause(s, conn), sleep=self.state.sleep,
+                            before_end=self._release)
         body = ([reply.raw_body] if reply.raw_body is not None
                 else plan(FORMATTERS[ctx.provider](reply, ctx), reply, ctx, skip_through))
         try:
@@ -395,6 +415,7 @@ class Handler(BaseHTTPRequestHandler):
         if not clean or not reply.chunked:
             self.close_connection = True
         if not clean:
+            self._release()
             _hang_up(conn)
 
 

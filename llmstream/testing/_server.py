@@ -46,6 +46,10 @@ class FakeHTTPServer(socketserver.TCPServer):
     # option means something else (port stealing), so keep it off there.
     allow_reuse_address = sys.platform != "win32"
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a burst of clients (50 streams started
+    # at once) while the accepting thread waits for the CPU overflows it, and the kernel
+    # drops their SYNs (a 1 s retransmit) or resets them. The kernel caps this at somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address: Tuple[str, int], state: ServerState) -> None:
         self.state = state
@@ -122,7 +126,10 @@ class FakeLLMServer:
         default_reply: the reply used when the script is empty (default ``Reply()``).
         max_concurrent: stream at most this many answers at once; a request
             beyond that gets ``429`` with ``Retry-After: limit_retry_after``
-            (as a real API's concurrency limit). ``None``: no limit.
+            (as a real API's concurrency limit). ``None``: no limit. A request
+            counts until just before the last piece of its answer is sent, so a
+            client that keeps to the same limit is never refused, however loaded
+            the machine.
         limit_retry_after: the ``Retry-After`` seconds of those 429 answers.
 
     Usage::

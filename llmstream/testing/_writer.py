@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from ._faults import Abort, Pause, PlanItem
 from ._reply import Reply
@@ -30,6 +30,7 @@ from ._reply import Reply
 __all__ = ["BodyWriter"]
 
 MAX_SPLIT = 32  # largest random piece with split_seed, in bytes
+_END = object()  # the end of the plan
 
 
 class BodyWriter:
@@ -40,11 +41,14 @@ class BodyWriter:
         reply: the reply whose framing options apply.
         pause: ``pause(seconds) -> bool``, False when the server stops or the client left.
         sleep: ``sleep(seconds) -> bool``, a precise stop-aware wait for pacing.
+        before_end: called (once or more) just before the body's last piece is sent, or its
+            cut piece: from then on the client can see the answer end.
     """
 
     def __init__(self, send: Callable[[bytes], None], reply: Reply, *, pause: Callable[[float], bool],
-                 sleep: Callable[[float], bool]) -> None:
+                 sleep: Callable[[float], bool], before_end: Callable[[], None] = lambda: None) -> None:
         self._send = send
+        self._before_end = before_end
         self._reply = reply
         self._pause = pause
         self._sleep = sleep
@@ -57,11 +61,14 @@ class BodyWriter:
         """Send the plan; return True when the body ended cleanly, False to close abruptly."""
         group: List[bytes] = []
         per_write = self._reply.events_per_write
-        for item in plan:
+        items = iter(plan)
+        following: Any = next(items, _END)
+        while following is not _END:
+            item, following = following, next(items, _END)  # one ahead: the last write is known
             if isinstance(item, bytes):
                 group.append(item)
                 if len(group) >= per_write:
-                    if not self._write(b"".join(group)):
+                    if not self._write(b"".join(group), last=following is _END):
                         return False
                     group.clear()
                 continue
@@ -74,13 +81,14 @@ class BodyWriter:
                 if not self._pause(item.seconds):
                     return False
                 self._next_at = None  # pacing restarts after a stall instead of bursting to catch up
-        return not group or self._write(b"".join(group))
+        return not group or self._write(b"".join(group), last=True)
 
     def finish(self) -> None:
         """Send the end of a chunked body (call only after a clean ``run`` on a chunked response)."""
+        self._before_end()
         self._send(b"0\r\n\r\n")
 
-    def _write(self, data: bytes) -> bool:
+    def _write(self, data: bytes, *, last: bool = False) -> bool:
         if not self._started:
             self._started = True
             if self._reply.stall_before_first_byte and not self._pause(self._reply.stall_before_first_byte):
@@ -89,9 +97,14 @@ class BodyWriter:
         cut = limit is not None and self._written + len(data) >= limit
         if cut:
             data = data[: limit - self._written]  # type: ignore[operator]
-        for piece in self._pieces(data):
+        pieces = self._pieces(data)
+        following = next(pieces, None)
+        while following is not None:
+            piece, following = following, next(pieces, None)
             if not self._paced():
                 return False
+            if following is None and (last or cut):
+                self._before_end()
             self._send(b"%x\r\n%s\r\n" % (len(piece), piece) if self._reply.chunked else piece)
         self._written += len(data)
         return not cut
