@@ -54,7 +54,7 @@ except ImportError as exc:  # the optional extra is not installed
                       '(or pip install ".[notebook]" from a clone)') from exc
 
 from ._events import Distribution, Event, MonitorSnapshot, Reset, Retrying, TextDelta, Usage
-from ._exceptions import StreamError
+from ._exceptions import StreamError, TextNotKeptError
 from ._monitor import Monitor
 from ._monitor import monitor as process_monitor
 from ._render import Bundle, bundle, status_line
@@ -93,6 +93,8 @@ def show(stream: TokenStream, *, markdown: bool = True) -> str:
 
     Returns:
         The final text (what was delivered, if the stream was closed elsewhere).
+        For a stream made with ``keep_text=False``, the text delivered while
+        ``show`` followed it (it keeps what it shows; nothing before).
 
     Raises:
         StreamError: the stream failed; the partial text and the error stay on screen.
@@ -133,18 +135,43 @@ class _Output(Protocol):
 
 
 class _Tally:
-    """What the status line counts, gathered from the events as they pass."""
+    """What the status line counts, and the text shown, gathered from the events as they pass.
+
+    The text is the stream's own (``stream.text``) while it keeps it; a stream
+    made with ``keep_text=False`` keeps none, so the tally keeps what passes
+    show() (a display needs the whole text): what came before show() was
+    called is then not on screen.
+    """
 
     def __init__(self, stream: TokenStream) -> None:
         self.stream = stream
         self.retries = 0
         self.output_tokens: Optional[int] = None
+        self._own: Optional[list[str]] = None  # the text seen, when the stream keeps none
+        try:
+            stream.text
+        except TextNotKeptError:
+            self._own = []
 
     def see(self, event: Event) -> None:
-        if event.__class__ is Retrying:
+        if event.__class__ is TextDelta:
+            if self._own is not None:
+                self._own.append(event.text)
+        elif event.__class__ is Retrying:
             self.retries += 1
+        elif event.__class__ is Reset:
+            if self._own is not None:
+                self._own.clear()
         elif isinstance(event, Usage) and event.output_tokens is not None:
             self.output_tokens = event.output_tokens
+
+    def text(self) -> str:
+        """The text to show: the stream's, or what passed when it keeps none."""
+        if self._own is None:
+            return self.stream.text
+        text = "".join(self._own)
+        self._own[:] = [text]  # joined once per update, not once per piece
+        return text
 
     def status(self, state: str, error: Optional[BaseException] = None) -> str:
         metrics = self.stream.metrics
@@ -176,7 +203,7 @@ def _follow(stream: TokenStream, tally: _Tally, output: _Output) -> str:
             events.close()  # releases the stream's one-consumer lock now, not when collected
         stream.close()
         output.end(state, error)
-    return stream.text
+    return tally.text()
 
 
 def _settled(stream: TokenStream, tally: _Tally, output: _Output) -> str:
@@ -196,7 +223,7 @@ def _settled(stream: TokenStream, tally: _Tally, output: _Output) -> str:
     output.end(state, error)
     if error is not None:
         raise error
-    return stream.text
+    return tally.text()
 
 
 class _Throttle:
@@ -243,7 +270,7 @@ class _LiveOutput:
         self._update: Optional[Callable[[Bundle], None]] = None
 
     def bundle(self, state: str, error: Optional[BaseException] = None) -> Bundle:
-        return bundle(self._stream.text, self._tally.status(state, error), state=state, markdown=self._markdown)
+        return bundle(self._tally.text(), self._tally.status(state, error), state=state, markdown=self._markdown)
 
     def _publish(self, bundle: Bundle) -> None:
         if self._update is None:
@@ -275,7 +302,7 @@ class _PrintedOutput:
 
     def begin(self) -> None:
         self._begun = True
-        self._out.write(self._stream.text)  # delivered before show() was called
+        self._out.write(self._tally.text())  # delivered before show() was called
         self._out.flush()
 
     def progress(self, event: Event) -> None:
@@ -288,7 +315,7 @@ class _PrintedOutput:
 
     def end(self, state: str, error: Optional[BaseException]) -> None:
         if not self._begun:  # a stream that had ended before show()
-            self._out.write(self._stream.text)
+            self._out.write(self._tally.text())
         self._out.write(f"\n[{self._tally.status(state, error)}]\n")
         self._out.flush()
 

@@ -606,3 +606,15 @@ def test_a_shown_stream_names_its_model_and_first_token(server: FakeLLMServer) -
     match = re.fullmatch(r"finished · gpt-4o-mini · first token (\d+) ms · 2 tokens · – tokens/s · 0 retries",
                          screen.last_status[0])
     assert match and int(match[1]) >= 50
+
+
+def test_a_stream_that_keeps_no_text_is_shown_from_what_passes(server: FakeLLMServer,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # keep_text=False: the stream holds no text, so show() keeps what it shows.
+    server.script(Reply(token_count=300), Reply(text="Hello <b>world</b>"))
+    screen = Screen()
+    stream = client_for(server, keep_text=False).stream("hi", model="m")
+    assert follow(stream, screen) == counted(300)
+    assert screen.texts[-1] == counted(300) and screen.last_status[1] == "finished"
+    assert nb.show(client_for(server, keep_text=False).stream("hi", model="m")) == "Hello <b>world</b>"
+    assert capsys.readouterr().out.startswith("Hello <b>world</b>\n[finished · m · ")
