@@ -15,7 +15,8 @@ generation that ended normally; otherwise (a failure, ``close()``,
 ``max_output_chars``) the larger of the reported output and the text pieces
 seen, and the figure is "at least".
 
-Usage shapes (read from ``Usage.raw``, checked before use, never trusted):
+Usage shapes (the decoders' ``Usage`` fields first, else read from ``Usage.raw``,
+checked before use, never trusted):
   * input includes cached tokens, details beside it:
     ``prompt_tokens_details.cached_tokens`` (Chat Completions),
     ``input_tokens_details.cached_tokens`` (Responses API);
@@ -48,6 +49,14 @@ def _count(value: Any) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
         return None
     return value
+
+
+def _first(*counts: Optional[int]) -> Optional[int]:
+    """The first count given (a valid one: ``_count`` checked the raw ones; decoders check theirs)."""
+    for count in counts:
+        if count is not None:
+            return _count(count)
+    return None
 
 
 def _nested(raw: Mapping[str, Any], outer: str, inner: str) -> Optional[int]:
@@ -92,20 +101,20 @@ def token_counts(usage: Optional[Usage]) -> Tuple[TokenCounts, bool, bool]:
     raw = usage.raw if isinstance(usage.raw, Mapping) else {}
     given_in, given_out = _count(usage.input_tokens), _count(usage.output_tokens)
     base_in, output = given_in or 0, given_out or 0
-    read = _count(raw.get("cache_read_input_tokens"))
-    write = _count(raw.get("cache_creation_input_tokens"))
-    if read is not None or write is not None:
+    if "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw:
         # Messages API: input_tokens counts only what was neither read from nor written to the cache.
+        read = _first(usage.cached_input_tokens, _count(raw.get("cache_read_input_tokens")))
+        write = _first(usage.cache_write_tokens, _count(raw.get("cache_creation_input_tokens")))
         cache_read, cache_write = read or 0, write or 0
         total_in = base_in + cache_read + cache_write
     else:
-        cached = _nested(raw, "prompt_tokens_details", "cached_tokens")
-        if cached is None:
-            cached = _nested(raw, "input_tokens_details", "cached_tokens")
+        # Everyone else counts cache reads inside the input (the decoders' cached_input_tokens:
+        # OpenAI, Responses, DeepSeek, Gemini); a Usage built by hand may carry only the raw object.
+        cached = _first(usage.cached_input_tokens, _nested(raw, "prompt_tokens_details", "cached_tokens"),
+                        _nested(raw, "input_tokens_details", "cached_tokens"))
         cache_read, cache_write, total_in = min(cached or 0, base_in), 0, base_in
-    reasoning = _nested(raw, "completion_tokens_details", "reasoning_tokens")
-    if reasoning is None:
-        reasoning = _nested(raw, "output_tokens_details", "reasoning_tokens")
+    reasoning = _first(usage.reasoning_tokens, _nested(raw, "completion_tokens_details", "reasoning_tokens"),
+                       _nested(raw, "output_tokens_details", "reasoning_tokens"))
     counts = TokenCounts(total_in, cache_read, cache_write, output, min(reasoning or 0, output))
     return counts, given_in is not None, given_out is not None
 

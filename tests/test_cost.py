@@ -72,6 +72,28 @@ def test_usage_shapes_are_normalised() -> None:
     assert token_counts(hostile)[0] == counts.__class__(input=10, output=5)
 
 
+def test_the_decoders_usage_fields_are_priced_for_every_provider() -> None:
+    # Gemini: promptTokenCount includes the cache, thoughts are billed as output
+    # (its decoder adds them to output_tokens); DeepSeek's cache hits have no
+    # OpenAI-shaped detail object: the decoders' fields carry them.
+    from llmstream._providers import get_provider
+    from llmstream._providers._base import StreamDecoder
+    gemini = get_provider("gemini")
+    decoder = StreamDecoder(gemini.new_decoder(), framing=gemini.framing)
+    metadata = {"promptTokenCount": 100, "cachedContentTokenCount": 40, "candidatesTokenCount": 10,
+                "thoughtsTokenCount": 30, "totalTokenCount": 140}
+    chunk = {"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "finishReason": "STOP",
+                             "index": 0}], "usageMetadata": metadata}
+    events = decoder.feed(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n")
+    (usage,) = [e for e in events if isinstance(e, llmstream.Usage)]
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens) == (
+        100, 40, 40, 30)
+    counts = token_counts(usage)[0]
+    assert counts == counts.__class__(input=100, cache_read=40, output=40, reasoning=30)
+    deepseek = llmstream.Usage(50, 5, raw={"prompt_cache_hit_tokens": 20}, cached_input_tokens=20)
+    assert token_counts(deepseek)[0] == counts.__class__(input=50, cache_read=20, output=5)
+
+
 def test_anthropic_cache_write_is_priced() -> None:
     from llmstream._cost import Accounting, price
     counts = token_counts(llmstream.Usage(10, 50, raw={"cache_read_input_tokens": 200,

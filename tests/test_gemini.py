@@ -36,7 +36,8 @@ def usage(p: int, o: int, t: int = 0) -> Usage:
         raw["thoughtsTokenCount"] = t
     raw["totalTokenCount"] = p + o + t
     raw["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": p}]  # type: ignore[assignment]
-    return Usage(p, o, raw)
+    # Thoughts are billed as output: output_tokens includes them, as for every provider.
+    return Usage(p, o + t, raw, reasoning_tokens=t or None)
 
 
 # -- the decoder, on fixtures of the API's exact shape, split at every point --------------------

@@ -280,12 +280,19 @@ class GeminiDecoder:
             optional(chunk.feedback, "blockReason", str, _WHERE, "promptFeedback.")
         usage = optional(obj, "usageMetadata", dict, _WHERE)
         if usage is not None:
+            # promptTokenCount includes the cached content; thoughts are counted
+            # apart from the candidates but billed as output, and Usage's
+            # output_tokens includes reasoning: candidates + thoughts.
+            candidate_tokens = token_count(usage, "candidatesTokenCount", _WHERE, "usageMetadata.")
+            thought_tokens = token_count(usage, "thoughtsTokenCount", _WHERE, "usageMetadata.")
             chunk.usage = Usage(
                 input_tokens=token_count(usage, "promptTokenCount", _WHERE, "usageMetadata."),
-                output_tokens=token_count(usage, "candidatesTokenCount", _WHERE, "usageMetadata."),
+                output_tokens=(None if candidate_tokens is None and thought_tokens is None
+                               else (candidate_tokens or 0) + (thought_tokens or 0)),
                 raw=usage,
+                cached_input_tokens=token_count(usage, "cachedContentTokenCount", _WHERE, "usageMetadata."),
+                reasoning_tokens=thought_tokens,
             )
-            token_count(usage, "thoughtsTokenCount", _WHERE, "usageMetadata.")
             token_count(usage, "totalTokenCount", _WHERE, "usageMetadata.")
         return chunk
 
