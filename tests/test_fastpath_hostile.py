@@ -19,7 +19,7 @@ import pytest
 import llmstream
 from llmstream import IncompleteStreamError, MalformedStreamError, StreamTimeoutError, Timeout
 
-from hostile_server import Close, HostileServer, Send, Step, Wait, chunked, head, openai_done, openai_event, openai_finish
+from hostile_server import Close, HostileServer, anthropic_transcript, Send, Step, Wait, chunked, head, openai_done, openai_event, openai_finish
 from test_hostile import client_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -203,5 +203,27 @@ def test_a_late_caller_still_gets_what_arrived_then_times_out(serve) -> None:
                 for piece in stream:
                     pieces.append(piece)
             assert (pieces, info.value.kind, info.value.partial_text) == (["Hi"], "idle", "Hi")
+    finally:
+        client.close()
+
+
+def test_bytes_that_arrived_while_a_slow_caller_held_a_non_content_event_still_count(serve) -> None:
+    # The caller is handed message_start (not content, so the first_token
+    # clock runs on) and spends longer than first_token with it; the text
+    # arrived meanwhile. The next read finds first_token passed: a last poll
+    # (LAST_POLL) takes what arrived instead of timing out.
+    start, *rest = anthropic_transcript(["Hi", " there"])
+    server = serve([[Send(head(framing="chunked") + _chunk(start)), Wait(0.05),
+                     Send(b"".join(_chunk(event) for event in rest) + b"0\r\n\r\n"), Wait()]])
+    client = client_for(server, "anthropic", timeout=Timeout(connect=1, first_token=0.3, idle=0.3, total=10))
+    try:
+        with client.stream("hi", model="m") as stream:
+            kinds = []
+            for event in stream.events():
+                kinds.append(type(event).__name__)
+                if len(kinds) == 1:
+                    time.sleep(0.45)  # past first_token, nobody reading
+            assert stream.text == "Hi there"
+            assert "TextDelta" in kinds
     finally:
         client.close()
