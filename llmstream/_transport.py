@@ -241,8 +241,11 @@ class OpenResponse:
         # slow stream the time left is "idle" minus microseconds at every read,
         # so the timeout set at the previous read is kept when it is within
         # TIMEOUT_SLACK of the exact one: it fires at most that much off.
+        # A wait shorter than the slack (the last poll once a deadline passed)
+        # is always set exactly: a kept longer one let keep-alives arriving
+        # every few ms answer poll after poll, stretching the deadline for ever.
         if (timeout is not current if timeout is None or current is None
-                else not -TIMEOUT_SLACK <= timeout - current <= TIMEOUT_SLACK):
+                else timeout < TIMEOUT_SLACK or not -TIMEOUT_SLACK <= timeout - current <= TIMEOUT_SLACK):
             self._set_timeout(timeout)
         try:
             if self._dechunk is not None:
