@@ -193,6 +193,10 @@ class TokenStream:
                         self._record(event, text_only)
                         if not text_only:
                             yield event
+                    if self._status == "closed":
+                        # close() from the loop's own body (or another thread): nothing
+                        # more, not even the rest of a batch already in hand.
+                        return
                 try:
                     more = self._next_batch()
                 except (StreamError, GeneratorExit):
@@ -324,7 +328,9 @@ class TokenStream:
         backoff delay (an Event). The server sees its connection closed at
         once. Only a name lookup (DNS) cannot be interrupted: a worker caught
         there ends by itself when the lookup returns, opening no connection.
-        A loop iterating the stream in another thread ends quietly; ``status``
+        A loop iterating the stream ends quietly at its next step, whether
+        ``close()`` came from its own body or another thread (nothing more is
+        handed out, not even the rest of a read already in hand); ``status``
         is then ``"closed"``.
         """
         with self._lock:

@@ -338,6 +338,23 @@ def test_close_from_another_thread_wakes_the_caller(server: FakeLLMServer) -> No
         list(stream)
 
 
+def test_close_in_the_loop_body_ends_the_loop_even_mid_batch(server: FakeLLMServer) -> None:
+    # 60 tokens in one write arrive in one read, one batch: close() from the loop's
+    # own body must end the loop there, not after the rest of the batch in hand.
+    server.script(Reply(tokens=[f"t{i} " for i in range(60)], events_per_write=60))
+    stream = client_for(server, "openai").stream("hi", model="m")
+    got: List[str] = []
+    closed_after = None
+    for text in stream:
+        got.append(text)
+        if closed_after is None and stream._pos < len(stream._batch):  # more of this read in hand
+            stream.close()
+            closed_after = len(got)
+    assert closed_after is not None
+    assert (got, stream.status) == ([f"t{i} " for i in range(closed_after)], "closed")
+    assert wait_no_worker_threads(0.5) == []
+
+
 def test_close_shuts_the_socket_within_100ms(server: FakeLLMServer) -> None:
     server.script(Reply(tokens=["a", "b"], stall_after_tokens=(1, 30.0)))
     stream = client_for(server, "openai").stream("hi", model="m")
