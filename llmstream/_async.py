@@ -9,8 +9,9 @@ the loop waits, resolved by the loop's one :class:`_Waker`, which wakes every
 stream whose item came since its last drain with one ``call_soon_threadsafe``.
 
 Backpressure: the pipe holds at most ``max_buffered`` items; past that the
-reader blocks (on a bare-lock ``Signal``, woken by the loop's next pop), stops pulling from the stream, the worker stops reading the
-socket, and TCP flow control slows the server, as with a slow sync caller.
+reader blocks (on a bare-lock ``Signal``, woken by the loop's next pop),
+stops pulling from the stream, the worker stops reading the socket, and TCP
+flow control slows the server, as with a slow sync caller.
 
 Cancellation: ``aclose()``, leaving ``async with``, cancelling the task that
 awaits the next item, and dropping the stream all close the ``TokenStream``
