@@ -119,9 +119,7 @@ class Dechunker:
                 payload came before the fault in this call); raised again by
                 every later call.
         """
-        if self._error is not None:
-            raise MalformedStreamError(self._error)
-        if self._state == _SIZE and not self._buf:
+        if self._state == _SIZE and not self._buf and self._error is None:
             # The usual read of a slow stream: exactly one whole chunk
             # (size line, data, CRLF). Judged by the same rules as _decode's
             # size step, and the state stays as it was: waiting for a size.
@@ -133,6 +131,12 @@ class Dechunker:
                     stop = start + int(match.group(1), 16)
                     if stop > start and len(data) == stop + 2 and data.endswith(b"\r\n"):
                         return data[start:stop]
+        return self._feed_general(data)
+
+    def _feed_general(self, data: bytes) -> bytes:
+        """:meth:`feed` for any bytes: the state machine (the fast path's reference in the tests)."""
+        if self._error is not None:
+            raise MalformedStreamError(self._error)
         buf = self._buf + data if self._buf else data
         out: List[bytes] = []
         try:

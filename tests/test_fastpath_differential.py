@@ -81,16 +81,7 @@ class SlowDechunker(Dechunker):
     __slots__ = ()
 
     def feed(self, data: bytes) -> bytes:
-        if self._error is not None:
-            raise MalformedStreamError(self._error)
-        buf = self._buf + data if self._buf else data
-        out: List[bytes] = []
-        try:
-            self._buf = self._decode(buf, out)
-        except MalformedStreamError:
-            if not any(out):
-                raise
-        return b"".join(out)
+        return self._feed_general(data)
 
 
 def dechunker_state(d: Dechunker) -> Tuple[Any, ...]:
