@@ -271,6 +271,10 @@ class BaseProvider:
     supports_continue: Union[bool, str] = False
     #: Body keys that set the output limit (the last one present wins).
     output_limit_keys: Tuple[str, ...] = ("max_tokens",)
+    #: The body object that holds the generation settings (the output limit, the
+    #: temperature), when they are not top-level keys: Ollama's ``options``,
+    #: Gemini's ``generationConfig``.
+    settings_key: Optional[str] = None
     fake_format: str = ""
     otel_name: str = ""
     call_options: Tuple[str, ...] = ()
@@ -308,21 +312,26 @@ class BaseProvider:
         return None
 
     def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
-        """The value of the last of :attr:`output_limit_keys` present in ``body`` (0 for none)."""
+        """The value of the last of :attr:`output_limit_keys` present in the settings (0 for none)."""
+        settings = body.get(self.settings_key) if body and self.settings_key else body
         output = 0
-        for key in self.output_limit_keys:
-            value = body.get(key) if body else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                output = value
+        if isinstance(settings, Mapping):
+            for key in self.output_limit_keys:
+                value = settings.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    output = value
         return output
 
     def limit_params(self, max_tokens: int) -> Dict[str, Any]:
-        """``{output_limit_keys[0]: max_tokens}``."""
-        return {self.output_limit_keys[0]: max_tokens}
+        """``{output_limit_keys[0]: max_tokens}``, inside :attr:`settings_key` if any."""
+        return self._settings({self.output_limit_keys[0]: max_tokens})
 
     def temperature_params(self, temperature: float) -> Dict[str, Any]:
-        """``{"temperature": temperature}``."""
-        return {"temperature": temperature}
+        """``{"temperature": temperature}``, inside :attr:`settings_key` if any."""
+        return self._settings({"temperature": temperature})
+
+    def _settings(self, settings: Dict[str, Any]) -> Dict[str, Any]:
+        return {self.settings_key: settings} if self.settings_key else settings
 
     def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
              environ: Mapping[str, str]) -> Optional[str]:

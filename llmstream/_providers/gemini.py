@@ -334,24 +334,12 @@ class GeminiProvider(BaseProvider):
     #: ``Retry(resume="auto")`` replays: Gemini has neither event ids nor an assistant prefill.
     supports_continue = False
     api_version = "v1beta"
+    output_limit_keys = ("maxOutputTokens",)
+    settings_key = "generationConfig"
 
     def api_key_from_env(self, environ: Mapping[str, str]) -> Optional[str]:
         """``GOOGLE_API_KEY``, else ``GEMINI_API_KEY`` (``google-genai``'s order)."""
         return environ.get("GOOGLE_API_KEY") or environ.get("GEMINI_API_KEY") or None
-
-    def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
-        """``generationConfig.maxOutputTokens``, or 0."""
-        config = body.get("generationConfig") if body else None
-        value = config.get("maxOutputTokens") if isinstance(config, Mapping) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    def limit_params(self, max_tokens: int) -> Dict[str, Any]:
-        """``{"generationConfig": {"maxOutputTokens": max_tokens}}``."""
-        return {"generationConfig": {"maxOutputTokens": max_tokens}}
-
-    def temperature_params(self, temperature: float) -> Dict[str, Any]:
-        """``{"generationConfig": {"temperature": temperature}}``."""
-        return {"generationConfig": {"temperature": temperature}}
 
     def headers(self, api_key: Optional[str]) -> Dict[str, str]:
         """JSON body, SSE answer, and the key (``x-goog-api-key``, or a bearer token)."""

@@ -87,20 +87,8 @@ class OllamaProvider(BaseProvider):
     default_model = "llama3.2"
     fake_format = "ollama"
     otel_name = "ollama"
-
-    def output_limit(self, body: Optional[Mapping[str, Any]]) -> int:
-        """``options.num_predict`` (Ollama's output limit), or 0."""
-        options = body.get("options") if body else None
-        value = options.get("num_predict") if isinstance(options, Mapping) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    def limit_params(self, max_tokens: int) -> Dict[str, Any]:
-        """``{"options": {"num_predict": max_tokens}}``."""
-        return {"options": {"num_predict": max_tokens}}
-
-    def temperature_params(self, temperature: float) -> Dict[str, Any]:
-        """``{"options": {"temperature": temperature}}``: Ollama takes sampling settings in ``options``."""
-        return {"options": {"temperature": temperature}}
+    output_limit_keys = ("num_predict",)  # Ollama's output limit, in options like every sampling setting
+    settings_key = "options"
 
     def hint(self, error: BaseException, *, base_url: Optional[str], model: Optional[str],
              environ: Mapping[str, str]) -> Optional[str]:
