@@ -29,26 +29,11 @@ import sys
 import threading
 import time
 import tracemalloc
-from typing import Any, Callable, Dict, Iterator
+from typing import Callable, Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from scale import Server  # noqa: E402
-
-MODEL = "gpt-4o-mini"
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def _body(seed: int, tokens: int, rate: float) -> Dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "stream": True,
-            "bench_seed": seed, "bench_tokens": tokens, "bench_rate": rate}
+from scale import MODEL, Server, _body, _status  # noqa: E402  (the server process, the request, /proc figures)
 
 
 def _opener(client: str, base_url: str, n: int) -> Callable[[int, int, float], Iterator[str]]:
@@ -92,14 +77,14 @@ def child(client: str, base_url: str, n: int, top: int) -> None:
         for _ in pieces:
             pass
 
-    before = _rss_kib()
+    before = _status("VmRSS")
     for i in range(n):
         threading.Thread(target=wait_first, args=(i,), daemon=True).start()
     for _ in range(n):
         in_flight.acquire()
     time.sleep(1.5)  # the requests are sent and answered with headers; no token yet
     gc.collect()
-    waiting = (_rss_kib() - before) / n
+    waiting = (_status("VmRSS") - before) / n
     print(f"{client:<10} waiting for the first token: {waiting:5.1f} KiB RSS per stream", flush=True)
 
     # Streaming: each thread took 3 tokens and holds its iterator. Twice: RSS without
@@ -120,14 +105,14 @@ def child(client: str, base_url: str, n: int, top: int) -> None:
         if trace:
             tracemalloc.start(1)
             heap0 = tracemalloc.take_snapshot()
-        before = _rss_kib()
+        before = _status("VmRSS")
         threads = [threading.Thread(target=hold, args=(i,), daemon=True) for i in range(n)]
         for thread in threads:
             thread.start()
         took.wait()
         gc.collect()
         if not trace:
-            rss = (_rss_kib() - before) / n
+            rss = (_status("VmRSS") - before) / n
             print(f"{client:<10} streaming (3 tokens taken):  {rss:5.1f} KiB RSS per stream", flush=True)
         else:
             stats = tracemalloc.take_snapshot().compare_to(heap0, "filename")
