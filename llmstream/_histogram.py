@@ -82,26 +82,6 @@ class Histogram:
         _bucket_into(buckets, pending)
         return (buckets, *_totals(pending, self._count, self._total, self._min, self._max))
 
-    @property
-    def count(self) -> int:
-        """How many values were recorded."""
-        return self._count + len(self._pending)
-
-    @property
-    def total(self) -> float:
-        """The sum of the values recorded."""
-        return self._state()[2]
-
-    @property
-    def min(self) -> Optional[float]:
-        """The smallest value recorded (None if none)."""
-        return self._state()[3]
-
-    @property
-    def max(self) -> Optional[float]:
-        """The largest value recorded (None if none)."""
-        return self._state()[4]
-
     def merge(self, other: "Histogram") -> None:
         """Add every value of ``other`` to this histogram."""
         self._fold()
