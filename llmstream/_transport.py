@@ -244,8 +244,11 @@ class OpenResponse:
         # A wait shorter than the slack (the last poll once a deadline passed)
         # is always set exactly: a kept longer one let keep-alives arriving
         # every few ms answer poll after poll, stretching the deadline for ever.
-        if (timeout is not current if timeout is None or current is None
-                else timeout < TIMEOUT_SLACK or not -TIMEOUT_SLACK <= timeout - current <= TIMEOUT_SLACK):
+        if timeout is None or current is None:
+            stale = timeout is not current
+        else:
+            stale = timeout < TIMEOUT_SLACK or not -TIMEOUT_SLACK <= timeout - current <= TIMEOUT_SLACK
+        if stale:
             self._set_timeout(timeout)
         try:
             if self._dechunk is not None:
