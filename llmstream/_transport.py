@@ -39,6 +39,7 @@ import email.utils
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
@@ -219,8 +220,16 @@ class OpenResponse:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         self._dechunk: Optional[Dechunker] = None
         self._reader: Any = None
+        # The socket's own recv, once http.client's buffer is known to be empty
+        # (see _read_dechunked): a plain or TLS socket under the reader, not
+        # urllib3's TLS-in-TLS transport nor a SOCKS wrapper.
+        self._recv: Optional[Callable[[int], bytes]] = None
+        self._direct_recv: Optional[Callable[[int], bytes]] = None
         if self._raw.chunked and reader is not None and hasattr(reader, "read1") and encoding == "identity":
             self._dechunk, self._reader = Dechunker(), reader
+            raw_io = getattr(reader, "raw", None)
+            if type(raw_io) is socket.SocketIO and isinstance(getattr(raw_io, "_sock", None), socket.socket):
+                self._direct_recv = raw_io._sock.recv
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -294,8 +303,15 @@ class OpenResponse:
                 self._set_timeout(left)
             first = False
             size = self._read_size
-            raw: bytes = self._reader.read1(size)
+            recv = self._recv
+            raw: bytes = recv(size) if recv is not None else self._reader.read1(size)
             got = len(raw)
+            if got < size and recv is None:
+                # read1 returns less than asked only once http.client's buffer
+                # (body bytes read with the headers) is empty, and it never
+                # refills it: from now on the socket is read directly, without
+                # the buffered reader's and SocketIO's Python layers (issue 17).
+                self._recv = self._direct_recv
             if got >= size or got < size >> 3:  # else the size stays (next_read_size's rule)
                 self._read_size = next_read_size(size, got)
             if not raw:

@@ -230,3 +230,19 @@ def test_bytes_that_arrived_while_a_slow_caller_held_a_non_content_event_still_c
             assert "TextDelta" in kinds
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("buffered", [1, 8, 40])
+def test_body_bytes_read_with_the_headers_come_first_then_the_socket_directly(serve, buffered: int) -> None:
+    # The headers and ``buffered`` chunks in one write: http.client's reader
+    # holds body bytes (up to 8 KiB, more than one 512-byte read) when the
+    # body starts. They must all be read through it before the socket is read
+    # directly; each later chunk arrives in a read of its own.
+    words = [f" w{i:03d}" for i in range(buffered + 6)]
+    first = head(framing="chunked") + b"".join(_chunk(openai_event(w)) for w in words[:buffered])
+    steps: List[Step] = [Send(first)]
+    for word in words[buffered:]:
+        steps += [Wait(GAP), Send(_chunk(openai_event(word)))]
+    steps += [Wait(GAP), Send(_chunk(openai_finish()) + _chunk(openai_done()) + b"0\r\n\r\n"), Wait()]
+    error, _, text, _, _, _ = run(serve([steps]))
+    assert (error, text) == (None, "".join(words))
