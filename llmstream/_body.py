@@ -34,6 +34,7 @@ from typing import Any, List, Optional, Tuple
 
 from ._events import CONTENT_EVENTS, Event, Finish, Reset, TextDelta, Usage
 from ._exceptions import StreamTimeoutError
+from ._histogram import FOLD_EVERY
 from ._output_guard import OutputGuard
 from ._providers._base import StreamDecoder
 from ._resume import Resumer
@@ -96,6 +97,13 @@ class BodyReader:
         self._total_deadline = total_deadline
         self._deadline, self._kind = first_deadline, "first_token"
         self._content_handed = False  # the last step handed content over: restart the idle clock
+        # The per-read metrics are appended to their histograms' pending lists
+        # directly (a C call each, not a Python one: issue 17), folded every FOLD_EVERY reads.
+        self._sizes, self._read_times, self._gaps = stats.chunk_sizes.pending, stats.read_times.pending, stats.gaps.pending
+        # Whether each event is logged is decided once per attempt, not per read.
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+        # Neither an output limit nor event logging: a lone text delta needs only the resume filter.
+        self._plain = guard is None and not self._debug
         #: True once the body needs no more reads (end marker, end of input, or the output limit).
         self.done = False
         #: True when ``max_output_chars`` ended the answer: the rest of the body is not read.
@@ -139,8 +147,11 @@ class BodyReader:
             self.done = decoder.error is None
             return events
         arrived = time.monotonic()
-        stats.chunk_sizes.add(len(data))
-        stats.read_times.add(arrived - before)
+        sizes = self._sizes
+        sizes.append(len(data))
+        self._read_times.append(arrived - before)
+        if len(sizes) >= FOLD_EVERY:
+            stats.fold()  # the gaps too: they are at most one per read
         events = decoder.feed(data)
         if not events:
             return events
@@ -149,15 +160,25 @@ class BodyReader:
             if stats.first_content_at is None:
                 stats.first_content_at = arrived
             else:
-                stats.gaps.add(arrived - stats.ready_at)
+                self._gaps.append(arrived - stats.ready_at)
             self._content_handed = True
         if decoder.finished and decoder.error is None:
             self.done = True
+        if self._plain and len(events) == 1 and events[0].__class__ is TextDelta:
+            # _deliverable() for a slow stream's every read, inline.
+            events = self._resumer.filter(events)
+            if len(events) == 1 and events[0].__class__ is TextDelta:
+                stats.text_deltas += 1
+                return events
+            return self._handed(events)  # a replay's Reset, or nothing
         return self._deliverable(events)
 
     def _deliverable(self, events: List[Any]) -> List[Event]:
         """What the caller is handed of ``events``: nothing twice, nothing past ``max_output_chars``."""
-        events = self._resumer.filter(events)
+        return self._handed(self._resumer.filter(events))
+
+    def _handed(self, events: List[Any]) -> List[Event]:
+        """``events`` past the resume filter: cut at ``max_output_chars``, counted, logged."""
         if not events:
             return events
         if self._guard is not None:
@@ -175,7 +196,7 @@ class BodyReader:
                     stats.text_deltas += 1
                 elif cls is Usage or cls is Finish or cls is Reset:
                     stats.note(event)  # bookkeeping events only: nothing more per text token
-        if logger.isEnabledFor(logging.DEBUG):
+        if self._debug:
             for event in events:
                 logger.debug("event %r", event)
         return events

@@ -12,10 +12,11 @@ Invariants:
   * Zero and negative values (two reads in the same clock tick) count in a
     bucket of their own that reports 0.0.
 
-Cost: ``add`` is on the per-read hot path of every stream, so it only appends
-to a short list; count, total, min, max, the logarithms and the bucket
-updates are done for :data:`FOLD_EVERY` values at once (by C builtins where
-they can), or when a summary is asked for.
+Cost: recording is on the per-read hot path of every stream, so it only
+appends to a short list (:attr:`Histogram.pending`: a hot path appends to it
+directly, without even the call of ``add``); count, total, min, max, the
+logarithms and the bucket updates are done for :data:`FOLD_EVERY` values at
+once (by C builtins where they can), or when a summary is asked for.
 
 Never: a clock, a lock or a thread. The caller owns concurrency; reading a
 snapshot while one thread adds is safe in CPython because ``summary()``
@@ -47,11 +48,15 @@ FOLD_EVERY = 32
 class Histogram:
     """Counts of values in 2%-wide buckets, with exact count, total, min and max."""
 
-    __slots__ = ("_buckets", "_pending", "_count", "_total", "_min", "_max")
+    __slots__ = ("_buckets", "pending", "_count", "_total", "_min", "_max")
 
     def __init__(self) -> None:
         self._buckets: Dict[int, int] = {}
-        self._pending: List[float] = []
+        #: Values recorded and not yet folded in: the same list for the
+        #: histogram's life, so a hot path may keep ``pending.append`` and
+        #: call it directly (issue 17) -- and must then call :meth:`fold` once
+        #: ``len(pending)`` reaches :data:`FOLD_EVERY`, to keep memory bounded.
+        self.pending: List[float] = []
         # Of the folded values only; the pending ones are added when asked for.
         self._count = 0
         self._total = 0.0
@@ -62,29 +67,35 @@ class Histogram:
         """Record one value."""
         # Only an append per value: count, total, min and max are updated at
         # the fold, by C builtins over the pending list (issue 17: three adds per read).
-        pending = self._pending
+        pending = self.pending
         pending.append(value)
         if len(pending) >= FOLD_EVERY:
-            self._fold()
+            self.fold()
 
-    def _fold(self) -> None:
-        # The swap first: a reader in another thread then misses the values
-        # being folded rather than counting them twice.
-        pending, self._pending = self._pending, []
+    def fold(self) -> None:
+        """Fold the pending values into the counts and buckets (the writer's thread only)."""
+        pending = self.pending
+        values = pending.copy()
+        # Emptied before the values are counted: a reader in another thread
+        # then misses the values being folded rather than counting them twice.
+        pending.clear()
         self._count, self._total, self._min, self._max = _totals(
-            pending, self._count, self._total, self._min, self._max)
-        _bucket_into(self._buckets, pending)
+            values, self._count, self._total, self._min, self._max)
+        _bucket_into(self._buckets, values)
 
     def _state(self) -> Tuple[Dict[int, int], int, float, Optional[float], Optional[float]]:
         """Buckets, count, total, min and max of every value so far, pending ones included (a copy)."""
-        pending = self._pending.copy()
+        # Read in the reverse order of fold()'s writes (pending, then totals, then
+        # buckets): a snapshot taken during a fold never counts a value twice.
         buckets = self._buckets.copy()
+        count, total, low, high = self._count, self._total, self._min, self._max
+        pending = self.pending.copy()
         _bucket_into(buckets, pending)
-        return (buckets, *_totals(pending, self._count, self._total, self._min, self._max))
+        return (buckets, *_totals(pending, count, total, low, high))
 
     def merge(self, other: "Histogram") -> None:
         """Add every value of ``other`` to this histogram."""
-        self._fold()
+        self.fold()
         buckets, count, total, low, high = other._state()
         for key, n in buckets.items():
             self._buckets[key] = self._buckets.get(key, 0) + n

@@ -24,10 +24,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Tuple, TypeVar
 
-__all__ = ["Record", "FrozenInstanceError", "set_field"]
+__all__ = ["Record", "FrozenInstanceError", "set_field", "new_record"]
 
 #: How ``__init__`` methods set a field of a frozen instance.
 set_field = object.__setattr__
+#: An instance without its ``__init__`` run: a per-token hot path builds an
+#: event with ``new_record(cls)`` and ``set_field`` (C calls only, no Python
+#: frame), setting every field ``__init__`` would.
+new_record = object.__new__
 
 
 _R = TypeVar("_R", bound="Record")

@@ -52,6 +52,12 @@ class WorkerStats:
         self._reset_at: Optional[float] = None
         self._discarded = 0
 
+    def fold(self) -> None:
+        """Fold the per-read histograms' pending values (``BodyReader`` appends to them directly)."""
+        self.chunk_sizes.fold()
+        self.read_times.fold()
+        self.gaps.fold()
+
     # -- attempts (once each, never per token) ---------------------------------------
 
     def begin_attempt(self, resume: Optional[str], now: float) -> None:

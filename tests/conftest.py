@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pytest
 
@@ -27,21 +27,30 @@ def wait_no_worker_threads(timeout: float = 3.0) -> list:
     return alive
 
 
-def wait_thread_in(function: str, threads: Optional[Sequence[threading.Thread]] = None, timeout: float = 5.0) -> bool:
+#: The innermost Python frame of a thread blocked reading a response body: socket.py's
+#: ``readinto`` under http.client's reader, or ``OpenResponse._read_dechunked`` once
+#: it reads the socket's own ``recv`` (a C call: no frame of its own).
+READING_BODY = ("readinto", "_read_dechunked")
+
+
+def wait_thread_in(function: Union[str, Tuple[str, ...]], threads: Optional[Sequence[threading.Thread]] = None,
+                   timeout: float = 5.0) -> bool:
     """Wait (bounded) until one of ``threads`` (default: the llmstream workers) runs ``function``.
 
-    ``function`` is the name of the thread's innermost Python frame: ``"readinto"``
-    (socket.py) for a socket read, ``"_create_tracked_connection"`` for ``connect()``.
+    ``function`` is the name (or names) of the thread's innermost Python frame:
+    :data:`READING_BODY` for a body read, ``"readinto"`` (socket.py) for another
+    socket read, ``"_create_tracked_connection"`` for ``connect()``.
     A test that closes a stream "in the middle of a read" waits for this instead of
     sleeping, so a loaded machine cannot make it close in another phase. (A stream
     iterated in a thread reads in that thread, not in a worker.)
     """
+    names = (function,) if isinstance(function, str) else function
     deadline = time.monotonic() + timeout
     while True:
         frames = sys._current_frames()
         for thread in worker_threads() if threads is None else threads:
             frame = frames.get(thread.ident) if thread.ident is not None else None
-            if frame is not None and frame.f_code.co_name == function:
+            if frame is not None and frame.f_code.co_name in names:
                 return True
         if time.monotonic() > deadline:
             return False

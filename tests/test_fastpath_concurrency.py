@@ -21,7 +21,7 @@ from llmstream._async import _waker_for
 from llmstream._queue import Latch
 from llmstream.testing import FakeLLMServer, Reply
 
-from conftest import wait_thread_in
+from conftest import READING_BODY, wait_thread_in
 from relay_servers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -313,7 +313,7 @@ def test_a_lent_body_closed_from_another_thread_mid_read(server: FakeLLMServer, 
             consumer.start()
             if after:
                 assert enough.wait(5)
-            assert wait_thread_in("readinto", [consumer])  # blocked in the lent body's read
+            assert wait_thread_in(READING_BODY, [consumer])  # blocked in the lent body's read
             stream.close()
             consumer.join(2)
             assert not consumer.is_alive() and errors == []

@@ -20,7 +20,7 @@ import llmstream
 from llmstream import AuthenticationError, Client, StreamBusyError
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 
-from conftest import wait_no_worker_threads, wait_thread_in
+from conftest import READING_BODY, wait_no_worker_threads, wait_thread_in
 
 
 def client_for(server: FakeLLMServer, provider: str = "openai", **kwargs: Any) -> Client:
@@ -476,7 +476,7 @@ def test_a_callers_session_is_used_and_close_still_ends_a_stream_at_once(server:
     consumer = threading.Thread(target=consume)
     consumer.start()
     assert first.wait(5)
-    assert wait_thread_in("readinto", [consumer])  # into the blocked read
+    assert wait_thread_in(READING_BODY, [consumer])  # into the blocked read
     started = time.monotonic()
     stream.close()  # from another thread: only a tracked socket can be shut under the read
     consumer.join(5)

@@ -431,11 +431,15 @@ class StreamDecoder:
         """
         if self.error is not None:
             self._raise_again()
-        feed = self.decoder.feed
         out: List[Event] = []
         frames = self._frames
         try:
-            for message in frames.feed(data):
+            messages = frames.feed(data)
+            if len(messages) == 1 and not frames.failed:
+                # A slow stream's every read: one message, its events as they are (issue 17).
+                return self.decoder.feed(messages[0])
+            feed = self.decoder.feed
+            for message in messages:
                 out.extend(feed(message))
             if frames.failed:
                 frames.feed(b"")  # the framing failed after the messages it returned: raise its error
