@@ -228,8 +228,9 @@ class OpenResponse:
         if self._raw.chunked and reader is not None and hasattr(reader, "read1") and encoding == "identity":
             self._dechunk, self._reader = Dechunker(), reader
             raw_io = getattr(reader, "raw", None)
-            if type(raw_io) is socket.SocketIO and isinstance(getattr(raw_io, "_sock", None), socket.socket):
-                self._direct_recv = raw_io._sock.recv
+            sock = getattr(raw_io, "_sock", None)
+            if type(raw_io) is socket.SocketIO and isinstance(sock, socket.socket):
+                self._direct_recv = sock.recv
 
     @property
     def headers(self) -> Mapping[str, str]:
