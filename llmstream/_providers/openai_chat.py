@@ -64,12 +64,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .._events import Event, Finish, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError
 from .._fastjson import loads as fast_loads
-from .._record import new_record as _new_event, set_field as _set_field
+from .._record import unfrozen_twin
 from ._base import BaseProvider, Message, RequestSpec, ServerSentEvent, Turn, drop_none
 from ._shape import expect, json_type, malformed, optional, token_count
 from ._think import ThinkTagSplitter
 
 __all__ = ["OpenAIChatProvider", "OpenAIChatDecoder", "ThinkTagsDecoder"]
+
+_UnfrozenTextDelta: Any = unfrozen_twin(TextDelta)
 
 #: In-stream error types worth another attempt. OpenAI reports rate limits with
 #: ``type`` "requests" or "tokens" and ``code`` "rate_limit_exceeded"; the
@@ -219,9 +221,9 @@ class OpenAIChatDecoder:
             ):
                 if not content:
                     return []
-                # TextDelta(content) without its Python __init__ (one frame less per token: issue 17).
-                event = _new_event(TextDelta)
-                _set_field(event, "text", content)
+                event = _UnfrozenTextDelta()  # TextDelta(content), built as unfrozen_twin says (issue 17)
+                event.text = content
+                event.__class__ = TextDelta
                 return [event]
         except (KeyError, IndexError, TypeError, AttributeError):
             pass  # not the hot shape (or not a chunk at all): the general path says which
