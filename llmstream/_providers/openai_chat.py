@@ -215,8 +215,8 @@ class OpenAIChatDecoder:
                 and len(delta) == 1
                 and len(choices) == 1
                 and choice.get("finish_reason") is None
-                and choice.get("index", 0).__class__ is int
-                and choice.get("index", 0) == 0
+                and (index := choice.get("index", 0)).__class__ is int
+                and index == 0
                 and chunk.get("usage") is None
             ):
                 if not content:
