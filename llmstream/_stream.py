@@ -198,7 +198,13 @@ class TokenStream:
                         # more, not even the rest of a batch already in hand.
                         return
                 try:
-                    more = self._next_batch()
+                    # A body lent to this thread is stepped here first (the per-token
+                    # path, one call less); anything else -- nothing read, the body
+                    # gone back, no body lent -- is _next_batch's to handle.
+                    lent = self._lent
+                    more = lent.step() if lent is not None else None
+                    if not more:
+                        more = self._next_batch()
                 except (StreamError, GeneratorExit):
                     raise
                 except BaseException:
