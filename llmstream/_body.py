@@ -93,7 +93,7 @@ class BodyReader:
         self._stats = stats
         self._resumer = resumer
         self._guard = guard
-        self._idle = idle
+        self._idle = idle if idle is not None else math.inf  # inf + now is inf: no idle limit
         self._total_deadline = total_deadline
         self._deadline, self._kind = first_deadline, "first_token"
         self._content_handed = False  # the last step handed content over: restart the idle clock
@@ -127,7 +127,8 @@ class BodyReader:
         if self._content_handed:
             self._content_handed = False
             stats.ready_at = before
-            self._deadline, self._kind = (before + self._idle if self._idle is not None else math.inf), "idle"
+            self._deadline = before + self._idle
+            self._kind = "idle"
         # time_left(), inline (once per read): the nearer of the step's deadline and total.
         deadline, why = self._deadline, self._kind
         if self._total_deadline <= deadline:
@@ -156,7 +157,8 @@ class BodyReader:
         if not events:
             return events
         # The usual step of a slow stream (one token) first: no loop for it.
-        if events[0].__class__ is TextDelta or _has_content(events):
+        lone = events[0].__class__ is TextDelta and len(events) == 1
+        if lone or _has_content(events):
             if stats.first_content_at is None:
                 stats.first_content_at = arrived
             else:
@@ -164,13 +166,13 @@ class BodyReader:
             self._content_handed = True
         if decoder.finished and decoder.error is None:
             self.done = True
-        if self._plain and len(events) == 1 and events[0].__class__ is TextDelta:
+        if lone and self._plain:
             # _deliverable() for a slow stream's every read, inline.
-            events = self._resumer.filter(events)
-            if len(events) == 1 and events[0].__class__ is TextDelta:
+            passed = self._resumer.filter(events)
+            if passed is events:  # the resume filter passed it unchanged
                 stats.text_deltas += 1
                 return events
-            return self._handed(events)  # a replay's Reset, or nothing
+            return self._handed(passed)  # a replay's Reset, part of the text, or nothing
         return self._deliverable(events)
 
     def _deliverable(self, events: List[Any]) -> List[Event]:

@@ -333,7 +333,11 @@ class Resumer:
     # -- the events ----------------------------------------------------------------------
 
     def filter(self, events: List[Event]) -> List[Event]:
-        """Drop what the caller already has; record what passes."""
+        """Drop what the caller already has; record what passes.
+
+        Returns ``events`` itself when no resumed attempt's filter is at work
+        (``BodyReader.step`` counts on it), else the filter's new list.
+        """
         if self._filter is not None:
             events = self._filter.filter(events)
         if len(events) == 1 and events[0].__class__ is TextDelta:
