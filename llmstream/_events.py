@@ -522,8 +522,9 @@ class StreamResult(Record):
             ``{"role": "assistant", "content": [blocks]}``, an Ollama message;
             for the Responses API the list of output items
             (``input + result.message``). A stream made with
-            ``keep_text=False`` kept no text, so the turn's text is empty
-            (its tool calls and thinking are whole): an agent loop keeps the text.
+            ``keep_text=False`` kept no text, so its turn lacks the answer's
+            text (except where the provider sent it whole again, as Responses'
+            output items do): an agent loop keeps the text.
         messages: the same turn as the items to append to the conversation
             whatever the provider: ``(message,)``, or the Responses items.
         cost: what the stream cost, over every attempt (a :class:`Cost`), or
