@@ -221,8 +221,8 @@ class OpenResponse:
         self._dechunk: Optional[Dechunker] = None
         self._reader: Any = None
         # The socket's own recv, once http.client's buffer is known to be empty
-        # (see _read_dechunked): a plain or TLS socket under the reader, not
-        # urllib3's TLS-in-TLS transport nor a SOCKS wrapper.
+        # (see _read_dechunked): a socket.socket under the reader (plain, TLS,
+        # or PySocks' for a SOCKS proxy), not urllib3's TLS-in-TLS transport.
         self._recv: Optional[Callable[[int], bytes]] = None
         self._direct_recv: Optional[Callable[[int], bytes]] = None
         if self._raw.chunked and reader is not None and hasattr(reader, "read1") and encoding == "identity":
