@@ -14,7 +14,7 @@ import pytest
 
 from llmstream import Distribution, StreamMetrics, StreamResult, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta, Usage
 from llmstream._providers._base import RequestSpec
-from llmstream._record import FrozenInstanceError
+from llmstream._record import FrozenInstanceError, unfrozen_twin
 from llmstream.sse import ServerSentEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,23 @@ def test_values_are_frozen_equal_by_fields_and_survive_pickle_and_copy(value: ob
     with pytest.raises(AttributeError):
         del value.__match_args__  # type: ignore[misc]
     assert not hasattr(value, "__dict__")  # slotted
+
+
+def test_an_event_built_through_its_unfrozen_twin_is_an_ordinary_frozen_one() -> None:
+    # The per-token hot paths build TextDelta and ServerSentEvent this way (issue 17).
+    import llmstream._providers.openai_chat as chat
+    for twin in (unfrozen_twin(TextDelta), chat._UnfrozenTextDelta):
+        event = twin()
+        event.text = "Par"
+        event.__class__ = TextDelta
+        assert type(event) is TextDelta and event == TextDelta("Par") and hash(event) == hash(TextDelta("Par"))
+        assert repr(event) == "TextDelta(text='Par')" and pickle.loads(pickle.dumps(event)) == event
+        with pytest.raises(FrozenInstanceError):
+            event.text = "x"
+        assert not hasattr(event, "__dict__")
+    with pytest.raises(TypeError):  # a layout that differs cannot take the class
+        odd = unfrozen_twin(ToolCallDelta)()
+        odd.__class__ = TextDelta
 
 
 def test_repr_eq_hash_replace_and_match_as_dataclasses() -> None:
