@@ -11,9 +11,13 @@ Strategy:
   * Who reads the body: until the caller consumes, the attempt reads ahead
     and puts each read's events onto the queue as ONE batch. Once the caller
     consumes, it *lends* the caller the body (``_lending.LentBody``) and
-    yields it, which ends the worker's segment: the caller's ``next()`` runs
-    the read steps. That is why :meth:`Attempt.run` is a generator, which the
-    worker's run (``_worker.py``) drives with ``yield from``.
+    returns it from :meth:`Attempt.start`; the worker's run (a generator,
+    ``_worker.py``) yields it, which ends the worker's segment, and the
+    caller's ``next()`` runs the read steps. When the body comes back the run
+    resumes and calls :meth:`Attempt.take_back`. The attempt is an object
+    with a start and an end, not a generator of its own: one generator per
+    stream (the run's) costs one frame and one C stack level, not seven
+    (issue 17, memory per stream).
   * Deadlines (design.md, Timeout): ``connect`` and ``first_token`` count
     from the moment the attempt is sent (after the gate let it go);
     ``connect`` bounds opening the connection, ``first_token`` the wait for
@@ -44,7 +48,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, Generator, Optional
+from typing import Callable, NoReturn, Optional
 
 from ._body import BodyReader, time_left
 from ._config import Timeout
@@ -113,11 +117,15 @@ class Attempt:
     Usage (by the worker)::
 
         attempt = Attempt(context, spec, decoder, lease)
-        yield from attempt.run()     # raises the attempt's failure, or Cancelled
+        lent = attempt.start()       # raises the attempt's failure, or Cancelled
+        if lent is not None:         # the caller's thread reads the body
+            ... pause the run until the body comes back, then:
+            attempt.take_back(lent)  # raises what the caller's reads met
         ... attempt.interrupt()      # from cancel(), any thread
     """
 
-    __slots__ = ("_context", "_spec", "_decoder", "_lease", "_lock", "_sockets", "_lent", "charged")
+    __slots__ = ("_context", "_spec", "_decoder", "_lease", "_lock", "_sockets", "_lent", "charged",
+                 "_gate", "_response", "_reader")
 
     def __init__(self, context: AttemptContext, spec: RequestSpec, decoder: StreamDecoder, lease: object) -> None:
         self._context = context
@@ -128,6 +136,9 @@ class Attempt:
         self._lock = threading.RLock()
         self._sockets: Optional[AttemptSockets] = None
         self._lent: Optional[LentBody] = None
+        self._gate: Optional[Gate] = None
+        self._response: Optional[OpenResponse] = None
+        self._reader: Optional[BodyReader] = None
         #: Tokens charged to the rate limiter when the gate let the attempt go
         #: (None: it never passed); the worker corrects them against the usage.
         self.charged: Optional[float] = None
@@ -143,43 +154,56 @@ class Attempt:
             if lent is not None:
                 lent.recall()
 
-    def run(self) -> Generator[LentBody, None, None]:
-        """The attempt through the flow control; a failure after ``cancel()`` is raised as ``Cancelled``."""
-        context = self._context
-        stats = context.stats
-        gate = Gate(context.flow, context.cancel, context.total_deadline, self._lease)
-        error: Optional[BaseException] = None
+    def start(self) -> Optional[LentBody]:
+        """Pass the flow control, send the request and read ahead until the caller consumes.
+
+        Returns the body lent to the caller (the run pauses until it comes
+        back, then calls :meth:`take_back`), or None: the attempt is over.
+        Raises the attempt's failure (``Cancelled`` after ``cancel()``), the
+        attempt then over too.
+        """
         try:
-            tokens = context.provider.estimate_tokens(self._spec.json) if context.flow.counts_tokens else 0.0
-            waited = gate.enter(tokens)
-            self.charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
-            if stats.attempts == 0:
-                stats.queued += waited
-            yield from self._send_and_read(gate)
-        except StreamError as exc:
-            if context.cancel.is_set():
-                error = Cancelled()
-                raise error from exc
-            error = exc
-            raise
+            self._open()
+            lent = self._serve()
         except BaseException as exc:
-            error = exc
-            raise
+            self._fail(exc)
+        if lent is None:
+            self._end(None)
+        return lent
+
+    def take_back(self, lent: LentBody) -> None:
+        """The lent body came back (the run resumed): end the attempt, raising what the caller's reads met."""
+        try:
+            try:
+                outcome = lent.take_back()
+            finally:
+                self._unlend()
+            if self._context.cancel.is_set():
+                raise Cancelled()
+            if outcome is not None:
+                raise outcome
+            self._finish_body()
+        except BaseException as exc:
+            self._fail(exc)
+        self._end(None)
+
+    def abandon(self, exc: BaseException) -> None:
+        """The run was closed while the body was lent (``GeneratorExit``): end the attempt with ``exc``."""
+        try:
+            self._unlend()
         finally:
-            # Also after a failed enter(): a probe that never went out is freed.
-            gate.leave(error)
-            failed = isinstance(error, Exception) and not isinstance(error, Cancelled)
-            stats.end_attempt(type(error).__name__ if failed else None, *self._decoder.response_info)
+            self._end(exc)
 
-    def _set_sockets(self, sockets: Optional[AttemptSockets]) -> None:
-        with self._lock:
-            self._sockets = sockets
-        if sockets is not None and self._context.cancel.is_set():
-            sockets.shutdown()  # cancel() came first: the attempt must not open a socket
-
-    def _send_and_read(self, gate: Gate) -> Generator[LentBody, None, None]:
+    def _open(self) -> None:
+        """The gate, then the request: on return the response and its reader are the attempt's."""
         context = self._context
         stats = context.stats
+        gate = self._gate = Gate(context.flow, context.cancel, context.total_deadline, self._lease)
+        tokens = context.provider.estimate_tokens(self._spec.json) if context.flow.counts_tokens else 0.0
+        waited = gate.enter(tokens)
+        self.charged = tokens  # corrected at the end against the usage of the attempt that ends the stream
+        if stats.attempts == 0:
+            stats.queued += waited
         spec = self._spec
         stats.attempts += 1
         started = time.monotonic()
@@ -197,36 +221,32 @@ class Attempt:
         wait, wait_kind = time_left(first_deadline, "first_token", total_deadline, started)
         sockets = AttemptSockets()
         self._set_sockets(sockets)
-        try:
-            response = context.transport.open(
-                spec, context.provider, connect_timeout=connect, response_timeout=wait, response_timeout_kind=wait_kind,
-                cancelled=context.cancel.is_set, sockets=sockets, redact=context.redact,
-            )
-            gate.answered()
-            with response:
-                reader = BodyReader(
-                    response, self._decoder, stats=stats, resumer=context.resumer, guard=context.guard,
-                    idle=timeout.idle, first_deadline=first_deadline, total_deadline=total_deadline,
-                )
-                yield from self._serve_body(reader)
-                if not reader.limited:  # max_output_chars: the socket is closed unread
-                    _drain(response)
-        finally:
-            self._set_sockets(None)
+        response = self._response = context.transport.open(
+            spec, context.provider, connect_timeout=connect, response_timeout=wait, response_timeout_kind=wait_kind,
+            cancelled=context.cancel.is_set, sockets=sockets, redact=context.redact,
+        )
+        gate.answered()
+        self._reader = BodyReader(
+            response, self._decoder, stats=stats, resumer=context.resumer, guard=context.guard,
+            idle=timeout.idle, first_deadline=first_deadline, total_deadline=total_deadline,
+        )
 
-    def _serve_body(self, reader: BodyReader) -> Generator[LentBody, None, None]:
-        """Read ahead into the queue until the caller consumes, then lend it the body."""
+    def _serve(self) -> Optional[LentBody]:
+        """Read ahead into the queue until the caller consumes (then lend it the body), or to the body's end."""
+        reader = self._reader
+        assert reader is not None
         queue = self._context.queue
         while not reader.done:
             if queue.consuming:
-                yield from self._lend(reader)
-                return
+                return self._lend(reader)
             events = reader.step()
             if events:
                 queue.put(events)
+        self._finish_body()
+        return None
 
-    def _lend(self, reader: BodyReader) -> Generator[LentBody, None, None]:
-        """Let the caller's thread read the body; go on when it comes back, and raise what it met."""
+    def _lend(self, reader: BodyReader) -> LentBody:
+        """Let the caller's thread read the body (the run pauses); :meth:`take_back` raises what it met."""
         context = self._context
         lent = LentBody(reader, context.on_return)
         with self._lock:
@@ -234,17 +254,59 @@ class Attempt:
         if context.cancel.is_set():
             lent.recall()
         context.queue.lend(lent)
+        return lent
+
+    def _unlend(self) -> None:
+        self._context.queue.lend(None)
+        with self._lock:
+            self._lent = None
+
+    def _finish_body(self) -> None:
+        """After the end marker: drain the body so the connection is reused (max_output_chars closes it unread)."""
+        reader, response = self._reader, self._response
+        if reader is not None and response is not None and not reader.limited:
+            _drain(response)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """End the attempt with ``exc`` and raise it (as ``Cancelled`` after ``cancel()``)."""
+        error = self._end(exc)
+        if error is exc or error is None:
+            raise exc
+        raise error from exc
+
+    def _end(self, exc: Optional[BaseException]) -> Optional[BaseException]:
+        """Close what the attempt holds and record its outcome; return the error it ends with.
+
+        A failure after ``cancel()`` ends it as ``Cancelled``: a shut socket
+        looks like a broken stream, but it was our doing.
+        """
+        error = exc
         try:
-            yield lent  # the worker's segment ends here; the body's return starts the next one
-            outcome = lent.take_back()
+            try:
+                response, self._response, self._reader = self._response, None, None
+                if response is not None:
+                    response.close()
+            finally:
+                self._set_sockets(None)
+            if isinstance(exc, StreamError) and self._context.cancel.is_set():
+                error = Cancelled()
+        except BaseException as late:
+            error = late
+            raise
         finally:
-            context.queue.lend(None)
-            with self._lock:
-                self._lent = None
-        if context.cancel.is_set():
-            raise Cancelled()
-        if outcome is not None:
-            raise outcome
+            # Also after a failed enter(): a probe that never went out is freed.
+            gate, self._gate = self._gate, None
+            if gate is not None:
+                gate.leave(error)
+            failed = isinstance(error, Exception) and not isinstance(error, Cancelled)
+            self._context.stats.end_attempt(type(error).__name__ if failed else None, *self._decoder.response_info)
+        return error
+
+    def _set_sockets(self, sockets: Optional[AttemptSockets]) -> None:
+        with self._lock:
+            self._sockets = sockets
+        if sockets is not None and self._context.cancel.is_set():
+            sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
 
 def _drain(response: OpenResponse) -> None:

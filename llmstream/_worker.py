@@ -66,7 +66,7 @@ from ._exceptions import StreamError
 from ._flow import FlowControl
 from ._lending import LentBody
 from ._monitor import StreamStart, monitor
-from ._next_attempt import NextAttempt, RetryDecision
+from ._next_attempt import RetryDecision
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec
 from ._queue import POLL_INTERVAL, EventQueue, Latch, Signal
@@ -177,7 +177,6 @@ class Worker:
         self._flow = flow
         self._model = model
         self._charged = 0.0  # tokens the last attempt to pass the rate limiter was charged
-        self._lease: object = None  # the flow's concurrency lease, while the stream holds one
         self._corrected = False
         self._failure: Optional[BaseException] = None
         self._provider = provider
@@ -331,11 +330,55 @@ class Worker:
     # -- the run (a generator: see _segment) -----------------------------------
 
     def _main(self) -> Generator[Optional[LentBody], None, None]:
-        """The whole stream, as a generator that yields when it lends the body (see :class:`LentBody`)."""
+        """The whole stream, as a generator that yields when it lends the body (see :class:`LentBody`).
+
+        The run's only generator (the slot, the attempts and the retry waits
+        are inline; an attempt is an object with a start and an end): one
+        frame and one C stack level per stream (issue 17, memory per stream).
+        It pauses (yields) when it lends the body to the caller's thread, and
+        when the caller runs it itself and must see a ``Retrying`` event before
+        the retry's wait.
+        """
         error: Optional[BaseException] = None
         monitor.stream_started()
         try:
-            yield from self._run_in_slot()
+            lease = self._take_slot()
+            try:
+                decision = RetryDecision(self._retry, self._provider, self._resumer, self._total_deadline)
+                spec = self._spec
+                while True:
+                    decoder = self._resumer.new_decoder()
+                    attempt = Attempt(self._attempt_context, spec, decoder, lease)
+                    self._attempt = attempt  # before it opens a socket: cancel() must find it (see Attempt.interrupt)
+                    try:
+                        lent = attempt.start()
+                        if lent is not None:
+                            try:
+                                yield lent  # the segment ends here; the body's return starts the next one
+                            except BaseException as exc:  # the run closed at the pause (GeneratorExit)
+                                attempt.abandon(exc)
+                                raise
+                            attempt.take_back(lent)
+                        break
+                    except StreamError as exc:
+                        pause = decision.flow_pause(exc)
+                        if pause is not None:
+                            self._flow.pause(pause)
+                        following = decision.after(exc, decoder, attempts=self.stats.attempts, now=time.monotonic())
+                        if self._announce_retry(exc, following.delay):
+                            # The caller runs this segment itself: let it have the Retrying
+                            # event before the wait, as a worker thread's caller would (a
+                            # pause); the wait runs when it asks for more.
+                            yield None
+                        if self._cancel.wait(following.delay):
+                            raise Cancelled()
+                        spec = following.request
+                    finally:
+                        self._attempt = None
+                        if attempt.charged is not None:
+                            self._charged = attempt.charged
+            finally:
+                self._leave_slot(lease)
         except Cancelled:
             error = self._failure
         except StreamError as exc:
@@ -389,51 +432,29 @@ class Worker:
             return None
         return usage.input_tokens + usage.output_tokens - self._charged
 
-    def _run_in_slot(self) -> Generator[Optional[LentBody], None, None]:
+    def _take_slot(self) -> object:
+        """Wait for the flow's concurrency slot (None without a limit); the stream keeps it to its end."""
         flow = self._flow
         if not flow.has_slots:
-            yield from self._run_attempts()
-            return
+            return None
         monitor.waiting(1)
         try:
             lease = flow.acquire_slot(self._cancel, self._total_deadline)
         finally:
             monitor.waiting(-1)
             self.stats.queued = time.monotonic() - self.stats.started_at
-        self._lease = lease
-        try:
-            yield from self._run_attempts()
-        finally:
-            self._lease = None
-            # The usage correction goes with the slot (one round-trip to a shared backend).
-            correction = self._usage_correction()
-            self._corrected = correction is not None
-            flow.release_slot(lease, correction)
+        return lease
 
-    def _run_attempts(self) -> Generator[Optional[LentBody], None, None]:
-        decision = RetryDecision(self._retry, self._provider, self._resumer, self._total_deadline)
-        spec = self._spec
-        while True:
-            decoder = self._resumer.new_decoder()
-            attempt = Attempt(self._attempt_context, spec, decoder, self._lease)
-            self._attempt = attempt  # before it opens a socket: cancel() must find it (see Attempt.interrupt)
-            try:
-                yield from attempt.run()
-                return
-            except StreamError as exc:
-                pause = decision.flow_pause(exc)
-                if pause is not None:
-                    self._flow.pause(pause)
-                following = decision.after(exc, decoder, attempts=self.stats.attempts, now=time.monotonic())
-                spec = yield from self._retry_after(exc, following)
-            finally:
-                self._attempt = None
-                if attempt.charged is not None:
-                    self._charged = attempt.charged
+    def _leave_slot(self, lease: object) -> None:
+        if not self._flow.has_slots:
+            return
+        # The usage correction goes with the slot (one round-trip to a shared backend).
+        correction = self._usage_correction()
+        self._corrected = correction is not None
+        self._flow.release_slot(lease, correction)
 
-    def _retry_after(self, exc: StreamError, following: NextAttempt) -> Generator[Optional[LentBody], None, RequestSpec]:
-        """Tell the caller about the retry, wait its delay (or until cancel()), and return its request."""
-        delay = following.delay
+    def _announce_retry(self, exc: StreamError, delay: float) -> bool:
+        """Tell the caller about the retry (a ``Retrying`` event); True if the caller runs this segment itself."""
         attempt = self.stats.attempts + 1
         self.stats.errors.append(type(exc).__name__)
         self.stats.next_delay = delay
@@ -448,11 +469,4 @@ class Worker:
         inline = threading.get_ident() == self._consumer
         self.queue.put([Retrying(attempt=attempt, delay=delay, cause=exc, resume=self._resumer.strategy)],
                        block=not inline)
-        if inline:
-            # The caller runs this segment itself: let it have the Retrying event
-            # before the wait, as a worker thread's caller would (yield a pause);
-            # the wait runs when it asks for more.
-            yield None
-        if self._cancel.wait(delay):
-            raise Cancelled()
-        return following.request
+        return inline
