@@ -71,6 +71,8 @@ class Callbacks:
 
     def merged(self, **overrides: Any) -> "Callbacks":
         """These callbacks with the non-None ``overrides`` (a stream's own) in place of the client's."""
+        if all(value is None for value in overrides.values()):
+            return self  # not changed once made: shared, not copied for every stream
         values = {name: getattr(self, name) for name in NAMES}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return Callbacks(**values)

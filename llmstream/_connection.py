@@ -44,7 +44,7 @@ import http.client
 import socket
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import urllib3
 from requests.adapters import HTTPAdapter
@@ -65,17 +65,22 @@ class Cancelled(Exception):
     """
 
 
-_local = threading.local()
+# The attempt each thread is opening a request for, by thread id. A dict, not a
+# threading.local: an entry lives only while its request is sent (a local's
+# per-thread dict, ~270 bytes, would stay with every thread that ever sent one).
+_attempts: Dict[int, "AttemptSockets"] = {}
 
 
 def current_attempt(attempt: Optional["AttemptSockets"]) -> None:
     """Make ``attempt`` receive the sockets this thread opens or reuses (None: stop)."""
-    _local.attempt = attempt
+    if attempt is None:
+        _attempts.pop(threading.get_ident(), None)
+    else:
+        _attempts[threading.get_ident()] = attempt
 
 
 def _attempt_of_this_thread() -> Optional["AttemptSockets"]:
-    attempt: Optional[AttemptSockets] = getattr(_local, "attempt", None)
-    return attempt
+    return _attempts.get(threading.get_ident())
 
 
 class AttemptSockets:

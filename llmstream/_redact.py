@@ -24,12 +24,14 @@ Sans-IO: a pure function over strings.
 from __future__ import annotations
 
 import re
+import weakref
 from urllib.parse import unquote_plus
 from typing import Iterable, List, Mapping, Optional, Tuple
 
 from ._exceptions import APIStatusError, ProviderError, StreamError
 
-__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "secrets_in_headers", "secrets_in_request"]
+__all__ = ["Redactor", "MARKER", "MIN_FRAGMENT", "SECRET_HEADER_WORDS", "is_secret_header", "redact_error", "redactor_for",
+           "secrets_in_headers", "secrets_in_request"]
 
 #: What a secret, or a fragment of one, is replaced with.
 MARKER = "<redacted>"
@@ -78,7 +80,7 @@ class Redactor:
         redact("bad key sk-live-0123")               # 'bad key <redacted>'
     """
 
-    __slots__ = ("_fragments",)
+    __slots__ = ("_fragments", "__weakref__")
 
     def __init__(self, secrets: Iterable[Optional[str]] = ()) -> None:
         grams: set[str] = set()
@@ -117,6 +119,23 @@ class Redactor:
                 else:
                     spans.append((i, end))
         return spans
+
+
+# Streams that carry the same secrets (a client's key) share one Redactor: a
+# key's fragments are a few KiB, which every one of hundreds of concurrent
+# streams would otherwise hold (issue 17). Weak values: an entry (and the
+# secrets in its key) goes when the last stream holding it does.
+_SHARED: "weakref.WeakValueDictionary[Tuple[str, ...], Redactor]" = weakref.WeakValueDictionary()
+
+
+def redactor_for(secrets: Iterable[Optional[str]]) -> Redactor:
+    """A :class:`Redactor` for ``secrets``, shared while any holder of one for the same secrets lives."""
+    key = tuple(secret for secret in secrets if secret and len(secret) >= MIN_FRAGMENT)
+    redactor = _SHARED.get(key)
+    if redactor is None:
+        redactor = Redactor(key)
+        _SHARED[key] = redactor  # two threads racing make two equal ones: harmless
+    return redactor
 
 
 def redact_error(error: StreamError, redact: Redactor) -> None:

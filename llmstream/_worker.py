@@ -70,7 +70,7 @@ from ._next_attempt import RetryDecision
 from ._output_guard import OutputGuard
 from ._providers._base import Provider, RequestSpec
 from ._queue import POLL_INTERVAL, EventQueue, Latch, Signal
-from ._redact import Redactor, redact_error, secrets_in_request
+from ._redact import redact_error, redactor_for, secrets_in_request
 from ._resume import Resumer
 from ._stats import WorkerStats
 from ._textlog import SharedText
@@ -144,6 +144,15 @@ class Worker:
     ``_next_attempt.RetryDecision``'s to decide.
     """
 
+    # Slotted: one per stream, hundreds at once (issue 17); weakly referenced
+    # by the starter and by its stream's finalizer.
+    __slots__ = (
+        "queue", "text", "stats", "_pricing", "cost", "_observer", "_flow", "_model", "_charged", "_corrected",
+        "_failure", "_provider", "_spec", "_retry", "_total_deadline", "_cancel", "_redact", "_resumer",
+        "_attempt_context", "_attempt", "_run", "_done", "_thread", "_owner_lock", "_runnable", "_began",
+        "_consumer", "__weakref__",
+    )
+
     def __init__(
         self,
         *,
@@ -184,7 +193,7 @@ class Worker:
         self._retry = retry
         self._total_deadline = self.stats.started_at + (timeout.total if timeout.total is not None else math.inf)
         self._cancel = Latch()
-        self._redact = Redactor(secrets_in_request(spec.headers, spec.url))
+        self._redact = redactor_for(secrets_in_request(spec.headers, spec.url))
         # With a single attempt nothing is ever resumed, so nothing need be remembered for it.
         resume = retry.resume if retry.max_attempts > 1 else "never"
         self._resumer = Resumer(provider, spec, resume, max_line_length=max_line_length,
@@ -344,7 +353,7 @@ class Worker:
         try:
             lease = self._take_slot()
             try:
-                decision = RetryDecision(self._retry, self._provider, self._resumer, self._total_deadline)
+                decision: Optional[RetryDecision] = None  # made at the first failure
                 spec = self._spec
                 while True:
                     decoder = self._resumer.new_decoder()
@@ -361,6 +370,8 @@ class Worker:
                             attempt.take_back(lent)
                         break
                     except StreamError as exc:
+                        if decision is None:
+                            decision = RetryDecision(self._retry, self._provider, self._resumer, self._total_deadline)
                         pause = decision.flow_pause(exc)
                         if pause is not None:
                             self._flow.pause(pause)
