@@ -145,8 +145,12 @@ class EventQueue:
         self._taken = 0  # events taken (caller only)
         self._caller_waiting = False
         self._worker_waiting = False
-        self._wake_caller = Signal()
-        self._wake_worker = Signal()
+        # Each made by the side that waits on it, before it says it waits: a
+        # stream read in its caller's thread (a lent body) never waits on its
+        # queue, and two Signals are ~270 B (issue 17). A wake-up given before
+        # it exists is not lost: the waiter re-checks after making it.
+        self._wake_caller: Optional[Signal] = None
+        self._wake_worker: Optional[Signal] = None
         self._ended = False
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -157,7 +161,7 @@ class EventQueue:
     def lend(self, lent: Optional[LentBody]) -> None:
         """Offer the caller a body to read in its own thread (None: take the offer back)."""
         self._lent = lent
-        self._wake_caller.set()  # once per attempt: a stale wake-up costs one turn of the caller's loop
+        _wake(self._wake_caller)  # once per attempt: a stale wake-up costs one turn of the caller's loop
 
     @property
     def lent(self) -> Optional[LentBody]:
@@ -172,9 +176,12 @@ class EventQueue:
         itself): it would wait for itself; it drains the queue right after.
         """
         while block and self._put - self._taken >= self._max and not self._closed:
+            wake = self._wake_worker
+            if wake is None:  # only this thread (the producer) waits on it, so only it makes it
+                wake = self._wake_worker = Signal()
             self._worker_waiting = True
             if self._put - self._taken >= self._max and not self._closed:
-                self._wake_worker.wait(None)  # close() and every get() that takes wake it
+                wake.wait(None)  # close() and every get() that takes wake it
             self._worker_waiting = False
         if self._closed:
             raise Cancelled()
@@ -184,19 +191,19 @@ class EventQueue:
         batches.append(batch)
         self._put += len(batch)
         if self._caller_waiting:
-            self._wake_caller.set()
+            _wake(self._wake_caller)
 
     def end(self, error: Optional[BaseException]) -> None:
         """Mark the end of the stream (with its error, if any); never blocks."""
         self._error = error
         self._ended = True  # after the error, and after every batch: get() reads it first
-        self._wake_caller.set()
+        _wake(self._wake_caller)
 
     def close(self) -> None:
         """Wake everyone: a blocked ``put`` raises ``Cancelled``, ``get`` returns."""
         self._closed = True
-        self._wake_caller.set()
-        self._wake_worker.set()
+        _wake(self._wake_caller)
+        _wake(self._wake_worker)
 
     def get(self, timeout: Optional[float]) -> Tuple[List[List[Event]], bool, Optional[BaseException], Optional[LentBody]]:
         """Take every queued batch, waiting at most ``timeout`` seconds (None: no limit) for one.
@@ -210,9 +217,12 @@ class EventQueue:
         self.consuming = True
         queued = self._batches
         if not queued and not self._ended and not self._closed and self.lent is None:
+            wake = self._wake_caller
+            if wake is None:  # only this thread (the consumer) waits on it, so only it makes it
+                wake = self._wake_caller = Signal()
             self._caller_waiting = True
             if not queued and not self._ended and not self._closed and self.lent is None:
-                self._wake_caller.wait(timeout)
+                wake.wait(timeout)
             self._caller_waiting = False
         # Read "lent" and "ended" before taking: every batch the worker queued
         # was appended before it lent a body or marked the end.
@@ -228,6 +238,12 @@ class EventQueue:
         if taken:
             self._taken += taken
             if self._worker_waiting:
-                self._wake_worker.set()
+                _wake(self._wake_worker)
             return batches, ended, error, None
         return batches, ended, error, lent
+
+
+def _wake(signal: Optional[Signal]) -> None:
+    """Wake a waiter, if a waiter ever made its Signal (one that did not re-checks before it waits)."""
+    if signal is not None:
+        signal.set()
