@@ -5,6 +5,10 @@ so every bucket spans 2% of its value (HdrHistogram's idea with a fixed
 relative precision). Counts live in a dict keyed by bucket, so a stream of
 five million inter-token gaps costs a few hundred entries, not five million
 floats. Exact ``count``, ``total``, ``min`` and ``max`` are kept beside it.
+Up to :data:`KEYS_KEPT` folded values are kept as bucket numbers in an
+``array`` (4 bytes each) before they are counted into the dict: a slow
+stream's values mostly fall in distinct buckets, and a dict entry with its
+int key costs ~60 bytes (issue 17: hundreds of streams at once).
 
 Invariants:
   * ``quantile(q)`` is within 2% of the exact (nearest-rank) percentile, and
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper
+from array import array
 from itertools import repeat
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,15 +48,20 @@ _LOG_GROWTH = math.log(GROWTH)
 _ZERO = -(1 << 30)
 #: Values kept unbucketed before they are folded in at once.
 FOLD_EVERY = 32
+#: Folded values are kept as their bucket numbers (4 bytes each) up to this
+#: many, then counted into the dict: a dict entry and its int key cost ~60
+#: bytes, and a slow stream's few hundred values mostly fall in distinct buckets.
+KEYS_KEPT = 1024
 
 
 class Histogram:
     """Counts of values in 2%-wide buckets, with exact count, total, min and max."""
 
-    __slots__ = ("_buckets", "pending", "_count", "_total", "_min", "_max")
+    __slots__ = ("_buckets", "_keys", "pending", "_count", "_total", "_min", "_max")
 
     def __init__(self) -> None:
         self._buckets: Dict[int, int] = {}
+        self._keys = array("i")
         #: Values recorded and not yet folded in: the same list for the
         #: histogram's life, so a hot path may keep ``pending.append`` and
         #: call it directly (issue 17) -- and must then call :meth:`fold` once
@@ -81,15 +91,21 @@ class Histogram:
         pending.clear()
         self._count, self._total, self._min, self._max = _totals(
             values, self._count, self._total, self._min, self._max)
-        _bucket_into(self._buckets, values)
+        keys = self._keys
+        _keys_into(keys, values)
+        if len(keys) >= KEYS_KEPT:
+            _count_elements(self._buckets, keys)
+            del keys[:]
 
     def _state(self) -> Tuple[Dict[int, int], int, float, Optional[float], Optional[float]]:
         """Buckets, count, total, min and max of every value so far, pending ones included (a copy)."""
         # Read in the reverse order of fold()'s writes (pending, then totals, then
         # buckets): a snapshot taken during a fold never counts a value twice.
         buckets = self._buckets.copy()
+        keys = self._keys.tolist()
         count, total, low, high = self._count, self._total, self._min, self._max
         pending = self.pending.copy()
+        _count_elements(buckets, keys)
         _bucket_into(buckets, pending)
         return (buckets, *_totals(pending, count, total, low, high))
 
@@ -155,6 +171,14 @@ def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float]
         value = 0.0 if key == _ZERO else GROWTH ** (key + 0.5)
         results.append(min(hi, max(lo, value)))
     return results
+
+
+def _keys_into(keys: "array[int]", values: List[float]) -> None:
+    if values and min(values) > 0:
+        keys.extend(map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
+        return
+    log, floor = math.log, math.floor
+    keys.extend(floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO for value in values)
 
 
 def _bucket_into(buckets: Dict[int, int], values: List[float]) -> None:

@@ -80,6 +80,30 @@ def test_histogram_memory_is_bounded() -> None:
     assert len(histogram._buckets) < 700
 
 
+def test_a_slow_streams_histogram_keeps_bucket_numbers_not_dict_entries() -> None:
+    # Hundreds of slow streams at once (issue 17): each read time falls in a
+    # bucket of its own, and a dict entry with its int key costs ~60 bytes.
+    histogram = Histogram()
+    values = [0.0001 * 1.05 ** i for i in range(300)]  # 300 values, 300 distinct buckets
+    for value in values:
+        histogram.add(value)
+    histogram.fold()
+    assert histogram._buckets == {}
+    assert sys.getsizeof(histogram._keys) < 2 * 1024
+    summary = histogram.summary()
+    assert summary.count == 300
+    for q, got in ((0.5, summary.p50), (0.9, summary.p90), (0.99, summary.p99)):
+        want = exact_quantile(values, q)
+        assert got is not None and abs(got - want) <= 0.02 * want, (q, got, want)
+    # Past KEYS_KEPT the bucket numbers are counted into the dict: same answers.
+    for value in values * 4:
+        histogram.add(value)
+    histogram.fold()
+    assert histogram._buckets and len(histogram._keys) < 1024
+    assert histogram.summary().count == 1500
+    assert histogram.quantile(0.5) == summary.p50
+
+
 # -- per-stream metrics ----------------------------------------------------------------------
 
 
