@@ -60,8 +60,9 @@ class Histogram:
     __slots__ = ("_buckets", "_keys", "pending", "_count", "_total", "_min", "_max")
 
     def __init__(self) -> None:
-        self._buckets: Dict[int, int] = {}
-        self._keys = array("i")
+        # Both made when first needed: a stream's three histograms start empty (issue 17).
+        self._buckets: Optional[Dict[int, int]] = None
+        self._keys: "Optional[array[int]]" = None
         #: Values recorded and not yet folded in: the same list for the
         #: histogram's life, so a hot path may keep ``pending.append`` and
         #: call it directly (issue 17) -- and must then call :meth:`fold` once
@@ -92,17 +93,25 @@ class Histogram:
         self._count, self._total, self._min, self._max = _totals(
             values, self._count, self._total, self._min, self._max)
         keys = self._keys
+        if keys is None:
+            keys = self._keys = array("i")
         _keys_into(keys, values)
         if len(keys) >= KEYS_KEPT:
-            _count_elements(self._buckets, keys)
-            del keys[:]
+            # Taken away before they are counted: a reader then misses them rather than counting them twice.
+            self._keys = None
+            buckets = self._buckets
+            if buckets is None:
+                buckets = self._buckets = {}
+            _count_elements(buckets, keys)
 
     def _state(self) -> Tuple[Dict[int, int], int, float, Optional[float], Optional[float]]:
         """Buckets, count, total, min and max of every value so far, pending ones included (a copy)."""
         # Read in the reverse order of fold()'s writes (pending, then totals, then
-        # buckets): a snapshot taken during a fold never counts a value twice.
-        buckets = self._buckets.copy()
-        keys = self._keys.tolist()
+        # bucket numbers, then buckets): a snapshot taken during a fold never counts a value twice.
+        folded = self._buckets
+        buckets = {} if folded is None else folded.copy()
+        kept = self._keys
+        keys = [] if kept is None else kept.tolist()
         count, total, low, high = self._count, self._total, self._min, self._max
         pending = self.pending.copy()
         _count_elements(buckets, keys)
@@ -113,8 +122,11 @@ class Histogram:
         """Add every value of ``other`` to this histogram."""
         self.fold()
         buckets, count, total, low, high = other._state()
+        mine = self._buckets
+        if mine is None:
+            mine = self._buckets = {}
         for key, n in buckets.items():
-            self._buckets[key] = self._buckets.get(key, 0) + n
+            mine[key] = mine.get(key, 0) + n
         self._count += count
         self._total += total
         for value in (low, high):

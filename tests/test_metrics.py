@@ -77,7 +77,7 @@ def test_histogram_memory_is_bounded() -> None:
     histogram = Histogram()
     for i in range(1, 200_001):
         histogram.add(i * 1e-5)  # 10 µs .. 2 s
-    assert len(histogram._buckets) < 700
+    assert histogram._buckets is not None and len(histogram._buckets) < 700
 
 
 def test_a_slow_streams_histogram_keeps_bucket_numbers_not_dict_entries() -> None:
@@ -88,8 +88,8 @@ def test_a_slow_streams_histogram_keeps_bucket_numbers_not_dict_entries() -> Non
     for value in values:
         histogram.add(value)
     histogram.fold()
-    assert histogram._buckets == {}
-    assert sys.getsizeof(histogram._keys) < 2 * 1024
+    assert not histogram._buckets
+    assert histogram._keys is not None and sys.getsizeof(histogram._keys) < 2 * 1024
     summary = histogram.summary()
     assert summary.count == 300
     for q, got in ((0.5, summary.p50), (0.9, summary.p90), (0.99, summary.p99)):
@@ -99,9 +99,38 @@ def test_a_slow_streams_histogram_keeps_bucket_numbers_not_dict_entries() -> Non
     for value in values * 4:
         histogram.add(value)
     histogram.fold()
-    assert histogram._buckets and len(histogram._keys) < 1024
+    assert histogram._buckets and (histogram._keys is None or len(histogram._keys) < 1024)
     assert histogram.summary().count == 1500
     assert histogram.quantile(0.5) == summary.p50
+
+
+def test_a_snapshot_taken_while_bucket_numbers_are_counted_never_counts_a_value_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's thread may read .metrics while the body's thread folds: a
+    # snapshot may miss the values being folded, never count them twice.
+    import llmstream._histogram as module
+
+    histogram = Histogram()
+    real = module._count_elements
+    seen: List[int] = []
+
+    def count_and_peek(buckets: Any, keys: Any) -> None:
+        if getattr(count_and_peek, "busy", False):
+            real(buckets, keys)
+            return
+        count_and_peek.busy = True  # type: ignore[attr-defined]
+        try:
+            seen.append(sum(n for _, n in histogram.buckets()))  # a reader just before the count
+            real(buckets, keys)
+            seen.append(sum(n for _, n in histogram.buckets()))  # and just after it
+        finally:
+            count_and_peek.busy = False  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(module, "_count_elements", count_and_peek)
+    for i in range(1, 1100):
+        histogram.add(i * 1e-3)
+        assert all(n <= i for n in seen), (i, seen)
+    assert seen and max(seen) <= 1099
 
 
 # -- per-stream metrics ----------------------------------------------------------------------
