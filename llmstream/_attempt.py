@@ -219,7 +219,7 @@ class Attempt:
         connect_deadline = started + timeout.connect if timeout.connect is not None else math.inf
         connect, _ = time_left(connect_deadline, "connect", total_deadline, started)
         wait, wait_kind = time_left(first_deadline, "first_token", total_deadline, started)
-        sockets = AttemptSockets()
+        sockets = AttemptSockets(self._lock)
         self._set_sockets(sockets)
         response = self._response = context.transport.open(
             spec, context.provider, connect_timeout=connect, response_timeout=wait, response_timeout_kind=wait_kind,

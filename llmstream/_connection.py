@@ -88,9 +88,11 @@ class AttemptSockets:
 
     __slots__ = ("_lock", "_sock", "_shut")
 
-    def __init__(self) -> None:
+    def __init__(self, lock: Optional["threading.RLock"] = None) -> None:
         # Reentrant: a finalizer (a dropped stream) may shut it down in the thread holding it.
-        self._lock = threading.RLock()
+        # The attempt's own lock may be given (one lock per stream, not two: issue 17):
+        # neither holds it while it calls the other.
+        self._lock = lock if lock is not None else threading.RLock()
         self._sock: Optional[socket.socket] = None
         self._shut = False
 
