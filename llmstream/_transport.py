@@ -75,8 +75,11 @@ READ_SIZE = 65536
 #: per stream (heap fragmentation: ~30 KiB RSS per stream measured), and
 #: 2 KiB still ~4 KiB more per streaming stream than 512 (300 streams,
 #: bench/memory_per_stream.py). A token's event (200-400 bytes) fits; a larger
-#: one fills the read, and the next asks for four times as much.
-MIN_READ_SIZE = 512
+#: one fills the read, and the next asks for four times as much. Under 479: the
+#: bytes object (33 bytes of header) then fits pymalloc's 512-byte blocks; at
+#: 512 every read was a glibc malloc, and hundreds of threads' reads grew the
+#: per-thread malloc arenas by ~8 KiB RSS per streaming stream (issue 17).
+MIN_READ_SIZE = 448
 
 
 def next_read_size(size: int, got: int) -> int:
@@ -89,7 +92,7 @@ def next_read_size(size: int, got: int) -> int:
     if got >= size:
         return min(size << 2, READ_SIZE)
     if got < size >> 3 and size > MIN_READ_SIZE:
-        return size >> 1
+        return max(size >> 1, MIN_READ_SIZE)
     return size
 #: How much of an error body is kept for the exception (bodies can be HTML pages).
 MAX_ERROR_BODY = 65536

@@ -12,25 +12,25 @@ def test_a_slow_stream_reads_small_a_fast_one_grows_to_the_cap() -> None:
     size = MIN_READ_SIZE
     for _ in range(100):
         size = next_read_size(size, 120)
-    assert size == MIN_READ_SIZE == 512
-    # Full reads: 512 B, 2 KiB, 8 KiB, 32 KiB, then the cap.
+    assert size == MIN_READ_SIZE == 448  # with its bytes header, within pymalloc's 512-byte blocks
+    # Full reads: 448 B, 1.75 KiB, 7 KiB, 28 KiB, then the cap.
     sizes = [MIN_READ_SIZE]
     for _ in range(5):
         sizes.append(next_read_size(sizes[-1], sizes[-1]))
-    assert sizes == [512, 2048, 8192, 32768, 65536, 65536]
+    assert sizes == [448, 1792, 7168, 28672, 65536, 65536]
     assert READ_SIZE == 65536
 
 
 def test_small_reads_shrink_back_and_middling_ones_keep_the_size() -> None:
     assert next_read_size(65536, 100) == 32768
     assert next_read_size(4096, 100) == 2048
-    assert (next_read_size(1024, 10), next_read_size(512, 10)) == (512, 512)  # never under the least
+    assert (next_read_size(1024, 10), next_read_size(512, 10), next_read_size(448, 10)) == (512, 448, 448)  # never under the least
     assert next_read_size(65536, 65536 // 8) == 65536  # an eighth or more: kept
     assert next_read_size(65536, 65536 // 8 - 1) == 32768
 
 
 def test_a_large_answer_crosses_every_read_size() -> None:
-    # 300 KiB in one write-burst: read at 512 B, then ever larger; the text is whole.
+    # 300 KiB in one write-burst: read at 448 B, then ever larger; the text is whole.
     text = "".join(f"word{i} " for i in range(40_000))
     with FakeLLMServer() as server:
         server.script(llmstream.testing.Reply(text, events_per_write=1000))
