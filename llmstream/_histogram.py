@@ -67,7 +67,9 @@ class Histogram:
         #: histogram's life, so a hot path may keep ``pending.append`` and
         #: call it directly (issue 17) -- and must then call :meth:`fold` once
         #: ``len(pending)`` reaches :data:`FOLD_EVERY`, to keep memory bounded.
-        self.pending: List[float] = []
+        # An array of doubles, not a list: a pending value costs 8 bytes, not a
+        # float object and a pointer (~32), with hundreds of streams (issue 17).
+        self.pending: "array[float]" = array("d")
         # Of the folded values only; the pending ones are added when asked for.
         self._count = 0
         self._total = 0.0
@@ -86,10 +88,10 @@ class Histogram:
     def fold(self) -> None:
         """Fold the pending values into the counts and buckets (the writer's thread only)."""
         pending = self.pending
-        values = pending.copy()
+        values = pending[:]
         # Emptied before the values are counted: a reader in another thread
         # then misses the values being folded rather than counting them twice.
-        pending.clear()
+        del pending[:]
         self._count, self._total, self._min, self._max = _totals(
             values, self._count, self._total, self._min, self._max)
         keys = self._keys
@@ -113,7 +115,7 @@ class Histogram:
         kept = self._keys
         keys = [] if kept is None else kept.tolist()
         count, total, low, high = self._count, self._total, self._min, self._max
-        pending = self.pending.copy()
+        pending = self.pending[:]
         _count_elements(buckets, keys)
         _bucket_into(buckets, pending)
         return (buckets, *_totals(pending, count, total, low, high))
@@ -155,7 +157,7 @@ class Histogram:
         return Distribution(count=count, total=total, min=lo, p50=p50, p90=p90, p99=p99, max=hi)
 
 
-def _totals(values: List[float], count: int, total: float, low: Optional[float],
+def _totals(values: Sequence[float], count: int, total: float, low: Optional[float],
             high: Optional[float]) -> Tuple[int, float, Optional[float], Optional[float]]:
     """Count, total, min and max with ``values`` added."""
     if not values:
@@ -185,7 +187,7 @@ def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float]
     return results
 
 
-def _keys_into(keys: "array[int]", values: List[float]) -> None:
+def _keys_into(keys: "array[int]", values: Sequence[float]) -> None:
     if values and min(values) > 0:
         keys.extend(map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
         return
@@ -193,7 +195,7 @@ def _keys_into(keys: "array[int]", values: List[float]) -> None:
     keys.extend(floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO for value in values)
 
 
-def _bucket_into(buckets: Dict[int, int], values: List[float]) -> None:
+def _bucket_into(buckets: Dict[int, int], values: Sequence[float]) -> None:
     if values and min(values) > 0:
         # The usual case, in C: log base GROWTH, floored, counted (Counter's helper).
         _count_elements(buckets, map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
