@@ -39,7 +39,7 @@ Rules:
   * The end is put on the queue whatever happens in the report: the caller
     must see it.
   * Exactly one segment runs at a time: a segment is claimed under the
-    owner lock, and a lent body's return makes the next one due only once
+    claim lock, and a lent body's return makes the next one due only once
     the segment that lent it has left the generator.
 
 Never: a reference to the ``TokenStream`` that owns it (the stream's
@@ -130,6 +130,12 @@ class _Starter:
 _starter = _Starter()
 
 
+#: Taken only to claim a worker's next segment, to make one due and to end the
+#: run (a flag or two each, nothing allocated under it, so a finalizer run by
+#: the garbage collector cannot find it held by its own thread): one lock for
+#: every stream, not one each (issue 17).
+_CLAIM_LOCK = threading.Lock()
+
 #: Workers whose body is lent, so no thread of theirs is running: kept alive
 #: here (a dropped stream's finalizer must still find its worker to cancel it).
 _LENDING: Set["Worker"] = set()
@@ -149,7 +155,7 @@ class Worker:
     __slots__ = (
         "queue", "text", "stats", "_pricing", "cost", "_observer", "_flow", "_model", "_charged", "_corrected",
         "_failure", "_provider", "_spec", "_retry", "_total_deadline", "_cancel", "_redact", "_resumer",
-        "_attempt_context", "_attempt", "_run", "_done", "_thread", "_owner_lock", "_runnable", "_began",
+        "_attempt_context", "_attempt", "_run", "_finished", "_done", "_thread", "_runnable", "_began",
         "_consumer", "__weakref__",
     )
 
@@ -207,11 +213,11 @@ class Worker:
         #: The current attempt, what cancel() interrupts (None once the run is past it).
         self._attempt: Optional[Attempt] = None
         self._run = self._main()
-        self._done = Latch()
+        self._finished = False
+        self._done: Optional[Latch] = None  # made by the first join() that has to wait
         self._thread: Optional[threading.Thread] = None
         # Who runs the next segment of the stream: "runnable" means a segment
-        # is due and nobody has claimed it (see _claim).
-        self._owner_lock = threading.Lock()
+        # is due and nobody has claimed it (see _claim, under _CLAIM_LOCK).
         self._runnable = True
         self._began = False
         self._consumer: Optional[int] = None
@@ -236,7 +242,7 @@ class Worker:
         _starter.schedule(self)
 
     def _claim(self) -> bool:
-        with self._owner_lock:
+        with _CLAIM_LOCK:
             claimed, self._runnable = self._runnable, False
         return claimed
 
@@ -263,7 +269,7 @@ class Worker:
         """Run the claimed segment in a new thread; a stream that never began just ends."""
         if not self._began and self._cancel.is_set():
             self._run.close()  # never started: nothing was sent, nothing to report
-            self._done.set()
+            self._end()
             return
         self._start_thread()
 
@@ -276,18 +282,26 @@ class Worker:
                 self._due_for_consumer()
                 return
         except StopIteration:
-            self._done.set()
+            self._end()
             return
         except BaseException:
-            self._done.set()  # an interrupt ended the run (its finally reported it)
+            self._end()  # an interrupt ended the run (its finally reported it)
             raise
         with _LENDING_LOCK:
             _LENDING.add(self)
         lent.detached()
 
     def _make_due(self) -> None:
-        with self._owner_lock:
+        with _CLAIM_LOCK:
             self._runnable = True
+
+    def _end(self) -> None:
+        """The run is over: wake every join()."""
+        with _CLAIM_LOCK:
+            self._finished = True
+            done = self._done
+        if done is not None:
+            done.set()
 
     def _due_for_consumer(self) -> None:
         """The next segment is the consumer's loop's to run (run_here).
@@ -332,9 +346,16 @@ class Worker:
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the stream's run to end; return True if it has."""
-        if threading.current_thread() is self._thread:
-            return self._done.is_set()
-        return self._done.wait(timeout)
+        if self._finished or threading.current_thread() is self._thread:
+            return self._finished
+        latch = Latch()  # made outside the lock: nothing is allocated under it (a finalizer may claim)
+        with _CLAIM_LOCK:
+            if self._finished:
+                return True
+            if self._done is None:
+                self._done = latch
+            done = self._done
+        return done.wait(timeout)
 
     # -- the run (a generator: see _segment) -----------------------------------
 

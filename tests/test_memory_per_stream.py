@@ -54,7 +54,7 @@ def test_closing_the_run_while_its_body_is_lent_ends_the_attempt(server: FakeLLM
         assert worker._attempt is None and worker.queue.lent is None
         assert len(worker.stats.attempt_log) == 1
         assert worker._cancel.is_set()
-        worker._done.set()  # what the segment running it would have done
+        worker._end()  # what the segment running it would have done
 
 
 def test_streams_with_the_same_key_share_one_redactor(server: FakeLLMServer) -> None:
