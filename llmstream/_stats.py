@@ -9,7 +9,7 @@ while the stream runs (the histograms copy their buckets in one C call).
 from __future__ import annotations
 
 import time
-from typing import Any, List, Optional
+from typing import Any, Optional, Tuple
 
 from ._cost import account
 from ._events import AttemptReport, Finish, Reset, StreamMetrics, Usage
@@ -31,7 +31,9 @@ class WorkerStats:
         self.attempts = 0
         self.text_deltas = 0
         self.usage: Optional[Usage] = None
-        self.errors: List[str] = []
+        # Tuples, grown by "+=" (once per error or attempt, never per token): an
+        # empty one is shared, an empty list is 56 bytes per stream (issue 17).
+        self.errors: Tuple[str, ...] = ()
         self.queued = 0.0
         self.first_content_at: Optional[float] = None
         #: When the worker was last ready for more content (after handing the last over).
@@ -44,7 +46,7 @@ class WorkerStats:
         self._final: Optional[StreamMetrics] = None
         self.finish_reason: Optional[str] = None
         #: One record per ended attempt (cost accounting, telemetry).
-        self.attempt_log: List[AttemptReport] = []
+        self.attempt_log: Tuple[AttemptReport, ...] = ()
         #: The backoff wait before the next attempt, set when a retry is decided.
         self.next_delay = 0.0
         # The attempt in progress: (number, resume, delay, started, text_deltas and usage at its start).
@@ -74,13 +76,13 @@ class WorkerStats:
         self._open = None
         ended = time.monotonic()
         first = self.first_content_at
-        self.attempt_log.append(AttemptReport(
+        self.attempt_log += (AttemptReport(
             number=number, started=started, ended=ended, resume=resume, delay=delay, error=error,
             usage=self.usage if self.usage is not usage else None, text_deltas=self.text_deltas - deltas,
             first_content=first if first is not None and started <= first <= ended else None,
             reset=self._reset_at, discarded_chars=self._discarded,
             response_id=response_id, response_model=response_model,
-        ))
+        ),)
 
     def note(self, event: Any) -> None:
         """A bookkeeping event the caller is handed (Usage, Finish, Reset; never a text delta)."""

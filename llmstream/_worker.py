@@ -435,7 +435,7 @@ class Worker:
     def _report(self, error: Optional[BaseException]) -> None:
         stats = self.stats
         if error is not None:
-            stats.errors.append(type(error).__name__)
+            stats.errors += (type(error).__name__,)
         metrics = stats.freeze(time.monotonic())  # built once: the report and every later .metrics share it
         usage = stats.usage
         correction = self._usage_correction()
@@ -488,7 +488,7 @@ class Worker:
     def _announce_retry(self, exc: StreamError, delay: float) -> bool:
         """Tell the caller about the retry (a ``Retrying`` event); True if the caller runs this segment itself."""
         attempt = self.stats.attempts + 1
-        self.stats.errors.append(type(exc).__name__)
+        self.stats.errors += (type(exc).__name__,)
         self.stats.next_delay = delay
         # The cause in the Retrying event says, like a raised error, what came before it.
         exc.attempts = self.stats.attempts
