@@ -16,7 +16,9 @@ Invariants:
     and reading take ``_lock``, so a reader never sees a piece twice or
     misses one.
   * Memory stays near the answer's UTF-8 size: every ``COMPACT_EVERY`` pieces
-    are joined into one block, kept UTF-8 encoded (``bytes``). A ``str``
+    are joined into one block, kept UTF-8 encoded (``bytes``), and a block
+    is merged with the one before it while that one is no larger (a binary
+    counter: at most log2(n) blocks, each byte copied at most log2(n) times). A ``str``
     would cost 2 bytes per character for the whole block as soon as it holds
     one character past U+00FF (a curly quote, an em dash, an emoji: common in
     LLM answers), 4 past U+FFFF. Reading decodes it: a string is built only
@@ -44,9 +46,11 @@ from ._resume_match import TextDigest
 
 __all__ = ["SharedText"]
 
-#: Pieces are joined into one string every this many: a list of small ``str``
-#: objects costs ~60 bytes per token, a joined string ~1 byte per character.
-COMPACT_EVERY = 4096
+#: Pieces are joined into one block every this many: a list of small ``str``
+#: objects costs ~60 bytes per token, a block ~1 byte per character. Small, so
+#: hundreds of concurrent answers whose callers drop their pieces (a relay to a
+#: browser) hold ~1 byte per character, not ~60 per token (issue 17).
+COMPACT_EVERY = 64
 
 
 class SharedText:
@@ -87,7 +91,11 @@ class SharedText:
             if self._digest is not None:
                 self._digest.append("".join(parts))
             else:
-                self._blocks.append("".join(parts).encode("utf-8", "surrogatepass"))
+                blocks = self._blocks
+                block = "".join(parts).encode("utf-8", "surrogatepass")
+                while blocks and len(blocks[-1]) <= len(block):
+                    block = blocks.pop() + block
+                blocks.append(block)
             del parts[:count]
 
     def clear(self) -> None:
