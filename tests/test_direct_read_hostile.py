@@ -544,3 +544,51 @@ def test_random_write_boundaries_of_a_valid_body(data: st.DataObject) -> None:
         assert (error, partial, text) == (None, None, "".join(texts))
         check_metrics(metrics, b"".join(events), unread=1 if crlf else 0)
     gc.collect()
+
+
+@pytest.mark.parametrize("fold_every", [2, FOLD_EVERY])
+def test_a_histogram_snapshot_during_folds_never_counts_a_value_twice(monkeypatch: pytest.MonkeyPatch,
+                                                                       fold_every: int) -> None:
+    # The race of the test above, without sockets and with folds as frequent as
+    # they can be: one thread records as BodyReader does (appends to the
+    # pending list, folds every ``fold_every``), another takes summaries
+    # without pause. Every value is 1.0, so a summary's total is its count,
+    # and its count is at most the values recorded when it returned.
+    from llmstream import _histogram
+
+    monkeypatch.setattr(_histogram, "FOLD_EVERY", fold_every)
+    hist = _histogram.Histogram()
+    written = [0]
+    stop = threading.Event()
+    bad: List[str] = []
+
+    def write() -> None:
+        pending = hist.pending
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            for _ in range(64):
+                pending.append(1.0)
+                written[0] += 1
+                if len(pending) >= fold_every:
+                    hist.fold()
+        stop.set()
+
+    def read() -> None:
+        while not stop.is_set():
+            summary = hist.summary()
+            after = written[0] + 1  # a value appended but not yet counted by the writer
+            if summary.count > after or summary.total != summary.count:
+                bad.append(f"count {summary.count}, total {summary.total}, {after} recorded")
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    finally:
+        stop.set()
+        sys.setswitchinterval(switch)
+    assert bad[:3] == [] and hist.summary().count == written[0]
