@@ -320,6 +320,50 @@ def test_a_stall_right_after_the_switch_is_an_exact_idle_timeout(transport: Star
     assert IDLE - 0.01 <= ended - arrivals[-1] < IDLE + LATE, ended - arrivals[-1]
 
 
+@pytest.mark.parametrize("drip", ["framing", "payload"])
+def test_bytes_dripped_after_the_switch_do_not_stretch_idle(transport: Start, drip: str) -> None:
+    # After the switch the server sends one byte every 20 ms for twice the idle
+    # limit: chunk framing alone (a size line with extensions, never its data),
+    # or payload that never completes an event. Neither is content: idle fires
+    # IDLE after the last token, whatever the direct reads brought.
+    piece = b"4" + b";x=y" * 100 if drip == "framing" else b"fff\r\n: " + b"p" * 200
+    steps: List[Step] = [Send(head(framing="chunked") + _chunk(E3[0])), Wait(GAP), Send(_chunk(E3[1]))]
+    for i in range(int(2 * IDLE / 0.02)):
+        steps += [Wait(0.02), Send(piece[i:i + 1])]
+    server, make = transport([steps + [Wait()]])
+    error, partial, text, kind, _, arrivals, ended = run(
+        make(timeout=Timeout(connect=2, first_token=3, idle=IDLE, total=10)))
+    assert (error, partial, kind, text) == (StreamTimeoutError, "Hi th\u00e9re", "idle", "Hi th\u00e9re")
+    assert IDLE - 0.01 <= ended - arrivals[-1] < IDLE + LATE, ended - arrivals[-1]
+
+
+def test_text_deltas_read_directly_are_ordinary_frozen_events(serve: Any) -> None:
+    # The OpenAI hot path builds its TextDelta through an unfrozen twin and a
+    # __class__ swap: what the caller gets must be indistinguishable from TextDelta(text).
+    import pickle
+
+    texts = words(5)
+    events = sse_events(texts)
+    body = chunked_body(events)
+    server = serve([split_script(head(framing="chunked"), body, len(_chunk(events[0])),
+                                 range(len(_chunk(events[0])), len(body), 61))])
+    client = client_for(server)
+    try:
+        with client.stream("hi", model="m") as stream:
+            deltas = [e for e in stream.events() if isinstance(e, TextDelta)]
+        assert [d.text for d in deltas] == texts
+        for delta in deltas:
+            twin = TextDelta(delta.text)
+            assert type(delta) is TextDelta and delta == twin and hash(delta) == hash(twin)
+            assert repr(delta) == repr(twin) and pickle.loads(pickle.dumps(delta)) == twin
+            with pytest.raises(llmstream.FrozenInstanceError if hasattr(llmstream, "FrozenInstanceError")
+                               else AttributeError):
+                delta.text = "changed"  # type: ignore[misc]
+            assert delta.text == twin.text and not hasattr(delta, "__dict__")
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("buffered", [40, 512, 9000])
 def test_close_from_another_thread_while_blocked_in_the_direct_recv(transport: Start, buffered: int) -> None:
     texts = words(200)
