@@ -337,6 +337,41 @@ def test_bytes_dripped_after_the_switch_do_not_stretch_idle(transport: Start, dr
     assert IDLE - 0.01 <= ended - arrivals[-1] < IDLE + LATE, ended - arrivals[-1]
 
 
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_every_read_exactly_one_line_after_the_switch(serve: Any, eol: bytes) -> None:
+    # Each SSE line (and each blank line) a chunk and a write of its own: the
+    # reads are exactly one line each, the shape of LineBuffer's one-line
+    # shortcut, with a blank line read alone ("\r\n": a CR at its very start).
+    texts = words(6)
+    lines: List[bytes] = []
+    for event in sse_events(texts):
+        lines += [line + eol for line in event.split(b"\n")[:-1]]
+    body = b"".join(_chunk(line) for line in lines) + b"0\r\n\r\n"
+    cuts, pos = [], 0
+    for line in lines:
+        pos += len(_chunk(line))
+        cuts.append(pos)
+    server = serve([split_script(head(framing="chunked"), body, cuts[0], cuts[1:])])
+    error, partial, text, _, metrics, _, _ = run(client_for(server))
+    assert (error, partial, text) == (None, None, "".join(texts))
+    check_metrics(metrics, b"".join(lines), unread=len(eol) - 1)
+
+
+def test_a_malformed_line_read_with_a_whole_event_after_the_switch_fails_at_once(serve: Any) -> None:
+    # One read: a whole event, then a line longer than max_line_length (the
+    # SSE framing's one refusal). The event is handed over, and the failure is
+    # raised by the very next step, not after whatever the server does next
+    # (here: nothing, for longer than idle).
+    steps: List[Step] = [Send(head(framing="chunked") + _chunk(E3[0])), Wait(GAP),
+                         Send(_chunk(E3[1] + b"data: " + b"x" * 300 + b"\n")), Wait()]
+    server = serve([steps])
+    started = time.monotonic()
+    error, partial, text, _, _, _, ended = run(
+        client_for(server, timeout=Timeout(connect=2, first_token=3, idle=2, total=10), max_line_length=200))
+    assert (error, partial, text) == (llmstream.MalformedStreamError, "Hi th\u00e9re", "Hi th\u00e9re")
+    assert ended - started < 1.0
+
+
 def test_text_deltas_read_directly_are_ordinary_frozen_events(serve: Any) -> None:
     # The OpenAI hot path builds its TextDelta through an unfrozen twin and a
     # __class__ swap: what the caller gets must be indistinguishable from TextDelta(text).
