@@ -165,8 +165,12 @@ def wait_in_direct_recv(threads: Sequence[threading.Thread], timeout: float = 5.
     return False
 
 
-def run(client: llmstream.Client) -> Tuple[Optional[type], Optional[str], str, Optional[str], Any, List[float], float]:
-    """One stream: (error type, partial_text, text, timeout kind, metrics, arrival times, end time)."""
+def run(client: llmstream.Client, seen: Optional[List[str]] = None
+        ) -> Tuple[Optional[type], Optional[str], str, Optional[str], Any, List[float], float]:
+    """One stream: (error type, partial_text, text, timeout kind, metrics, arrival times, end time).
+
+    ``seen``, if given, gets each piece as it arrives (for a test watching from another thread).
+    """
     arrivals: List[float] = []
     text = ""
     try:
@@ -175,6 +179,8 @@ def run(client: llmstream.Client) -> Tuple[Optional[type], Optional[str], str, O
                 for piece in stream:
                     arrivals.append(time.monotonic())
                     text += piece
+                    if seen is not None:
+                        seen.append(piece)
             except llmstream.StreamError as exc:
                 return (type(exc), exc.partial_text, text, getattr(exc, "kind", None), stream.metrics, arrivals,
                         time.monotonic())
@@ -296,9 +302,13 @@ def test_a_cut_right_after_the_switch(transport: Start, lead: str, fault: str) -
     steps += [Wait(event=go), Close() if fault == "close" else RST()]
     server, make = transport([steps])
     result: List[Any] = []
-    consumer = threading.Thread(target=lambda: result.append(run(make())))
+    seen: List[str] = []
+    consumer = threading.Thread(target=lambda: result.append(run(make(), seen)))
     consumer.start()
     try:
+        deadline = time.monotonic() + 5
+        while "".join(seen) != expected and time.monotonic() < deadline:
+            time.sleep(0.002)
         assert wait_in_direct_recv([consumer]), "the blocked read is not the socket's own recv"
     finally:
         go.set()
