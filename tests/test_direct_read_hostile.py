@@ -460,6 +460,36 @@ def test_close_from_another_thread_while_blocked_in_the_direct_recv(transport: S
     assert leaks(ref, client, [server], before) == []
 
 
+def test_close_while_the_worker_reads_ahead_in_the_direct_recv(transport: Start) -> None:
+    # Nobody iterates: the worker reads ahead into the queue, and blocks in the
+    # direct recv after the switch. close() from this thread ends it at once.
+    reached = threading.Event()
+    server, make = transport([[Send(head(framing="chunked") + _chunk(E3[0])), Wait(GAP), Send(_chunk(E3[1])),
+                               Signal(reached), Wait()]])
+    before = socket_fds()
+    client = make(timeout=Timeout(connect=2, first_token=5, idle=5, total=8))
+    stream = client.stream("hi", model="m")
+    try:
+        assert reached.wait(5)
+        assert wait_in_direct_recv([]), "the worker is not blocked in the socket's own recv"
+        workers = worker_threads()
+        started = time.monotonic()
+        stream.close()
+        for worker in workers:
+            worker.join(1)
+        assert time.monotonic() - started < 1.0 and not any(w.is_alive() for w in workers)
+        assert stream.status == "closed" and stream.text == ""
+        with pytest.raises(llmstream.StreamClosedError):
+            next(iter(stream))
+        conn = server.connections[0]
+        assert conn.closed.wait(2) and conn.closed_at - started < 1.0  # type: ignore[operator]
+    finally:
+        stream.close()
+    ref = weakref.ref(stream)
+    del stream
+    assert leaks(ref, client, [server], before) == []
+
+
 # -- retries and resume after a cut that came after the switch -------------------------------
 
 
