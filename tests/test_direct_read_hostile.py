@@ -645,23 +645,48 @@ def test_many_streams_fold_their_histograms_and_snapshots_never_count_twice(serv
 # -- random write boundaries ----------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_write_boundaries_of_a_valid_body(data: st.DataObject) -> None:
-    texts = data.draw(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
-                               min_size=1, max_size=12), label="texts")
-    events = sse_events(texts)
-    crlf = data.draw(st.booleans(), label="crlf")
-    if crlf:  # a read may then start (or end) with a CR
-        events = [e.replace(b"\n", b"\r\n") for e in events]
-    body = chunked_body(events)
-    first = data.draw(st.integers(0, len(body)), label="first")
-    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6), label="cuts")
-    gap = data.draw(st.sampled_from([0.0, 0.001, 0.003]), label="gap")
-    with HostileServer([split_script(head(framing="chunked"), body, first, cuts, gap)]) as server:
-        error, partial, text, _, metrics, _, _ = run(client_for(server))
-        assert (error, partial, text) == (None, None, "".join(texts))
-        check_metrics(metrics, b"".join(events), unread=1 if crlf else 0)
+def _tls_context(certs: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs / "server.pem", certs / "server.key")
+    return context
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_random_write_boundaries_of_a_valid_body(pki: Path, tls: bool) -> None:  # noqa: F811
+    # Random cuts of a valid chunked SSE body (LF or CRLF lines, chunk
+    # extensions, trailers) across writes a few ms apart, the first with the
+    # headers: the text is exact and every payload byte counted once.
+    context = _tls_context(pki) if tls else None
+
+    @settings(max_examples=40 if not tls else 20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        texts = data.draw(st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+                                   min_size=1, max_size=12), label="texts")
+        events = sse_events(texts)
+        crlf = data.draw(st.booleans(), label="crlf")
+        if crlf:  # a read may then start (or end) with a CR
+            events = [e.replace(b"\n", b"\r\n") for e in events]
+        ext = data.draw(st.sampled_from([b"", b";x=1", b' ; n="q\\"v"']), label="ext")
+        trailers = data.draw(st.sampled_from([b"", b"X-T: 1\r\n", b"A: b\r\n c\r\n"]), label="trailers")
+        body = b"".join(b"%x%s\r\n%s\r\n" % (len(e), ext, e) for e in events) + b"0\r\n" + trailers + b"\r\n"
+        first = data.draw(st.integers(0, len(body)), label="first")
+        cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6), label="cuts")
+        gap = data.draw(st.sampled_from([0.0, 0.001, 0.003]), label="gap")
+        script = split_script(head(framing="chunked"), body, first, cuts, gap)
+        server = TLSServer([script], context) if context is not None else HostileServer([script])
+        with server:
+            if context is not None:
+                client = llmstream.Client(provider="openai", base_url=f"{server.url}/v1", api_key=KEY,
+                                          verify=str(pki / "ca.pem"), retry=Retry(max_attempts=1),
+                                          timeout=Timeout(connect=2, first_token=3, idle=3, total=8))
+            else:
+                client = client_for(server)
+            error, partial, text, _, metrics, _, _ = run(client)
+            assert (error, partial, text) == (None, None, "".join(texts))
+            check_metrics(metrics, b"".join(events), unread=1 if crlf else 0)
+
+    check()
     gc.collect()
 
 
