@@ -34,7 +34,7 @@ READING_BODY = ("readinto", "_read_dechunked")
 
 
 def wait_thread_in(function: Union[str, Tuple[str, ...]], threads: Optional[Sequence[threading.Thread]] = None,
-                   timeout: float = 5.0) -> bool:
+                   timeout: float = 5.0, *, also_workers: bool = False) -> bool:
     """Wait (bounded) until one of ``threads`` (default: the llmstream workers) runs ``function``.
 
     ``function`` is the name (or names) of the thread's innermost Python frame:
@@ -42,13 +42,16 @@ def wait_thread_in(function: Union[str, Tuple[str, ...]], threads: Optional[Sequ
     socket read, ``"_create_tracked_connection"`` for ``connect()``.
     A test that closes a stream "in the middle of a read" waits for this instead of
     sleeping, so a loaded machine cannot make it close in another phase. (A stream
-    iterated in a thread reads in that thread, not in a worker.)
+    iterated in a thread reads in that thread, not in a worker -- unless that thread
+    started iterating after ``START_GRACE``, when a worker sent the request and reads
+    ahead: ``also_workers=True`` accepts either.)
     """
     names = (function,) if isinstance(function, str) else function
     deadline = time.monotonic() + timeout
     while True:
         frames = sys._current_frames()
-        for thread in worker_threads() if threads is None else threads:
+        candidates = worker_threads() if threads is None else list(threads) + (worker_threads() if also_workers else [])
+        for thread in candidates:
             frame = frames.get(thread.ident) if thread.ident is not None else None
             if frame is not None and frame.f_code.co_name in names:
                 return True

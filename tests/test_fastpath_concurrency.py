@@ -313,7 +313,7 @@ def test_a_lent_body_closed_from_another_thread_mid_read(server: FakeLLMServer, 
             consumer.start()
             if after:
                 assert enough.wait(5)
-            assert wait_thread_in(READING_BODY, [consumer])  # blocked in the lent body's read
+            assert wait_thread_in(READING_BODY, [consumer])  # blocked in the lent body's read (a late caller's too: the worker lends it within one 50 ms token)
             stream.close()
             consumer.join(2)
             assert not consumer.is_alive() and errors == []

@@ -425,7 +425,7 @@ def test_close_from_another_thread_closes_the_socket_within_100ms(serve, framing
     if phase == "mid-body":
         assert first.wait(2)
     else:
-        assert wait_thread_in(READING_BODY, [consumer])  # the consumer is in its read
+        assert wait_thread_in(READING_BODY, [consumer], also_workers=True)  # the consumer is in its read
     started = time.monotonic()
     stream.close()
     returned = time.monotonic() - started

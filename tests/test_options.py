@@ -476,7 +476,7 @@ def test_a_callers_session_is_used_and_close_still_ends_a_stream_at_once(server:
     consumer = threading.Thread(target=consume)
     consumer.start()
     assert first.wait(5)
-    assert wait_thread_in(READING_BODY, [consumer])  # into the blocked read
+    assert wait_thread_in(READING_BODY, [consumer], also_workers=True)  # into the blocked read
     started = time.monotonic()
     stream.close()  # from another thread: only a tracked socket can be shut under the read
     consumer.join(5)
