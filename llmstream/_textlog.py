@@ -17,8 +17,9 @@ Invariants:
     misses one.
   * Memory stays near the answer's UTF-8 size: every ``COMPACT_EVERY`` pieces
     are joined into one block, kept UTF-8 encoded (``bytes``), and a block
-    is merged with the one before it while that one is no larger (a binary
-    counter: at most log2(n) blocks, each byte copied at most log2(n) times). A ``str``
+    is merged with the one before it while that one is no larger and the two
+    fit in ``MAX_BLOCK`` (a binary counter up to that size: few blocks, each
+    byte copied a few times). A ``str``
     would cost 2 bytes per character for the whole block as soon as it holds
     one character past U+00FF (a curly quote, an em dash, an emoji: common in
     LLM answers), 4 past U+FFFF. Reading decodes it: a string is built only
@@ -51,6 +52,10 @@ __all__ = ["SharedText"]
 #: hundreds of concurrent answers whose callers drop their pieces (a relay to a
 #: browser) hold ~1 byte per character, not ~60 per token (issue 17).
 COMPACT_EVERY = 64
+#: Blocks are merged up to this size, and no further: a block of its own
+#: mapping (glibc's mmap threshold is 128 KiB, and rises as such blocks are
+#: freed) would, once merged away, leave its heap space in the RSS.
+MAX_BLOCK = 32 * 1024
 
 
 class SharedText:
@@ -93,7 +98,7 @@ class SharedText:
             else:
                 blocks = self._blocks
                 block = "".join(parts).encode("utf-8", "surrogatepass")
-                while blocks and len(blocks[-1]) <= len(block):
+                while blocks and len(blocks[-1]) <= len(block) and len(blocks[-1]) + len(block) <= MAX_BLOCK:
                     block = blocks.pop() + block
                 blocks.append(block)
             del parts[:count]

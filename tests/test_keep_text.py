@@ -444,14 +444,18 @@ def test_the_log_holds_about_a_byte_per_character_in_few_blocks() -> None:
     # Hundreds of concurrent answers whose callers drop their pieces (a relay)
     # must not hold a str object per token (issue 17): pieces are joined into
     # UTF-8 blocks every COMPACT_EVERY, and the blocks merged as a binary counter.
-    from llmstream._textlog import COMPACT_EVERY
+    # Blocks stop growing at MAX_BLOCK (a larger one would be a mapping of its
+    # own, whose heap space stays in the RSS once it is merged away).
+    from llmstream._textlog import COMPACT_EVERY, MAX_BLOCK
     log = SharedText()
     pieces = [f" w{i % 97}" for i in range(20_000)]
     for piece in pieces:
         log.append(piece)
     assert COMPACT_EVERY <= 64
     assert len(log._parts) < COMPACT_EVERY
-    assert len(log._blocks) <= (20_000 // COMPACT_EVERY).bit_length()
+    size = len("".join(pieces).encode())
+    assert max(len(block) for block in log._blocks) <= MAX_BLOCK
+    assert len(log._blocks) <= 2 * size // MAX_BLOCK + (MAX_BLOCK // 64).bit_length()
     held = sum(len(block) for block in log._blocks) + sum(len(p) for p in log._parts)
     assert held == len("".join(pieces).encode())
     assert log.value() == "".join(pieces)
