@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -47,6 +47,7 @@ from llmstream._histogram import FOLD_EVERY
 from conftest import worker_threads
 from hostile_server import Close, HostileServer, Send, Signal, Step, Wait, head, leaks, openai_done, openai_event, openai_finish, socket_fds
 from hostile_server import Reset as RST
+from test_fastpath_hostile import run_client as run
 from test_hostile import KEY, client_for
 from test_options import pki  # noqa: F401  (the CA and server certificate fixture, made with openssl)
 
@@ -163,30 +164,6 @@ def wait_in_direct_recv(threads: Sequence[threading.Thread], timeout: float = 5.
             return True
         time.sleep(0.002)
     return False
-
-
-def run(client: llmstream.Client, seen: Optional[List[str]] = None
-        ) -> Tuple[Optional[type], Optional[str], str, Optional[str], Any, List[float], float]:
-    """One stream: (error type, partial_text, text, timeout kind, metrics, arrival times, end time).
-
-    ``seen``, if given, gets each piece as it arrives (for a test watching from another thread).
-    """
-    arrivals: List[float] = []
-    text = ""
-    try:
-        with client.stream("hi", model="m") as stream:
-            try:
-                for piece in stream:
-                    arrivals.append(time.monotonic())
-                    text += piece
-                    if seen is not None:
-                        seen.append(piece)
-            except llmstream.StreamError as exc:
-                return (type(exc), exc.partial_text, text, getattr(exc, "kind", None), stream.metrics, arrivals,
-                        time.monotonic())
-            return None, None, stream.text, None, stream.metrics, arrivals, time.monotonic()
-    finally:
-        client.close()
 
 
 def check_metrics(metrics: Any, payload: bytes, unread: int = 0) -> None:

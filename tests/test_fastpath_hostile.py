@@ -12,14 +12,14 @@ deadline math inlined in ``BodyReader.step``, the socket timeout kept within
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 
 import llmstream
 from llmstream import IncompleteStreamError, MalformedStreamError, StreamTimeoutError, Timeout
 
-from hostile_server import Close, HostileServer, anthropic_transcript, Send, Step, Wait, chunked, head, openai_done, openai_event, openai_finish
+from hostile_server import Close, HostileServer, anthropic_transcript, Send, Step, Wait, head, openai_done, openai_event, openai_finish
 from test_hostile import client_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,9 +34,12 @@ def _chunk(piece: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(piece), piece)
 
 
-def run(server: HostileServer, **kwargs: object) -> Tuple[Optional[type], Optional[str], str, Optional[str], List[float], float]:
-    """Consume one stream: (error type, partial_text, text, timeout kind, arrival time of each piece, end time)."""
-    client = client_for(server, **kwargs)
+def run_client(client: llmstream.Client, seen: Optional[List[str]] = None
+        ) -> Tuple[Optional[type], Optional[str], str, Optional[str], Any, List[float], float]:
+    """One stream: (error type, partial_text, text, timeout kind, metrics, arrival times, end time).
+
+    ``seen``, if given, gets each piece as it arrives (for a test watching from another thread).
+    """
     arrivals: List[float] = []
     text = ""
     try:
@@ -45,11 +48,20 @@ def run(server: HostileServer, **kwargs: object) -> Tuple[Optional[type], Option
                 for piece in stream:
                     arrivals.append(time.monotonic())
                     text += piece
+                    if seen is not None:
+                        seen.append(piece)
             except llmstream.StreamError as exc:
-                return type(exc), exc.partial_text, text, getattr(exc, "kind", None), arrivals, time.monotonic()
-            return None, None, stream.text, None, arrivals, time.monotonic()
+                return (type(exc), exc.partial_text, text, getattr(exc, "kind", None), stream.metrics, arrivals,
+                        time.monotonic())
+            return None, None, stream.text, None, stream.metrics, arrivals, time.monotonic()
     finally:
         client.close()
+
+
+def run(server: HostileServer, **kwargs: object) -> Tuple[Optional[type], Optional[str], str, Optional[str], List[float], float]:
+    """Consume one stream: (error type, partial_text, text, timeout kind, arrival time of each piece, end time)."""
+    error, partial, text, kind, _, arrivals, ended = run_client(client_for(server, **kwargs))
+    return error, partial, text, kind, arrivals, ended
 
 
 def _cut_script(cut: int) -> List[Step]:
