@@ -1,0 +1,230 @@
+"""Review of the flattened run (one generator, Attempt start/take_back/abandon): its exit paths under races.
+
+Each test drives a real stream against the fake server on 127.0.0.1 and checks
+what the flattening could have lost: the concurrency slot freed on every exit,
+a retry wait cut short by close() from another thread, join() from many
+threads against the lazily made done Latch, no per-thread entry left in
+``_connection._attempts``, and the per-key shared Redactor.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from llmstream import Client, Retry, Retrying, ServerError, TextDelta
+from llmstream import _connection, _redact, _worker
+from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
+
+from conftest import wait_no_worker_threads, wait_thread_in
+
+LONG_WAIT = Retry(max_attempts=3, initial_delay=30.0, max_delay=30.0)
+
+
+def client_for(server: FakeLLMServer, **kwargs: Any) -> Client:
+    kwargs.setdefault("retry", Retry(max_attempts=1))
+    return Client("openai", base_url=server.base_url("openai"), api_key="sk-review-key-0001", **kwargs)
+
+
+def assert_nothing_left(client: Client) -> None:
+    assert client._flow.slots is not None
+    assert client._flow.slots.in_use == 0
+    assert wait_no_worker_threads() == []
+    assert _connection._attempts == {}
+    assert not _worker._LENDING
+
+
+def test_close_from_another_thread_ends_an_inline_retry_wait_and_frees_the_slot(server: FakeLLMServer) -> None:
+    client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
+    server.script(Reply(status=500))
+    stream = client.stream("hi", model="m")
+    events = stream.events()
+    first = next(events)  # run in this thread: the 500, then the Retrying event before the wait
+    assert isinstance(first, Retrying) and first.delay > 1.0
+    main = threading.current_thread()
+    closer = threading.Thread(target=lambda: (wait_thread_in("wait", [main]), stream.close()))
+    closer.start()
+    started = time.monotonic()
+    rest = list(events)  # the 30 s wait runs here, in this thread, until close()
+    closer.join(5)
+    assert time.monotonic() - started < 5.0
+    assert rest == []
+    assert stream.status == "closed"
+    assert [r.json["messages"][-1]["content"] for r in server.requests] == ["hi"]
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+def test_close_during_a_worker_threads_retry_wait_frees_the_slot(server: FakeLLMServer) -> None:
+    client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
+    server.script(Reply(status=500))
+    stream = client.stream("hi", model="m")  # not iterated: a worker thread runs it
+    assert wait_thread_in("wait")  # the worker in its 30 s retry wait
+    started = time.monotonic()
+    stream.close()
+    assert time.monotonic() - started < 2.0
+    assert stream._worker.join(0) is True
+    assert stream.status == "closed"
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+def test_close_from_another_thread_while_the_caller_reads_the_lent_body(server: FakeLLMServer) -> None:
+    client = client_for(server, max_concurrent=1)
+    server.script(Reply(text="one two three", tokens=["one ", "two ", "three"], stall_after_tokens=(2, float("inf"))))
+    stream = client.stream("hi", model="m")
+    got: List[str] = []
+    main = threading.current_thread()
+    two = threading.Event()
+    closer = threading.Thread(target=lambda: (two.wait(5), wait_thread_in(("readinto", "_read_dechunked"), [main]),
+                                              stream.close()))
+    closer.start()
+    for text in stream:  # the body is lent: this thread reads it, and blocks in the stall
+        got.append(text)
+        if len(got) == 2:
+            two.set()
+    closer.join(5)
+    assert "".join(got) == "one two "
+    assert stream.status == "closed"
+    assert stream.text == "one two "
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+def test_a_keyboard_interrupt_in_the_callers_own_run_frees_the_slot(server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The retry's attempt runs in the caller's thread (it iterates); Ctrl+C lands
+    # inside Attempt.start (the gate's token estimate): the slot, the socket
+    # and the run must all be let go, and the interrupt must go on.
+    from llmstream import RateLimit
+
+    client = client_for(server, max_concurrent=1, retry=Retry(max_attempts=2, initial_delay=0.0),
+                        rate_limit=RateLimit(tokens_per_minute=10_000_000))
+    provider = client._provider
+    calls = []
+
+    def estimate(body: Any) -> float:
+        calls.append(body)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    monkeypatch.setattr(provider, "estimate_tokens", estimate)
+    server.script(Reply(status=500))
+    stream = client.stream("hi", model="m")
+    with pytest.raises(KeyboardInterrupt):
+        for _ in stream.events():
+            pass
+    assert len(calls) == 2
+    assert stream._worker.join(5) is True
+    monkeypatch.undo()
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+def test_many_joins_from_many_threads_all_return_when_the_run_ends(server: FakeLLMServer) -> None:
+    # The done Latch is made by the first join() that has to wait; joins racing
+    # the run's end (and each other) must never miss it.
+    client = client_for(server)
+    for round_ in range(20):
+        server.script(Reply(text="ab", tokens=["a", "b"], interval=0.002 * (round_ % 3)))
+        stream = client.stream("hi", model="m")  # not iterated: a worker thread reads ahead
+        results: List[bool] = []
+        joiners = [threading.Thread(target=lambda: results.append(stream._worker.join(10))) for _ in range(4)]
+        for joiner in joiners:
+            joiner.start()
+        for joiner in joiners:
+            joiner.join(15)
+        assert results == [True] * 4
+        assert stream.result.text == "ab"
+    assert wait_no_worker_threads() == []
+
+
+def test_no_per_thread_attempt_is_left_after_failures_from_many_threads(server: FakeLLMServer) -> None:
+    # The sending thread's attempt lives in a dict by thread id: every way a
+    # request can end must take its entry out, or a later thread reusing the id
+    # would report its sockets to a dead attempt.
+    client = client_for(server)
+    refused = Client("openai", base_url="http://127.0.0.1:9/v1", api_key="sk-review-key-0001", retry=Retry(max_attempts=1))
+    errors: List[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            if i % 3 == 0:
+                server_reply = client.stream(f"ok {i}", model="m").result.text
+                assert server_reply == DEFAULT_TEXT
+            elif i % 3 == 1:
+                with pytest.raises(Exception):
+                    refused.stream("x", model="m").result
+            else:
+                s = client.stream(f"stall {i}", model="m")
+                s.close()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert _connection._attempts == {}
+    assert wait_no_worker_threads() == []
+
+
+def test_a_500_error_message_is_redacted_with_the_streams_own_key_only(server: FakeLLMServer) -> None:
+    # Streams of the same key share one Redactor; another key gets its own, and
+    # the shared entry (with the secrets in its key) goes with its last stream.
+    key_a, key_b = "sk-review-aaaaaaaaaaaa", "sk-review-bbbbbbbbbbbb"
+    a = Client("openai", base_url=server.base_url("openai"), api_key=key_a, retry=Retry(max_attempts=1))
+    b = Client("openai", base_url=server.base_url("openai"), api_key=key_b, retry=Retry(max_attempts=1))
+    server.script(Reply(status=500, error=f"bad {key_a}"), Reply(status=500, error=f"bad {key_b}"))
+    sa, sb = a.stream("x", model="m"), b.stream("y", model="m")
+    with pytest.raises(ServerError) as ea:
+        sa.result
+    with pytest.raises(ServerError) as eb:
+        sb.result
+    assert key_a not in str(ea.value) and key_b not in str(eb.value)
+    assert "<redacted>" in str(ea.value) and "<redacted>" in str(eb.value)
+    assert sa._worker._redact is not sb._worker._redact
+    sa2 = a.stream("x2", model="m")
+    assert sa2._worker._redact is sa._worker._redact
+    sa2.result
+    keys = [k for k in _redact._SHARED.keys() if key_a in k or key_b in k]
+    assert len(keys) == 2
+    del sa, sb, sa2, ea, eb
+    gc.collect()
+    assert [k for k in _redact._SHARED.keys() if key_a in k or key_b in k] == []
+
+
+def test_a_run_closed_at_its_pause_frees_the_slot_and_the_breakers_probe(server: FakeLLMServer) -> None:
+    # What the garbage collector does to a run dropped while its body is lent
+    # (GeneratorExit at the yield): Attempt.abandon, then the slot's finally.
+    from llmstream import CircuitBreaker
+
+    client = client_for(server, max_concurrent=1, circuit_breaker=CircuitBreaker(failure_threshold=1, cooldown=0.05))
+    server.script(Reply(status=500))
+    with pytest.raises(ServerError):
+        client.stream("open the circuit", model="m").result
+    time.sleep(0.06)  # the cooldown: the next attempt is the one probe
+    server.script(Reply(text="one two", tokens=["one ", "two"], stall_after_tokens=(1, 30)))
+    stream = client.stream("probe", model="m")
+    pieces = iter(stream)
+    assert next(pieces) == "one "
+    worker = stream._worker
+    assert worker.queue.lent is not None and client._flow.slots is not None and client._flow.slots.in_use == 1
+    # A run is collected only once nothing holds its worker: out of _LENDING
+    # (its body came back, and no thread could be started for the next segment).
+    with _worker._LENDING_LOCK:
+        _worker._LENDING.discard(worker)
+    worker._run.close()
+    assert client._flow.slots.in_use == 0
+    assert worker._attempt is None and worker.queue.lent is None
+    worker._end()
+    stream.close()
+    # The probe was let go (as cancelled, not a failure): the next attempt may probe again.
+    assert client.stream("after", model="m").result.text == DEFAULT_TEXT
+    assert_nothing_left(client)
