@@ -220,8 +220,17 @@ def test_a_run_closed_at_its_pause_frees_the_slot_and_the_breakers_probe(server:
     # (its body came back, and no thread could be started for the next segment).
     with _worker._LENDING_LOCK:
         _worker._LENDING.discard(worker)
+    attempt = worker._attempt
+    assert attempt is not None
     worker._run.close()
     assert client._flow.slots.in_use == 0
+    # The attempt ended too: its response closed (the server sees the hang-up), its record written.
+    assert attempt._response is None and attempt._sockets is None and attempt._gate is None
+    assert len(worker.stats.attempt_log) == 1
+    deadline = time.monotonic() + 5
+    while server.active_connections > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.active_connections == 0
     assert worker._attempt is None and worker.queue.lent is None
     worker._end()
     stream.close()
