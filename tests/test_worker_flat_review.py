@@ -237,3 +237,63 @@ def test_a_run_closed_at_its_pause_frees_the_slot_and_the_breakers_probe(server:
     # The probe was let go (as cancelled, not a failure): the next attempt may probe again.
     assert client.stream("after", model="m").result.text == DEFAULT_TEXT
     assert_nothing_left(client)
+
+
+def test_closes_at_random_moments_from_other_threads_never_leak_a_slot(server: FakeLLMServer) -> None:
+    # Every phase the flattened run can be in (waiting for a slot, connecting,
+    # reading ahead, lent to a reading thread, in a retry wait, resuming) met by
+    # a close() from another thread: the slots all come back, nothing is left.
+    import random
+
+    rng = random.Random(1234)
+    client = client_for(server, max_concurrent=2, retry=Retry(max_attempts=3, initial_delay=0.01, max_delay=0.02))
+    replies = []
+    for i in range(36):
+        kind = i % 4
+        if kind == 0:
+            replies.append(Reply(status=500))
+        elif kind == 1:
+            replies.append(Reply(token_count=40, interval=0.001))
+        elif kind == 2:
+            replies.append(Reply(token_count=20, close_after_tokens=5))
+        else:
+            replies.append(Reply(token_count=10, stall_after_tokens=(3, 0.05)))
+    server.script(*replies)
+    outcomes: List[str] = []
+    lock = threading.Lock()
+
+    def consume(stream: Any) -> None:
+        try:
+            for _ in stream:
+                pass
+        except Exception as exc:
+            with lock:
+                outcomes.append(type(exc).__name__)
+            return
+        with lock:
+            outcomes.append(stream.status)
+
+    threads = []
+    streams = []
+    for i in range(24):
+        stream = client.stream(f"s{i}", model="m")
+        streams.append(stream)
+        if i % 2:
+            reader = threading.Thread(target=consume, args=(stream,))
+            reader.start()
+            threads.append(reader)
+        closer = threading.Timer(rng.uniform(0.0, 0.06), stream.close)
+        closer.start()
+        threads.append(closer)
+    for thread in threads:
+        thread.join(20)
+    for stream in streams:
+        stream.close()
+        assert stream._worker.join(5) is True
+        assert stream.status in ("closed", "finished", "failed")
+    assert len(outcomes) == 12
+    assert client._flow.slots is not None and client._flow.slots.in_use == 0
+    assert client._flow.slots.waiting == 0
+    assert wait_no_worker_threads() == []
+    assert _connection._attempts == {}
+    assert not _worker._LENDING
