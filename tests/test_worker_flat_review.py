@@ -297,3 +297,24 @@ def test_closes_at_random_moments_from_other_threads_never_leak_a_slot(server: F
     assert wait_no_worker_threads() == []
     assert _connection._attempts == {}
     assert not _worker._LENDING
+
+
+def test_a_stream_dropped_while_its_body_is_lent_frees_its_slot(server: FakeLLMServer) -> None:
+    # The finalizer (in the caller's own thread, the consumer) cancels the
+    # worker: the lent body is recalled and a thread of its own ends the run.
+    client = client_for(server, max_concurrent=1)
+    server.script(Reply(text="one two", tokens=["one ", "two"], stall_after_tokens=(1, 30)))
+    stream = client.stream("dropped", model="m")
+    pieces = iter(stream)
+    assert next(pieces) == "one "
+    assert stream._worker.queue.lent is not None
+    worker = stream._worker
+    assert client._flow.slots is not None and client._flow.slots.in_use == 1
+    del stream, pieces
+    gc.collect()
+    assert worker.join(5) is True
+    assert client._flow.slots.in_use == 0
+    assert worker.stats.attempt_log[-1].error is None  # ended as cancelled, not as a failure
+    del worker
+    assert client.stream("after", model="m").result.text == DEFAULT_TEXT
+    assert_nothing_left(client)
