@@ -10,6 +10,7 @@ threads against the lazily made done Latch, no per-thread entry left in
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from typing import Any, List
@@ -318,3 +319,65 @@ def test_a_stream_dropped_while_its_body_is_lent_frees_its_slot(server: FakeLLMS
     del worker
     assert client.stream("after", model="m").result.text == DEFAULT_TEXT
     assert_nothing_left(client)
+
+
+def _ctrl_c_when(condition: threading.Event, frames: Any) -> threading.Thread:
+    """A thread that sends SIGINT to the main thread once ``condition`` is set and it blocks in ``frames``."""
+    import signal
+
+    main = threading.main_thread()
+
+    def kick() -> None:
+        condition.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the main thread blocked in the library, not in a test helper
+            frame = sys._current_frames().get(main.ident)  # type: ignore[arg-type]
+            if frame is not None and frame.f_code.co_name in frames and "/llmstream/" in frame.f_code.co_filename:
+                break
+            time.sleep(0.002)
+        signal.pthread_kill(main.ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=kick)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT goes to the main thread")
+def test_ctrl_c_while_the_caller_reads_the_lent_body_frees_the_slot(server: FakeLLMServer) -> None:
+    client = client_for(server, max_concurrent=1)
+    server.script(Reply(text="one two", tokens=["one ", "two"], stall_after_tokens=(1, 30)))
+    stream = client.stream("hi", model="m")
+    got: List[str] = []
+    first = threading.Event()
+    kicker = _ctrl_c_when(first, ("readinto", "_read_dechunked"))
+    with pytest.raises(KeyboardInterrupt):
+        for text in stream:
+            got.append(text)
+            first.set()
+    kicker.join(5)
+    assert got == ["one "]
+    assert stream.status == "closed"
+    assert stream._worker.join(5) is True
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT goes to the main thread")
+def test_ctrl_c_in_an_inline_retry_wait_frees_the_slot(server: FakeLLMServer) -> None:
+    client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
+    server.script(Reply(status=500))
+    stream = client.stream("hi", model="m")
+    events = stream.events()
+    assert isinstance(next(events), Retrying)
+    asked = threading.Event()
+    asked.set()
+    kicker = _ctrl_c_when(asked, ("wait",))
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(events)  # the 30 s wait, in this thread
+    kicker.join(5)
+    assert time.monotonic() - started < 5.0
+    assert stream.status == "closed"
+    assert stream._worker.join(5) is True
+    assert_nothing_left(client)
+    assert client.stream("again", model="m").result.text == DEFAULT_TEXT
