@@ -381,3 +381,47 @@ def test_ctrl_c_in_an_inline_retry_wait_frees_the_slot(server: FakeLLMServer) ->
     assert stream._worker.join(5) is True
     assert_nothing_left(client)
     assert client.stream("again", model="m").result.text == DEFAULT_TEXT
+
+
+def test_histogram_snapshots_from_another_thread_while_it_folds_never_overcount() -> None:
+    # The body's thread adds (and folds: pending -> bucket numbers -> dict)
+    # while the caller's thread takes snapshots, with thread switches forced
+    # as often as CPython allows: a snapshot may miss values being folded,
+    # never count one twice, and its quantiles stay inside [min, max].
+    from llmstream._histogram import Histogram
+
+    histogram = Histogram()
+    added = [0]
+    stop = threading.Event()
+    problems: List[str] = []
+
+    def write() -> None:
+        for i in range(1, 20001):
+            histogram.add(i * 1e-4 if i % 7 else 0.0)  # some zeros: the Python-level fold path too
+            added[0] = i
+        stop.set()
+
+    def read() -> None:
+        while not stop.is_set():
+            summary = histogram.summary()
+            in_buckets = sum(n for _, n in histogram.buckets())
+            so_far = added[0] + 1  # the value being added may be pending before it is counted in added
+            if summary.count > so_far or in_buckets > so_far:
+                problems.append(f"counted {summary.count}/{in_buckets} of {so_far}")
+            if summary.p50 is not None and not (summary.min <= summary.p50 <= summary.max):  # type: ignore[operator]
+                problems.append(f"p50 {summary.p50} outside [{summary.min}, {summary.max}]")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=write), threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert problems == []
+    histogram.fold()
+    assert histogram.summary().count == 20000
+    assert sum(n for _, n in histogram.buckets()) == 20000
