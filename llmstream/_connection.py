@@ -41,6 +41,7 @@ resolver's own timeout. IO shell: only ``_transport.py`` uses this module.
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import sys
 import threading
@@ -69,6 +70,11 @@ class Cancelled(Exception):
 # threading.local: an entry lives only while its request is sent (a local's
 # per-thread dict, ~270 bytes, would stay with every thread that ever sent one).
 _attempts: Dict[int, "AttemptSockets"] = {}
+if hasattr(os, "register_at_fork"):
+    # A fork copies the dict, not the threads: a sending thread's entry would
+    # stay in the child for ever, for a new thread given its id to find (a
+    # threading.local's dicts go with their threads at a fork).
+    os.register_at_fork(after_in_child=_attempts.clear)
 
 
 def current_attempt(attempt: Optional["AttemptSockets"]) -> None:

@@ -10,6 +10,7 @@ threads against the lazily made done Latch, no per-thread entry left in
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
@@ -425,3 +426,40 @@ def test_histogram_snapshots_from_another_thread_while_it_folds_never_overcount(
     histogram.fold()
     assert histogram.summary().count == 20000
     assert sum(n for _, n in histogram.buckets()) == 20000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_child_inherits_no_per_thread_attempt() -> None:
+    # The sending thread's attempt lives in a dict by thread id. A fork while
+    # another thread is sending copies its entry into the child, where that
+    # thread does not exist and a new thread may get its id (glibc reuses the
+    # dead threads' stacks): a threading.local's dicts go with their threads
+    # at a fork, the dict's entries must too.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connect() completes in the backlog; nobody ever answers
+    port = listener.getsockname()[1]
+    client = Client("openai", base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-review-key-0001",
+                    retry=Retry(max_attempts=1))
+    stream = client.stream("hi", model="m")  # not iterated: a worker thread sends it and waits for the headers
+    try:
+        deadline = time.monotonic() + 5
+        while not _connection._attempts and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert len(_connection._attempts) == 1
+        pid = os.fork()
+        if pid == 0:  # the child: report and leave at once (no pytest, no atexit)
+            code = 1
+            try:
+                code = 0 if _connection._attempts == {} else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child inherited the sending thread's attempt"
+    finally:
+        stream.close()
+        listener.close()
+    assert _connection._attempts == {}
+    assert wait_no_worker_threads() == []
