@@ -25,6 +25,20 @@ from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 from conftest import wait_no_worker_threads, wait_thread_in
 
 LONG_WAIT = Retry(max_attempts=3, initial_delay=30.0, max_delay=30.0)
+#: A failure whose retry waits exactly 30 s (a jittered backoff could be short).
+FAIL_THEN_WAIT = Reply(status=503, headers={"Retry-After": "30"})
+
+
+def wait_main_in_library(frames: Any, timeout: float = 5.0) -> bool:
+    """Wait (bounded) until the main thread blocks in one of ``frames`` of llmstream itself (not threading's)."""
+    main = threading.main_thread()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(main.ident)  # type: ignore[arg-type]
+        if frame is not None and frame.f_code.co_name in frames and "/llmstream/" in frame.f_code.co_filename:
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def client_for(server: FakeLLMServer, **kwargs: Any) -> Client:
@@ -42,13 +56,12 @@ def assert_nothing_left(client: Client) -> None:
 
 def test_close_from_another_thread_ends_an_inline_retry_wait_and_frees_the_slot(server: FakeLLMServer) -> None:
     client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
-    server.script(Reply(status=500))
+    server.script(FAIL_THEN_WAIT)
     stream = client.stream("hi", model="m")
     events = stream.events()
-    first = next(events)  # run in this thread: the 500, then the Retrying event before the wait
-    assert isinstance(first, Retrying) and first.delay > 1.0
-    main = threading.current_thread()
-    closer = threading.Thread(target=lambda: (wait_thread_in("wait", [main]), stream.close()))
+    first = next(events)  # run in this thread: the 503, then the Retrying event before the wait
+    assert isinstance(first, Retrying) and first.delay == 30.0
+    closer = threading.Thread(target=lambda: (wait_main_in_library(("wait",)), stream.close()))
     closer.start()
     started = time.monotonic()
     rest = list(events)  # the 30 s wait runs here, in this thread, until close()
@@ -63,7 +76,7 @@ def test_close_from_another_thread_ends_an_inline_retry_wait_and_frees_the_slot(
 
 def test_close_during_a_worker_threads_retry_wait_frees_the_slot(server: FakeLLMServer) -> None:
     client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
-    server.script(Reply(status=500))
+    server.script(FAIL_THEN_WAIT)
     stream = client.stream("hi", model="m")  # not iterated: a worker thread runs it
     assert wait_thread_in("wait")  # the worker in its 30 s retry wait
     started = time.monotonic()
@@ -330,12 +343,7 @@ def _ctrl_c_when(condition: threading.Event, frames: Any) -> threading.Thread:
 
     def kick() -> None:
         condition.wait(5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # the main thread blocked in the library, not in a test helper
-            frame = sys._current_frames().get(main.ident)  # type: ignore[arg-type]
-            if frame is not None and frame.f_code.co_name in frames and "/llmstream/" in frame.f_code.co_filename:
-                break
-            time.sleep(0.002)
+        wait_main_in_library(frames)  # the main thread blocked in the library, not in a test helper
         signal.pthread_kill(main.ident, signal.SIGINT)  # type: ignore[arg-type]
 
     thread = threading.Thread(target=kick)
@@ -366,7 +374,7 @@ def test_ctrl_c_while_the_caller_reads_the_lent_body_frees_the_slot(server: Fake
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="SIGINT goes to the main thread")
 def test_ctrl_c_in_an_inline_retry_wait_frees_the_slot(server: FakeLLMServer) -> None:
     client = client_for(server, max_concurrent=1, retry=LONG_WAIT)
-    server.script(Reply(status=500))
+    server.script(FAIL_THEN_WAIT)
     stream = client.stream("hi", model="m")
     events = stream.events()
     assert isinstance(next(events), Retrying)
