@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 
 from llmstream import Client, Retry
-from llmstream import _connection
+from llmstream import _connection, _worker
 from llmstream._callbacks import Callbacks
 from llmstream._redact import redactor_for
 from llmstream.testing import FakeLLMServer, Reply
@@ -49,6 +49,10 @@ def test_closing_the_run_while_its_body_is_lent_ends_the_attempt(server: FakeLLM
         worker = stream._worker
         attempt = worker._attempt
         assert attempt is not None and attempt._response is not None
+        # A run is collected only once nothing holds its worker: out of the
+        # process-wide set of lending workers first, as the collector would find it.
+        with _worker._LENDING_LOCK:
+            _worker._LENDING.discard(worker)
         worker._run.close()
         assert attempt._response is None and attempt._sockets is None
         assert worker._attempt is None and worker.queue.lent is None
