@@ -18,7 +18,7 @@ from typing import Any, List
 
 import pytest
 
-from llmstream import Client, Retry, Retrying, ServerError, TextDelta
+from llmstream import Client, Retry, Retrying, ServerError
 from llmstream import _connection, _redact, _worker
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 
