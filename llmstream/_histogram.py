@@ -35,7 +35,7 @@ import math
 from collections import _count_elements  # type: ignore[attr-defined]  # Counter's C helper
 from array import array
 from itertools import repeat
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ._events import Distribution
 
@@ -97,7 +97,7 @@ class Histogram:
         keys = self._keys
         if keys is None:
             keys = self._keys = array("i")
-        _keys_into(keys, values)
+        keys.extend(_bucket_numbers(values))
         if len(keys) >= KEYS_KEPT:
             # Taken away before they are counted: a reader then misses them rather than counting them twice.
             self._keys = None
@@ -117,7 +117,7 @@ class Histogram:
         count, total, low, high = self._count, self._total, self._min, self._max
         pending = self.pending[:]
         _count_elements(buckets, keys)
-        _bucket_into(buckets, pending)
+        _count_elements(buckets, _bucket_numbers(pending))
         return (buckets, *_totals(pending, count, total, low, high))
 
     def merge(self, other: "Histogram") -> None:
@@ -187,20 +187,10 @@ def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float]
     return results
 
 
-def _keys_into(keys: "array[int]", values: Sequence[float]) -> None:
+def _bucket_numbers(values: Sequence[float]) -> Iterable[int]:
+    """Each value's bucket: its log base GROWTH, floored; :data:`_ZERO` for a value <= 0."""
     if values and min(values) > 0:
-        keys.extend(map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
-        return
+        # The usual case, in C: the caller's extend() or Counter's helper consumes it.
+        return map(math.floor, map(math.log, values, repeat(GROWTH, len(values))))
     log, floor = math.log, math.floor
-    keys.extend(floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO for value in values)
-
-
-def _bucket_into(buckets: Dict[int, int], values: Sequence[float]) -> None:
-    if values and min(values) > 0:
-        # The usual case, in C: log base GROWTH, floored, counted (Counter's helper).
-        _count_elements(buckets, map(math.floor, map(math.log, values, repeat(GROWTH, len(values)))))
-        return
-    log, floor, get = math.log, math.floor, buckets.get
-    for value in values:
-        key = floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO
-        buckets[key] = get(key, 0) + 1
+    return (floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO for value in values)
