@@ -129,7 +129,7 @@ class Dechunker:
                 if match is not None:
                     start = eol + 2
                     stop = start + int(match.group(1), 16)
-                    if stop > start and len(data) == stop + 2 and data.endswith(b"\r\n"):
+                    if stop > start and data[stop:] == b"\r\n":  # the data, then its CRLF, then nothing
                         return data[start:stop]
         return self._feed_general(data)
 

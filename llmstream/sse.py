@@ -163,10 +163,14 @@ class SSEDecoder:
             raises ``MalformedStreamError`` without being buffered whole.
     """
 
-    __slots__ = ("_lines", "_data", "_event", "_id", "_last_event_id", "_retry")
+    __slots__ = ("_lines", "_data", "_event", "_id", "_last_event_id", "_retry", "failed")
 
     def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         self._lines = LineBuffer(max_line_length)
+        #: True once a line was too long; the events before it were returned,
+        #: every later call raises. An attribute, not a property (it is read at
+        #: every read): the line buffer's own flag, copied after each call that can set it.
+        self.failed = False
         self._data: List[str] = []  # the data buffer, one item per data line
         self._event = ""  # the event type buffer
         self._id = ""  # the last event ID buffer
@@ -182,11 +186,6 @@ class SSEDecoder:
     def retry(self) -> Optional[int]:
         """The reconnection time the server asked for, in milliseconds, or ``None``."""
         return self._retry
-
-    @property
-    def failed(self) -> bool:
-        """True once a line was too long; the events before it were returned, every later call raises."""
-        return self._lines.failed
 
     def feed(self, data: bytes) -> List[ServerSentEvent]:
         """Add bytes; return the events they complete, in order.
@@ -219,7 +218,10 @@ class SSEDecoder:
         else:
             region = None
         if region is None:
-            region = self._lines.feed_region(data)
+            try:
+                region = self._lines.feed_region(data)
+            finally:
+                self.failed = self._lines.failed
             if region is None:
                 return []
         if region[:6] == b"data: " and not self._data and not self._event:
@@ -281,7 +283,10 @@ class SSEDecoder:
         """
         # A final unterminated line is not a complete line of the event
         # stream grammar; the pending block is dropped with it.
-        self._lines.close()
+        try:
+            self._lines.close()
+        finally:
+            self.failed = self._lines.failed
         self._data.clear()
         self._event = ""
         return []

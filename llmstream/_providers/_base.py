@@ -373,6 +373,10 @@ class StreamDecoder:
         last_event_id: str = "",
     ) -> None:
         self.decoder = decoder
+        #: True once the provider's end-of-stream marker was seen: the provider
+        #: decoder's own flag, copied after each feed and close. An attribute,
+        #: not a property: it is read at every read (issue 17).
+        self.finished = decoder.finished
         self.framing = framing
         self._max_line_length = max_line_length
         # The event stream's last event ID survives a reconnection (WHATWG: the
@@ -399,11 +403,6 @@ class StreamDecoder:
         if isinstance(frames, SSEDecoder) and frames.last_event_id:
             return frames.last_event_id
         return self._inherited_event_id
-
-    @property
-    def finished(self) -> bool:
-        """True once the provider's end-of-stream marker was seen."""
-        return self.decoder.finished
 
 
     def _deliver_then_fail(self, out: List[Event], exc: StreamError) -> List[Event]:
@@ -435,10 +434,12 @@ class StreamDecoder:
         frames = self._frames
         try:
             messages = frames.feed(data)
+            decoder = self.decoder
             if len(messages) == 1 and not frames.failed:
                 # A slow stream's every read: one message, its events as they are (issue 17).
-                return self.decoder.feed(messages[0])
-            feed = self.decoder.feed
+                out = decoder.feed(messages[0])
+                return out
+            feed = decoder.feed
             for message in messages:
                 out.extend(feed(message))
             if frames.failed:
@@ -447,6 +448,8 @@ class StreamDecoder:
             return self._deliver_then_fail(out, exc)
         except _UNEXPECTED as exc:
             return self._deliver_then_fail(out, _unexpected(exc))
+        finally:
+            self.finished = self.decoder.finished
         return out
 
     def close(self) -> List[Event]:
@@ -464,6 +467,8 @@ class StreamDecoder:
             return self._deliver_then_fail(out, exc)
         except _UNEXPECTED as exc:
             return self._deliver_then_fail(out, _unexpected(exc))
+        finally:
+            self.finished = self.decoder.finished
 
     def _close(self, out: List[Event]) -> List[Event]:
         try:

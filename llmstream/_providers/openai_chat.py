@@ -168,7 +168,9 @@ class OpenAIChatDecoder:
     """
 
     def __init__(self) -> None:
-        self._done = False
+        #: True once ``[DONE]`` was seen (or ``close()`` accepted a finish reason
+        #: instead). An attribute, not a property: it is read at every read (issue 17).
+        self.finished = False
         self._finish_reason: Optional[str] = None
         self._calls: Dict[int, _PendingCall] = {}
         self._last_index = -1
@@ -176,11 +178,6 @@ class OpenAIChatDecoder:
         #: the first chunk (the role) and the last (finish reason, usage) take it.
         self.response_id: Optional[str] = None
         self.response_model: Optional[str] = None
-
-    @property
-    def finished(self) -> bool:
-        """True once ``[DONE]`` was seen (or ``close()`` accepted a finish reason instead)."""
-        return self._done
 
     @property
     def finish_reason(self) -> Optional[str]:
@@ -195,7 +192,7 @@ class OpenAIChatDecoder:
             MalformedStreamError: the data is not JSON (nor ``[DONE]``) or not
                 a chunk of the documented shape.
         """
-        if self._done:
+        if self.finished:
             return []
         data = message.data
         try:
@@ -238,11 +235,11 @@ class OpenAIChatDecoder:
         Raises:
             IncompleteStreamError: neither ``[DONE]`` nor a ``finish_reason`` came.
         """
-        if self._done:
+        if self.finished:
             return []
         if self._finish_reason is None:
             raise IncompleteStreamError("stream ended before [DONE]: the answer may be cut short")
-        self._done = True
+        self.finished = True
         return []
 
     # -- general path -----------------------------------------------------
@@ -251,7 +248,7 @@ class OpenAIChatDecoder:
         data = message.data.strip()
         if data == "[DONE]":
             out = self._complete_calls()
-            self._done = True
+            self.finished = True
             return out
         if message.event == "error":
             # An SSE error event whose data is plain text, not an error object.
@@ -402,7 +399,7 @@ class ThinkTagsDecoder(OpenAIChatDecoder):
     def feed(self, message: ServerSentEvent) -> List[Event]:
         """Decode one SSE event, with the ``<think>`` spans of its text as ThinkingDelta."""
         events = super().feed(message)
-        return self._split(events, end=self._done) if events or self._done else events
+        return self._split(events, end=self.finished) if events or self.finished else events
 
     def close(self) -> List[Event]:
         """Signal end of input (see :meth:`OpenAIChatDecoder.close`), handing over held-back text."""
