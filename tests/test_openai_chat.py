@@ -201,6 +201,20 @@ def test_close_after_finish_without_done_accepts() -> None:
     assert decoder.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("tail, finished_by_feed", [(b"data: [DONE]\n\n", True), (b"", False)])
+def test_stream_decoder_finished_follows_the_provider_decoder(tail: bytes, finished_by_feed: bool) -> None:
+    # StreamDecoder.finished is an attribute copied from the provider decoder's
+    # after each feed and close (issue 17: no property call per read).
+    decoder = StreamDecoder(OpenAIChatDecoder(), framing="sse")
+    body = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]}\n\n'
+    assert decoder.feed(body) == [TextDelta("a"), Finish("stop")]
+    assert not decoder.finished
+    decoder.feed(tail)
+    assert decoder.finished is finished_by_feed
+    assert decoder.close() == []  # a finish reason without [DONE] is accepted at the end
+    assert decoder.finished
+
+
 def test_done_completes_tool_calls_without_finish_reason() -> None:
     decoder = OpenAIChatDecoder()
     first = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}
