@@ -69,7 +69,7 @@ class LineBuffer:
             that may be buffered; a longer one raises ``MalformedStreamError``.
     """
 
-    __slots__ = ("max_line_length", "_buf", "_trailing_cr", "_at_start", "_failure", "_closed", "failed")
+    __slots__ = ("max_line_length", "_buf", "_trailing_cr", "_at_start", "_failure", "_closed", "failed", "idle")
 
     def __init__(self, max_line_length: int = DEFAULT_MAX_LINE_LENGTH) -> None:
         if max_line_length < 1:
@@ -87,6 +87,13 @@ class LineBuffer:
         #: call raises (an attribute, not a property: the framing reads it at every read).
         self.failed = False
         self._closed = False
+        #: True when the buffer holds nothing from before: no part of a line,
+        #: no CR whose LF may follow, past the stream's start (BOM), neither
+        #: failed nor closed. Then a read of whole LF-terminated lines, no CR
+        #: in them and none too long, is its own lines: a framing's fast path
+        #: may take it without a call here (issue 17). Kept up to date by
+        #: ``feed_region`` and ``close``, the only calls that change the state.
+        self.idle = False
 
     def feed(self, data: bytes) -> List[str]:
         """Add bytes; return the lines they complete, decoded, without line endings.
@@ -121,6 +128,13 @@ class LineBuffer:
             MalformedStreamError: as :meth:`feed`.
             RuntimeError: called after ``close()``.
         """
+        try:
+            return self._feed_region(data)
+        finally:
+            self.idle = (not self._buf and not self._trailing_cr and not self._at_start and self._failure is None
+                         and not self._closed)
+
+    def _feed_region(self, data: bytes) -> Optional[bytes]:
         if self._failure is not None:
             raise MalformedStreamError(self._failure)
         if self._closed:
@@ -167,20 +181,6 @@ class LineBuffer:
         buf[:] = view[end + 1 :]
         return region
 
-    def whole_lines(self, data: bytes) -> Optional[bytes]:
-        """``feed_region(data)`` for the usual read, or None (nothing changed) for any other.
-
-        The usual read: whole LF-terminated lines, no CR, none too long, with
-        nothing held from before and past the stream's start. Then the lines
-        are ``data`` without its last LF, and nothing is held after it: the
-        same region and state as :meth:`feed_region`, for a few checks
-        instead of its general path (issue 17: one read per token).
-        """
-        if (self._buf or self._trailing_cr or self._at_start or self._failure is not None or self._closed
-                or data[-1:] != b"\n" or data.find(b"\r") >= 0 or len(data) > self.max_line_length + 1):
-            return None
-        return data[:-1]
-
     def close(self) -> List[str]:
         """Signal end of input; return the final line if it had no line ending.
 
@@ -190,6 +190,7 @@ class LineBuffer:
         Raises:
             MalformedStreamError: if the buffer had already failed.
         """
+        self.idle = False
         if self._failure is not None:
             raise MalformedStreamError(self._failure)
         if self._closed:

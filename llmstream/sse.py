@@ -198,32 +198,32 @@ class SSEDecoder:
                 (and on every call after that).
             RuntimeError: called after ``close()``.
         """
-        if data[:6] == b"data: " and not self._data and not self._event:
-            region = self._lines.whole_lines(data)
-            if region is not None and region.find(b"\n") == len(region) - 1:
-                # One read, one "data: X" line and its blank line: one event
-                # (the shape of a slow stream's every read; issue 17).
-                try:
-                    text = region[6:-1].decode()
-                except UnicodeDecodeError:
-                    pass  # the general path replaces the invalid bytes
-                else:
-                    self._last_event_id = last_id = self._id
-                    event: Any = _Unfrozen()  # built as in _message_events
-                    event.event = "message"
-                    event.data = text
-                    event.id = last_id
-                    event.__class__ = ServerSentEvent
-                    return [event]
-        else:
-            region = None
-        if region is None:
+        lines = self._lines
+        if (lines.idle and data[:6] == b"data: " and data.find(b"\n") == len(data) - 2 and data[-1:] == b"\n"
+                and not self._data and not self._event and data.find(b"\r") < 0
+                and len(data) <= lines.max_line_length + 1):
+            # One read, one "data: X" line and its blank line, nothing held
+            # from before: one event, and the line buffer would be left as it
+            # is (idle), so it is not called (the shape of a slow stream's
+            # every read; issue 17).
             try:
-                region = self._lines.feed_region(data)
-            finally:
-                self.failed = self._lines.failed
-            if region is None:
-                return []
+                text = data[6:-2].decode()
+            except UnicodeDecodeError:
+                pass  # the general path replaces the invalid bytes
+            else:
+                self._last_event_id = last_id = self._id
+                event: Any = _Unfrozen()  # built as in _message_events
+                event.event = "message"
+                event.data = text
+                event.id = last_id
+                event.__class__ = ServerSentEvent
+                return [event]
+        try:
+            region = lines.feed_region(data)
+        finally:
+            self.failed = lines.failed
+        if region is None:
+            return []
         if region[:6] == b"data: " and not self._data and not self._event:
             events = self._feed_data_blocks(region)
             if events is not None:
