@@ -67,6 +67,9 @@ _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])
 _CHUNK_EXT = rb"(?:%s;%s%s(?:%s=%s(?:%s|%s))?)*" % (_OWS, _OWS, _TOKEN, _OWS, _OWS, _TOKEN, _QUOTED)
 # 16 hex digits cover 2**64 - 1 bytes: more is a size no body needs (h11 caps at 20).
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})" + _CHUNK_EXT)
+# The same line with its CRLF, for the one-chunk read: the line's grammar has no
+# CR or LF, so a match ends at the first CRLF, as _decode's find() of it does.
+_SIZE_LINE_CRLF = re.compile(_SIZE_LINE.pattern + rb"\r\n")
 # h11's field-value: visible bytes and obs-text, plus the control bytes some
 # servers send, but never NUL or whitespace other than SP/HTAB between words.
 _FIELD_CONTENT = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"
@@ -123,14 +126,15 @@ class Dechunker:
             # The usual read of a slow stream: exactly one whole chunk
             # (size line, data, CRLF). Judged by the same rules as _decode's
             # size step, and the state stays as it was: waiting for a size.
-            eol = data.find(b"\r\n")
-            if 0 < eol <= self.MAX_LINE:
-                match = _SIZE_LINE.fullmatch(data, 0, eol)
-                if match is not None:
-                    start = eol + 2
-                    stop = start + int(match.group(1), 16)
-                    if stop > start and data[stop:] == b"\r\n":  # the data, then its CRLF, then nothing
-                        return data[start:stop]
+            # One regex call finds and checks the size line, at most MAX_LINE
+            # bytes and its CRLF (no bytes.find(): its argument parsing alone
+            # costs more than the match).
+            match = _SIZE_LINE_CRLF.match(data, 0, self.MAX_LINE + 2)
+            if match is not None:
+                start = match.end()
+                stop = start + int(match.group(1), 16)
+                if stop > start and data[stop:] == b"\r\n":  # the data, then its CRLF, then nothing
+                    return data[start:stop]
         return self._feed_general(data)
 
     def _feed_general(self, data: bytes) -> bytes:

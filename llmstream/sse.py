@@ -199,25 +199,27 @@ class SSEDecoder:
             RuntimeError: called after ``close()``.
         """
         lines = self._lines
-        if (lines.idle and data[:6] == b"data: " and data.find(b"\n") == len(data) - 2 and data[-1:] == b"\n"
-                and not self._data and not self._event and data.find(b"\r") < 0
-                and len(data) <= lines.max_line_length + 1):
+        if (lines.idle and data[:6] == b"data: " and data[-2:] == b"\n\n" and len(data) <= lines.max_line_length + 1
+                and not self._data and not self._event):
             # One read, one "data: X" line and its blank line, nothing held
             # from before: one event, and the line buffer would be left as it
             # is (idle), so it is not called (the shape of a slow stream's
-            # every read; issue 17).
+            # every read; issue 17). No other line ending in X is checked on
+            # the decoded text: ``in`` on a str costs a fraction of a
+            # ``bytes.find`` call, whose argument parsing alone is ~800 instructions.
             try:
                 text = data[6:-2].decode()
             except UnicodeDecodeError:
                 pass  # the general path replaces the invalid bytes
             else:
-                self._last_event_id = last_id = self._id
-                event: Any = _Unfrozen()  # built as in _message_events
-                event.event = "message"
-                event.data = text
-                event.id = last_id
-                event.__class__ = ServerSentEvent
-                return [event]
+                if "\n" not in text and "\r" not in text:
+                    self._last_event_id = last_id = self._id
+                    event: Any = _Unfrozen()  # built as in _message_events
+                    event.event = "message"
+                    event.data = text
+                    event.id = last_id
+                    event.__class__ = ServerSentEvent
+                    return [event]
         try:
             region = lines.feed_region(data)
         finally:

@@ -300,6 +300,7 @@ def run_sse(cls: type, parts: Sequence[bytes], limit: int) -> List[Tuple[Any, ..
 @example(([b"data: a\n\n", b"data: b\n\xef\xbb\xbf\n"], 1 << 20))
 @example(([b"\xef\xbb", b"\xbfdata: a\n\n"], 1 << 20))
 @example(([b"data: a\n\n", b"data:b\n\n"], 1 << 20))
+@example(([b"data: a\n\n", b"data: b\rid: 7\n\n"], 1 << 20))  # a lone CR ends a line too
 def test_sse_fast_paths_are_invisible(case: Tuple[List[bytes], int]) -> None:
     parts, limit = case
     assert run_sse(SSEDecoder, parts, limit) == run_sse(SlowSSE, parts, limit)
