@@ -265,7 +265,7 @@ class Attempt:
         """After the end marker: drain the body so the connection is reused (max_output_chars closes it unread)."""
         reader, response = self._reader, self._response
         if reader is not None and response is not None and not reader.limited:
-            _drain(response)
+            self._context.stats.drained_bytes += _drain(response)
 
     def _fail(self, exc: BaseException) -> NoReturn:
         """End the attempt with ``exc`` and raise it (as ``Cancelled`` after ``cancel()``)."""
@@ -309,14 +309,19 @@ class Attempt:
             sockets.shutdown()  # cancel() came first: the attempt must not open a socket
 
 
-def _drain(response: OpenResponse) -> None:
-    """Read to the body's end after the end marker so the connection is reused."""
+def _drain(response: OpenResponse) -> int:
+    """Read to the body's end after the end marker so the connection is reused; return the bytes read."""
     end = time.monotonic() + DRAIN_TIMEOUT
+    drained = 0
     try:
-        while response.read(max(0.001, end - time.monotonic()), "idle"):
+        while True:
+            data = response.read(max(0.001, end - time.monotonic()), "idle")
+            if not data:
+                return drained
+            drained += len(data)
             if time.monotonic() >= end:
-                return
+                return drained
     except StreamError:
         # The answer is complete; a server that keeps the body open after its
         # end marker only costs us the connection, which close() discards.
-        return
+        return drained

@@ -24,7 +24,7 @@ class WorkerStats:
     __slots__ = (
         "attempts", "text_deltas", "usage", "errors", "queued",
         "first_content_at", "ready_at", "started_at", "ended_at", "gaps", "chunk_sizes", "read_times", "_final",
-        "finish_reason", "attempt_log", "next_delay", "_open", "_reset_at", "_discarded",
+        "finish_reason", "attempt_log", "next_delay", "_open", "_reset_at", "_discarded", "drained_bytes",
     )
 
     def __init__(self, started_at: float) -> None:
@@ -53,6 +53,9 @@ class WorkerStats:
         self._open: Optional[tuple[int, Optional[str], float, float, int, Optional[Usage]]] = None
         self._reset_at: Optional[float] = None
         self._discarded = 0
+        #: Body bytes read after the end marker, to reuse the connection: received,
+        #: so counted in ``bytes_received``, but not reads of the answer (``chunks``).
+        self.drained_bytes = 0
 
     def fold(self) -> None:
         """Fold the per-read histograms' pending values (``BodyReader`` appends to them directly)."""
@@ -116,7 +119,7 @@ class WorkerStats:
             text_deltas=self.text_deltas,
             output_tokens=None if usage is None else usage.output_tokens,
             chunks=sizes.count,
-            bytes_received=int(sizes.total),
+            bytes_received=int(sizes.total) + self.drained_bytes,
             attempts=self.attempts,
             errors=tuple(self.errors),
             chunk_gap=self.gaps.summary(),

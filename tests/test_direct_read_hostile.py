@@ -166,13 +166,15 @@ def wait_in_direct_recv(threads: Sequence[threading.Thread], timeout: float = 5.
     return False
 
 
-def check_metrics(metrics: Any, payload: bytes, unread: int = 0) -> None:
+def check_metrics(metrics: Any, payload: bytes, drained: int = 0) -> None:
     """Every byte of the payload counted once; reads counted once in each per-read histogram.
 
-    ``unread``: how many bytes after the end marker's dispatch may be left to
-    the drain, which does not count them (a CRLF body: ``[DONE]\\r\\n\\r`` ends it).
+    ``drained``: how many bytes after the end marker's dispatch may be left to
+    the drain (a CRLF body: ``[DONE]\\r\\n\\r`` ends it), counted in
+    ``bytes_received`` but not in the per-read histograms.
     """
-    assert len(payload) - unread <= metrics.bytes_received <= len(payload), (metrics.bytes_received, len(payload))
+    assert metrics.bytes_received == len(payload), (metrics.bytes_received, len(payload))
+    assert len(payload) - drained <= metrics.chunk_size.total <= len(payload)
     assert metrics.chunks == metrics.chunk_size.count == metrics.read_time.count
     assert 1 <= metrics.chunks <= len(payload)
     assert metrics.chunk_gap.count <= metrics.chunks - 1 or metrics.chunks == 1
@@ -341,7 +343,22 @@ def test_every_read_exactly_one_line_after_the_switch(serve: Any, eol: bytes) ->
     server = serve([split_script(head(framing="chunked"), body, cuts[0], cuts[1:])])
     error, partial, text, _, metrics, _, _ = run(client_for(server))
     assert (error, partial, text) == (None, None, "".join(texts))
-    check_metrics(metrics, b"".join(lines), unread=len(eol) - 1)
+    check_metrics(metrics, b"".join(lines), drained=len(eol) - 1)
+
+
+def test_a_byte_left_to_the_drain_is_counted_in_bytes_received(serve: Any) -> None:
+    # A CRLF body whose last blank line is cut between its CR and LF: "[DONE]\r\n\r"
+    # already ends the stream, and the LF is read by the drain (for the
+    # connection's reuse). It was received: bytes_received counts it; it is no
+    # read of the answer: the per-read histograms do not.
+    events = [e.replace(b"\n", b"\r\n") for e in sse_events(words(3))]
+    payload = b"".join(events)
+    body = _chunk(payload[:-1]) + _chunk(payload[-1:]) + b"0\r\n\r\n"
+    server = serve([split_script(head(framing="chunked"), body, 0, [len(_chunk(payload[:-1]))])])
+    error, partial, text, _, metrics, _, _ = run(client_for(server))
+    assert (error, partial, text) == (None, None, "".join(words(3)))
+    assert metrics.bytes_received == len(payload)
+    assert metrics.chunk_size.total == len(payload) - 1
 
 
 def test_a_malformed_line_read_with_a_whole_event_after_the_switch_fails_at_once(serve: Any) -> None:
@@ -660,7 +677,7 @@ def test_random_write_boundaries_of_a_valid_body(pki: Path, tls: bool) -> None: 
                 client = client_for(server)
             error, partial, text, _, metrics, _, _ = run(client)
             assert (error, partial, text) == (None, None, "".join(texts))
-            check_metrics(metrics, b"".join(events), unread=1 if crlf else 0)
+            check_metrics(metrics, b"".join(events), drained=1 if crlf else 0)
 
     check()
     gc.collect()
