@@ -394,8 +394,9 @@ class StreamMetrics(Record):
         duration: from the start of the stream to its end (or to now, while it runs).
         text_deltas: text pieces received.
         output_tokens: output tokens as the provider reported them, or ``None``.
-        chunks: socket reads that returned data.
-        bytes_received: body bytes received over all attempts.
+        chunks: socket reads of the answer that returned data.
+        bytes_received: body bytes received over all attempts (with those read
+            after the end marker so that the connection can be reused).
         attempts: HTTP attempts made.
         errors: the type name of each error met, in order: those that were
             retried, then the final one if the stream failed.
