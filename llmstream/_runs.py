@@ -165,7 +165,7 @@ class Run:
                         pending.clear()
                     pending_name = name
                     pending.append(event.text)  # type: ignore[union-attr]
-                    if stream._pos < len(stream._batch):  # more of this batch is here already
+                    if stream._more_in_hand():
                         continue
                     self._append_text(name, pending[0] if len(pending) == 1 else "".join(pending))
                     pending.clear()

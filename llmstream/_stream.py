@@ -178,8 +178,7 @@ class TokenStream:
                 while pos < end:
                     event = batch[pos]
                     pos += 1
-                    # Stored per event: the relay's pump reads it to know whether more
-                    # of this batch is already in hand (see _runs.Run._pump).
+                    # Stored per event: _more_in_hand() reads it (the relay's pump).
                     self._pos = pos
                     if event.__class__ is TextDelta:
                         # The text itself is in the worker's log (kept once);
@@ -247,6 +246,14 @@ class TokenStream:
             if self._log is not None:
                 self._log.release(self._epoch)
             self._tool_calls.clear()
+
+    def _more_in_hand(self) -> bool:
+        """True when events already received follow the one last handed out: the next needs no wait.
+
+        For a consumer that batches what arrived together (the relay's pump,
+        ``_runs.Run``); per token, so it only compares.
+        """
+        return self._pos < len(self._batch)
 
     def _text_length(self) -> int:
         # The characters the caller has taken (called per OutputItem, never per token).

@@ -387,6 +387,27 @@ def test_json_payload_is_one_data_line(server: FakeLLMServer) -> None:
     assert "".join(t for t in texts if isinstance(t, str)) == "a\nb\r\nc"  # however the frames were coalesced
 
 
+def test_pieces_received_together_are_appended_to_the_run_at_once(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # All the tokens in one write: one read, one batch, so the pump joins them
+    # and takes the run's lock once (TokenStream._more_in_hand), not per token.
+    from llmstream._runs import Run
+
+    appended: List[str] = []
+    real = Run._append_text
+
+    def spy(self: Run, name: str, text: str) -> None:
+        appended.append(text)
+        real(self, name, text)
+
+    monkeypatch.setattr(Run, "_append_text", spy)
+    server.script(Reply(text=TEXT, tokens=TOKENS, events_per_write=len(TOKENS) + 3))
+    events = parse_sse(body_bytes(relay.sse(client_for(server).stream("hi", model="m"))))
+    assert text_of(events) == TEXT
+    # One append per read (the body bytes that came with the headers are a read of their own).
+    assert "".join(appended) == TEXT and len(appended) <= 2, appended
+
+
 def test_text_before_a_failure_mid_batch_reaches_the_browser_before_the_error(server: FakeLLMServer) -> None:
     # The pump joins a batch's pieces before appending them: a failure in the
     # middle of a batch (here a callback's) must not lose the pieces before it.
