@@ -49,6 +49,11 @@ LAST_POLL = 0.001
 
 logger = logging.getLogger("llmstream")
 
+# Module-level names for the per-read step: one global lookup each, not a
+# module's and then its attribute (issue 17).
+_monotonic = time.monotonic
+_INF = math.inf
+
 
 def time_left(deadline: float, kind: str, total_deadline: float, now: float) -> Tuple[Optional[float], str]:
     """Seconds until the nearer of ``deadline`` and ``total_deadline`` (None: no limit), and its kind.
@@ -123,31 +128,32 @@ class BodyReader:
         if decoder.error is not None:
             raise decoder.error
         stats = self._stats
-        before = time.monotonic()
+        before = _monotonic()
         if self._content_handed:
             self._content_handed = False
             stats.ready_at = before
-            self._deadline = before + self._idle
-            self._kind = "idle"
+            self._deadline = deadline = before + self._idle
+            self._kind = why = "idle"
+        else:
+            deadline, why = self._deadline, self._kind
         # time_left(), inline (once per read): the nearer of the step's deadline and total.
-        deadline, why = self._deadline, self._kind
         if self._total_deadline <= deadline:
             deadline, why = self._total_deadline, "total"
         left: Optional[float] = None
-        if deadline != math.inf:
+        if deadline != _INF:
             left = deadline - before
             if left <= 0:
                 # Nobody read while the deadline passed (a caller that started
                 # iterating late): what already arrived still counts, so poll
                 # once; an empty socket then raises the timeout from the read.
                 left = LAST_POLL
-        data = self.response.read(left, why, now=before)
+        data = self.response.read(left, why, before)
         if not data:
             events = self._deliverable(decoder.close())  # raises if the end marker is missing
             # A failure after the last events is raised by the next step.
             self.done = decoder.error is None
             return events
-        arrived = time.monotonic()
+        arrived = _monotonic()
         sizes = self._sizes
         sizes.append(len(data))
         self._read_times.append(arrived - before)
