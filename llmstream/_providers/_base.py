@@ -404,7 +404,6 @@ class StreamDecoder:
             return frames.last_event_id
         return self._inherited_event_id
 
-
     def _deliver_then_fail(self, out: List[Event], exc: StreamError) -> List[Event]:
         # Events decoded before the failure in the same piece of input were
         # received all the same: hand them over first, fail afterwards. The
@@ -437,8 +436,7 @@ class StreamDecoder:
             decoder = self.decoder
             if len(messages) == 1 and not frames.failed:
                 # A slow stream's every read: one message, its events as they are (issue 17).
-                out = decoder.feed(messages[0])
-                return out
+                return decoder.feed(messages[0])
             feed = decoder.feed
             for message in messages:
                 out.extend(feed(message))
