@@ -196,6 +196,9 @@ def translate(exc: BaseException, url: str, *, cancelled: Callable[[], bool], ph
 
 #: How far a socket timeout may differ from the exact time left (seconds).
 TIMEOUT_SLACK = 0.005
+#: Taken only to mark a response closed (a flag: nothing allocated under it):
+#: one lock for every response, not one each (issue 17).
+_CLOSE_LOCK = threading.Lock()
 
 
 class OpenResponse:
@@ -205,6 +208,10 @@ class OpenResponse:
     :class:`~llmstream._connection.AttemptSockets`, never through this object.
     """
 
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("_response", "_raw", "_url", "_cancelled", "_sockets", "_closed", "_timeout_set",
+                 "_read_size", "_dechunk", "_reader", "_recv", "_direct_recv")
+
     def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool],
                  sockets: AttemptSockets) -> None:
         self._response = response
@@ -212,7 +219,6 @@ class OpenResponse:
         self._url = url
         self._cancelled = cancelled
         self._sockets = sockets
-        self._lock = threading.Lock()
         self._closed = False
         self._timeout_set: Optional[float] = -1.0
         self._read_size = MIN_READ_SIZE
@@ -334,7 +340,7 @@ class OpenResponse:
 
     def close(self) -> None:
         """Close the response and its connection (idempotent)."""
-        with self._lock:
+        with _CLOSE_LOCK:
             if self._closed:
                 return
             self._closed = True

@@ -364,6 +364,9 @@ class StreamDecoder:
     ``feed``/``close`` raises a copy of that error: it stays failed.
     """
 
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("decoder", "framing", "_max_line_length", "_inherited_event_id", "_resume_point", "error", "_frames")
+
     def __init__(
         self,
         decoder: ProviderDecoder,
