@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import logging
 import os
 import socket
@@ -60,7 +59,7 @@ from ._exceptions import (
 from ._connection import TRACKED_POOLS, AttemptSockets, Cancelled, TrackingAdapter, current_attempt, track_proxy_pools
 from ._dechunk import Dechunker
 from ._redact import Redactor
-from ._providers._base import Provider, RequestSpec
+from ._providers._base import Provider, RequestSpec, encoded_body
 
 __all__ = ["Transport", "TransportOptions", "Session", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
 
@@ -438,6 +437,8 @@ class Transport:
             # netrc entry would silently replace.
             self.session.trust_env = False
         self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
+        #: The headers this client's streams keep, one dict per distinct set (see ``PackedSpec.pack``).
+        self.shared_headers: Dict[Any, Any] = {}
 
     def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
         """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
@@ -492,7 +493,7 @@ class Transport:
             headers["Accept"] = _ACCEPT_HEADER[provider.framing]
         # Compression would make the decoder wait for whole compressed blocks.
         headers["Accept-Encoding"] = "identity"
-        body = None if spec.json is None else json.dumps(spec.json, ensure_ascii=False).encode("utf-8")
+        body = encoded_body(spec)  # a PackedSpec's own bytes: one copy, shared with the request sent
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
         current_attempt(sockets)

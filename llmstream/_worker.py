@@ -68,7 +68,7 @@ from ._lending import LentBody
 from ._monitor import StreamStart, monitor
 from ._next_attempt import RetryDecision
 from ._output_guard import OutputGuard
-from ._providers._base import Provider, RequestSpec
+from ._providers._base import PackedSpec, Provider, RequestSpec
 from ._queue import POLL_INTERVAL, EventQueue, Latch, Signal
 from ._redact import redact_error, redactor_for, secrets_in_request
 from ._resume import Resumer
@@ -189,6 +189,9 @@ class Worker:
             provider=provider.name, model=model, base_url=flow.base_url, url=redact_url(spec.url),
             body=spec.json, started_at=self.stats.started_at,
         )) if monitor.observing else None
+        # Kept for a retry: the body encoded (the bytes the request sends), the
+        # client's headers shared (issue 17: ~1 KiB less per stream).
+        spec = PackedSpec.pack(spec, transport.shared_headers)
         self._flow = flow
         self._model = model
         self._charged = 0.0  # tokens the last attempt to pass the rate limiter was charged
