@@ -42,9 +42,9 @@ Rules:
     claim lock, and a lent body's return makes the next one due only once
     the segment that lent it has left the generator.
 
-Never: a reference to the ``TokenStream`` that owns it (the stream's
-finalizer holds the worker only weakly, so a stream the caller drops, or
-that failed, is collected, and its finalizer cancels the worker).
+Never: a reference to the ``TokenStream`` that owns it (so a stream the
+caller drops, or that failed, is collected, and its ``__del__`` cancels the
+worker).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ class Worker:
     """
 
     # Slotted: one per stream, hundreds at once (issue 17); weakly referenced
-    # by the starter and by its stream's finalizer.
+    # by the starter.
     __slots__ = (
         "queue", "text", "stats", "_pricing", "cost", "_observer", "_flow", "_model", "_charged", "_corrected",
         "_failure", "_provider", "_spec", "_retry", "_total_deadline", "_cancel", "_redact", "_resumer",
