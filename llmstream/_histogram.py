@@ -99,12 +99,15 @@ class Histogram:
         # Emptied before the values are counted: a reader in another thread
         # then misses the values being folded rather than counting them twice.
         del pending[:]
-        self._count, self._total, self._min, self._max = _totals(
-            values, self._count, self._total, self._min, self._max)
+        if not values:
+            return
+        least, most = min(values), max(values)  # once, for the totals and the buckets' range check
+        self._count, self._total, self._min, self._max = _add(
+            values, least, most, self._count, self._total, self._min, self._max)
         keys = self._keys
         if keys is None:
             keys = self._keys = array("h")
-        keys.extend(_bucket_numbers(values))
+        keys.extend(_bucket_numbers(values, least, most))
         if len(keys) >= KEYS_KEPT:
             # Taken away before they are counted: a reader then misses them rather than counting them twice.
             self._keys = None
@@ -169,7 +172,12 @@ def _totals(values: Sequence[float], count: int, total: float, low: Optional[flo
     """Count, total, min and max with ``values`` added."""
     if not values:
         return count, total, low, high
-    least, most = min(values), max(values)
+    return _add(values, min(values), max(values), count, total, low, high)
+
+
+def _add(values: Sequence[float], least: float, most: float, count: int, total: float, low: Optional[float],
+         high: Optional[float]) -> Tuple[int, float, Optional[float], Optional[float]]:
+    """:func:`_totals` for values (at least one) whose min and max are known."""
     return (count + len(values), total + sum(values),
             least if low is None or least < low else low, most if high is None or most > high else high)
 
@@ -194,9 +202,17 @@ def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float]
     return results
 
 
-def _bucket_numbers(values: Sequence[float]) -> Iterable[int]:
-    """Each value's bucket: its log base GROWTH, floored, within +-_MOST; :data:`_ZERO` for a value <= 0."""
-    if values and min(values) >= _LEAST_VALUE and max(values) <= _MOST_VALUE:
+def _bucket_numbers(values: Sequence[float], least: Optional[float] = None,
+                    most: Optional[float] = None) -> Iterable[int]:
+    """Each value's bucket: its log base GROWTH, floored, within +-_MOST; :data:`_ZERO` for a value <= 0.
+
+    ``least`` and ``most``: the values' min and max, when the caller has them.
+    """
+    if not values:
+        return ()
+    if least is None or most is None:
+        least, most = min(values), max(values)
+    if least >= _LEAST_VALUE and most <= _MOST_VALUE:
         # The usual case, in C: the caller's extend() or Counter's helper consumes it.
         return map(math.floor, map(math.log, values, repeat(GROWTH, len(values))))
     return map(_bucket_of, values)
