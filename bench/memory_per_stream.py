@@ -15,7 +15,12 @@ Clients: ``llmstream`` (``client.stream`` iterated in its caller's thread) and t
 hand-written baseline (``requests`` + ``iter_lines`` + ``json.loads``, one thread per
 stream, one shared session), as in ``bench/scale.py``.
 
-Options: --streams N (default 300), --clients, --top K (modules listed).
+Options: --streams N (default 300), --clients, --top K (modules listed),
+--root DIR (the llmstream package to measure: first on the children's path;
+default this checkout), --old DIR (also measure the library in DIR, e.g. a clean
+clone of main, as client ``llmstream@old``: before/after in the same run),
+--repeat N (each client N times, alternating; the medians are printed at the end:
+RSS figures move by a KiB or two between runs).
 """
 
 from __future__ import annotations
@@ -24,21 +29,23 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
-from typing import Callable, Iterator
+from typing import Callable, Dict, Iterator, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from scale import MODEL, Server, _body, _status  # noqa: E402  (the server process, the request, /proc figures)
 
 
 def _opener(client: str, base_url: str, n: int) -> Callable[[int, int, float], Iterator[str]]:
     """A function that starts stream ``i`` and returns its iterator of text pieces."""
-    if client == "llmstream":
+    if client.startswith("llmstream"):
         import llmstream
 
         shared = llmstream.Client("openai", base_url=base_url, api_key="x", pool_size=n + 4)
@@ -86,6 +93,7 @@ def child(client: str, base_url: str, n: int, top: int) -> None:
     gc.collect()
     waiting = (_status("VmRSS") - before) / n
     print(f"{client:<10} waiting for the first token: {waiting:5.1f} KiB RSS per stream", flush=True)
+    figures = {"waiting": waiting}
 
     # Streaming: each thread took 3 tokens and holds its iterator. Twice: RSS without
     # tracemalloc (it adds its own memory), then the Python heap with it.
@@ -114,10 +122,12 @@ def child(client: str, base_url: str, n: int, top: int) -> None:
         if not trace:
             rss = (_status("VmRSS") - before) / n
             print(f"{client:<10} streaming (3 tokens taken):  {rss:5.1f} KiB RSS per stream", flush=True)
+            figures["streaming"] = rss
         else:
             stats = tracemalloc.take_snapshot().compare_to(heap0, "filename")
             heap = sum(stat.size_diff for stat in stats) / n / 1024
-            mine = "; llmstream's own:" if client == "llmstream" else ""
+            figures["heap"] = heap
+            mine = "; llmstream's own:" if client.startswith("llmstream") else ""
             print(f"{client:<10} streaming: {heap:.1f} KiB of Python heap per stream{mine}", flush=True)
             own = [stat for stat in stats if f"{os.sep}llmstream{os.sep}" in stat.traceback[0].filename]
             for stat in own[:top]:
@@ -129,6 +139,7 @@ def child(client: str, base_url: str, n: int, top: int) -> None:
 
     streaming(1000, trace=False)
     streaming(2000, trace=True)
+    print("FIGURES " + json.dumps(figures), flush=True)
     os._exit(0)  # the waiting streams need not finish
 
 
@@ -137,6 +148,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=300)
     parser.add_argument("--clients", nargs="+", choices=("llmstream", "requests"), default=["llmstream", "requests"])
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--root", default=ROOT, help="directory holding the llmstream package to measure")
+    parser.add_argument("--old", help="also measure the llmstream package in this directory (as llmstream@old)")
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--child", nargs=2, metavar=("CLIENT", "BASE_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -145,9 +159,27 @@ def main() -> int:
     server = Server()
     try:
         print(f"{args.streams} streams at once, Python {sys.version.split()[0]}, server in its own process")
-        for client in args.clients:
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--streams", str(args.streams),
-                            "--top", str(args.top), "--child", client, server.base_url], check=True, timeout=300)
+        runs = [(client, args.root) for client in args.clients]
+        if args.old and "llmstream" in args.clients:
+            runs.insert(runs.index(("llmstream", args.root)) + 1, ("llmstream@old", args.old))
+        found: Dict[str, List[Dict[str, float]]] = {}
+        for _ in range(args.repeat):
+            for client, root in runs:
+                # The library the child imports: ``root`` first on its path, not this process's.
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--streams", str(args.streams),
+                                      "--top", str(args.top), "--child", client, server.base_url],
+                                     check=True, timeout=300, env=env, stdout=subprocess.PIPE, text=True).stdout
+                for line in out.splitlines():
+                    if line.startswith("FIGURES "):
+                        found.setdefault(client, []).append(json.loads(line[len("FIGURES "):]))
+                    else:
+                        print(line, flush=True)
+        if args.repeat > 1:
+            print(f"\nmedians of {args.repeat} runs (KiB per stream): waiting RSS, streaming RSS, streaming heap")
+            for client, figures in found.items():
+                medians = [statistics.median(f[key] for f in figures) for key in ("waiting", "streaming", "heap")]
+                print(f"{client:<14} {medians[0]:6.1f} {medians[1]:6.1f} {medians[2]:6.1f}")
     finally:
         server.close()
     return 0

@@ -198,13 +198,6 @@ def _resolve(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
-def _close_if_alive(pipe: _Pipe, stream_ref: "weakref.ref[TokenStream]") -> None:
-    """The finalizer of a dropped async stream: close its stream if something still runs it."""
-    stream = stream_ref()
-    if stream is not None:
-        pipe.close(stream)
-
-
 class AsyncTokenStream:
     """A streaming answer for asyncio: ``async for`` text, or ``async for`` over :meth:`events`.
 
@@ -226,9 +219,15 @@ class AsyncTokenStream:
         self._stream = stream
         self._pipe = _Pipe(max_buffered)
         self._started = False
-        # Weak to the stream: the finalizer registry is global, and a failed
-        # stream holds its error, whose traceback holds this object's frames.
-        self._finalizer = weakref.finalize(self, _close_if_alive, self._pipe, weakref.ref(stream))
+
+    def __del__(self) -> None:
+        # A stream the caller dropped: closed (its reader thread, worker and
+        # socket end). __del__, not a weakref.finalize: that one costs a
+        # registry entry, a weak reference and two small objects per stream
+        # (~320 bytes; issue 17).
+        pipe, stream = getattr(self, "_pipe", None), getattr(self, "_stream", None)
+        if pipe is not None and stream is not None:
+            pipe.close(stream)
 
     def __aiter__(self) -> AsyncIterator[str]:
         """Yield the answer's text pieces in order."""

@@ -81,6 +81,10 @@ def _has_content(events: List[Event]) -> bool:
 class BodyReader:
     """One attempt's body, read one step at a time by one thread at a time."""
 
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("response", "decoder", "_stats", "_resumer", "_guard", "_idle", "_total_deadline", "_deadline",
+                 "_kind", "_content_handed", "_sizes", "_read_times", "_gaps", "_debug", "_plain", "done", "limited")
+
     def __init__(
         self,
         response: OpenResponse,

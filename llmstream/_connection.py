@@ -212,6 +212,29 @@ class _LastLine:
         return getattr(self._fp, name)
 
 
+#: The buffer of the reader a response's head is read through (http.client's
+#: ``sock.makefile("rb")``: 8 KiB by default). It holds the head and the body
+#: bytes that came with it; the body is then read from the socket directly
+#: (``_transport.OpenResponse``), and a read larger than the buffer bypasses
+#: it. 8 KiB is a glibc malloc of its own per stream, two pages touched by the
+#: head and the first bytes: 512 bytes come from pymalloc (issue 17: ~5 KiB
+#: RSS less per stream, hundreds at once). A larger head costs a few more
+#: ``recv`` calls, once per request.
+HEAD_BUFFER = 512
+
+
+class _SmallBufferSocket:
+    """What http.client's response is made with: the socket, whose ``makefile`` gets a small buffer."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def makefile(self, mode: str) -> Any:
+        return self._sock.makefile(mode, buffering=HEAD_BUFFER)
+
+
 class _HeadCheckedResponse(http.client.HTTPResponse):
     """http.client's response, refusing a head cut off before its blank line.
 
@@ -219,7 +242,14 @@ class _HeadCheckedResponse(http.client.HTTPResponse):
     blank line, so a connection closed inside the head looks like a complete
     response with an empty body. It is a connection that broke before any
     response (design.md: ``APIConnectionError``), not a stream cut short.
+
+    Its reader's buffer is :data:`HEAD_BUFFER` bytes, not 8 KiB.
     """
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
+        # http.client's __init__ only calls sock.makefile("rb") (it keeps no
+        # reference to the socket): the wrapper makes that reader's buffer small.
+        super().__init__(_SmallBufferSocket(sock), *args, **kwargs)  # type: ignore[arg-type]
 
     def begin(self) -> None:
         fp = self.fp

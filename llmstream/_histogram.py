@@ -6,7 +6,7 @@ relative precision). Counts live in a dict keyed by bucket, so a stream of
 five million inter-token gaps costs a few hundred entries, not five million
 floats. Exact ``count``, ``total``, ``min`` and ``max`` are kept beside it.
 Up to :data:`KEYS_KEPT` folded values are kept as bucket numbers in an
-``array`` (4 bytes each) before they are counted into the dict: a slow
+``array`` (2 bytes each) before they are counted into the dict: a slow
 stream's values mostly fall in distinct buckets, and a dict entry with its
 int key costs ~60 bytes (issue 17: hundreds of streams at once).
 
@@ -15,6 +15,8 @@ Invariants:
     always inside ``[min, max]``.
   * Zero and negative values (two reads in the same clock tick) count in a
     bucket of their own that reports 0.0.
+  * Bucket numbers fit in 2 bytes: a value beyond ``GROWTH ** ±32766``
+    (~1e±282: no time or size comes near) counts in the outermost bucket.
 
 Cost: recording is on the per-read hot path of every stream, so it only
 appends to a short list (:attr:`Histogram.pending`: a hot path appends to it
@@ -45,18 +47,23 @@ __all__ = ["Histogram"]
 #: Each bucket covers values within 2% of each other.
 GROWTH = 1.02
 _LOG_GROWTH = math.log(GROWTH)
-#: The bucket of values <= 0.
-_ZERO = -(1 << 30)
+#: The outermost bucket numbers: a bucket number is kept in 2 bytes (``array("h")``).
+_MOST = (1 << 15) - 1
+#: The bucket of values <= 0, below every other.
+_ZERO = -_MOST - 1
+#: Values from here to there have bucket numbers within +-_MOST without clamping.
+_LEAST_VALUE = GROWTH ** (1 - _MOST)
+_MOST_VALUE = GROWTH ** (_MOST - 1)
 #: Values kept unbucketed before they are folded in at once.
 FOLD_EVERY = 32
-#: Folded values are kept as their bucket numbers (4 bytes each) up to this
+#: Folded values are kept as their bucket numbers (2 bytes each) up to this
 #: many, then counted into the dict: a dict entry and its int key cost ~60
 #: bytes, and a slow stream's few hundred values mostly fall in distinct buckets.
 KEYS_KEPT = 1024
-# A whole fold's bucket numbers packed in one C call: array('i').extend() would
+# A whole fold's bucket numbers packed in one C call: array('h').extend() would
 # parse each int with PyArg_Parse (~300 instructions a value, three values a read).
 _PACKED = FOLD_EVERY
-_PACK_FOLD = Struct(f"={_PACKED}i").pack
+_PACK_FOLD = Struct(f"={_PACKED}h").pack
 
 
 class Histogram:
@@ -67,7 +74,7 @@ class Histogram:
     def __init__(self) -> None:
         # Both made when first needed: a stream's three histograms start empty (issue 17).
         self._buckets: Optional[Dict[int, int]] = None
-        self._keys: "Optional[array[int]]" = None
+        self._keys: "Optional[array[int]]" = None  # 2-byte bucket numbers
         #: Values recorded and not yet folded in: the same list for the
         #: histogram's life, so a hot path may keep ``pending.append`` and
         #: call it directly (issue 17) -- and must then call :meth:`fold` once
@@ -98,15 +105,19 @@ class Histogram:
         # Emptied before the values are counted: a reader in another thread
         # then misses the values being folded rather than counting them twice.
         del pending[:]
-        self._count, self._total, self._min, self._max = _totals(
-            values, self._count, self._total, self._min, self._max)
+        if not values:
+            return
+        least, most = min(values), max(values)  # once, for the totals and the buckets' range check
+        self._count, self._total, self._min, self._max = _add(
+            values, least, most, self._count, self._total, self._min, self._max)
         keys = self._keys
         if keys is None:
-            keys = self._keys = array("i")
+            keys = self._keys = array("h")
+        numbers = _bucket_numbers(values, least, most)
         if len(values) == _PACKED:
-            keys.frombytes(_PACK_FOLD(*_bucket_numbers(values)))
+            keys.frombytes(_PACK_FOLD(*numbers))
         else:
-            keys.extend(_bucket_numbers(values))
+            keys.extend(numbers)
         if len(keys) >= KEYS_KEPT:
             # Taken away before they are counted: a reader then misses them rather than counting them twice.
             self._keys = None
@@ -171,7 +182,12 @@ def _totals(values: Sequence[float], count: int, total: float, low: Optional[flo
     """Count, total, min and max with ``values`` added."""
     if not values:
         return count, total, low, high
-    least, most = min(values), max(values)
+    return _add(values, min(values), max(values), count, total, low, high)
+
+
+def _add(values: Sequence[float], least: float, most: float, count: int, total: float, low: Optional[float],
+         high: Optional[float]) -> Tuple[int, float, Optional[float], Optional[float]]:
+    """:func:`_totals` for values (at least one) whose min and max are known."""
     return (count + len(values), total + sum(values),
             least if low is None or least < low else low, most if high is None or most > high else high)
 
@@ -196,10 +212,27 @@ def _quantiles(buckets: Dict[int, int], qs: Sequence[float], lo: Optional[float]
     return results
 
 
-def _bucket_numbers(values: Sequence[float]) -> Iterable[int]:
-    """Each value's bucket: its log base GROWTH, floored; :data:`_ZERO` for a value <= 0."""
-    if values and min(values) > 0:
+def _bucket_numbers(values: Sequence[float], least: Optional[float] = None,
+                    most: Optional[float] = None) -> Iterable[int]:
+    """Each value's bucket: its log base GROWTH, floored, within +-_MOST; :data:`_ZERO` for a value <= 0.
+
+    ``least`` and ``most``: the values' min and max, when the caller has them.
+    """
+    if not values:
+        return ()
+    if least is None or most is None:
+        least, most = min(values), max(values)
+    if least >= _LEAST_VALUE and most <= _MOST_VALUE:
         # The usual case, in C: the caller's extend() or Counter's helper consumes it.
         return map(math.floor, map(math.log, values, repeat(GROWTH, len(values))))
-    log, floor = math.log, math.floor
-    return (floor(log(value) / _LOG_GROWTH) if value > 0 else _ZERO for value in values)
+    return map(_bucket_of, values)
+
+
+def _bucket_of(value: float) -> int:
+    if not value > 0:
+        return _ZERO
+    if value >= _MOST_VALUE:
+        return _MOST
+    if value <= _LEAST_VALUE:
+        return -_MOST
+    return math.floor(math.log(value) / _LOG_GROWTH)

@@ -33,18 +33,22 @@ from ._events import Event
 
 __all__ = ["LentBody"]
 
+#: Taken only to set a lent body's ``_back`` and ``_detached`` flags (nothing
+#: allocated under it, so a finalizer's ``recall()`` cannot find it held by its
+#: own thread): one lock for every lent body, not one each (issue 17).
+_FLAGS_LOCK = threading.Lock()
+
 
 class LentBody:
     """A body lent to the caller, whose thread runs its read steps until the body comes back (the rules above)."""
 
-    __slots__ = ("reader", "returned", "outcome", "_busy", "_lock", "_back", "_detached", "_on_return")
+    __slots__ = ("reader", "returned", "outcome", "_busy", "_back", "_detached", "_on_return")
 
     def __init__(self, reader: BodyReader, on_return: Callable[[], None]) -> None:
         self.reader = reader
         self.returned = False
         self.outcome: Optional[BaseException] = None
         self._busy = threading.Lock()
-        self._lock = threading.Lock()
         self._back = False
         self._detached = False
         self._on_return = on_return
@@ -72,7 +76,7 @@ class LentBody:
 
     def recall(self) -> None:
         """The body goes back to the worker (its end, a failure, or ``cancel()``): any thread, idempotent."""
-        with self._lock:
+        with _FLAGS_LOCK:
             if self._back:
                 return
             self._back = True
@@ -82,7 +86,7 @@ class LentBody:
 
     def detached(self) -> None:
         """The segment that lent the body has left the generator: the next one may run."""
-        with self._lock:
+        with _FLAGS_LOCK:
             self._detached = True
             ready = self._back
         if ready:

@@ -187,6 +187,11 @@ class _Call:
 class Resumer:
     """Bookkeeping of one stream's delivered content, and the choice of how to resume."""
 
+    # Slotted: one per stream, hundreds at once (issue 17).
+    __slots__ = ("_provider", "_spec", "_mode", "_max_line_length", "_continue_allowed", "_order", "_text",
+                 "_thinking", "_calls", "_delivered_content", "_attempt", "_strategy", "_refused", "_filter",
+                 "_next_decoder")
+
     def __init__(self, provider: Provider, spec: RequestSpec, mode: str, *, max_line_length: int,
                  continue_allowed: bool = True, text: Optional[KeptText] = None, keep_text: bool = True) -> None:
         """``text``: the stream's log of the delivered text, which this resumer fills (a
@@ -206,12 +211,13 @@ class Resumer:
             self._text = TextDigest() if mode in ("auto", "replay") else None
         elif text is None:
             self._text = TextLog()
-        self._thinking = TextLog()
-        self._calls: Dict[int, _Call] = {}
+        # Made by the first thinking delta and the first tool call: most streams have neither.
+        self._thinking: Optional[TextLog] = None
+        self._calls: Optional[Dict[int, _Call]] = None
         self._delivered_content = False
         self._attempt = 0
         self._strategy: Optional[str] = None
-        self._refused: List[str] = []
+        self._refused: Tuple[str, ...] = ()  # the resume strategies a server refused (rare: a tuple)
         self._filter: Optional[Union[ReplayFilter, ContinuationFilter]] = None
         self._next_decoder: Optional[StreamDecoder] = None
 
@@ -260,7 +266,7 @@ class Resumer:
             return None
         if error.status_code not in _REFUSALS or self._mode != "auto":
             return None
-        self._refused.append(self._strategy)
+        self._refused += (self._strategy,)
         return self.next_request(error, decoder)
 
     def _prepare(self, choice: str, decoder: Optional[StreamDecoder], error: StreamError) -> Optional[RequestSpec]:
@@ -275,7 +281,8 @@ class Resumer:
         if kept is None:
             return None  # not reached: a mode with replay keeps at least a digest
         delivered = kept.matcher() if isinstance(kept, TextDigest) else kept
-        self._filter = ReplayFilter(delivered, self._thinking.value(), self._calls, self._attempt + 1)
+        thinking = self._thinking.value() if self._thinking is not None else ""
+        self._filter = ReplayFilter(delivered, thinking, self._calls or {}, self._attempt + 1)
         return self._spec
 
     def _prepare_cursor(self, decoder: Optional[StreamDecoder]) -> Optional[RequestSpec]:
@@ -300,7 +307,7 @@ class Resumer:
         text = self._delivered()
         if not isinstance(text, str):
             return None  # keep_text=False (or to_file()): there is no text to send as the prefill
-        if not self._continue_allowed or not text.strip() or self._calls or self._thinking.length:
+        if not self._continue_allowed or not text.strip() or self._calls or (self._thinking and self._thinking.length):
             return None
         held_back = self._provider.split_prefill(text)[1]
         spec = self._provider.continue_request(self._spec, text)
@@ -362,20 +369,28 @@ class Resumer:
                 if self._text is not None:
                     self._text.append(event.text)  # type: ignore[union-attr]
             elif cls is ThinkingDelta:
-                self._thinking.append(event.text)  # type: ignore[union-attr]
+                thinking = self._thinking
+                if thinking is None:
+                    thinking = self._thinking = TextLog()
+                thinking.append(event.text)  # type: ignore[union-attr]
                 self._delivered_content = True
             elif cls is ToolCallDelta or cls is ToolCall:
                 self._record_call(event)
             elif cls is Reset:
                 if self._text is not None:
                     self._text.clear()
-                self._thinking.clear()
-                self._calls.clear()
+                if self._thinking is not None:
+                    self._thinking.clear()
+                if self._calls is not None:
+                    self._calls.clear()
         return events
 
     def _record_call(self, event: Any) -> None:
         self._delivered_content = True
-        call = self._calls.setdefault(event.index, _Call())
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
+        call = calls.setdefault(event.index, _Call())
         if isinstance(event, ToolCall):
             call.completed = True
             call.id = call.id or event.id

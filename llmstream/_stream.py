@@ -29,8 +29,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
-from typing import IO, Any, Callable, Generator, Iterator, List, Optional, Union
+from typing import IO, Any, Callable, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._callbacks import Callbacks, wrap
 from ._events import (
@@ -75,6 +74,12 @@ _SLICED_WAITS = os.name == "nt"
 #: The caller enforces ``total`` this long after the worker should have: the
 #: worker's own error says more (what it was waiting for), so it should win.
 TOTAL_GRACE = 0.05
+#: Taken only to change a stream's status or its iterating thread (a flag or two,
+#: nothing allocated under it, so a finalizer cannot find it held by its own
+#: thread): one lock for every stream, not two each (issue 17).
+_STATE_LOCK = threading.Lock()
+#: The turn of a stream that recorded no item, retry or reset (``turn()`` only reads it).
+_NO_TURN = TurnRecorder()
 
 
 class TokenStream:
@@ -98,6 +103,14 @@ class TokenStream:
     time, in one thread at a time.
     """
 
+    # Slotted: one per stream, hundreds at once (issue 17: an instance dict's
+    # values cost 40-60 bytes more than slots).
+    __slots__ = (
+        "_worker", "_callbacks", "_provider", "_model", "_log", "_consumed", "_epoch", "_sink", "_tool_calls",
+        "_turn", "_usage", "_finish_reason", "_status", "_error", "_iterating", "_batch", "_pos", "_lent",
+        "__weakref__",
+    )
+
     def __init__(self, worker: Worker, *, provider: str, model: str, sink: Sink = None,
                  callbacks: Optional[Callbacks] = None) -> None:
         self._worker = worker
@@ -111,26 +124,31 @@ class TokenStream:
         self._consumed = 0
         self._epoch = 0
         self._sink = sink_function
-        self._tool_calls: List[ToolCall] = []
-        self._turn = TurnRecorder()
+        self._tool_calls: Tuple[ToolCall, ...] = ()  # rare: a tuple, grown by one (no list per stream)
+        self._turn: Optional[TurnRecorder] = None  # made by the first OutputItem, Retrying or Reset
         self._usage: Optional[Usage] = None
         self._finish_reason: Optional[str] = None
         self._status = "streaming"
         self._error: Optional[BaseException] = None
-        self._busy = threading.Lock()
-        self._iterating: Optional[int] = None  # the thread whose loop holds _busy
+        # The thread whose loop is iterating (one at a time: taken and left under _STATE_LOCK).
+        self._iterating: Optional[int] = None
         # Where consumption stands: events of the current batch from _pos on are not handed out yet.
-        self._batch: List[Event] = []
+        self._batch: Sequence[Event] = ()
         self._pos = 0
         # The body the worker lent this stream's consumer, while it reads it (see _next_batch).
         self._lent: Optional[LentBody] = None
-        self._lock = threading.Lock()
-        # Cancels the worker if the caller drops the stream without closing it.
-        # Through a weak reference: the finalizer registry is global, and a
-        # strong one would keep the worker, its error, the error's traceback,
-        # the caller's frames and so this very stream alive for ever.
-        self._finalizer = weakref.finalize(self, _cancel_if_alive, weakref.ref(worker))
         worker.start()
+
+    def __del__(self) -> None:
+        # A stream the caller dropped without closing it: its worker is
+        # cancelled (its socket shut, its slot freed). __del__, not a
+        # weakref.finalize: that one costs a registry entry, a weak reference
+        # and two small objects per stream (~320 bytes; issue 17). The worker
+        # never refers to its stream, so a dropped stream is collected by
+        # reference counting, or with the cycle its error's traceback makes.
+        worker = getattr(self, "_worker", None)  # None: __init__ failed before it was set
+        if worker is not None:
+            worker.cancel()
 
     # -- consumption ----------------------------------------------------------
 
@@ -158,16 +176,7 @@ class TokenStream:
         # was, so the next loop goes on from there (peeking). Only close(),
         # the with block or the stream being collected close it; an interrupt
         # or a failure while waiting closes it too.
-        if not self._busy.acquire(blocking=False):
-            if self._iterating == threading.get_ident():
-                raise StreamBusyError(
-                    "this stream is already being iterated in this thread (a loop over it is still running, "
-                    "or you hold an iterator of it): take the next item from that loop or iterator"
-                )
-            raise StreamBusyError(
-                "this stream is being iterated by another thread; give each consumer its own stream"
-            )
-        self._iterating = threading.get_ident()
+        self._take_turn()
         try:
             self._check_open()
             sink = self._sink
@@ -216,19 +225,39 @@ class TokenStream:
                 self._pos = 0
         finally:
             self._iterating = None
-            self._busy.release()
+
+    def _take_turn(self) -> None:
+        """Become the stream's one loop, or raise ``StreamBusyError`` (a flag under the shared lock, not a lock each)."""
+        me = threading.get_ident()
+        with _STATE_LOCK:
+            iterating = self._iterating
+            if iterating is None:
+                self._iterating = me
+        if iterating is None:
+            return
+        if iterating == me:
+            raise StreamBusyError(
+                "this stream is already being iterated in this thread (a loop over it is still running, "
+                "or you hold an iterator of it): take the next item from that loop or iterator"
+            )
+        raise StreamBusyError(
+            "this stream is being iterated by another thread; give each consumer its own stream"
+        )
 
     def _record(self, event: Event, text_only: bool) -> None:
         if self._callbacks is not None:
             self._callbacks.observe(event, self)
         if event.__class__ is OutputItem or event.__class__ is Retrying or event.__class__ is Reset:
-            self._turn.record(event, self._text_length())
+            turn = self._turn
+            if turn is None:
+                turn = self._turn = TurnRecorder()
+            turn.record(event, self._text_length())
         if isinstance(event, Usage):
             self._usage = event
         elif isinstance(event, Finish):
             self._finish_reason = event.reason
         elif isinstance(event, ToolCall):
-            self._tool_calls.append(event)
+            self._tool_calls += (event,)
         elif isinstance(event, Reset):
             if text_only or self._sink is not None:
                 where = ("use .events() to receive a Reset instead" if text_only else
@@ -245,7 +274,7 @@ class TokenStream:
             self._consumed = 0
             if self._log is not None:
                 self._log.release(self._epoch)
-            self._tool_calls.clear()
+            self._tool_calls = ()
 
     def _more_in_hand(self) -> bool:
         """True when events already received follow the one last handed out: the next needs no wait.
@@ -304,7 +333,7 @@ class TokenStream:
                 return None
 
     def _finish(self) -> None:
-        with self._lock:
+        with _STATE_LOCK:
             if self._status == "streaming":
                 self._status = "finished"
         self._worker.join(CLOSE_JOIN_TIMEOUT)
@@ -314,7 +343,7 @@ class TokenStream:
         if isinstance(error, StreamError):
             error.partial_text = self._delivered()
             error.attempts = self._worker.stats.attempts
-        with self._lock:
+        with _STATE_LOCK:
             if self._status == "streaming":
                 self._status = "failed"
                 self._error = error
@@ -346,7 +375,7 @@ class TokenStream:
         handed out, not even the rest of a read already in hand); ``status``
         is then ``"closed"``.
         """
-        with self._lock:
+        with _STATE_LOCK:
             if self._status == "streaming":
                 self._status = "closed"
         self._worker.cancel()
@@ -471,8 +500,8 @@ class TokenStream:
         if self._status == "closed":
             raise StreamClosedError("this stream was closed before it finished; .text holds what was delivered")
         text = self._delivered()  # "" when the stream keeps no text
-        tool_calls = tuple(self._tool_calls)
-        message = self._worker.provider.assistant_message(self._turn.turn(text, tool_calls))
+        tool_calls = self._tool_calls
+        message = self._worker.provider.assistant_message((self._turn or _NO_TURN).turn(text, tool_calls))
         return StreamResult(
             text=text,
             finish_reason=self._finish_reason,
@@ -531,9 +560,3 @@ def _sink_function(sink: Sink) -> Optional[Callable[[str], Any]]:
     raise TypeError(f"sink must be a callable taking each text piece, or an object with write(str), "
                     f"not {type(sink).__name__}")
 
-
-def _cancel_if_alive(worker_ref: "weakref.ref[Worker]") -> None:
-    """The finalizer of a dropped stream: cancel its worker if it still runs."""
-    worker = worker_ref()
-    if worker is not None:
-        worker.cancel()

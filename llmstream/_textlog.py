@@ -69,7 +69,7 @@ class SharedText:
         self._parts: List[str] = []
         #: How many times the log was cleared (a ``Reset``): the stream's view names one.
         self.epoch = 0
-        self._retired: Dict[int, str] = {}
+        self._retired: Optional[Dict[int, str]] = None  # made by the first clear() (a Reset: rare)
         self._lock = threading.Lock()
         self._digest: Optional[TextDigest] = None  # set by stop_keeping()
 
@@ -106,6 +106,8 @@ class SharedText:
     def clear(self) -> None:
         """Forget the text (a ``Reset``): kept for the stream until it takes the ``Reset`` too."""
         with self._lock:
+            if self._retired is None:
+                self._retired = {}
             self._retired[self.epoch] = self._value_locked()
             self._blocks = []
             self._parts = []
@@ -121,7 +123,7 @@ class SharedText:
             digest = TextDigest()
             digest.append(self._value_locked())
             self._blocks = []
-            self._retired.clear()
+            self._retired = None
             self._digest = digest
 
     @property
@@ -164,11 +166,16 @@ class SharedText:
     def prefix(self, length: int, epoch: int) -> str:
         """The first ``length`` characters of the text as it was in ``epoch``."""
         with self._lock:
-            text = self._value_locked() if epoch == self.epoch else self._retired.get(epoch, "")
+            if epoch == self.epoch:
+                text = self._value_locked()
+            else:
+                text = self._retired.get(epoch, "") if self._retired is not None else ""
         return text if len(text) == length else text[:length]
 
     def release(self, epoch: int) -> None:
         """The stream has reached ``epoch``: the texts of earlier ones are not needed any more."""
         with self._lock:
-            for old in [e for e in self._retired if e < epoch]:
-                del self._retired[old]
+            retired = self._retired
+            if retired is not None:
+                for old in [e for e in retired if e < epoch]:
+                    del retired[old]

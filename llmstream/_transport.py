@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import json
 import logging
 import os
 import socket
@@ -60,7 +59,7 @@ from ._exceptions import (
 from ._connection import TRACKED_POOLS, AttemptSockets, Cancelled, TrackingAdapter, current_attempt, track_proxy_pools
 from ._dechunk import Dechunker
 from ._redact import Redactor
-from ._providers._base import Provider, RequestSpec
+from ._providers._base import Provider, RequestSpec, encoded_body
 
 __all__ = ["Transport", "TransportOptions", "Session", "OpenResponse", "AttemptSockets", "Cancelled", "parse_retry_after", "redact_url"]
 
@@ -196,6 +195,9 @@ def translate(exc: BaseException, url: str, *, cancelled: Callable[[], bool], ph
 
 #: How far a socket timeout may differ from the exact time left (seconds).
 TIMEOUT_SLACK = 0.005
+#: Taken only to mark a response closed (a flag: nothing allocated under it):
+#: one lock for every response, not one each (issue 17).
+_CLOSE_LOCK = threading.Lock()
 
 
 class OpenResponse:
@@ -205,6 +207,10 @@ class OpenResponse:
     :class:`~llmstream._connection.AttemptSockets`, never through this object.
     """
 
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("_response", "_raw", "_url", "_cancelled", "_sockets", "_closed", "_timeout_set",
+                 "_read_size", "_dechunk", "_reader", "_recv", "_direct_recv")
+
     def __init__(self, response: requests.Response, url: str, cancelled: Callable[[], bool],
                  sockets: AttemptSockets) -> None:
         self._response = response
@@ -212,7 +218,6 @@ class OpenResponse:
         self._url = url
         self._cancelled = cancelled
         self._sockets = sockets
-        self._lock = threading.Lock()
         self._closed = False
         self._timeout_set: Optional[float] = -1.0
         self._read_size = MIN_READ_SIZE
@@ -334,7 +339,7 @@ class OpenResponse:
 
     def close(self) -> None:
         """Close the response and its connection (idempotent)."""
-        with self._lock:
+        with _CLOSE_LOCK:
             if self._closed:
                 return
             self._closed = True
@@ -432,6 +437,8 @@ class Transport:
             # netrc entry would silently replace.
             self.session.trust_env = False
         self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
+        #: The headers this client's streams keep, one dict per distinct set (see ``PackedSpec.pack``).
+        self.shared_headers: Dict[Any, Any] = {}
 
     def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
         """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
@@ -486,7 +493,7 @@ class Transport:
             headers["Accept"] = _ACCEPT_HEADER[provider.framing]
         # Compression would make the decoder wait for whole compressed blocks.
         headers["Accept-Encoding"] = "identity"
-        body = None if spec.json is None else json.dumps(spec.json, ensure_ascii=False).encode("utf-8")
+        body = encoded_body(spec)  # a PackedSpec's own bytes: one copy, shared with the request sent
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
         current_attempt(sockets)

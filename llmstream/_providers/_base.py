@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from typing import Any, Dict, List, Mapping, NoReturn, Optional, Protocol, Tuple, Union
 
 from .._events import Event
-from .._record import Record, set_field
+from .._record import FrozenInstanceError, Record, set_field
 from .._exceptions import IncompleteStreamError, MalformedStreamError, ProviderError, StreamError
 from .._jsonl import JSONLinesDecoder
 from .._turn import Turn
 from ..sse import DEFAULT_MAX_LINE_LENGTH, ServerSentEvent, SSEDecoder
 from ._sse_json import SSEWithJSONDecoder
 
-__all__ = ["RequestSpec", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message", "Turn",
+__all__ = ["RequestSpec", "PackedSpec", "encoded_body", "ProviderDecoder", "Provider", "BaseProvider", "BearerToken", "StreamDecoder", "Message", "Turn",
            "ServerSentEvent", "drop_none", "PREFILL_GUARANTEED"]
 
 #: The value of a provider's ``supports_continue`` when its API guarantees that a
@@ -91,6 +92,90 @@ class RequestSpec(Record):
         set_field(self, "url", url)
         set_field(self, "headers", headers)
         set_field(self, "json", json)
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    # What is sent: UTF-8 JSON, non-ASCII characters as themselves.
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+class PackedSpec(RequestSpec):
+    """A :class:`RequestSpec` that keeps its JSON body encoded, as it is sent.
+
+    Why (issue 17, memory per stream): a stream keeps its request for a
+    retry, but the body's dicts and lists (the messages, the options) cost
+    ~0.8 KiB per stream, and the encoded body is already held by the request
+    in flight -- this is the same ``bytes`` object. ``json`` decodes it
+    again when asked (a retry, a resume, a token estimate: never per token);
+    the request built from it is the same on the wire.
+    """
+
+    __slots__ = ("body",)
+    body: bytes
+
+    def __init__(self, method: str, url: str, headers: Mapping[str, Union[str, bytes]],
+                 json: Optional[Mapping[str, Any]] = None, *, body: Optional[bytes] = None) -> None:
+        set_field(self, "method", method)
+        set_field(self, "url", url)
+        set_field(self, "headers", headers)
+        set_field(self, "body", body if body is not None else _encode(json if json is not None else {}))
+
+    @property
+    def json(self) -> Optional[Mapping[str, Any]]:
+        """The JSON body, decoded from :attr:`body` (a new object at each call)."""
+        value: Mapping[str, Any] = json.loads(self.body)
+        return value
+
+    @json.setter
+    def json(self, value: Optional[Mapping[str, Any]]) -> None:
+        raise FrozenInstanceError(f"cannot assign to field 'json': {type(self).__name__} is immutable")
+
+    def replace(self, **changes: Any) -> "PackedSpec":
+        """A copy with some fields changed; the body is not decoded unless ``json`` is one of them."""
+        if "json" in changes:
+            return super().replace(**changes)
+        unknown = set(changes) - {"method", "url", "headers"}
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
+        return PackedSpec(changes.get("method", self.method), changes.get("url", self.url),
+                          changes.get("headers", self.headers), body=self.body)
+
+    @classmethod
+    def pack(cls, spec: RequestSpec, shared: Dict[Any, Any]) -> RequestSpec:
+        """``spec`` to keep for a stream's life: its body encoded, its URL and headers shared.
+
+        ``shared`` (the client's) maps a set of headers to one dict of them:
+        the streams of a client keep one copy of its headers, not one each
+        (they are never changed in place: a request that needs others is
+        made with new ones). A body that cannot be encoded is left as it
+        is: sending it raises the error as before.
+        """
+        if spec.json is None or isinstance(spec, PackedSpec):
+            return spec
+        try:
+            body = _encode(spec.json)
+        except (TypeError, ValueError, RecursionError):
+            return spec
+        headers = spec.headers
+        key = tuple(headers.items())
+        try:
+            headers = shared.setdefault(key, headers)
+        except TypeError:  # an unhashable header value: kept as it is
+            pass
+        if len(shared) > _SHARED_HEADERS:
+            shared.clear()  # a token callable's new token at every stream: never more than a few kept
+        return cls(spec.method, sys.intern(spec.url), headers, body=body)
+
+
+#: How many sets of headers a client shares between its streams (a changing token makes a new set each time).
+_SHARED_HEADERS = 8
+
+
+def encoded_body(spec: RequestSpec) -> Optional[bytes]:
+    """The body to send: a :class:`PackedSpec`'s own bytes, or the JSON body encoded (None: no body)."""
+    if isinstance(spec, PackedSpec):
+        return spec.body
+    return None if spec.json is None else _encode(spec.json)
 
 
 class ProviderDecoder(Protocol):
@@ -363,6 +448,10 @@ class StreamDecoder:
     After it raised (or kept an error in :attr:`error`), every later
     ``feed``/``close`` raises a copy of that error: it stays failed.
     """
+
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("decoder", "finished", "framing", "_max_line_length", "_inherited_event_id", "_resume_point", "error",
+                 "_frames")
 
     def __init__(
         self,

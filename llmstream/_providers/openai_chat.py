@@ -167,6 +167,9 @@ class OpenAIChatDecoder:
     :class:`~llmstream._providers._base.StreamDecoder`'s job.
     """
 
+    # Slotted: one per attempt, hundreds at once (issue 17).
+    __slots__ = ("finished", "_finish_reason", "_calls", "_last_index", "response_id", "response_model")
+
     def __init__(self) -> None:
         #: True once ``[DONE]`` was seen (or ``close()`` accepted a finish reason
         #: instead). An attribute, not a property: it is read at every read (issue 17).
@@ -391,6 +394,8 @@ class ThinkTagsDecoder(OpenAIChatDecoder):
     A stream that breaks loses at most that partial tag (under 8 characters)
     from ``partial_text``; a retry regenerates it.
     """
+
+    __slots__ = ("_think",)
 
     def __init__(self) -> None:
         super().__init__()
