@@ -1,0 +1,124 @@
+"""Stream setup (issue 17): the client's own session prepares its requests itself, as requests would.
+
+``Transport._send`` hands a request prepared by llmstream straight to the mounted
+adapter instead of ``Session.request`` (~170 us of a short stream's ~1 ms). These
+tests hold it to requests' own result: the same request line and headers, in the
+same order, as a caller's ``requests.Session`` sends (which still goes through
+``Session.request``); the session's cookies kept and sent; a header requests
+refuses refused; every URL requests cannot send refused with requests' message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+import requests
+
+from llmstream import APIConnectionError, Client
+from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No proxy or CA bundle from the environment, no ~/.netrc: a caller's session (trust_env) reads them."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent/netrc")
+    yield monkeypatch
+
+
+def sent(server: FakeLLMServer, session: Optional[requests.Session], base_url: str, provider: str = "openai",
+         **call: Any) -> Tuple[str, str, Dict[str, str], List[Tuple[str, str]]]:
+    client = Client(provider, base_url=base_url, api_key="sk-test-0123456789abcdef", session=session, retry=1)
+    try:
+        assert client.complete("Hi", model="m", **call).text == DEFAULT_TEXT
+    finally:
+        client.close()
+    request = server.requests[-1]
+    return request.method, request.path, request.query, list(request.headers.items())
+
+
+@pytest.mark.parametrize("provider, call, userinfo", [
+    pytest.param("openai", {}, "", id="openai"),
+    pytest.param("anthropic", {}, "", id="anthropic"),
+    pytest.param("ollama", {}, "", id="ollama"),
+    pytest.param("openai", {"extra_headers": {"Accept": "*/*", "X-Trace": "t 1", "User-Agent": "mine/1"}}, "",
+                 id="caller-headers"),
+    pytest.param("openai", {"extra_headers": {"Cookie": "mine=1", "Content-Length": "5"}}, "", id="cookie-and-length"),
+    pytest.param("openai", {"extra_query": {"api-version": "2024-10-21", "q": "a b/é"}}, "", id="query-requoted"),
+    pytest.param("openai", {}, "us%40er:p%3Ass@", id="userinfo-basic-auth"),
+])
+def test_the_own_session_sends_what_requests_sends(server: FakeLLMServer, clean_env: pytest.MonkeyPatch,
+                                                   provider: str, call: Dict[str, Any], userinfo: str) -> None:
+    base_url = server.base_url(provider).replace("http://", f"http://{userinfo}")
+    own = sent(server, None, base_url, provider, **call)
+    theirs = sent(server, requests.Session(), base_url, provider, **call)
+    assert own == theirs
+    headers = dict(own[3])
+    if userinfo:
+        assert headers["Authorization"] == "Basic dXNAZXI6cDpzcw=="  # requests' rule, kept: user:password@ wins
+
+
+@pytest.mark.parametrize("session", [None, requests.Session()], ids=["own", "callers"])
+def test_a_cookie_the_server_sets_is_sent_back_and_a_callers_cookie_header_wins(
+        server: FakeLLMServer, clean_env: pytest.MonkeyPatch, session: Optional[requests.Session]) -> None:
+    # Cloudflare's __cf_bm, as api.openai.com sets it: the official SDKs (httpx) send it back.
+    server.script(Reply(headers={"Set-Cookie": "__cf_bm=abc; Path=/; HttpOnly"}), Reply(), Reply())
+    client = Client(base_url=server.base_url("openai"), api_key="k", session=session)
+    for _ in range(2):
+        assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+    assert client.complete("Hi", model="m", extra_headers={"Cookie": "mine=1"}).text == DEFAULT_TEXT
+    assert [r.header("Cookie") for r in server.requests] == [None, "__cf_bm=abc", "mine=1"]
+    # Where requests puts it: after the request's headers, before Content-Length.
+    assert [name for name, _ in server.requests[1].headers.items()] == [
+        "Host", "User-Agent", "Accept-Encoding", "Accept", "Connection", "Content-Type", "Authorization", "Cookie",
+        "Content-Length"]
+    client.close()
+
+
+def test_a_cookie_for_another_path_is_not_sent(server: FakeLLMServer) -> None:
+    server.script(Reply(headers={"Set-Cookie": "other=1; Path=/elsewhere"}), Reply())
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    for _ in range(2):
+        assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+    assert [r.header("Cookie") for r in server.requests] == [None, None]
+    client.close()
+
+
+def test_a_header_requests_refuses_is_refused_before_anything_is_sent(server: FakeLLMServer) -> None:
+    client = Client(base_url=server.base_url("openai"), api_key="sk-proj-0123456789abcdefghijklmnop\n", retry=1)
+    with pytest.raises(APIConnectionError) as caught:
+        client.complete("Hi", model="m")
+    assert str(caught.value) == (
+        f"could not connect to {server.base_url('openai')}/chat/completions: Invalid leading whitespace, reserved "
+        "character(s), or return character(s) in header value: 'Bearer <redacted>\\n'"
+    )
+    assert server.requests == []
+    client.close()
+
+
+@pytest.mark.parametrize("base_url", [
+    pytest.param("ftp://h/v1", id="no-adapter"),
+    pytest.param("http:///v1", id="no-host"),
+    pytest.param("http://exa mple.com/v1", id="bad-host"),
+])
+def test_a_url_requests_cannot_send_is_refused_with_its_message_twice(base_url: str) -> None:
+    messages = []
+    for session in (None, None, requests.Session()):  # the second: nothing kept of a URL that failed
+        client = Client(base_url=base_url, api_key="k", session=session, retry=1)
+        with pytest.raises(ValueError) as caught:
+            client.complete("Hi", model="m")
+        messages.append(str(caught.value))
+        client.close()
+    assert messages[0] == messages[1] == messages[2]
+
+
+def test_prepared_urls_kept_are_bounded(server: FakeLLMServer) -> None:
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    for n in range(70):  # a query of its own per request (a request id, a resume cursor)
+        assert client.complete("Hi", model="m", extra_query={"n": str(n)}).text == DEFAULT_TEXT
+    assert [r.query for r in server.requests][-1] == {"n": "69"}
+    assert 0 < len(client._transport._targets) <= 64
+    client.close()
