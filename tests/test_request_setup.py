@@ -10,12 +10,14 @@ refuses refused; every URL requests cannot send refused with requests' message.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
 
-from llmstream import APIConnectionError, Client
+from llmstream import APIConnectionError, Client, _worker
+from llmstream._queue import Signal
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 
 
@@ -122,3 +124,57 @@ def test_prepared_urls_kept_are_bounded(server: FakeLLMServer) -> None:
     assert [r.query for r in server.requests][-1] == {"n": "69"}
     assert 0 < len(client._transport._targets) <= 64
     client.close()
+
+
+# -- the starter: a thread for a stream its caller did not iterate in time ----------------
+
+
+def test_a_stream_started_while_the_starter_sleeps_longer_still_starts_on_time(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The starter sleeps until the first stream's grace (30 s) is over; the second
+    # stream's grace is 20 ms: the starter must wake for it, and take it first.
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    monkeypatch.setattr(_worker, "START_GRACE", 30.0)
+    waiting = client.stream("Hi", model="m")
+    assert wait_until(lambda: _worker._starter._sleeps_until > time.monotonic() + 20)
+    monkeypatch.setattr(_worker, "START_GRACE", 0.02)
+    started = time.monotonic()
+    prompt = client.stream("Hi", model="m")
+    assert len(server.wait_for_requests(1, timeout=5.0)) == 1  # sent by a worker thread: nobody iterates it
+    assert time.monotonic() - started < 2.0
+    assert "".join(prompt) == DEFAULT_TEXT
+    waiting.close()  # never sent: it just ends
+    assert server.requests[1:] == []
+    client.close()
+
+
+def test_streams_due_after_the_one_the_starter_waits_for_do_not_wake_it(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    monkeypatch.setattr(_worker, "START_GRACE", 30.0)
+    first = client.stream("Hi", model="m")
+    assert wait_until(lambda: _worker._starter._sleeps_until > time.monotonic() + 20)
+    wakes = []
+    original = Signal.set
+
+    def counting_set(signal: Signal) -> None:
+        if signal is _worker._starter._wake:
+            wakes.append(signal)
+        original(signal)
+
+    monkeypatch.setattr(Signal, "set", counting_set)
+    others = [client.stream("Hi", model="m") for _ in range(5)]
+    assert wakes == []  # was one per stream: a thread switch each
+    for stream in [first, *others]:
+        stream.close()
+    assert server.requests == []
+    client.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
