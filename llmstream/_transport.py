@@ -438,7 +438,7 @@ class Transport:
             self.session.trust_env = False
         self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
         # Each URL as requests prepares it, and the adapter mounted for it (own session only; see _send).
-        self._targets: Dict[str, Tuple[str, Optional[requests.adapters.BaseAdapter]]] = {}
+        self._targets: Dict[str, Tuple[str, Any]] = {}
 
     def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
         """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
@@ -535,17 +535,18 @@ class Transport:
         ~170 us of a short stream's ~1 ms (issue 17, stream setup).
         """
         session = self.session
-        target = self._targets.get(url) if self._own_session else None
-        if target is None and self._own_session:
-            target = self._target(url)
-        if target is None or target[1] is None:
+        prepared_url, adapter = "", None
+        if self._own_session:
+            prepared_url, adapter = self._targets.get(url) or self._target(url)
+        if adapter is None:
             return session.request(method, url, data=body, headers=headers, stream=True, timeout=timeout,
                                    allow_redirects=False, proxies=proxies, verify=verify, cert=self.options.cert)
-        prepared_url, adapter = target
         request = requests.PreparedRequest()
         request.method = method.upper()
         request.url = prepared_url
-        merged = request.headers = CaseInsensitiveDict(session.headers)
+        merged: Any = CaseInsensitiveDict(session.headers)
+        request.headers = merged
+        header: Any
         for header in headers.items():
             check_header_validity(header)
             merged[header[0]] = header[1]
@@ -557,13 +558,14 @@ class Transport:
         elif request.method not in ("GET", "HEAD") and merged.get("Content-Length") is None:
             merged["Content-Length"] = "0"
         request.body = body
-        response = adapter.send(request, stream=True, timeout=timeout, verify=verify, cert=self.options.cert,
-                                proxies=proxies)
+        response: requests.Response = adapter.send(request, stream=True, timeout=timeout, verify=verify,
+                                                   cert=self.options.cert, proxies=proxies)
         if "set-cookie" in response.headers or "set-cookie2" in response.headers:
-            extract_cookies_to_jar(jar, request, response.raw)
+            keep_cookies: Any = extract_cookies_to_jar  # untyped in requests' stubs
+            keep_cookies(jar, request, response.raw)
         return response
 
-    def _target(self, url: str) -> Tuple[str, Optional[requests.adapters.BaseAdapter]]:
+    def _target(self, url: str) -> Tuple[str, Any]:
         """``url`` as requests prepares it, and its adapter (None: a URL with credentials, sent by requests itself).
 
         Raises what requests raises for a URL it cannot send (translated by the caller).
@@ -571,7 +573,7 @@ class Transport:
         probe = requests.PreparedRequest()
         probe.prepare_url(url, None)
         prepared = str(probe.url)
-        adapter: Optional[requests.adapters.BaseAdapter] = self.session.get_adapter(prepared)
+        adapter: Any = self.session.get_adapter(prepared)
         if any(get_auth_from_url(prepared)):
             adapter = None  # requests turns user:password@ into Basic auth: left to it
         if len(self._targets) >= _MAX_TARGETS:

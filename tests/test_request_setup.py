@@ -10,6 +10,7 @@ refuses refused; every URL requests cannot send refused with requests' message.
 
 from __future__ import annotations
 
+import pickle
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -17,6 +18,9 @@ import pytest
 import requests
 
 from llmstream import APIConnectionError, Client, _worker
+from llmstream._events import Distribution, StreamMetrics, StreamReport, deferred_metrics
+from llmstream._histogram import Histogram
+from llmstream._monitor import monitor
 from llmstream._queue import Signal
 from llmstream.testing import DEFAULT_TEXT, FakeLLMServer, Reply
 
@@ -178,3 +182,50 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.002)
     return True
+
+
+# -- the stream's end: its final metrics' distributions are made when first read -------------
+
+
+def test_final_metrics_summarise_their_histograms_when_first_read(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: List[Histogram] = []
+    summary = Histogram.summary
+
+    def counting_summary(histogram: Histogram) -> Distribution:
+        made.append(histogram)
+        return summary(histogram)
+
+    monkeypatch.setattr(Histogram, "summary", counting_summary)
+    server.script(Reply(token_count=6, interval=0.005))
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    reports: List[StreamReport] = []
+    unsubscribe = monitor.subscribe(reports.append)
+    try:
+        stream = client.stream("Hi", model="m")
+        "".join(stream)
+    finally:
+        unsubscribe()
+    metrics = stream.metrics
+    assert made == [] and reports[0].metrics is metrics  # the monitor counted it without a percentile
+    stats = stream._worker.stats
+    eager = StreamMetrics(**{name: getattr(metrics, name) for name in StreamMetrics.__match_args__})
+    assert len(made) == 3  # each made once, on first read...
+    assert metrics.chunk_gap is metrics.chunk_gap and len(made) == 3  # ...and kept
+    assert metrics.chunk_gap == summary(stats.gaps) and metrics.chunk_gap.count == 5
+    assert metrics.chunk_size == summary(stats.chunk_sizes) and metrics.chunk_size.count == metrics.chunks
+    assert metrics.read_time == summary(stats.read_times)
+    assert metrics.bytes_received == int(metrics.chunk_size.total)
+    assert (eager == metrics, hash(eager) == hash(metrics), repr(eager) == repr(metrics)) == (True, True, True)
+    client.close()
+
+
+def test_deferred_metrics_compare_hash_print_and_pickle_as_their_values() -> None:
+    gap, size, read = Distribution(count=2, total=0.1, min=0.04, p50=0.05, p90=0.06, p99=0.06, max=0.06), \
+        Distribution(count=3, total=900.0, min=250.0, p50=300.0, p90=350.0, p99=350.0, max=350.0), Distribution()
+    fields = dict(duration=1.5, text_deltas=3, chunks=3, bytes_received=900, attempts=1)
+    eager = StreamMetrics(chunk_gap=gap, chunk_size=size, read_time=read, **fields)
+    for use in (lambda m: m == eager, lambda m: hash(m) == hash(eager), lambda m: repr(m) == repr(eager),
+                lambda m: pickle.loads(pickle.dumps(m)) == eager, lambda m: m.replace(attempts=1) == eager,
+                lambda m: eager == m):
+        assert use(deferred_metrics(lambda: gap, lambda: size, lambda: read, **fields))
