@@ -437,8 +437,8 @@ class Transport:
             # netrc entry would silently replace.
             self.session.trust_env = False
         self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
-        # Each URL as requests prepares it, and the adapter mounted for it (own session only; see _send).
-        self._targets: Dict[str, Tuple[str, Any]] = {}
+        # Each URL as requests prepares it (own session only; see _send).
+        self._targets: Dict[str, str] = {}
 
     def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
         """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
@@ -535,12 +535,14 @@ class Transport:
         ~170 us of a short stream's ~1 ms (issue 17, stream setup).
         """
         session = self.session
-        prepared_url, adapter = "", None
-        if self._own_session:
-            prepared_url, adapter = self._targets.get(url) or self._target(url)
-        if adapter is None:
+        prepared_url = ""
+        if self._own_session and _untouched(session):
+            found = self._targets.get(url)
+            prepared_url = self._target(url) if found is None else found
+        if not prepared_url:
             return session.request(method, url, data=body, headers=headers, stream=True, timeout=timeout,
                                    allow_redirects=False, proxies=proxies, verify=verify, cert=self.options.cert)
+        adapter: Any = session.get_adapter(prepared_url)  # each time: a mount made since is seen, as in requests
         request = requests.PreparedRequest()
         request.method = method.upper()
         request.url = prepared_url
@@ -565,21 +567,22 @@ class Transport:
             keep_cookies(jar, request, response.raw)
         return response
 
-    def _target(self, url: str) -> Tuple[str, Any]:
-        """``url`` as requests prepares it, and its adapter (None: a URL with credentials, sent by requests itself).
+    def _target(self, url: str) -> str:
+        """``url`` as requests prepares it ("": a URL with credentials, which requests turns into Basic auth).
 
-        Raises what requests raises for a URL it cannot send (translated by the caller).
+        Raises what requests raises for a URL it cannot send (translated by
+        the caller); a URL no adapter is mounted for is refused here too.
         """
         probe = requests.PreparedRequest()
         probe.prepare_url(url, None)
         prepared = str(probe.url)
-        adapter: Any = self.session.get_adapter(prepared)
+        self.session.get_adapter(prepared)
         if any(get_auth_from_url(prepared)):
-            adapter = None  # requests turns user:password@ into Basic auth: left to it
+            prepared = ""  # left to requests: its auth rule, as for a caller's session
         if len(self._targets) >= _MAX_TARGETS:
             self._targets.clear()  # a query per request (extra_query ids, resume cursors) must not grow it for ever
-        found = self._targets[url] = (prepared, adapter)
-        return found
+        self._targets[url] = prepared
+        return prepared
 
     @staticmethod
     def _status_error(
@@ -624,6 +627,16 @@ class Transport:
         """Close the session and its pooled connections (a caller's session is left open: it is theirs)."""
         if self._own_session:
             self.session.close()
+
+
+def _untouched(session: requests.Session) -> bool:
+    """True while the library's own session has none of the settings only ``Session.request`` applies.
+
+    Nothing outside llmstream holds that session, but llmstream's own tools
+    may reach it (``llmstream debug`` records the requests with a response hook).
+    """
+    return (not any(session.hooks.values()) and session.auth is None and not session.params
+            and not session.proxies and session.cert is None and not session.trust_env)
 
 
 def _should_retry_header(headers: Mapping[str, str]) -> Optional[bool]:

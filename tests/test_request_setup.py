@@ -121,6 +121,20 @@ def test_a_url_requests_cannot_send_is_refused_with_its_message_twice(base_url: 
     assert messages[0] == messages[1] == messages[2]
 
 
+def test_settings_put_on_the_own_session_go_through_requests(server: FakeLLMServer) -> None:
+    # llmstream's own tools reach its session (llmstream debug records with a response hook).
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    assert client.complete("Hi", model="m").text == DEFAULT_TEXT  # a first request: its URL is prepared and kept
+    session = client._transport.session
+    seen: List[int] = []
+    session.hooks["response"].append(lambda response, **kwargs: seen.append(response.status_code))
+    session.auth = ("us@er", "p:ss")
+    assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+    assert seen == [200]
+    assert [r.header("Authorization") for r in server.requests] == ["Bearer k", "Basic dXNAZXI6cDpzcw=="]
+    client.close()
+
+
 def test_prepared_urls_kept_are_bounded(server: FakeLLMServer) -> None:
     client = Client(base_url=server.base_url("openai"), api_key="k")
     for n in range(70):  # a query of its own per request (a request id, a resume cursor)
