@@ -141,6 +141,24 @@ def test_prepared_urls_kept_are_bounded(server: FakeLLMServer) -> None:
         assert client.complete("Hi", model="m", extra_query={"n": str(n)}).text == DEFAULT_TEXT
     assert [r.query for r in server.requests][-1] == {"n": "69"}
     assert 0 < len(client._transport._targets) <= 64
+    adapter = client._transport.session.get_adapter(server.base_url("openai"))
+    assert 0 < len(adapter._keys) <= 64 and 0 < len(adapter._paths) <= 64
+    client.close()
+
+
+def test_the_pool_is_asked_of_the_pool_manager_each_time(server: FakeLLMServer) -> None:
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    for _ in range(2):
+        assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+    adapter = client._transport.session.get_adapter(server.base_url("openai"))
+    assert len(adapter._keys) == 1  # the pool key urllib3 used, kept...
+    assert len(adapter.poolmanager.pools) == 1 and server.requests[0].client_port == server.requests[1].client_port
+    [dropped] = [adapter.poolmanager.pools[key] for key in adapter.poolmanager.pools.keys()]
+    adapter.poolmanager.clear()  # as when the manager drops it (least recently used of too many)
+    assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+    [pool] = [adapter.poolmanager.pools[key] for key in adapter.poolmanager.pools.keys()]
+    assert pool is not dropped and pool.num_connections == 1  # a new pool, made by the manager, used
+    assert len({r.client_port for r in server.requests}) == 2  # ...the same pool and connection, until dropped
     client.close()
 
 
