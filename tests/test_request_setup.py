@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 import requests
 
-from llmstream import APIConnectionError, Client, _worker
+from llmstream import APIConnectionError, AuthenticationError, Client, _worker
 from llmstream._events import Distribution, StreamMetrics, StreamReport, deferred_metrics
 from llmstream._histogram import Histogram
 from llmstream._monitor import monitor
@@ -261,3 +261,16 @@ def test_deferred_metrics_compare_hash_print_and_pickle_as_their_values() -> Non
                 lambda m: pickle.loads(pickle.dumps(m)) == eager, lambda m: m.replace(attempts=1) == eager,
                 lambda m: eager == m):
         assert use(deferred_metrics(lambda: gap, lambda: size, lambda: read, **fields))
+
+
+def test_a_key_is_cut_into_fragments_only_when_something_is_redacted(server: FakeLLMServer) -> None:
+    key = "sk-proj-setup-0123456789abcdefghijklmnopqrstuvwxyz"
+    server.script(Reply(), Reply(status=401, error=f"Incorrect API key provided: {key[:20]}"))
+    client = Client(base_url=server.base_url("openai"), api_key=key, retry=1)
+    with client.stream("Hi", model="m") as stream:
+        assert "".join(stream) == DEFAULT_TEXT
+        assert stream._worker._redact._fragments is None  # a stream that ended well needed none
+    with pytest.raises(AuthenticationError) as caught:
+        client.complete("Hi", model="m")
+    assert str(caught.value) == "HTTP 401 Unauthorized: Incorrect API key provided: <redacted>"
+    client.close()
