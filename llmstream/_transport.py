@@ -1,7 +1,10 @@
 """HTTP for llmstream: send one streaming request, read its body as it arrives.
 
 Strategy:
-  * One ``requests.Session`` per client, so connections are reused.
+  * One ``requests.Session`` per client, so connections are reused. The
+    library's own session's requests are prepared here as ``Session.request``
+    prepares them and sent with its mounted adapter (``Transport._send``); a
+    caller's session (``Client(session=...)``) goes through ``Session.request``.
   * The body is read with ``resp.raw.read1(n, decode_content=True)``: it
     returns as soon as the socket has *any* bytes; ``n`` adapts (2 to 64 KiB,
     :func:`next_read_size`) so a slow stream does not hold 64 KiB per read. A chunked body (the usual
