@@ -207,6 +207,33 @@ def test_streams_due_after_the_one_the_starter_waits_for_do_not_wake_it(
     client.close()
 
 
+def test_streams_due_within_half_a_grace_are_given_their_threads_in_one_wake_up(
+        server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Client(base_url=server.base_url("openai"), api_key="k")
+    waits = []
+    original = Signal.wait
+
+    def counting_wait(signal: Signal, timeout: Optional[float]) -> None:
+        if signal is _worker._starter._wake:
+            waits.append(timeout)
+        original(signal, timeout)
+
+    monkeypatch.setattr(Signal, "wait", counting_wait)
+    monkeypatch.setattr(_worker, "START_GRACE", 0.4)
+    started = time.monotonic()
+    streams = []
+    for _ in range(5):  # 10 ms apart: due within 0.2 s (half the grace) of the first
+        streams.append(client.stream("Hi", model="m"))
+        time.sleep(0.01)
+    assert len(server.wait_for_requests(5, timeout=5.0)) == 5  # sent by threads of their own: nobody iterates
+    assert time.monotonic() - started >= 0.4  # not before the grace
+    # One sleep until the first is due (and half a grace), one more after them if
+    # another entry is left (another test's); it was one per stream.
+    assert len(waits) <= 2
+    assert ["".join(stream) for stream in streams] == [DEFAULT_TEXT] * 5
+    client.close()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
