@@ -135,6 +135,28 @@ def test_settings_put_on_the_own_session_go_through_requests(server: FakeLLMServ
     client.close()
 
 
+def test_a_callers_session_keeps_its_auth_hooks_and_environment(server: FakeLLMServer,
+                                                                 clean_env: pytest.MonkeyPatch) -> None:
+    from test_options import Relay, fake_address
+
+    proxy = Relay(fake_address(server), proxy=True)
+    try:
+        clean_env.setenv("HTTP_PROXY", proxy.url)  # a caller's session reads it (trust_env), as requests does
+        session = requests.Session()
+        session.auth = ("us@er", "p:ss")
+        seen: List[int] = []
+        session.hooks["response"].append(lambda response, **kwargs: seen.append(response.status_code))
+        client = Client(base_url="http://callers.example.invalid/v1", api_key="k", session=session)
+        assert client.complete("Hi", model="m").text == DEFAULT_TEXT
+        assert seen == [200]
+        assert proxy.lines == ["POST http://callers.example.invalid/v1/chat/completions HTTP/1.1"]
+        assert server.requests[0].header("Authorization") == "Basic dXNAZXI6cDpzcw=="
+        client.close()
+        session.close()
+    finally:
+        proxy.stop()
+
+
 def test_prepared_urls_kept_are_bounded(server: FakeLLMServer) -> None:
     client = Client(base_url=server.base_url("openai"), api_key="k")
     for n in range(70):  # a query of its own per request (a request id, a resume cursor)
