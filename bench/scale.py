@@ -36,7 +36,8 @@ Figures per client (median of --repeat runs, each a fresh process):
             (plus connect, shown as the latest first-token time "spread");
   us/token  CPU / (streams x tokens).
 
-Options: --streams N [N ...], --tokens, --rate, --clients (subset), --repeat,
+Options: --streams N [N ...], --tokens, --rate, --clients (subset), --repeat, --old-root DIR
+(also llmstream from DIR, interleaved: ``git clone -q . /tmp/old && git -C /tmp/old checkout REV``),
 --stack-size KiB (``threading.stack_size`` in the child, for the thread clients),
 --py-spy FILE (sample the llmstream child with py-spy, raw collapsed stacks by thread).
 """
@@ -61,6 +62,8 @@ from _scale_server import expected_text  # noqa: E402
 
 MODEL = "gpt-4o-mini"
 CLIENTS = ("llmstream", "requests", "httpx", "llmstream-async", "inline")
+#: The name of the llmstream measured from ``--old-root``.
+OLD = "llmstream-old"
 WARMUP_TOKENS = 5
 
 
@@ -337,9 +340,12 @@ def child(config: Dict[str, Any]) -> None:
 
 def measure(server: Server, client: str, n: int, args: argparse.Namespace, py_spy: Optional[str] = None
             ) -> Dict[str, Any]:
+    root = args.root
+    if client == OLD:  # llmstream, imported from --old-root
+        client, root = "llmstream", args.old_root
     config = {"client": client, "streams": n, "tokens": args.tokens, "rate": args.rate,
               "base_url": server.base_url, "stack_kib": args.stack_size, "py_spy": py_spy}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [args.root, os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(config)],
                           capture_output=True, text=True, timeout=300, check=False, env=env)
     if proc.returncode != 0:
@@ -384,7 +390,12 @@ def main() -> None:
                         help="threading.stack_size in the client process (0: the default)")
     parser.add_argument("--py-spy", metavar="FILE", help="sample the llmstream run with py-spy (raw stacks) into FILE")
     parser.add_argument("--root", default=ROOT, help="directory holding the llmstream package to measure")
+    parser.add_argument("--old-root", metavar="DIR",
+                        help=f"also measure the llmstream package in DIR (a clone of an older commit) as {OLD!r}, "
+                             "interleaved with the others: a before/after in one run")
     args = parser.parse_args()
+    if args.old_root:
+        args.clients = [*args.clients, OLD]
     server = Server()
     try:
         # The library the children import (--root first on their path), not this process's.

@@ -45,12 +45,12 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool, port_by_scheme
 from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
@@ -330,12 +330,74 @@ def track_proxy_pools(adapter: HTTPAdapter) -> None:
     adapter._llmstream_tracked = True  # type: ignore[attr-defined]
 
 
+#: URLs whose pool key and request path an adapter keeps (see TrackingAdapter).
+_MAX_KEPT = 64
+
+
 class TrackingAdapter(HTTPAdapter):
-    """requests adapter whose pools (direct and through proxies) make tracked connections."""
+    """requests adapter whose pools (direct and through proxies) make tracked connections.
+
+    Mounted on llmstream's own sessions only. Without a proxy, a URL's pool
+    key and request path are worked out once, not per request: requests
+    parses the URL three times, asks the file system whether a CA bundle is a
+    directory and urllib3 builds its 30-field pool key (~20 us of a stream's
+    setup, issue 17). The pool itself is still asked of the pool manager by
+    that key each time (its LRU order, a pool it dropped made again).
+    """
+
+    _keys: Dict[Tuple[Any, ...], Tuple[Any, Dict[str, Any]]]
+    _paths: Dict[str, str]
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = TRACKED_POOLS
+        # Here, not in __init__: requests calls this again when an adapter is unpickled.
+        self._keys = {}
+        self._paths = {}
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None,
+                                        cert: Any = None) -> Any:
+        if proxies:
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        kept = self._keys.get((request.url, verify, cert))
+        if kept is not None:
+            # A copy: urllib3 takes keys out of the context when it makes a pool.
+            return self.poolmanager.connection_from_pool_key(kept[0], request_context=dict(kept[1]))
+        pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        self._keep_key(request, verify, cert, pool)
+        return pool
+
+    def _keep_key(self, request: Any, verify: Any, cert: Any, pool: Any) -> None:
+        """Keep the pool key urllib3 made ``pool`` under, as ``PoolManager.connection_from_host`` makes it."""
+        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        manager = self.poolmanager
+        context = {**manager.connection_pool_kw, **pool_kwargs}
+        for name in [name for name, value in pool_kwargs.items() if value is None]:
+            del context[name]
+        scheme = context["scheme"] = host_params["scheme"] or "http"
+        context["port"] = host_params["port"] or port_by_scheme.get(scheme.lower(), 80)
+        context["host"] = host_params["host"]
+        key_fn = manager.key_fn_by_scheme.get(scheme.lower())
+        if key_fn is None:
+            return
+        key = key_fn(dict(context))
+        # Kept only if it is the key urllib3 itself used: another urllib3 may make them otherwise.
+        if manager.pools.get(key) is pool:
+            if len(self._keys) >= _MAX_KEPT:
+                self._keys.clear()
+            self._keys[(request.url, verify, cert)] = (key, context)
+
+    def request_url(self, request: Any, proxies: Any) -> str:
+        if proxies:
+            return super().request_url(request, proxies)
+        url: str = request.url
+        path = self._paths.get(url)
+        if path is None:
+            path = super().request_url(request, proxies)
+            if len(self._paths) >= _MAX_KEPT:
+                self._paths.clear()
+            self._paths[url] = path
+        return path
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
         manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)

@@ -140,6 +140,11 @@ class Histogram:
         _count_elements(buckets, _bucket_numbers(pending))
         return (buckets, *_totals(pending, count, total, low, high))
 
+    def count_and_total(self) -> Tuple[int, float]:
+        """How many values were recorded, and their sum (the writer's thread, or once writes are over)."""
+        pending = self.pending
+        return self._count + len(pending), self._total + sum(pending)
+
     def merge(self, other: "Histogram") -> None:
         """Add every value of ``other`` to this histogram."""
         self.fold()

@@ -80,21 +80,21 @@ class Redactor:
         redact("bad key sk-live-0123")               # 'bad key <redacted>'
     """
 
-    __slots__ = ("_fragments", "__weakref__")
+    __slots__ = ("_secrets", "_fragments", "__weakref__")
 
     def __init__(self, secrets: Iterable[Optional[str]] = ()) -> None:
-        grams: set[str] = set()
-        for secret in secrets:
-            if secret and len(secret) >= MIN_FRAGMENT:
-                grams.update(secret[i : i + MIN_FRAGMENT] for i in range(len(secret) - MIN_FRAGMENT + 1))
-        self._fragments = frozenset(grams)
+        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= MIN_FRAGMENT)
+        # Made at the first redaction (an error or a retry): a stream that ends
+        # well never needs them, and a 56-character key's are ~5 KB and ~6 us
+        # for every stream that finds no Redactor to share (issue 17).
+        self._fragments: Optional[frozenset[str]] = None
 
     def __bool__(self) -> bool:
-        return bool(self._fragments)
+        return bool(self._secrets)
 
     def __call__(self, text: str) -> str:
         """Return ``text`` with every secret fragment replaced by ``<redacted>``."""
-        if not self._fragments or len(text) < MIN_FRAGMENT:
+        if not self._secrets or len(text) < MIN_FRAGMENT:
             return text
         spans = self._spans(text)
         if not spans:
@@ -110,6 +110,10 @@ class Redactor:
     def _spans(self, text: str) -> List[Tuple[int, int]]:
         """Merged ``[start, end)`` ranges of ``text`` covered by secret fragments."""
         fragments = self._fragments
+        if fragments is None:
+            # Two threads may both make them: the same set.
+            fragments = self._fragments = frozenset(
+                secret[i : i + MIN_FRAGMENT] for secret in self._secrets for i in range(len(secret) - MIN_FRAGMENT + 1))
         spans: List[Tuple[int, int]] = []
         for i in range(len(text) - MIN_FRAGMENT + 1):
             if text[i : i + MIN_FRAGMENT] in fragments:

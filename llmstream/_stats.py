@@ -9,10 +9,10 @@ while the stream runs (the histograms copy their buckets in one C call).
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ._cost import account
-from ._events import AttemptReport, Finish, Reset, StreamMetrics, Usage
+from ._events import AttemptReport, Finish, Reset, StreamMetrics, Usage, deferred_metrics
 from ._histogram import Histogram
 
 __all__ = ["WorkerStats"]
@@ -99,9 +99,16 @@ class WorkerStats:
             self._discarded += len(event.discarded_text)
 
     def freeze(self, ended_at: float) -> StreamMetrics:
-        """The worker's last word: the final metrics, built once and returned by every later call."""
+        """The worker's last word: the final metrics, built once and returned by every later call.
+
+        The histograms no longer change, so their summaries are made when first
+        read (most streams' never are: issue 17); the counts are made now.
+        """
         self.ended_at = ended_at
-        self._final = self.metrics()
+        sizes = self.chunk_sizes
+        chunks, total = sizes.count_and_total()
+        self._final = deferred_metrics(self.gaps.summary, sizes.summary, self.read_times.summary,
+                                       **self._fields(ended_at, chunks, int(total)))
         return self._final
 
     def metrics(self) -> StreamMetrics:
@@ -109,22 +116,23 @@ class WorkerStats:
         if self._final is not None:
             return self._final
         end = self.ended_at if self.ended_at is not None else time.monotonic()
-        first = self.first_content_at
-        usage = self.usage
         # Reads and bytes are the chunk-size histogram's count and total: one add per read, not three.
         sizes = self.chunk_sizes.summary()
-        return StreamMetrics(
+        return StreamMetrics(chunk_gap=self.gaps.summary(), chunk_size=sizes, read_time=self.read_times.summary(),
+                             **self._fields(end, sizes.count, int(sizes.total)))
+
+    def _fields(self, end: float, chunks: int, bytes_received: int) -> Dict[str, Any]:
+        first = self.first_content_at
+        usage = self.usage
+        return dict(
             time_to_first_token=None if first is None else first - self.started_at,
             duration=end - self.started_at,
             text_deltas=self.text_deltas,
             output_tokens=None if usage is None else usage.output_tokens,
-            chunks=sizes.count,
-            bytes_received=int(sizes.total) + self.drained_bytes,
+            chunks=chunks,
+            bytes_received=bytes_received + self.drained_bytes,
             attempts=self.attempts,
             errors=tuple(self.errors),
-            chunk_gap=self.gaps.summary(),
-            chunk_size=sizes,
-            read_time=self.read_times.summary(),
             queued=self.queued,
             wasted_output_tokens=account(self.attempt_log, complete=False).wasted.output if self.attempts > 1 else 0,
         )

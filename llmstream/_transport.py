@@ -1,7 +1,10 @@
 """HTTP for llmstream: send one streaming request, read its body as it arrives.
 
 Strategy:
-  * One ``requests.Session`` per client, so connections are reused.
+  * One ``requests.Session`` per client, so connections are reused. The
+    library's own session's requests are prepared here as ``Session.request``
+    prepares them and sent with its mounted adapter (``Transport._send``); a
+    caller's session (``Client(session=...)``) goes through ``Session.request``.
   * The body is read with ``resp.raw.read1(n, decode_content=True)``: it
     returns as soon as the socket has *any* bytes; ``n`` adapts (2 to 64 KiB,
     :func:`next_read_size`) so a slow stream does not hold 64 KiB per read. A chunked body (the usual
@@ -46,6 +49,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
+from requests.cookies import extract_cookies_to_jar
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity, get_auth_from_url
 
 from ._exceptions import (
     APIConnectionError,
@@ -93,6 +99,8 @@ def next_read_size(size: int, got: int) -> int:
     if got < size >> 3 and size > MIN_READ_SIZE:
         return max(size >> 1, MIN_READ_SIZE)
     return size
+#: URLs whose prepared form a transport keeps (see ``Transport._target``).
+_MAX_TARGETS = 64
 #: How much of an error body is kept for the exception (bodies can be HTML pages).
 MAX_ERROR_BODY = 65536
 
@@ -439,6 +447,8 @@ class Transport:
         self._environments: Dict[str, Tuple[Dict[str, str], Union[bool, str, None]]] = {}
         #: The headers this client's streams keep, one dict per distinct set (see ``PackedSpec.pack``).
         self.shared_headers: Dict[Any, Any] = {}
+        # Each URL as requests prepares it (own session only; see _send).
+        self._targets: Dict[str, str] = {}
 
     def _environment(self, url: str) -> Tuple[Dict[str, str], Union[bool, str, None]]:
         """The proxies and the CA bundle for ``url``: the caller's options over the environment's, as requests does.
@@ -500,11 +510,8 @@ class Transport:
         try:
             proxies, verify = self._environment(spec.url)
             try:
-                response = self.session.request(
-                    spec.method, spec.url, data=body, headers=headers, stream=True,
-                    timeout=(connect_timeout, response_timeout), allow_redirects=False,
-                    proxies=proxies, verify=verify, cert=self.options.cert,
-                )
+                response = self._send(spec.method, spec.url, body, headers, (connect_timeout, response_timeout),
+                                      proxies, verify)
             except FOREIGN_ERRORS as exc:
                 raise translate(exc, spec.url, cancelled=cancelled, phase="connect",
                                 timeout_kind=response_timeout_kind) from exc
@@ -519,6 +526,73 @@ class Transport:
             opened.close()
             raise
         return opened
+
+    def _send(self, method: str, url: str, body: Optional[bytes], headers: Dict[str, Union[str, bytes]],
+              timeout: Tuple[Optional[float], Optional[float]], proxies: Dict[str, str],
+              verify: Union[bool, str, None]) -> requests.Response:
+        """Send one request, redirects never followed; return the response, its body unread.
+
+        A caller's session goes through ``Session.request`` (its auth, hooks,
+        mounts, cookies and environment apply as requests applies them). The
+        library's own session has none of those, so its request is prepared
+        here as ``Session.request`` would prepare it and handed to the mounted
+        adapter: the same headers (the session's defaults under the request's,
+        each checked as requests checks them), ``Content-Length``, the
+        session's cookies sent and stored; the URL parsed, IDNA-encoded and
+        requoted once per URL, not per request. ``Session.request`` also
+        built a Request, merged seven settings, made a cookie jar per request
+        and prepared the next request of a redirect it would not follow:
+        ~170 us of a short stream's ~1 ms (issue 17, stream setup).
+        """
+        session = self.session
+        prepared_url = ""
+        if self._own_session and _untouched(session):
+            found = self._targets.get(url)
+            prepared_url = self._target(url) if found is None else found
+        if not prepared_url:
+            return session.request(method, url, data=body, headers=headers, stream=True, timeout=timeout,
+                                   allow_redirects=False, proxies=proxies, verify=verify, cert=self.options.cert)
+        adapter: Any = session.get_adapter(prepared_url)  # each time: a mount made since is seen, as in requests
+        request = requests.PreparedRequest()
+        request.method = method.upper()
+        request.url = prepared_url
+        merged: Any = CaseInsensitiveDict(session.headers)
+        request.headers = merged
+        header: Any
+        for header in headers.items():
+            check_header_validity(header)
+            merged[header[0]] = header[1]
+        jar = session.cookies
+        if len(jar):
+            request.prepare_cookies(jar)  # a Cookie header the caller set wins, as in requests
+        if body is not None:
+            merged["Content-Length"] = str(len(body))
+        elif request.method not in ("GET", "HEAD") and merged.get("Content-Length") is None:
+            merged["Content-Length"] = "0"
+        request.body = body
+        response: requests.Response = adapter.send(request, stream=True, timeout=timeout, verify=verify,
+                                                   cert=self.options.cert, proxies=proxies)
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
+            keep_cookies: Any = extract_cookies_to_jar  # untyped in requests' stubs
+            keep_cookies(jar, request, response.raw)
+        return response
+
+    def _target(self, url: str) -> str:
+        """``url`` as requests prepares it ("": a URL with credentials, which requests turns into Basic auth).
+
+        Raises what requests raises for a URL it cannot send (translated by
+        the caller); a URL no adapter is mounted for is refused here too.
+        """
+        probe = requests.PreparedRequest()
+        probe.prepare_url(url, None)
+        prepared = str(probe.url)
+        self.session.get_adapter(prepared)
+        if any(get_auth_from_url(prepared)):
+            prepared = ""  # left to requests: its auth rule, as for a caller's session
+        if len(self._targets) >= _MAX_TARGETS:
+            self._targets.clear()  # a query per request (extra_query ids, resume cursors) must not grow it for ever
+        self._targets[url] = prepared
+        return prepared
 
     @staticmethod
     def _status_error(
@@ -563,6 +637,16 @@ class Transport:
         """Close the session and its pooled connections (a caller's session is left open: it is theirs)."""
         if self._own_session:
             self.session.close()
+
+
+def _untouched(session: requests.Session) -> bool:
+    """True while the library's own session has none of the settings only ``Session.request`` applies.
+
+    Nothing outside llmstream holds that session, but llmstream's own tools
+    may reach it (``llmstream debug`` records the requests with a response hook).
+    """
+    return (not any(session.hooks.values()) and session.auth is None and not session.params
+            and not session.proxies and session.cert is None and not session.trust_env)
 
 
 def _should_retry_header(headers: Mapping[str, str]) -> Optional[bool]:
