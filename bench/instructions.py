@@ -25,7 +25,6 @@ Needs ``valgrind`` (``apt-get install valgrind``); a run takes about a minute pe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -37,7 +36,7 @@ from typing import Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from scale import MODEL, Server  # noqa: E402
+from scale import MODEL, Server, _body, hand_written_texts  # noqa: E402
 
 RATE = 50.0
 
@@ -46,29 +45,13 @@ def child(client: str, base_url: str, tokens: int) -> None:
     """One stream of ``tokens`` tokens after a 3-token warm-up; then leave without the interpreter's teardown."""
     from _scale_server import expected_text
 
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "bench"}], "stream": True,
-            "bench_tokens": tokens, "bench_rate": RATE}
     if client == "requests":
         import requests
 
         session = requests.Session()
 
         def run(seed: int, count: int) -> str:
-            out = []
-            with session.post(base_url + "/chat/completions", json={**body, "bench_seed": seed, "bench_tokens": count},
-                              stream=True, timeout=(10, 60)) as resp:
-                for line in resp.iter_lines():
-                    if not line.startswith(b"data: "):
-                        continue
-                    data = line[6:]
-                    if data == b"[DONE]":
-                        break
-                    choices = json.loads(data)["choices"]
-                    if choices:
-                        text = choices[0]["delta"].get("content")
-                        if text:
-                            out.append(text)
-            return "".join(out)
+            return "".join(hand_written_texts(session, base_url + "/chat/completions", _body(seed, count, RATE)))
     else:
         import llmstream
         import llmstream._worker

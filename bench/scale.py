@@ -53,7 +53,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -176,22 +176,24 @@ def run_requests(base_url: str, n: int, tokens: int, rate: float, timings: Optio
     session = _SESSION
     url = base_url + "/chat/completions"
 
-    def stream(i: int) -> Any:
-        with session.post(url, json=_body(i, tokens, rate), stream=True, timeout=(10, 60)) as resp:
-            resp.raise_for_status()
-            for line in resp.iter_lines():
-                if not line.startswith(b"data: "):
-                    continue
-                data = line[6:]
-                if data == b"[DONE]":
-                    return
-                choices = json.loads(data)["choices"]
-                if choices:
-                    text = choices[0]["delta"].get("content")
-                    if text:
-                        yield text
+    _run_threads(n, lambda i: lambda: hand_written_texts(session, url, _body(i, tokens, rate)), timings)
 
-    _run_threads(n, lambda i: lambda: stream(i), timings)
+
+def hand_written_texts(session: Any, url: str, body: Dict[str, Any]) -> Iterator[str]:
+    """The hand-written baseline: ``requests`` + ``iter_lines`` + ``json.loads`` of ``data:`` lines."""
+    with session.post(url, json=body, stream=True, timeout=(10, 60)) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith(b"data: "):
+                continue
+            data = line[6:]
+            if data == b"[DONE]":
+                return
+            choices = json.loads(data)["choices"]
+            if choices:
+                text = choices[0]["delta"].get("content")
+                if text:
+                    yield text
 
 
 def _run_threads(n: int, pieces: Callable[[int], Callable[[], Any]], timings: Optional[Timings]) -> None:

@@ -7,14 +7,15 @@ change that brings the cost back goes red here, not only in the bench.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import sys
 import threading
 import weakref
-from typing import Any, List
+from typing import Any, Iterator, List, Tuple
 
-from llmstream import Client, Retry
+from llmstream import Client, Retry, TokenStream
 from llmstream import _connection, _worker
 from llmstream._callbacks import Callbacks
 from llmstream._histogram import Histogram
@@ -31,13 +32,20 @@ def _client(server: FakeLLMServer) -> Client:
                   retry=Retry(max_attempts=2, initial_delay=0.01))
 
 
-def test_a_lent_body_pauses_the_run_in_its_one_generator(server: FakeLLMServer) -> None:
-    # One generator per stream: a chain of them (yield from) costs a frame and a
-    # C stack level each on 3.11 -- 16 KiB of stack touched instead of 12.
+@contextlib.contextmanager
+def _after_first_piece(server: FakeLLMServer) -> Iterator[Tuple[TokenStream, Iterator[str]]]:
+    """A stream whose caller took its first piece and holds its iterator; the server stalls 30 s, the body is lent."""
     server.script(Reply(text=TEXT, tokens=TOKENS, stall_after_tokens=(1, 30)))
     with _client(server) as client, client.stream("q", model="m") as stream:
         pieces = iter(stream)
         assert next(pieces) == "Hello"
+        yield stream, pieces
+
+
+def test_a_lent_body_pauses_the_run_in_its_one_generator(server: FakeLLMServer) -> None:
+    # One generator per stream: a chain of them (yield from) costs a frame and a
+    # C stack level each on 3.11 -- 16 KiB of stack touched instead of 12.
+    with _after_first_piece(server) as (stream, pieces):
         worker = stream._worker
         assert worker.queue.lent is not None  # the caller's thread reads the body
         run = worker._run
@@ -50,10 +58,7 @@ def test_a_lent_body_pauses_the_run_in_its_one_generator(server: FakeLLMServer) 
 def test_closing_the_run_while_its_body_is_lent_ends_the_attempt(server: FakeLLMServer) -> None:
     # What the garbage collector does to a run dropped at its pause: the
     # attempt still ends (its response closed, its entry in the stats written).
-    server.script(Reply(text=TEXT, tokens=TOKENS, stall_after_tokens=(1, 30)))
-    with _client(server) as client, client.stream("q", model="m") as stream:
-        pieces = iter(stream)
-        assert next(pieces) == "Hello"
+    with _after_first_piece(server) as (stream, pieces):
         worker = stream._worker
         attempt = worker._attempt
         assert attempt is not None and attempt._response is not None
@@ -114,10 +119,7 @@ def _locks(obj: Any) -> List[Any]:
 
 def test_a_streams_own_objects_are_slotted(server: FakeLLMServer) -> None:
     # A __dict__'s values cost ~40-60 bytes more than slots, per object, hundreds of streams at once.
-    server.script(Reply(text=TEXT, tokens=TOKENS, stall_after_tokens=(1, 30)))
-    with _client(server) as client, client.stream("q", model="m") as stream:
-        pieces = iter(stream)
-        assert next(pieces) == "Hello"
+    with _after_first_piece(server) as (stream, pieces):
         worker = stream._worker
         attempt = worker._attempt
         assert attempt is not None and attempt._reader is not None
@@ -130,10 +132,7 @@ def test_a_stream_holds_no_lock_but_its_lent_bodys_step_lock(server: FakeLLMServ
     # Status, iterating thread, a response's closed flag and a lent body's return
     # flags are set under locks shared by every stream (nothing allocated under
     # them); only the lock a read step holds is a lent body's own.
-    server.script(Reply(text=TEXT, tokens=TOKENS, stall_after_tokens=(1, 30)))
-    with _client(server) as client, client.stream("q", model="m") as stream:
-        pieces = iter(stream)
-        assert next(pieces) == "Hello"
+    with _after_first_piece(server) as (stream, pieces):
         lent = stream._worker.queue.lent
         assert lent is not None
         assert _locks(stream) == [] and _locks(lent.reader.response) == []
@@ -188,10 +187,7 @@ def test_a_dropped_stream_is_cancelled_without_a_finalizer_entry(server: FakeLLM
 def test_a_plain_text_stream_makes_no_resume_turn_or_tool_call_state(server: FakeLLMServer) -> None:
     # Thinking, tool calls, refused resumes, output items and resets are rare:
     # what records them is made by the first one, not for every stream.
-    server.script(Reply(text=TEXT, tokens=TOKENS, stall_after_tokens=(1, 30)))
-    with _client(server) as client, client.stream("q", model="m") as stream:
-        pieces = iter(stream)
-        assert next(pieces) == "Hello"
+    with _after_first_piece(server) as (stream, pieces):
         worker = stream._worker
         resumer = worker._resumer
         assert resumer._thinking is None and resumer._calls is None and resumer._refused == ()
