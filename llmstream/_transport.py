@@ -99,6 +99,8 @@ def next_read_size(size: int, got: int) -> int:
     if got < size >> 3 and size > MIN_READ_SIZE:
         return max(size >> 1, MIN_READ_SIZE)
     return size
+
+
 #: URLs whose prepared form a transport keeps (see ``Transport._target``).
 _MAX_TARGETS = 64
 #: How much of an error body is kept for the exception (bodies can be HTML pages).
