@@ -559,4 +559,3 @@ def _sink_function(sink: Sink) -> Optional[Callable[[str], Any]]:
         return sink
     raise TypeError(f"sink must be a callable taking each text piece, or an object with write(str), "
                     f"not {type(sink).__name__}")
-
